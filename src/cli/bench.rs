@@ -1,0 +1,222 @@
+//! `eventide bench`: the end-to-end benchmark. Loads the same generated entries into two
+//! streams, drains one with a bare `XREADGROUP`+`XACK` loop (the ceiling), and the other
+//! with `eventide run` as a child process into a fresh lake. Prints events/s, latency to
+//! durable ack, the child's peak RSS and bytes per event on disk.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use eventide::generator::{GenOptions, Generator, publish};
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Entries to load (5% of them duplicates by default).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    #[arg(long, default_value_t = 0.05)]
+    pub duplicates: f64,
+    #[arg(long)]
+    pub dapr: bool,
+    /// COUNT per read, for both drains.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Use this Redis instead of starting a private redis-server on a free loopback port.
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// Lake directory for the pipeline run (default: a fresh temporary directory).
+    #[arg(long)]
+    pub lake: Option<PathBuf>,
+    /// Extra arguments for `eventide run` (e.g. "--zstd-level=1").
+    #[arg(long, allow_hyphen_values = true)]
+    pub run_arg: Vec<String>,
+}
+
+struct RedisChild(Option<std::process::Child>);
+
+impl Drop for RedisChild {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    let (url, _redis) = match &a.redis_url {
+        Some(u) => (u.clone(), RedisChild(None)),
+        None => start_redis()?,
+    };
+    let client = redis::Client::open(url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let run_id = chrono::Utc::now().timestamp_millis();
+    let (drain_key, e2e_key) = (format!("bench:{run_id}:drain"), format!("bench:{run_id}:e2e"));
+
+    let spacing_us = 1_000;
+    let opts = GenOptions {
+        entries: a.events,
+        duplicates: a.duplicates,
+        dapr: a.dapr,
+        start_us: chrono::Utc::now().timestamp_micros() - a.events as i64 * spacing_us,
+        spacing_us,
+        ..GenOptions::default()
+    };
+    let t = Instant::now();
+    let entries: Vec<_> = Generator::new(opts).collect();
+    let payload: usize = entries.iter().map(|e| e.fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()).sum();
+    publish(&mut conn, &drain_key, entries.iter().cloned(), 1000, None).await?;
+    let published = publish(&mut conn, &e2e_key, entries, 1000, None).await?;
+    eprintln!(
+        "loaded 2 × {} entries ({:.0} B/entry) in {:.1}s",
+        published.entries,
+        payload as f64 / published.entries as f64,
+        t.elapsed().as_secs_f64()
+    );
+
+    let bare = bare_drain(&mut conn, &drain_key, a.batch_size).await?;
+    let bare_rate = published.entries as f64 / bare.as_secs_f64();
+    eprintln!("bare XREADGROUP+XACK drain: {:.2}s, {:.0} entries/s", bare.as_secs_f64(), bare_rate);
+
+    let tmp = tempfile::tempdir()?;
+    let lake = a.lake.clone().unwrap_or_else(|| tmp.path().join("lake"));
+    let exe = std::env::current_exe()?;
+    let started = Instant::now();
+    let mut child = std::process::Command::new(exe)
+        .args(["run", "--redis-url", &url, "--stream", &e2e_key, "--group", "bench", "--consumer", "bench-1"])
+        .args(["--batch-size", &a.batch_size.to_string(), "--block", "100ms", "--exit-when-idle", "500ms"])
+        .args(["--progress-interval", "5s", "--config", "/dev/null"])
+        .arg("--lake")
+        .arg(&lake)
+        .args(&a.run_arg)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting eventide run")?;
+    // Drained = every entry delivered and acked (archive committed): poll the group.
+    let mut drained_at = None;
+    loop {
+        if drained_at.is_none() && group_done(&mut conn, &e2e_key, "bench").await? {
+            drained_at = Some(started.elapsed());
+        }
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("eventide run failed: {status}");
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let out = child.wait_with_output()?;
+    let e2e = drained_at.unwrap_or_else(|| started.elapsed());
+    let rss_kib = children_max_rss_kib();
+    let (files, bytes) = parquet_bytes(&lake);
+    let rate = published.entries as f64 / e2e.as_secs_f64();
+    let accepted = published.events.max(1);
+    println!("{}", String::from_utf8_lossy(&out.stdout).trim_end());
+    println!(
+        "entries:            {} ({} unique events, {} duplicates)",
+        published.entries, published.events, published.duplicates
+    );
+    println!("bare drain:         {:.0} entries/s ({:.2}s)", bare_rate, bare.as_secs_f64());
+    println!(
+        "end to end:         {:.0} entries/s ({:.2}s to the last ack) = {:.0}% of the bare drain",
+        rate,
+        e2e.as_secs_f64(),
+        100.0 * rate / bare_rate
+    );
+    println!("peak RSS (run):     {} MiB", rss_kib / 1024);
+    println!("archive:            {} files, {} bytes, {:.1} bytes/event", files, bytes, bytes as f64 / accepted as f64);
+    let _ = redis::cmd("DEL").arg(&drain_key).arg(&e2e_key).query_async::<()>(&mut conn).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn start_redis() -> anyhow::Result<(String, RedisChild)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let dir = std::env::temp_dir();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting redis-server (install it: apt-get install -y redis-server)")?;
+    let url = format!("redis://127.0.0.1:{port}");
+    let guard = RedisChild(Some(child));
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok((url, guard));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!("redis-server did not start on port {port}")
+}
+
+async fn bare_drain(conn: &mut MultiplexedConnection, key: &str, count: usize) -> anyhow::Result<Duration> {
+    redis::cmd("XGROUP").arg("CREATE").arg(key).arg("bare").arg("0").query_async::<()>(conn).await?;
+    let t = Instant::now();
+    loop {
+        let v: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("bare")
+            .arg("c")
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(key)
+            .arg(">")
+            .query_async(conn)
+            .await?;
+        let streams = eventide::source::reply::xread(v)?;
+        let Some((_, entries)) = streams.into_iter().next().filter(|(_, e)| !e.is_empty()) else { break };
+        let mut ack = redis::cmd("XACK");
+        ack.arg(key).arg("bare");
+        for e in &entries {
+            ack.arg(e.id.to_string());
+        }
+        ack.query_async::<u64>(conn).await?;
+    }
+    Ok(t.elapsed())
+}
+
+async fn group_done(conn: &mut MultiplexedConnection, key: &str, group: &str) -> anyhow::Result<bool> {
+    let groups: Vec<std::collections::HashMap<String, Value>> =
+        match redis::cmd("XINFO").arg("GROUPS").arg(key).query_async(conn).await {
+            Ok(g) => g,
+            Err(_) => return Ok(false),
+        };
+    let Some(g) = groups.iter().find(|g| {
+        g.get("name").is_some_and(|n| redis::from_redis_value_ref::<String>(n).ok().as_deref() == Some(group))
+    }) else {
+        return Ok(false);
+    };
+    let int = |k: &str| g.get(k).and_then(|v| redis::from_redis_value_ref::<i64>(v).ok());
+    Ok(int("pending") == Some(0) && int("lag") == Some(0))
+}
+
+fn children_max_rss_kib() -> u64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) } == 0 { u.ru_maxrss as u64 } else { 0 }
+}
+
+fn parquet_bytes(dir: &Path) -> (u64, u64) {
+    let mut stack = vec![dir.join("events")];
+    let (mut files, mut bytes) = (0, 0);
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                files += 1;
+                bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+    }
+    (files, bytes)
+}

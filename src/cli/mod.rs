@@ -1,0 +1,52 @@
+//! Command-line interface: `run`, `gen`, `validate`, `bench`.
+
+mod bench;
+mod generate;
+mod run;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use run::RunArgs;
+
+#[derive(Parser, Debug)]
+#[command(name = "eventide", version, about = "Exactly-once analytics over Redis Streams")]
+pub struct Cli {
+    /// Log filter (also `EVENTIDE_LOG`), e.g. `info`, `eventide=debug`.
+    #[arg(long, global = true, default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the pipeline: Redis consumer group → dedup → Parquet archive (+ DLQ).
+    Run(RunArgs),
+    /// Generate realistic e-commerce events into a Redis stream.
+    Gen(generate::GenArgs),
+    /// Check a configuration file (and flags) and say exactly what is wrong and where.
+    Validate(RunArgs),
+    /// End-to-end benchmark: bare XREADGROUP+XACK drain vs the pipeline, same data.
+    Bench(bench::BenchArgs),
+}
+
+pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run::run(args, shutdown).await,
+        Command::Validate(args) => Ok(run::validate(args)),
+        Command::Gen(args) => generate::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+/// The config file to read: the one given, else `./eventide.toml` when it exists.
+fn config_path(given: Option<PathBuf>) -> Option<PathBuf> {
+    given.or_else(|| {
+        let p = PathBuf::from("eventide.toml");
+        p.exists().then_some(p)
+    })
+}

@@ -1,0 +1,200 @@
+//! `eventide run` and `eventide validate`: configuration from file, flags and environment.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use eventide::config::{ByteSize, Config, Dur, line_of};
+
+/// Settings; each overrides the config file, and each can be given as `EVENTIDE_<NAME>`.
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// Config file (default: ./eventide.toml when present).
+    #[arg(long, short, env = "EVENTIDE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "EVENTIDE_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Stream key to read (repeatable; the variable takes a comma-separated list).
+    #[arg(long = "stream", env = "EVENTIDE_STREAM", value_delimiter = ',')]
+    pub streams: Vec<String>,
+    #[arg(long, env = "EVENTIDE_GROUP")]
+    pub group: Option<String>,
+    /// Consumer name, stable per instance (default eventide-<hostname>).
+    #[arg(long, env = "EVENTIDE_CONSUMER")]
+    pub consumer: Option<String>,
+    /// Where a new group starts: 0 (all history) or $ (new entries only).
+    #[arg(long, env = "EVENTIDE_START_ID")]
+    pub start_id: Option<String>,
+    /// Entry field holding the event JSON (default data).
+    #[arg(long, env = "EVENTIDE_FIELD")]
+    pub field: Option<String>,
+    #[arg(long, env = "EVENTIDE_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
+    #[arg(long, env = "EVENTIDE_BLOCK")]
+    pub block: Option<Dur>,
+    #[arg(long, env = "EVENTIDE_CLAIM_INTERVAL")]
+    pub claim_interval: Option<Dur>,
+    #[arg(long, env = "EVENTIDE_CLAIM_MIN_IDLE")]
+    pub claim_min_idle: Option<Dur>,
+    /// Dead-letter stream (default <stream>:dlq).
+    #[arg(long, env = "EVENTIDE_DLQ_STREAM")]
+    pub dlq_stream: Option<String>,
+    #[arg(long, env = "EVENTIDE_MAX_ENTRY_BYTES")]
+    pub max_entry_bytes: Option<ByteSize>,
+    #[arg(long, env = "EVENTIDE_MAX_FUTURE")]
+    pub max_future: Option<Dur>,
+    #[arg(long, env = "EVENTIDE_DEDUP_HORIZON")]
+    pub dedup_horizon: Option<Dur>,
+    /// Lake: a directory, file://, s3://, gs://, az:// or memory://.
+    #[arg(long, env = "EVENTIDE_LAKE")]
+    pub lake: Option<String>,
+    #[arg(long, env = "EVENTIDE_ROLL_BYTES")]
+    pub roll_bytes: Option<ByteSize>,
+    #[arg(long, env = "EVENTIDE_ROLL_AGE")]
+    pub roll_age: Option<Dur>,
+    #[arg(long, env = "EVENTIDE_MAX_BUFFERED_BYTES")]
+    pub max_buffered_bytes: Option<ByteSize>,
+    #[arg(long, env = "EVENTIDE_ZSTD_LEVEL")]
+    pub zstd_level: Option<i32>,
+    /// Stop once the streams are drained and idle this long (everything committed).
+    #[arg(long, env = "EVENTIDE_EXIT_WHEN_IDLE")]
+    pub exit_when_idle: Option<Dur>,
+    #[arg(long, env = "EVENTIDE_PROGRESS_INTERVAL")]
+    pub progress_interval: Option<Dur>,
+    #[arg(long, env = "EVENTIDE_REDIS_RETRY_TIMEOUT")]
+    pub redis_retry_timeout: Option<Dur>,
+}
+
+macro_rules! set {
+    ($cfg:ident, $args:ident, $($field:ident),*) => {
+        $( if let Some(v) = $args.$field { $cfg.$field = v; } )*
+    };
+}
+
+impl RunArgs {
+    /// File settings, then flags and variables on top.
+    pub fn config(self) -> anyhow::Result<(Config, Option<(PathBuf, String)>)> {
+        let file = super::config_path(self.config.clone());
+        let (mut cfg, source) = match file {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+                (Config::from_toml(&text, &path)?, Some((path, text)))
+            }
+            None => (Config::default(), None),
+        };
+        let a = self;
+        if !a.streams.is_empty() {
+            cfg.streams = a.streams;
+        }
+        if a.dlq_stream.is_some() {
+            cfg.dlq_stream = a.dlq_stream;
+        }
+        if a.exit_when_idle.is_some() {
+            cfg.exit_when_idle = a.exit_when_idle;
+        }
+        set!(
+            cfg,
+            a,
+            redis_url,
+            group,
+            consumer,
+            start_id,
+            field,
+            batch_size,
+            block,
+            claim_interval,
+            claim_min_idle,
+            max_entry_bytes,
+            max_future,
+            dedup_horizon,
+            lake,
+            roll_bytes,
+            roll_age,
+            max_buffered_bytes,
+            zstd_level,
+            progress_interval,
+            redis_retry_timeout
+        );
+        Ok((cfg, source))
+    }
+}
+
+pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<ExitCode> {
+    let (cfg, _) = args.config()?;
+    let opts = cfg.pipeline_options()?;
+    tracing::info!(
+        redis = %redact(&cfg.redis_url), streams = ?cfg.streams, group = %cfg.group, consumer = %cfg.consumer,
+        lake = %cfg.lake, "Starting pipeline."
+    );
+    let summary = eventide::pipeline::run(opts, shutdown).await?;
+    let s = &summary.stats;
+    let secs = summary.elapsed.as_secs_f64();
+    println!(
+        "read {} entries in {:.1}s ({:.0}/s): {} archived, {} duplicates dropped, {} to the DLQ {:?}, {} deleted while pending, {} claimed, {} acked",
+        s.read,
+        secs,
+        s.read as f64 / secs.max(1e-9),
+        s.accepted,
+        s.duplicates,
+        s.invalid_total(),
+        s.invalid_by_reason(),
+        s.deleted_pending,
+        s.claimed,
+        s.acked
+    );
+    println!(
+        "archive: {} rows in {} files, {} bytes, under {}/events/; dedup remembers {} ids; peak RSS {} MiB",
+        s.rows_committed,
+        s.files_committed,
+        s.bytes_committed,
+        cfg.lake.trim_end_matches('/'),
+        summary.dedup_ids,
+        peak_rss_kib().unwrap_or(0) / 1024
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `eventide validate`: every problem with file, line and fix; exit 1 when there are any.
+pub fn validate(args: RunArgs) -> ExitCode {
+    let (cfg, source) = match args.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let problems = cfg.check();
+    let name = source.as_ref().map_or("(flags and defaults)".to_string(), |(p, _)| p.display().to_string());
+    if problems.is_empty() {
+        println!("{name}: OK ({} stream(s), group {}, lake {})", cfg.streams.len(), cfg.group, cfg.lake);
+        return ExitCode::SUCCESS;
+    }
+    for p in &problems {
+        match source.as_ref().and_then(|(_, text)| line_of(text, p.key)) {
+            Some(line) => eprintln!("{name}:{line}: {}: {}", p.key, p.message),
+            None => eprintln!("{name}: {}: {}", p.key, p.message),
+        }
+    }
+    ExitCode::FAILURE
+}
+
+/// Hides a password in a Redis URL for logs.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Peak resident set size of this process (VmHWM), in KiB.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

@@ -1,0 +1,249 @@
+//! Configuration: `eventide.toml`, overridable by flags and `EVENTIDE_*` variables (the CLI
+//! applies those). Two stages, as in ripgrep: [`Config`] is what the user wrote (serde,
+//! unknown keys refused), [`Config::check`] reports every problem with its key and line,
+//! and [`Config::pipeline_options`] builds the typed options the pipeline runs with.
+
+mod units;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use units::{ByteSize, Dur};
+
+use crate::decode::DecodeOptions;
+use crate::error::{Error, Result};
+use crate::pipeline::PipelineOptions;
+use crate::sink::archive::{ArchiveOptions, sanitize_name};
+use crate::source::SourceOptions;
+
+/// Settings of `eventide run`. Every key is optional; defaults suit a local setup.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Redis URL (`redis://[user:pass@]host:port[/db]`, `rediss://` for TLS).
+    pub redis_url: String,
+    /// Stream keys to read.
+    pub streams: Vec<String>,
+    /// Consumer group (give the pipeline its own, e.g. `analytics`).
+    pub group: String,
+    /// Consumer name: stable per instance (pending entries are re-read under it).
+    pub consumer: String,
+    /// Where a newly created group starts: `0` (all retained history) or `$` (new only).
+    pub start_id: String,
+    /// Entry field holding the event (Dapr: `data`).
+    pub field: String,
+    /// Entries per `XREADGROUP`.
+    pub batch_size: usize,
+    /// `BLOCK` time of a read.
+    pub block: Dur,
+    /// How often to claim entries from dead consumers.
+    pub claim_interval: Dur,
+    /// Minimum idle time before another consumer's entry is claimed (≥ 2 × roll_age).
+    pub claim_min_idle: Dur,
+    /// Dead-letter stream key (default: `<stream>:dlq` per stream).
+    pub dlq_stream: Option<String>,
+    pub max_entry_bytes: ByteSize,
+    /// Events further than this ahead of ingest time are rejected.
+    pub max_future: Dur,
+    /// Event-time horizon of exact dedup by event_id.
+    pub dedup_horizon: Dur,
+    /// Lake location: a path, `file://`, `s3://`, `gs://`, `az://` or `memory://`.
+    pub lake: String,
+    /// Archive files are committed at this size…
+    pub roll_bytes: ByteSize,
+    /// …or at this age (also the longest an entry waits for its ack).
+    pub roll_age: Dur,
+    /// Upper bound of archive data buffered in memory.
+    pub max_buffered_bytes: ByteSize,
+    pub zstd_level: i32,
+    /// Stop once the streams are drained and idle this long, with everything committed.
+    pub exit_when_idle: Option<Dur>,
+    /// Interval of the progress log line.
+    pub progress_interval: Dur,
+    /// How long Redis commands retry a lost connection before the pipeline stops.
+    pub redis_retry_timeout: Dur,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            streams: vec!["events".into()],
+            group: "eventide".into(),
+            consumer: default_consumer(),
+            start_id: "0".into(),
+            field: "data".into(),
+            batch_size: 1000,
+            block: Dur::secs(2),
+            claim_interval: Dur::secs(30),
+            claim_min_idle: Dur::secs(120),
+            dlq_stream: None,
+            max_entry_bytes: ByteSize(1 << 20),
+            max_future: Dur::secs(3600),
+            dedup_horizon: Dur::secs(3600),
+            lake: "./lake".into(),
+            roll_bytes: ByteSize(128 << 20),
+            roll_age: Dur::secs(30),
+            max_buffered_bytes: ByteSize(512 << 20),
+            zstd_level: 3,
+            exit_when_idle: None,
+            progress_interval: Dur::secs(10),
+            redis_retry_timeout: Dur::secs(300),
+        }
+    }
+}
+
+/// `eventide-<hostname>`: stable across restarts of the same host or pod.
+fn default_consumer() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "1".into());
+    format!("eventide-{host}")
+}
+
+/// One problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl Config {
+    /// Parses TOML text; errors name the file, line and column.
+    pub fn from_toml(text: &str, file: &Path) -> Result<Config> {
+        toml::from_str(text).map_err(|e| Error::Config(format!("{}: {e}", file.display())))
+    }
+
+    /// Reads a config file.
+    pub fn load(file: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| Error::Config(format!("{}: cannot read: {e}", file.display())))?;
+        Config::from_toml(&text, file)
+    }
+
+    /// Every semantic problem, each with its key and what to do.
+    pub fn check(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut bad = |key: &'static str, message: String| p.push(Problem { key, message });
+        if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
+            bad("redis_url", format!("{e}; expected redis://host:port"));
+        }
+        if self.streams.is_empty() {
+            bad("streams", "no stream to read; list at least one stream key".into());
+        }
+        for s in &self.streams {
+            if s.trim().is_empty() {
+                bad("streams", "a stream key is empty".into());
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = self.streams.iter().find(|s| !seen.insert(*s)) {
+            bad("streams", format!("stream {dup:?} is listed twice"));
+        }
+        if self.group.trim().is_empty() {
+            bad("group", "the consumer group name is empty".into());
+        }
+        if self.consumer.trim().is_empty() {
+            bad("consumer", "the consumer name is empty; use a name stable per instance".into());
+        }
+        if self.start_id != "0" && self.start_id != "$" && self.start_id.parse::<crate::event::EntryId>().is_err() {
+            bad("start_id", format!("{:?} is not `0`, `$` or a stream id like 1767268800000-0", self.start_id));
+        }
+        if self.field.is_empty() {
+            bad("field", "the entry field name is empty (Dapr uses `data`)".into());
+        }
+        if !(1..=100_000).contains(&self.batch_size) {
+            bad("batch_size", format!("{} is outside 1..=100000", self.batch_size));
+        }
+        if self.block.0 < Duration::from_millis(1) || self.block.0 > Duration::from_secs(60) {
+            bad("block", "use a block time between 1ms and 60s".into());
+        }
+        if self.claim_min_idle.0 < self.roll_age.0 * 2 {
+            bad(
+                "claim_min_idle",
+                format!(
+                    "{} is less than 2 × roll_age ({}): entries still waiting for their file would be claimed back",
+                    self.claim_min_idle, self.roll_age
+                ),
+            );
+        }
+        if self.dedup_horizon.0 < Duration::from_secs(1) {
+            bad("dedup_horizon", "use at least 1s".into());
+        }
+        if self.roll_bytes.0 < 1024 {
+            bad("roll_bytes", "use at least 1KiB (e.g. \"128MiB\")".into());
+        }
+        if self.max_buffered_bytes.0 < self.roll_bytes.0 {
+            bad("max_buffered_bytes", "must be at least roll_bytes".into());
+        }
+        if self.roll_age.0 < Duration::from_millis(10) {
+            bad("roll_age", "use at least 10ms".into());
+        }
+        if !(1..=22).contains(&self.zstd_level) {
+            bad("zstd_level", format!("{} is outside 1..=22", self.zstd_level));
+        }
+        if self.lake.trim().is_empty() {
+            bad("lake", "the lake location is empty; use a path or a URL".into());
+        }
+        p
+    }
+
+    /// Checks the configuration and builds the pipeline's options.
+    pub fn pipeline_options(&self) -> Result<PipelineOptions> {
+        let problems = self.check();
+        if !problems.is_empty() {
+            let list: Vec<String> = problems.iter().map(|p| format!("{}: {}", p.key, p.message)).collect();
+            return Err(Error::Config(list.join("\n")));
+        }
+        Ok(PipelineOptions {
+            source: SourceOptions {
+                redis_url: self.redis_url.clone(),
+                streams: self.streams.clone(),
+                group: self.group.clone(),
+                consumer: self.consumer.clone(),
+                start_id: self.start_id.clone(),
+                batch_size: self.batch_size,
+                block: self.block.0,
+                claim_min_idle: self.claim_min_idle.0,
+                retry_timeout: self.redis_retry_timeout.0,
+            },
+            decode: DecodeOptions {
+                field: self.field.as_bytes().to_vec(),
+                max_entry_bytes: self.max_entry_bytes.0 as usize,
+                max_future_us: self.max_future.0.as_micros() as i64,
+            },
+            archive: ArchiveOptions {
+                prefix: "events".into(),
+                roll_bytes: self.roll_bytes.0 as usize,
+                max_buffered_bytes: self.max_buffered_bytes.0 as usize,
+                zstd_level: self.zstd_level,
+                writer: sanitize_name(&self.consumer),
+            },
+            lake: self.lake.clone(),
+            dlq_stream: self.dlq_stream.clone(),
+            dedup_horizon: self.dedup_horizon.0,
+            roll_age: self.roll_age.0,
+            claim_interval: self.claim_interval.0,
+            exit_when_idle: self.exit_when_idle.map(|d| d.0),
+            progress_interval: self.progress_interval.0,
+        })
+    }
+}
+
+/// The 1-based line where `key` is set in a TOML text, for pointing at a problem.
+pub fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests;

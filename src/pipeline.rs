@@ -1,0 +1,119 @@
+//! The pipeline: wires the stages and owns the invariants.
+//!
+//! ```text
+//!  reader task ──bounded channel──▶ processor: decode → dedup → archive ──▶ lake
+//!  (XREADGROUP)                         │ rejects → DLQ (XADD)     │ commit
+//!                                        └──────── XACK ◀──────────┘ (only durable batches)
+//! ```
+//! The processor runs in the caller's task; it stops on the shutdown future, on
+//! `exit_when_idle`, or on an error (then without acking what is not durable).
+
+mod process;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::decode::DecodeOptions;
+use crate::error::Result;
+use crate::metrics::Stats;
+use crate::sink::archive::ArchiveOptions;
+use crate::source::SourceOptions;
+use crate::source::reader::{self, ReaderMsg};
+use process::Processor;
+
+/// Everything `run` needs.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    pub source: SourceOptions,
+    pub decode: DecodeOptions,
+    pub archive: ArchiveOptions,
+    pub lake: String,
+    pub dlq_stream: Option<String>,
+    pub dedup_horizon: Duration,
+    pub roll_age: Duration,
+    pub claim_interval: Duration,
+    pub exit_when_idle: Option<Duration>,
+    pub progress_interval: Duration,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub stats: Stats,
+    /// Ids remembered by dedup at the end.
+    pub dedup_ids: usize,
+    pub elapsed: Duration,
+}
+
+/// Runs the pipeline until `shutdown` completes, the streams are idle for `exit_when_idle`,
+/// or an error stops it. On a clean stop everything read is committed and acked.
+pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
+    let started = Instant::now();
+    let mut p = Processor::start(&opts).await?;
+    let (tx, mut rx) = mpsc::channel(4);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let reader = tokio::spawn(reader::run(opts.source.clone(), tx, stop_rx));
+
+    let result = async {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_data = Instant::now();
+        let mut drained = false;
+        let mut last_claim: Option<Instant> = None;
+        let mut last_progress = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => {
+                    tracing::info!("Shutdown requested; committing.");
+                    break;
+                }
+                msg = rx.recv() => match msg {
+                    Some(ReaderMsg::Batch(batch)) => {
+                        last_data = Instant::now();
+                        drained = false;
+                        p.process(batch).await?;
+                    }
+                    Some(ReaderMsg::Idle) => drained = true,
+                    Some(ReaderMsg::Disconnected(e)) => {
+                        drained = false;
+                        p.stats.disconnects += 1;
+                        tracing::warn!(error = %e, "Reader lost Redis; reconnecting.");
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    if p.archive_age().is_some_and(|a| a >= opts.roll_age) {
+                        p.commit_all().await?;
+                    }
+                    if last_claim.is_none_or(|t| t.elapsed() >= opts.claim_interval) {
+                        last_claim = Some(Instant::now());
+                        p.claim().await?;
+                    }
+                    if last_progress.elapsed() >= opts.progress_interval {
+                        last_progress = Instant::now();
+                        p.log_progress(started.elapsed());
+                    }
+                    if opts.exit_when_idle.is_some_and(|d| drained && last_data.elapsed() >= d) {
+                        tracing::info!("Streams drained and idle; committing and exiting.");
+                        break;
+                    }
+                }
+            }
+        }
+        Ok::<(), crate::error::Error>(())
+    }
+    .await;
+
+    let _ = stop_tx.send(true);
+    drop(rx);
+    let _ = reader.await;
+    result?;
+    p.commit_all().await?;
+    let summary = RunSummary { stats: p.stats.clone(), dedup_ids: p.dedup_len(), elapsed: started.elapsed() };
+    p.log_progress(summary.elapsed);
+    Ok(summary)
+}

@@ -1,0 +1,181 @@
+//! The processor: one batch at a time through decode → dedup → archive, rejects to the DLQ,
+//! commits, and acks for batches that became durable.
+
+use std::time::Duration;
+
+use crate::ack::AckTracker;
+use crate::decode::{Decoder, Rejection};
+use crate::dedup::{Dedup, Verdict};
+use crate::error::Result;
+use crate::event::StreamBatch;
+use crate::metrics::Stats;
+use crate::sink::archive::{Archive, CommittedFile};
+use crate::sink::dlq;
+use crate::sink::lake::Lake;
+use crate::source::SourceOptions;
+use crate::source::commands::Commands;
+use crate::source::group;
+use crate::state;
+
+use super::PipelineOptions;
+
+/// Claimed entries processed per stream per claim round.
+const CLAIM_MAX: usize = 10_000;
+
+pub(super) struct Processor {
+    source: SourceOptions,
+    dlq_keys: Vec<String>,
+    cmds: Commands,
+    decoder: Decoder,
+    dedup: Dedup,
+    archive: Archive,
+    acks: AckTracker,
+    lake: Lake,
+    pub stats: Stats,
+}
+
+impl Processor {
+    /// Opens the lake, loads saved dedup state, connects and creates the consumer groups.
+    pub async fn start(opts: &PipelineOptions) -> Result<Self> {
+        let lake = Lake::open(&opts.lake)?;
+        let dedup = state::load_dedup(&lake, &opts.source.group, opts.dedup_horizon.as_secs()).await?;
+        if !dedup.is_empty() {
+            tracing::info!(ids = dedup.len(), "Loaded dedup state.");
+        }
+        let mut cmds = Commands::new(&opts.source.redis_url, opts.source.retry_timeout)?;
+        let created = group::ensure_groups(&mut cmds, &opts.source).await?;
+        for s in created {
+            tracing::info!(stream = %s, group = %opts.source.group, start = %opts.source.start_id, "Created consumer group.");
+        }
+        let dlq_keys = opts.source.streams.iter().map(|s| dlq::dlq_key(opts.dlq_stream.as_deref(), s)).collect();
+        Ok(Processor {
+            source: opts.source.clone(),
+            dlq_keys,
+            cmds,
+            decoder: Decoder::new(opts.decode.clone()),
+            dedup,
+            archive: Archive::new(lake.clone(), opts.archive.clone())?,
+            acks: AckTracker::default(),
+            lake,
+            stats: Stats::default(),
+        })
+    }
+
+    /// Processes one batch: archive what is new, DLQ what is invalid, then commit what
+    /// rolled and ack what is durable.
+    pub async fn process(&mut self, batch: StreamBatch) -> Result<()> {
+        let now_us = chrono::Utc::now().timestamp_micros();
+        let seq = self.acks.next_seq();
+        let stream = self.source.streams[batch.stream].as_str();
+        let mut rejects: Vec<(usize, Rejection)> = Vec::new();
+        let mut deleted = Vec::new();
+        let Processor { decoder, dedup, archive, stats, .. } = self;
+        for (i, entry) in batch.entries.iter().enumerate() {
+            if entry.is_deleted() {
+                deleted.push(entry.id);
+                continue;
+            }
+            match decoder.decode(entry, now_us) {
+                Err(r) => {
+                    stats.invalid[r.reason.index()] += 1;
+                    rejects.push((i, r));
+                }
+                Ok(ev) => match dedup.check(&ev.event_id, ev.event_time_us) {
+                    Verdict::Duplicate => stats.duplicates += 1,
+                    verdict => {
+                        stats.beyond_horizon += u64::from(verdict == Verdict::BeyondHorizon);
+                        archive.append(&ev, stream, entry.id, now_us, seq)?;
+                        stats.accepted += 1;
+                    }
+                },
+            }
+        }
+        stats.read += batch.entries.len() as u64;
+        if !rejects.is_empty() {
+            let mut pipe = redis::pipe();
+            for (i, r) in &rejects {
+                dlq::add_to_pipeline(&mut pipe, &self.dlq_keys[batch.stream], stream, &batch.entries[*i], r);
+            }
+            self.cmds.query::<(), _>(&pipe).await?;
+        }
+        if !deleted.is_empty() {
+            // Nothing to make durable. Counted by what XACK removed: an XAUTOCLAIM may have
+            // dropped (and counted) the same ids already.
+            let removed = group::ack(&mut self.cmds, &self.source.group, stream, &deleted).await?;
+            self.stats.deleted_pending += removed;
+        }
+        self.acks.register(batch.stream, batch.entries.iter().filter(|e| !e.is_deleted()).map(|e| e.id).collect());
+        let files = self.archive.commit_rolled().await?;
+        self.committed(&files);
+        self.ack_durable().await
+    }
+
+    /// Commits every open file, saves dedup state (nothing uncommitted remains, so the
+    /// snapshot only remembers durable ids), then acks everything read.
+    pub async fn commit_all(&mut self) -> Result<()> {
+        let files = self.archive.commit_all().await?;
+        self.committed(&files);
+        if !files.is_empty() {
+            state::save_dedup(&self.lake, &self.source.group, &self.dedup).await?;
+        }
+        self.ack_durable().await
+    }
+
+    /// Claims entries other consumers left pending too long, and processes them.
+    pub async fn claim(&mut self) -> Result<()> {
+        for stream in 0..self.source.streams.len() {
+            let name = self.source.streams[stream].clone();
+            let claimed = group::claim_idle(&mut self.cmds, &self.source, &name, CLAIM_MAX).await?;
+            self.stats.deleted_pending += claimed.deleted as u64;
+            if !claimed.entries.is_empty() {
+                tracing::info!(stream = %name, entries = claimed.entries.len(), "Claimed idle entries from other consumers.");
+                self.stats.claimed += claimed.entries.len() as u64;
+                self.process(StreamBatch { stream, entries: claimed.entries }).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn committed(&mut self, files: &[CommittedFile]) {
+        for f in files {
+            self.stats.files_committed += 1;
+            self.stats.rows_committed += f.rows;
+            self.stats.bytes_committed += f.bytes;
+            tracing::debug!(path = %f.path, rows = f.rows, bytes = f.bytes, "Committed archive file.");
+        }
+    }
+
+    async fn ack_durable(&mut self) -> Result<()> {
+        for (stream, ids) in self.acks.take_durable(self.archive.min_open_seq()) {
+            group::ack(&mut self.cmds, &self.source.group, &self.source.streams[stream], &ids).await?;
+            self.stats.acked += ids.len() as u64;
+        }
+        Ok(())
+    }
+
+    pub fn archive_age(&self) -> Option<Duration> {
+        self.archive.oldest_age()
+    }
+
+    pub fn dedup_len(&self) -> usize {
+        self.dedup.len()
+    }
+
+    pub fn log_progress(&self, elapsed: Duration) {
+        let s = &self.stats;
+        let rate = s.read as f64 / elapsed.as_secs_f64().max(1e-3);
+        tracing::info!(
+            read = s.read,
+            rate = rate as u64,
+            accepted = s.accepted,
+            duplicates = s.duplicates,
+            invalid = s.invalid_total(),
+            committed_rows = s.rows_committed,
+            files = s.files_committed,
+            open_rows = self.archive.open_rows(),
+            unacked = self.acks.pending_ids(),
+            dedup_ids = self.dedup.len(),
+            "Progress."
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! The event archive: every accepted, deduplicated event as hive-partitioned Parquet,
+//! `events/event_date=YYYY-MM-DD/event_type=<type>/part-<ms>-<writer>-<n>.parquet`.
+//!
+//! Rows go straight from the decoder into per-partition column builders, then into an
+//! in-memory Parquet writer (zstd). A file is committed (made visible atomically, see
+//! [`Lake::put_atomic`]) when it reaches the roll size, when the buffered total exceeds its
+//! budget, or when the pipeline commits on age. Each open file remembers the lowest batch
+//! sequence number it holds, so the pipeline knows which entries are durable and may be acked.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hashbrown::{Equivalent, HashMap};
+use object_store::path::Path;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
+
+use super::lake::Lake;
+use super::schema::{Columns, archive_schema};
+use crate::decode::Event;
+use crate::decode::timestamp::civil_from_days;
+use crate::error::Result;
+use crate::event::EntryId;
+
+/// Rows buffered per partition before they are encoded.
+const ENCODE_ROWS: usize = 8192;
+
+/// Archive settings.
+#[derive(Debug, Clone)]
+pub struct ArchiveOptions {
+    /// Table prefix inside the lake.
+    pub prefix: String,
+    /// A file is committed once its encoded size reaches this.
+    pub roll_bytes: usize,
+    /// All open files are committed once the buffered total reaches this.
+    pub max_buffered_bytes: usize,
+    pub zstd_level: i32,
+    /// Writer name in file names (the consumer name, sanitised): keeps names unique per instance.
+    pub writer: String,
+}
+
+/// What a commit made visible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedFile {
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+#[derive(Hash, PartialEq, Eq)]
+struct KeyRef<'a> {
+    day: i32,
+    event_type: &'a str,
+}
+
+impl Equivalent<(i32, Box<str>)> for KeyRef<'_> {
+    fn equivalent(&self, key: &(i32, Box<str>)) -> bool {
+        self.day == key.0 && self.event_type == &*key.1
+    }
+}
+
+struct OpenFile {
+    columns: Columns,
+    writer: ArrowWriter<Vec<u8>>,
+    rows: u64,
+    min_seq: u64,
+    opened: Instant,
+}
+
+impl OpenFile {
+    fn size(&self) -> usize {
+        self.writer.bytes_written() + self.writer.in_progress_size() + self.columns.bytes
+    }
+}
+
+/// The archive writer.
+pub struct Archive {
+    opts: ArchiveOptions,
+    lake: Lake,
+    props: WriterProperties,
+    open: HashMap<(i32, Box<str>), OpenFile>,
+    files: u64,
+}
+
+impl Archive {
+    pub fn new(lake: Lake, opts: ArchiveOptions) -> Result<Self> {
+        let level = ZstdLevel::try_new(opts.zstd_level)?;
+        let mut props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .set_created_by(format!("eventide {}", env!("CARGO_PKG_VERSION")))
+            .set_max_row_group_row_count(Some(1 << 20));
+        // Unique or near-unique columns: dictionaries only cost time there.
+        for col in
+            ["event_id", "event_time", "data", "metadata", "correlation_id", "traceparent", "stream_id", "ingest_time"]
+        {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(col), false);
+        }
+        Ok(Archive { opts, lake, props: props.build(), open: HashMap::new(), files: 0 })
+    }
+
+    /// Appends one event belonging to batch `seq`.
+    pub fn append(&mut self, ev: &Event<'_>, stream: &str, id: EntryId, ingest_us: i64, seq: u64) -> Result<()> {
+        let day = ev.event_time_us.div_euclid(86_400_000_000) as i32;
+        let key = KeyRef { day, event_type: &ev.event_type };
+        let file = match self.open.get_mut(&key) {
+            Some(f) => f,
+            None => {
+                let writer = ArrowWriter::try_new(Vec::new(), archive_schema(), Some(self.props.clone()))?;
+                let f = OpenFile { columns: Columns::new(), writer, rows: 0, min_seq: seq, opened: Instant::now() };
+                self.open.entry((day, ev.event_type.as_ref().into())).or_insert(f)
+            }
+        };
+        file.columns.append(ev, stream, id, ingest_us);
+        file.rows += 1;
+        if file.columns.rows >= ENCODE_ROWS {
+            let batch = file.columns.finish();
+            file.writer.write(&batch)?;
+        }
+        Ok(())
+    }
+
+    /// Lowest batch sequence number held by an open file (`None` when all is committed):
+    /// every batch below it is durable.
+    pub fn min_open_seq(&self) -> Option<u64> {
+        self.open.values().map(|f| f.min_seq).min()
+    }
+
+    /// Age of the oldest open file.
+    pub fn oldest_age(&self) -> Option<Duration> {
+        self.open.values().map(|f| f.opened.elapsed()).max()
+    }
+
+    /// Rows not yet committed.
+    pub fn open_rows(&self) -> u64 {
+        self.open.values().map(|f| f.rows).sum()
+    }
+
+    pub fn open_files(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Commits the files that reached the roll size, or all of them when the buffered total
+    /// is over budget.
+    pub async fn commit_rolled(&mut self) -> Result<Vec<CommittedFile>> {
+        let sizes: Vec<((i32, Box<str>), usize)> = self.open.iter().map(|(k, f)| (k.clone(), f.size())).collect();
+        let total: usize = sizes.iter().map(|(_, s)| s).sum();
+        let keys: Vec<_> = if total >= self.opts.max_buffered_bytes {
+            sizes.into_iter().map(|(k, _)| k).collect()
+        } else {
+            sizes.into_iter().filter(|(_, s)| *s >= self.opts.roll_bytes).map(|(k, _)| k).collect()
+        };
+        self.commit_keys(keys).await
+    }
+
+    /// Commits every open file.
+    pub async fn commit_all(&mut self) -> Result<Vec<CommittedFile>> {
+        let keys: Vec<_> = self.open.keys().cloned().collect();
+        self.commit_keys(keys).await
+    }
+
+    async fn commit_keys(&mut self, mut keys: Vec<(i32, Box<str>)>) -> Result<Vec<CommittedFile>> {
+        keys.sort();
+        let stamp = chrono::Utc::now().timestamp_millis();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(mut file) = self.open.remove(&key) else { continue };
+            if file.columns.rows > 0 {
+                let batch = file.columns.finish();
+                file.writer.write(&batch)?;
+            }
+            let bytes = file.writer.into_inner()?;
+            self.files += 1;
+            let path = self.file_path(&key, stamp, self.files);
+            let len = bytes.len() as u64;
+            self.lake.put_atomic(&path, Bytes::from(bytes)).await?;
+            out.push(CommittedFile { path: path.to_string(), rows: file.rows, bytes: len });
+        }
+        Ok(out)
+    }
+
+    fn file_path(&self, (day, event_type): &(i32, Box<str>), stamp: i64, n: u64) -> Path {
+        let (y, m, d) = civil_from_days(*day as i64);
+        // `event_type` passed validation (lowercase, digits, `_`, `.`): it cannot leave the prefix.
+        Path::from(format!(
+            "{}/event_date={y:04}-{m:02}-{d:02}/event_type={event_type}/part-{stamp}-{}-{n:06}.parquet",
+            self.opts.prefix, self.opts.writer
+        ))
+    }
+}
+
+/// A name safe to use in a file name: ASCII letters, digits, `-` and `_`; others become `_`.
+pub fn sanitize_name(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .take(64)
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    if s.is_empty() { "w".into() } else { s }
+}

@@ -1,0 +1,114 @@
+//! The lake: one object store (from a URL or a local path) holding every table.
+//!
+//! Committed files become visible atomically: a single `PUT` on object stores; on a local
+//! directory, a write under `_eventide/staging/` and a rename into place (a reader globbing
+//! `events/**/*.parquet` never sees a partial file, nor object_store's `#n` temp files).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::error::{Error, Result};
+
+/// Prefix for eventide's own objects (state, staging); readers of the tables ignore it.
+pub const INTERNAL_PREFIX: &str = "_eventide";
+
+/// An opened lake.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    store: Arc<dyn ObjectStore>,
+    /// Set for a local directory: commits go through a staged rename.
+    local_root: Option<PathBuf>,
+    url: String,
+    staged: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Lake {
+    /// Opens `location`: a path or `file://` URL (created if missing), `memory://`, or
+    /// `s3://bucket[/prefix]`, `gs://…`, `az://container[/prefix]` configured from the usual
+    /// environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
+    pub fn open(location: &str) -> Result<Lake> {
+        let cfg = |m: String| Error::Config(format!("lake {location:?}: {m}"));
+        let (scheme, rest) = match location.split_once("://") {
+            Some((s, r)) => (s.to_ascii_lowercase(), r),
+            None => ("file".to_string(), location),
+        };
+        let (store, local_root): (Arc<dyn ObjectStore>, _) = match scheme.as_str() {
+            "file" => {
+                let path = PathBuf::from(if rest.is_empty() { "." } else { rest });
+                std::fs::create_dir_all(&path).map_err(|e| cfg(format!("cannot create directory: {e}")))?;
+                let abs = path.canonicalize().map_err(|e| cfg(e.to_string()))?;
+                (Arc::new(LocalFileSystem::new_with_prefix(&abs)?), Some(abs))
+            }
+            "memory" => (Arc::new(InMemory::new()), None),
+            "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss" => {
+                let url = url::Url::parse(location).map_err(|e| cfg(e.to_string()))?;
+                let bucket_url = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+                let inner: Arc<dyn ObjectStore> = match scheme.as_str() {
+                    "s3" | "s3a" => Arc::new(AmazonS3Builder::from_env().with_url(&bucket_url).build()?),
+                    "gs" => Arc::new(GoogleCloudStorageBuilder::from_env().with_url(&bucket_url).build()?),
+                    _ => Arc::new(MicrosoftAzureBuilder::from_env().with_url(&bucket_url).build()?),
+                };
+                let prefix = url.path().trim_matches('/');
+                if prefix.is_empty() {
+                    (inner, None)
+                } else {
+                    let p = Path::parse(prefix).map_err(|e| cfg(e.to_string()))?;
+                    (Arc::new(PrefixStore::new(inner, p)) as Arc<dyn ObjectStore>, None)
+                }
+            }
+            other => {
+                return Err(cfg(format!(
+                    "unsupported scheme `{other}://` (use a path, file://, memory://, s3://, gs:// or az://)"
+                )));
+            }
+        };
+        Ok(Lake { store, local_root, url: location.to_string(), staged: Default::default() })
+    }
+
+    /// The object store, for readers.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The location this lake was opened from.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The local directory, when the lake is one.
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.local_root.as_deref()
+    }
+
+    /// Writes `bytes` at `path` so that readers see all of it or nothing.
+    pub async fn put_atomic(&self, path: &Path, bytes: Bytes) -> Result<()> {
+        if self.local_root.is_some() {
+            let n = self.staged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let staging = Path::from(format!("{INTERNAL_PREFIX}/staging/{}-{n}.tmp", std::process::id()));
+            self.store.put(&staging, PutPayload::from(bytes)).await?;
+            self.store.rename(&staging, path).await?;
+        } else {
+            self.store.put(path, PutPayload::from(bytes)).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads `path`, or `None` when it does not exist.
+    pub async fn get_opt(&self, path: &Path) -> Result<Option<Bytes>> {
+        match self.store.get(path).await {
+            Ok(r) => Ok(Some(r.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Sinks: where accepted and rejected events end up.
+//!
+//! - [`lake`]: the object store behind every table (local directory, S3, GCS, Azure, memory),
+//!   with atomic visibility of committed files;
+//! - [`archive`]: the event archive, hive-partitioned Parquet files rolled by size and age;
+//! - [`dlq`]: the dead-letter stream for entries that failed decoding or validation.
+
+pub mod archive;
+pub mod dlq;
+pub mod lake;
+mod schema;
+
+pub use schema::archive_schema;

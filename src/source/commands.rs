@@ -1,0 +1,89 @@
+//! The command connection: short, non-blocking commands with reconnect and bounded retry.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, RedisResult, RetryMethod};
+
+use super::backoff;
+use crate::error::Result;
+
+/// Something that can be sent on a connection: a command or a pipeline.
+pub trait Request {
+    fn send<T: FromRedisValue>(&self, c: &mut MultiplexedConnection) -> impl Future<Output = RedisResult<T>>;
+}
+
+impl Request for Cmd {
+    fn send<T: FromRedisValue>(&self, c: &mut MultiplexedConnection) -> impl Future<Output = RedisResult<T>> {
+        self.query_async(c)
+    }
+}
+
+impl Request for Pipeline {
+    fn send<T: FromRedisValue>(&self, c: &mut MultiplexedConnection) -> impl Future<Output = RedisResult<T>> {
+        self.query_async(c)
+    }
+}
+
+/// A lazily (re)connected multiplexed connection.
+pub struct Commands {
+    client: Client,
+    conn: Option<MultiplexedConnection>,
+    retry_timeout: Duration,
+}
+
+impl Commands {
+    pub fn new(redis_url: &str, retry_timeout: Duration) -> Result<Self> {
+        Ok(Commands { client: Client::open(redis_url)?, conn: None, retry_timeout })
+    }
+
+    async fn connection(&mut self) -> RedisResult<&mut MultiplexedConnection> {
+        if self.conn.is_none() {
+            let cfg = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(5)))
+                .set_response_timeout(Some(Duration::from_secs(30)));
+            self.conn = Some(self.client.get_multiplexed_async_connection_with_config(&cfg).await?);
+        }
+        // Just set above when it was missing.
+        Ok(self.conn.as_mut().expect("connection present"))
+    }
+
+    /// Sends `req`, reconnecting and retrying transient failures for up to the retry timeout.
+    /// Server errors that retrying cannot fix are returned at once.
+    pub async fn query<T: FromRedisValue, R: Request>(&mut self, req: &R) -> Result<T> {
+        let start = Instant::now();
+        let mut attempt = 0;
+        loop {
+            let res = match self.connection().await {
+                Ok(c) => req.send(c).await,
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(v) => return Ok(v),
+                Err(e) if matches!(e.retry_method(), RetryMethod::NoRetry) || start.elapsed() >= self.retry_timeout => {
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    if matches!(e.retry_method(), RetryMethod::Reconnect | RetryMethod::ReconnectFromInitialConnections)
+                        || e.is_io_error()
+                        || e.is_timeout()
+                    {
+                        self.conn = None;
+                    }
+                    tracing::warn!(error = %e, attempt, "Redis command failed; retrying.");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// A PING that fails fast: is Redis reachable right now?
+    pub async fn ping(&mut self) -> bool {
+        match self.connection().await {
+            Ok(c) => redis::cmd("PING").query_async::<String>(c).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Consumer-group housekeeping on the command connection: create groups, claim entries from
+//! dead consumers, acknowledge durable entries.
+
+use redis::Value;
+
+use super::SourceOptions;
+use super::commands::Commands;
+use super::reply::{self, AutoClaim};
+use crate::error::{Error, Result};
+use crate::event::{EntryId, RawEntry};
+
+/// Ids per `XACK` command.
+const ACK_CHUNK: usize = 10_000;
+/// `XAUTOCLAIM … COUNT` per call.
+const CLAIM_COUNT: usize = 1_000;
+
+/// Creates the group on every stream (`XGROUP CREATE … MKSTREAM`); an existing group is kept.
+/// Returns the streams whose group was created now.
+pub async fn ensure_groups(cmds: &mut Commands, opts: &SourceOptions) -> Result<Vec<String>> {
+    let mut created = Vec::new();
+    for stream in &opts.streams {
+        let mut cmd = redis::cmd("XGROUP");
+        cmd.arg("CREATE").arg(stream).arg(&opts.group).arg(&opts.start_id).arg("MKSTREAM");
+        match cmds.query::<Value, _>(&cmd).await {
+            Ok(_) => created.push(stream.clone()),
+            Err(Error::Redis(e)) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(created)
+}
+
+/// Entries claimed from other consumers of one stream.
+pub struct Claimed {
+    pub entries: Vec<RawEntry>,
+    /// Ids that were deleted or trimmed while pending (Redis dropped them from the PEL).
+    pub deleted: usize,
+}
+
+/// Claims up to `max` entries of `stream` idle longer than the configured minimum.
+pub async fn claim_idle(cmds: &mut Commands, opts: &SourceOptions, stream: &str, max: usize) -> Result<Claimed> {
+    let mut start = EntryId::default();
+    let mut out = Claimed { entries: Vec::new(), deleted: 0 };
+    loop {
+        let mut cmd = redis::cmd("XAUTOCLAIM");
+        cmd.arg(stream)
+            .arg(&opts.group)
+            .arg(&opts.consumer)
+            .arg(opts.claim_min_idle.as_millis() as u64)
+            .arg(start.to_string())
+            .arg("COUNT")
+            .arg(CLAIM_COUNT);
+        let v: Value = cmds.query(&cmd).await?;
+        let AutoClaim { next, claimed, deleted } = reply::xautoclaim(v)?;
+        out.deleted += deleted.len();
+        out.entries.extend(claimed);
+        if next == EntryId::default() || out.entries.len() >= max {
+            return Ok(out);
+        }
+        start = next;
+    }
+}
+
+/// Acknowledges `ids` on `stream`; returns how many Redis removed from the pending list.
+pub async fn ack(cmds: &mut Commands, group: &str, stream: &str, ids: &[EntryId]) -> Result<u64> {
+    let mut removed = 0;
+    for chunk in ids.chunks(ACK_CHUNK) {
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(stream).arg(group);
+        for id in chunk {
+            cmd.arg(id.to_string());
+        }
+        removed += cmds.query::<u64, _>(&cmd).await?;
+    }
+    Ok(removed)
+}

@@ -1,0 +1,38 @@
+//! The Redis Streams source: the first stage (**source** → decode → dedup → sink).
+//!
+//! - [`reader`]: a task that owns a dedicated connection for blocking `XREADGROUP`s
+//!   (first this consumer's own pending entries, then new ones), reconnecting with backoff;
+//! - [`commands`]: a second connection for everything else (`XACK`, DLQ `XADD`,
+//!   `XAUTOCLAIM`, `XGROUP`), retrying transient failures with backoff;
+//! - [`group`]: consumer-group setup, claiming from dead consumers, acknowledging;
+//! - [`reply`]: Redis replies → [`RawEntry`](crate::event::RawEntry)s.
+
+pub mod commands;
+pub mod group;
+pub mod reader;
+pub mod reply;
+
+use std::time::Duration;
+
+/// Settings of the Redis source.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    pub redis_url: String,
+    pub streams: Vec<String>,
+    pub group: String,
+    /// Stable per instance: this consumer's pending entries are re-read after a restart.
+    pub consumer: String,
+    /// Where a newly created group starts (`0` = all retained history, `$` = new entries).
+    pub start_id: String,
+    pub batch_size: usize,
+    pub block: Duration,
+    /// Entries pending longer than this at another consumer are claimed.
+    pub claim_min_idle: Duration,
+    /// How long a command keeps retrying a lost connection before the pipeline stops.
+    pub retry_timeout: Duration,
+}
+
+/// Exponential backoff from 50 ms to 5 s.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50u64.saturating_mul(1 << attempt.min(7)).min(5_000))
+}

@@ -1,0 +1,140 @@
+//! Turns raw Redis replies into [`RawEntry`]s without the per-entry `HashMap`s of the redis
+//! crate's typed stream replies: field bytes are moved, not copied.
+
+use redis::Value;
+
+use crate::event::{EntryId, RawEntry};
+
+/// A reply that did not have the shape Redis documents.
+#[derive(Debug, thiserror::Error)]
+#[error("unexpected {command} reply: {what}")]
+pub struct ReplyError {
+    pub command: &'static str,
+    pub what: &'static str,
+}
+
+fn bad(command: &'static str, what: &'static str) -> ReplyError {
+    ReplyError { command, what }
+}
+
+fn bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        _ => None,
+    }
+}
+
+fn items(v: Value) -> Option<Vec<Value>> {
+    match v {
+        Value::Array(a) | Value::Set(a) => Some(a),
+        Value::Map(m) => Some(m.into_iter().flat_map(|(k, v)| [k, v]).collect()),
+        _ => None,
+    }
+}
+
+/// Parses a list of `[id, [field, value, …] | nil]` entries.
+pub fn entries(v: Value, command: &'static str) -> Result<Vec<RawEntry>, ReplyError> {
+    let list = items(v).ok_or(bad(command, "entry list is not an array"))?;
+    let mut out = Vec::with_capacity(list.len());
+    for e in list {
+        let mut parts = items(e).ok_or(bad(command, "entry is not an array"))?.into_iter();
+        let id = parts.next().and_then(bytes).and_then(|b| EntryId::parse(&b)).ok_or(bad(command, "entry id"))?;
+        let mut fields = Vec::new();
+        if let Some(flat) = parts.next().and_then(items) {
+            fields.reserve(flat.len() / 2);
+            let mut it = flat.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                fields.push((bytes(k).unwrap_or_default(), bytes(v).unwrap_or_default()));
+            }
+        }
+        out.push(RawEntry { id, fields });
+    }
+    Ok(out)
+}
+
+/// Parses an `XREADGROUP` reply into `(stream key, entries)` pairs (nil → empty).
+/// Entries of one stream in a read reply: the stream key and its entries.
+pub type StreamEntries = (Vec<u8>, Vec<RawEntry>);
+
+pub fn xread(v: Value) -> Result<Vec<StreamEntries>, ReplyError> {
+    const C: &str = "XREADGROUP";
+    if matches!(v, Value::Nil) {
+        return Ok(Vec::new());
+    }
+    if let Value::Map(m) = v {
+        return m.into_iter().map(|(k, e)| Ok((bytes(k).ok_or(bad(C, "stream key"))?, entries(e, C)?))).collect();
+    }
+    let streams = items(v).ok_or(bad(C, "not an array"))?;
+    streams
+        .into_iter()
+        .map(|s| {
+            let mut parts = items(s).ok_or(bad(C, "stream is not an array"))?.into_iter();
+            let key = parts.next().and_then(bytes).ok_or(bad(C, "stream key"))?;
+            let list = parts.next().unwrap_or(Value::Array(Vec::new()));
+            Ok((key, if matches!(list, Value::Nil) { Vec::new() } else { entries(list, C)? }))
+        })
+        .collect()
+}
+
+/// An `XAUTOCLAIM` reply: the next start id, the claimed entries, and the ids that were
+/// deleted or trimmed while pending (Redis removed them from the pending list).
+pub struct AutoClaim {
+    pub next: EntryId,
+    pub claimed: Vec<RawEntry>,
+    pub deleted: Vec<EntryId>,
+}
+
+pub fn xautoclaim(v: Value) -> Result<AutoClaim, ReplyError> {
+    const C: &str = "XAUTOCLAIM";
+    let mut parts = items(v).ok_or(bad(C, "not an array"))?.into_iter();
+    let next = parts.next().and_then(bytes).and_then(|b| EntryId::parse(&b)).ok_or(bad(C, "next id"))?;
+    let claimed = entries(parts.next().ok_or(bad(C, "no entries"))?, C)?;
+    let deleted = match parts.next() {
+        Some(d) => {
+            items(d).unwrap_or_default().into_iter().filter_map(|v| bytes(v).and_then(|b| EntryId::parse(&b))).collect()
+        }
+        None => Vec::new(),
+    };
+    Ok(AutoClaim { next, claimed, deleted })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bs(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn parses_xreadgroup_with_deleted_entry() {
+        let v = Value::Array(vec![Value::Array(vec![
+            bs("orders"),
+            Value::Array(vec![
+                Value::Array(vec![bs("1-0"), Value::Array(vec![bs("data"), bs("{}")])]),
+                Value::Array(vec![bs("2-0"), Value::Nil]),
+            ]),
+        ])]);
+        let r = xread(v).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].0, b"orders");
+        assert_eq!(r[0].1[0].field(b"data"), Some(&b"{}"[..]));
+        assert!(r[0].1[1].is_deleted());
+        assert!(xread(Value::Nil).unwrap().is_empty());
+        assert!(xread(Value::Int(3)).is_err());
+    }
+
+    #[test]
+    fn parses_xautoclaim() {
+        let v = Value::Array(vec![
+            bs("0-0"),
+            Value::Array(vec![Value::Array(vec![bs("5-1"), Value::Array(vec![bs("a"), bs("b")])])]),
+            Value::Array(vec![bs("4-0")]),
+        ]);
+        let r = xautoclaim(v).unwrap();
+        assert_eq!(r.next, EntryId::default());
+        assert_eq!(r.claimed[0].id, EntryId { ms: 5, seq: 1 });
+        assert_eq!(r.deleted, vec![EntryId { ms: 4, seq: 0 }]);
+    }
+}

@@ -1,0 +1,9 @@
+//! The integration suite (one binary): real `redis-server` instances started on free
+//! loopback ports, real Parquet files read back.
+
+mod support;
+
+mod archive;
+mod consumer_group;
+mod dlq;
+mod restart;

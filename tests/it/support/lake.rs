@@ -1,0 +1,84 @@
+//! Reads the archive back from disk with the parquet crate, as an analyst's tool would.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::TimestampMicrosecondType;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// One archived row, keyed by event_id in [`read_archive`]'s result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub event_type: String,
+    pub event_time_us: i64,
+    pub stream: String,
+    pub stream_id: String,
+    pub correlation_id: Option<String>,
+    pub source: Option<String>,
+    pub traceparent: Option<String>,
+    pub data: Option<String>,
+    /// The file's partition directories.
+    pub partition: String,
+}
+
+/// All `events/**/*.parquet` rows under `lake`; panics on a duplicate event_id.
+pub fn read_archive(lake: &Path) -> BTreeMap<String, Row> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![lake.join("events")];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            assert!(p.extension().is_some_and(|x| x == "parquet"), "stray file in the table: {}", p.display());
+            let partition = p.parent().unwrap().strip_prefix(lake.join("events")).unwrap().display().to_string();
+            let reader =
+                ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&p).unwrap()).unwrap().build().unwrap();
+            for batch in reader {
+                for row in rows(&batch.unwrap(), &partition) {
+                    let id = row.0.clone();
+                    assert!(out.insert(row.0, row.1).is_none(), "duplicate row for event {id}");
+                }
+            }
+        }
+    }
+    out
+}
+
+fn rows(b: &RecordBatch, partition: &str) -> Vec<(String, Row)> {
+    let s = |name: &str| b.column_by_name(name).unwrap().as_string::<i32>().clone();
+    let (ids, types, streams, sids, corr, src, tp, data) = (
+        s("event_id"),
+        s("event_type"),
+        s("stream"),
+        s("stream_id"),
+        s("correlation_id"),
+        s("source"),
+        s("traceparent"),
+        s("data"),
+    );
+    let times = b.column_by_name("event_time").unwrap().as_primitive::<TimestampMicrosecondType>().clone();
+    let opt = |a: &arrow::array::StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_string());
+    (0..b.num_rows())
+        .map(|i| {
+            (
+                ids.value(i).to_string(),
+                Row {
+                    event_type: types.value(i).to_string(),
+                    event_time_us: times.value(i),
+                    stream: streams.value(i).to_string(),
+                    stream_id: sids.value(i).to_string(),
+                    correlation_id: opt(&corr, i),
+                    source: opt(&src, i),
+                    traceparent: opt(&tp, i),
+                    data: opt(&data, i),
+                    partition: partition.to_string(),
+                },
+            )
+        })
+        .collect()
+}

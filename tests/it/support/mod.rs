@@ -1,0 +1,49 @@
+//! Test fixtures: a private Redis server, pipeline options, archive readers.
+
+pub mod lake;
+pub mod redis_server;
+
+use std::time::Duration;
+
+use eventide::config::Config;
+use eventide::pipeline::{PipelineOptions, RunSummary};
+
+pub use lake::read_archive;
+pub use redis_server::RedisServer;
+
+/// Pipeline options for a test: the given Redis, stream and lake, short timers.
+pub fn options(redis_url: &str, streams: &[&str], lake: &str, consumer: &str) -> PipelineOptions {
+    let cfg = Config {
+        redis_url: redis_url.into(),
+        streams: streams.iter().map(|s| s.to_string()).collect(),
+        group: "analytics".into(),
+        consumer: consumer.into(),
+        lake: lake.into(),
+        block: eventide::config::Dur(Duration::from_millis(100)),
+        exit_when_idle: Some(eventide::config::Dur(Duration::from_millis(500))),
+        max_entry_bytes: eventide::config::ByteSize(64 * 1024),
+        redis_retry_timeout: eventide::config::Dur::secs(30),
+        ..Config::default()
+    };
+    cfg.pipeline_options().expect("valid test config")
+}
+
+/// Runs a pipeline until it is idle (bounded by a generous timeout).
+pub async fn run_until_idle(opts: PipelineOptions) -> RunSummary {
+    tokio::time::timeout(Duration::from_secs(120), eventide::pipeline::run(opts, std::future::pending()))
+        .await
+        .expect("pipeline finished in time")
+        .expect("pipeline ran")
+}
+
+/// A multiplexed connection to `url`.
+pub async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+/// Entries pending (delivered, not acked) in group `analytics` of `stream`.
+pub async fn pending(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> u64 {
+    let summary: (u64, redis::Value, redis::Value, redis::Value) =
+        redis::cmd("XPENDING").arg(stream).arg("analytics").query_async(conn).await.unwrap();
+    summary.0
+}
