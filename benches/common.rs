@@ -3,6 +3,7 @@
 use eventide::event::{EntryId, RawEntry};
 use eventide::generator::{GenOptions, Generator};
 
+#[allow(dead_code)] // not every bench decodes entries
 pub fn entries(n: u64, dapr: bool) -> Vec<RawEntry> {
     Generator::new(GenOptions { entries: n, dapr, seed: 11, ..Default::default() })
         .enumerate()
@@ -12,3 +13,7 @@ pub fn entries(n: u64, dapr: bool) -> Vec<RawEntry> {
         })
         .collect()
 }
+
+/// The binary's allocator, so benches measure what production runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -1,5 +1,7 @@
 //! Dedup throughput and memory per remembered id.
 
+mod common;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eventide::dedup::Dedup;
 

@@ -30,6 +30,9 @@ pub enum Error {
     State { path: PathBuf, reason: String },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A pipeline task stopped unexpectedly (a bug, or its own error was reported first).
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -113,6 +113,7 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
     let _ = reader.await;
     result?;
     p.commit_all().await?;
+    p.finish_acks().await?;
     let summary = RunSummary { stats: p.stats.clone(), dedup_ids: p.dedup_len(), elapsed: started.elapsed() };
     p.log_progress(summary.elapsed);
     Ok(summary)

@@ -88,8 +88,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut child = std::process::Command::new(exe)
         .args(["run", "--redis-url", &url, "--stream", &e2e_key, "--group", "bench", "--consumer", "bench-1"])
-        .args(["--batch-size", &a.batch_size.to_string(), "--block", "100ms", "--exit-when-idle", "500ms"])
-        .args(["--progress-interval", "5s", "--config", "/dev/null"])
+        .args(["--batch-size", &a.batch_size.to_string(), "--block", "50ms", "--exit-when-idle", "200ms"])
+        .args(["--config", "/dev/null"])
         .arg("--lake")
         .arg(&lake)
         .args(&a.run_arg)
@@ -112,11 +112,14 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let out = child.wait_with_output()?;
     let e2e = drained_at.unwrap_or_else(|| started.elapsed());
-    let rss_kib = children_max_rss_kib();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    // The run reports its own VmHWM (getrusage of children would count the pages it shared
+    // with this process between fork and exec).
+    let rss = stdout.split("peak RSS ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or("?").to_string();
     let (files, bytes) = parquet_bytes(&lake);
     let rate = published.entries as f64 / e2e.as_secs_f64();
     let accepted = published.events.max(1);
-    println!("{}", String::from_utf8_lossy(&out.stdout).trim_end());
+    println!("{}", stdout.trim_end());
     println!(
         "entries:            {} ({} unique events, {} duplicates)",
         published.entries, published.events, published.duplicates
@@ -128,7 +131,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         e2e.as_secs_f64(),
         100.0 * rate / bare_rate
     );
-    println!("peak RSS (run):     {} MiB", rss_kib / 1024);
+    println!("peak RSS (run):     {rss} MiB");
     println!("archive:            {} files, {} bytes, {:.1} bytes/event", files, bytes, bytes as f64 / accepted as f64);
     let _ = redis::cmd("DEL").arg(&drain_key).arg(&e2e_key).query_async::<()>(&mut conn).await;
     Ok(ExitCode::SUCCESS)
@@ -195,12 +198,6 @@ async fn group_done(conn: &mut MultiplexedConnection, key: &str, group: &str) ->
     };
     let int = |k: &str| g.get(k).and_then(|v| redis::from_redis_value_ref::<i64>(v).ok());
     Ok(int("pending") == Some(0) && int("lag") == Some(0))
-}
-
-fn children_max_rss_kib() -> u64 {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) } == 0 { u.ru_maxrss as u64 } else { 0 }
 }
 
 fn parquet_bytes(dir: &Path) -> (u64, u64) {

@@ -87,7 +87,7 @@ impl Default for Config {
             roll_bytes: ByteSize(128 << 20),
             roll_age: Dur::secs(30),
             max_buffered_bytes: ByteSize(512 << 20),
-            zstd_level: 3,
+            zstd_level: 1,
             exit_when_idle: None,
             progress_interval: Dur::secs(10),
             redis_retry_timeout: Dur::secs(300),

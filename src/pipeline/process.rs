@@ -6,13 +6,14 @@ use std::time::Duration;
 use crate::ack::AckTracker;
 use crate::decode::{Decoder, Rejection};
 use crate::dedup::{Dedup, Verdict};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::event::StreamBatch;
 use crate::metrics::Stats;
 use crate::sink::archive::{Archive, CommittedFile};
 use crate::sink::dlq;
 use crate::sink::lake::Lake;
 use crate::source::SourceOptions;
+use crate::source::acker::Acker;
 use crate::source::commands::Commands;
 use crate::source::group;
 use crate::state;
@@ -26,6 +27,7 @@ pub(super) struct Processor {
     source: SourceOptions,
     dlq_keys: Vec<String>,
     cmds: Commands,
+    acker: Option<Acker>,
     decoder: Decoder,
     dedup: Dedup,
     archive: Archive,
@@ -52,6 +54,7 @@ impl Processor {
             source: opts.source.clone(),
             dlq_keys,
             cmds,
+            acker: Some(Acker::start(&opts.source)?),
             decoder: Decoder::new(opts.decode.clone()),
             dedup,
             archive: Archive::new(lake.clone(), opts.archive.clone())?,
@@ -107,18 +110,33 @@ impl Processor {
         self.acks.register(batch.stream, batch.entries.iter().filter(|e| !e.is_deleted()).map(|e| e.id).collect());
         let files = self.archive.commit_rolled().await?;
         self.committed(&files);
-        self.ack_durable().await
+        self.ack_durable().await.map(drop)
     }
 
     /// Commits every open file, saves dedup state (nothing uncommitted remains, so the
     /// snapshot only remembers durable ids), then acks everything read.
     pub async fn commit_all(&mut self) -> Result<()> {
+        let t = std::time::Instant::now();
         let files = self.archive.commit_all().await?;
         self.committed(&files);
+        let t_files = t.elapsed();
         if !files.is_empty() {
             state::save_dedup(&self.lake, &self.source.group, &self.dedup).await?;
         }
-        self.ack_durable().await
+        let t_state = t.elapsed();
+        let acked = self.ack_durable().await?;
+        if !files.is_empty() {
+            tracing::info!(
+                files = files.len(),
+                rows = files.iter().map(|f| f.rows).sum::<u64>(),
+                bytes = files.iter().map(|f| f.bytes).sum::<u64>(),
+                ack_queued = acked,
+                files_ms = t_files.as_millis() as u64,
+                state_ms = (t_state - t_files).as_millis() as u64,
+                "Committed."
+            );
+        }
+        Ok(())
     }
 
     /// Claims entries other consumers left pending too long, and processes them.
@@ -145,10 +163,30 @@ impl Processor {
         }
     }
 
-    async fn ack_durable(&mut self) -> Result<()> {
+    /// Hands every batch below the durable frontier to the acker; returns how many entries.
+    async fn ack_durable(&mut self) -> Result<u64> {
+        let mut n = 0;
         for (stream, ids) in self.acks.take_durable(self.archive.min_open_seq()) {
-            group::ack(&mut self.cmds, &self.source.group, &self.source.streams[stream], &ids).await?;
-            self.stats.acked += ids.len() as u64;
+            n += ids.len() as u64;
+            let sent = match self.acker.as_mut() {
+                Some(a) => a.send(stream, ids).await,
+                None => false,
+            };
+            if !sent {
+                // The acker stopped: its error says why.
+                return match self.acker.take() {
+                    Some(a) => a.finish().await.and(Err(Error::Internal("the acker stopped".into()))),
+                    None => Err(Error::Internal("the acker stopped".into())),
+                };
+            }
+        }
+        Ok(n)
+    }
+
+    /// Waits for every queued acknowledgement; call last.
+    pub async fn finish_acks(&mut self) -> Result<()> {
+        if let Some(a) = self.acker.take() {
+            self.stats.acked += a.finish().await?;
         }
         Ok(())
     }

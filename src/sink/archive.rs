@@ -10,22 +10,28 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use hashbrown::{Equivalent, HashMap};
 use object_store::path::Path;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use super::lake::Lake;
 use super::schema::{Columns, archive_schema};
 use crate::decode::Event;
 use crate::decode::timestamp::civil_from_days;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::event::EntryId;
 
 /// Rows buffered per partition before they are encoded.
 const ENCODE_ROWS: usize = 8192;
+/// Rows per Parquet row group (DuckDB's own row group size): row groups are flushed as the
+/// file grows, so a commit only finishes the last one.
+const ROW_GROUP_ROWS: usize = 122_880;
+/// Files finished and written at once during a commit.
+const COMMIT_CONCURRENCY: usize = 4;
 
 /// Archive settings.
 #[derive(Debug, Clone)]
@@ -70,6 +76,15 @@ struct OpenFile {
 }
 
 impl OpenFile {
+    /// Encodes what is left and returns the complete Parquet file.
+    fn finish(mut self) -> Result<Vec<u8>> {
+        if self.columns.rows > 0 {
+            let batch = self.columns.finish();
+            self.writer.write(&batch)?;
+        }
+        Ok(self.writer.into_inner()?)
+    }
+
     fn size(&self) -> usize {
         self.writer.bytes_written() + self.writer.in_progress_size() + self.columns.bytes
     }
@@ -90,12 +105,16 @@ impl Archive {
         let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
             .set_created_by(format!("eventide {}", env!("CARGO_PKG_VERSION")))
-            .set_max_row_group_row_count(Some(1 << 20));
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
         // Unique or near-unique columns: dictionaries only cost time there.
         for col in
             ["event_id", "event_time", "data", "metadata", "correlation_id", "traceparent", "stream_id", "ingest_time"]
         {
             props = props.set_column_dictionary_enabled(ColumnPath::from(col), false);
+        }
+        // Min/max of JSON text and random ids prune nothing; times and types keep theirs.
+        for col in ["data", "metadata", "correlation_id", "traceparent", "stream_id"] {
+            props = props.set_column_statistics_enabled(ColumnPath::from(col), EnabledStatistics::None);
         }
         Ok(Archive { opts, lake, props: props.build(), open: HashMap::new(), files: 0 })
     }
@@ -163,20 +182,28 @@ impl Archive {
     async fn commit_keys(&mut self, mut keys: Vec<(i32, Box<str>)>) -> Result<Vec<CommittedFile>> {
         keys.sort();
         let stamp = chrono::Utc::now().timestamp_millis();
-        let mut out = Vec::with_capacity(keys.len());
+        let mut jobs = Vec::with_capacity(keys.len());
         for key in keys {
-            let Some(mut file) = self.open.remove(&key) else { continue };
-            if file.columns.rows > 0 {
-                let batch = file.columns.finish();
-                file.writer.write(&batch)?;
-            }
-            let bytes = file.writer.into_inner()?;
+            let Some(file) = self.open.remove(&key) else { continue };
             self.files += 1;
-            let path = self.file_path(&key, stamp, self.files);
-            let len = bytes.len() as u64;
-            self.lake.put_atomic(&path, Bytes::from(bytes)).await?;
-            out.push(CommittedFile { path: path.to_string(), rows: file.rows, bytes: len });
+            jobs.push((self.file_path(&key, stamp, self.files), file));
         }
+        // Files are finished (last pages, footer) on blocking threads and written concurrently.
+        let lake = &self.lake;
+        let mut out: Vec<CommittedFile> = futures::stream::iter(jobs)
+            .map(|(path, file)| async move {
+                let rows = file.rows;
+                let bytes = tokio::task::spawn_blocking(move || file.finish())
+                    .await
+                    .map_err(|e| Error::Internal(format!("encoder task: {e}")))??;
+                let len = bytes.len() as u64;
+                lake.put_atomic(&path, Bytes::from(bytes)).await?;
+                Ok::<_, Error>(CommittedFile { path: path.to_string(), rows, bytes: len })
+            })
+            .buffer_unordered(COMMIT_CONCURRENCY)
+            .try_collect()
+            .await?;
+        out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
     }
 

@@ -87,8 +87,10 @@ impl Columns {
         self.source.append_option(ev.source.as_deref());
         self.traceparent.append_option(ev.traceparent.as_deref());
         self.stream.append_value(stream);
-        // Writes straight into the value buffer: no String per row.
-        let _ = write!(self.stream_id, "{}-{}", id.ms, id.seq);
+        // Written into the value buffer piecewise: no String, no fmt machinery per row.
+        let _ = self.stream_id.write_str(itoa::Buffer::new().format(id.ms));
+        let _ = self.stream_id.write_char('-');
+        let _ = self.stream_id.write_str(itoa::Buffer::new().format(id.seq));
         self.stream_id.append_value("");
         self.ingest_time.append_value(ingest_us);
         self.rows += 1;

@@ -61,16 +61,19 @@ pub async fn claim_idle(cmds: &mut Commands, opts: &SourceOptions, stream: &str,
     }
 }
 
-/// Acknowledges `ids` on `stream`; returns how many Redis removed from the pending list.
+/// Acknowledges `ids` on `stream` (one round trip); returns how many Redis removed from the
+/// pending list.
 pub async fn ack(cmds: &mut Commands, group: &str, stream: &str, ids: &[EntryId]) -> Result<u64> {
-    let mut removed = 0;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut pipe = redis::pipe();
     for chunk in ids.chunks(ACK_CHUNK) {
-        let mut cmd = redis::cmd("XACK");
-        cmd.arg(stream).arg(group);
+        let cmd = pipe.cmd("XACK").arg(stream).arg(group);
         for id in chunk {
             cmd.arg(id.to_string());
         }
-        removed += cmds.query::<u64, _>(&cmd).await?;
     }
-    Ok(removed)
+    let removed: Vec<u64> = cmds.query(&pipe).await?;
+    Ok(removed.into_iter().sum())
 }

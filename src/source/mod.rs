@@ -7,6 +7,7 @@
 //! - [`group`]: consumer-group setup, claiming from dead consumers, acknowledging;
 //! - [`reply`]: Redis replies → [`RawEntry`](crate::event::RawEntry)s.
 
+pub mod acker;
 pub mod commands;
 pub mod group;
 pub mod reader;

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod analyst;
 mod archive;
 mod consumer_group;
 mod dlq;
