@@ -10,7 +10,7 @@ use eventide::sink::lake::Lake;
 fn archive(c: &mut Criterion) {
     let entries = common::entries(50_000, false);
     let now = chrono::Utc::now().timestamp_micros();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
     let mut g = c.benchmark_group("archive");
     g.sample_size(10);
     g.throughput(Throughput::Elements(entries.len() as u64));
@@ -27,9 +27,12 @@ fn archive(c: &mut Criterion) {
                 };
                 let mut a = Archive::new(lake, opts).unwrap();
                 let mut d = Decoder::new(DecodeOptions::default());
-                for e in &entries {
-                    let ev = d.decode(e, now).unwrap();
-                    a.append(&ev, "events", e.id, now, 0).unwrap();
+                for chunk in entries.chunks(1000) {
+                    for e in chunk {
+                        let ev = d.decode(e, now).unwrap();
+                        a.append(&ev, "events", e.id, now, 0).unwrap();
+                    }
+                    rt.block_on(a.encode_ready()).unwrap();
                 }
                 let files = rt.block_on(a.commit_all()).unwrap();
                 files.iter().map(|f| f.bytes).sum::<u64>()

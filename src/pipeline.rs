@@ -33,6 +33,8 @@ pub struct PipelineOptions {
     pub dlq_stream: Option<String>,
     pub dedup_horizon: Duration,
     pub roll_age: Duration,
+    /// How often (at most) the dedup snapshot is saved at a commit; always at a clean stop.
+    pub state_interval: Duration,
     pub claim_interval: Duration,
     pub exit_when_idle: Option<Duration>,
     pub progress_interval: Duration,
@@ -87,7 +89,7 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
                 },
                 _ = tick.tick() => {
                     if p.archive_age().is_some_and(|a| a >= opts.roll_age) {
-                        p.commit_all().await?;
+                        p.commit_all(false).await?;
                     }
                     if last_claim.is_none_or(|t| t.elapsed() >= opts.claim_interval) {
                         last_claim = Some(Instant::now());
@@ -112,7 +114,7 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
     drop(rx);
     let _ = reader.await;
     result?;
-    p.commit_all().await?;
+    p.commit_all(true).await?;
     p.finish_acks().await?;
     let summary = RunSummary { stats: p.stats.clone(), dedup_ids: p.dedup_len(), elapsed: started.elapsed() };
     p.log_progress(summary.elapsed);

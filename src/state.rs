@@ -2,7 +2,7 @@
 //! (a prefix table readers ignore). It is written only right after every open archive file
 //! was committed, so it never remembers an id whose row is not durable.
 
-use bytes::Bytes;
+use object_store::PutPayload;
 use object_store::path::Path;
 
 use crate::dedup::Dedup;
@@ -26,5 +26,5 @@ pub async fn load_dedup(lake: &Lake, group: &str, horizon_secs: u64) -> Result<D
 
 /// Saves the dedup snapshot (atomically replacing the previous one).
 pub async fn save_dedup(lake: &Lake, group: &str, dedup: &Dedup) -> Result<()> {
-    lake.put_atomic(&dedup_path(group), Bytes::from(dedup.to_bytes())).await
+    lake.put_atomic(&dedup_path(group), PutPayload::from(dedup.to_bytes())).await
 }

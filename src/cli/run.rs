@@ -54,6 +54,8 @@ pub struct RunArgs {
     pub roll_bytes: Option<ByteSize>,
     #[arg(long, env = "EVENTIDE_ROLL_AGE")]
     pub roll_age: Option<Dur>,
+    #[arg(long, env = "EVENTIDE_STATE_INTERVAL")]
+    pub state_interval: Option<Dur>,
     #[arg(long, env = "EVENTIDE_MAX_BUFFERED_BYTES")]
     pub max_buffered_bytes: Option<ByteSize>,
     #[arg(long, env = "EVENTIDE_ZSTD_LEVEL")]
@@ -113,6 +115,7 @@ impl RunArgs {
             lake,
             roll_bytes,
             roll_age,
+            state_interval,
             max_buffered_bytes,
             zstd_level,
             progress_interval,

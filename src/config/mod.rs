@@ -55,6 +55,8 @@ pub struct Config {
     pub roll_bytes: ByteSize,
     /// …or at this age (also the longest an entry waits for its ack).
     pub roll_age: Dur,
+    /// How often (at most) the dedup snapshot is saved after a commit; always at a clean stop.
+    pub state_interval: Dur,
     /// Upper bound of archive data buffered in memory.
     pub max_buffered_bytes: ByteSize,
     pub zstd_level: i32,
@@ -86,6 +88,7 @@ impl Default for Config {
             lake: "./lake".into(),
             roll_bytes: ByteSize(128 << 20),
             roll_age: Dur::secs(30),
+            state_interval: Dur::secs(60),
             max_buffered_bytes: ByteSize(512 << 20),
             zstd_level: 1,
             exit_when_idle: None,
@@ -228,6 +231,7 @@ impl Config {
             dlq_stream: self.dlq_stream.clone(),
             dedup_horizon: self.dedup_horizon.0,
             roll_age: self.roll_age.0,
+            state_interval: self.state_interval.0,
             claim_interval: self.claim_interval.0,
             exit_when_idle: self.exit_when_idle.map(|d| d.0),
             progress_interval: self.progress_interval.0,

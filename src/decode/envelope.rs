@@ -43,7 +43,7 @@ pub(super) struct Wire<'a> {
 
 impl<'a> Wire<'a> {
     pub(super) fn parse(text: &'a str) -> Result<Wire<'a>, Rejection> {
-        if !text.trim_start().starts_with('{') {
+        if !super::starts_object(text) {
             return Err(match serde_json::from_str::<&RawValue>(text) {
                 Ok(_) => Rejection::new(Reason::NotAnObject, "the event JSON is not an object"),
                 Err(e) => Rejection::new(Reason::InvalidJson, e.to_string()),

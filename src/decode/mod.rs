@@ -138,7 +138,7 @@ fn decode_text<'a>(text: &'a str, scratch: &'a mut String) -> Result<Unchecked<'
         None
     };
     let inner = match inner_text {
-        Some(t) if t.trim_start().starts_with('{') => Some((t, Wire::parse(t)?)),
+        Some(t) if starts_object(t) => Some((t, Wire::parse(t)?)),
         _ => None,
     };
     let mut event = match inner {
@@ -188,13 +188,18 @@ impl<'a> Wire<'a> {
 /// Pulls `correlation_id` and `source` out of a metadata object (lenient: anything that is
 /// not a string object member is ignored; metadata is context, not a validation target).
 pub(crate) fn metadata_fields(metadata: &str) -> (Option<Cow<'_, str>>, Option<Cow<'_, str>>) {
-    if !metadata.trim_start().starts_with('{') {
+    if !starts_object(metadata) {
         return (None, None);
     }
     match serde_json::from_str::<Meta<'_>>(metadata) {
         Ok(m) => (m.correlation_id.and_then(envelope::string_value), m.source.and_then(envelope::string_value)),
         Err(_) => (None, None),
     }
+}
+
+/// Whether JSON text starts with `{` (after ASCII whitespace, the only kind JSON allows).
+pub(crate) fn starts_object(text: &str) -> bool {
+    text.bytes().find(|b| !b.is_ascii_whitespace()) == Some(b'{')
 }
 
 #[cfg(test)]

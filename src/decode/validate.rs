@@ -10,7 +10,12 @@ pub const MAX_EVENT_TYPE_BYTES: usize = 128;
 
 /// `event_id`: any non-blank string up to [`MAX_EVENT_ID_BYTES`] without control characters.
 pub fn valid_event_id(id: &str) -> bool {
-    !id.trim().is_empty() && id.len() <= MAX_EVENT_ID_BYTES && !id.bytes().any(|b| b < 0x20 || b == 0x7f)
+    let b = id.as_bytes();
+    if b.is_empty() || b.len() > MAX_EVENT_ID_BYTES || b.iter().any(|&c| c < 0x20 || c == 0x7f) {
+        return false;
+    }
+    // Fast path: starts with a visible ASCII character; else check for Unicode blanks.
+    b[0] > b' ' && b[0] < 0x80 || !id.trim().is_empty()
 }
 
 /// `event_type`: `domain.action` or `domain.entity.action`; each segment lowercase ASCII,
@@ -18,20 +23,25 @@ pub fn valid_event_id(id: &str) -> bool {
 /// `cart.item_added`, `payment.refund.issued`). These values also name archive partitions,
 /// so the rule is what keeps paths inside the table prefix.
 pub fn valid_event_type(t: &str) -> bool {
-    if t.len() > MAX_EVENT_TYPE_BYTES {
+    let b = t.as_bytes();
+    if b.len() > MAX_EVENT_TYPE_BYTES {
         return false;
     }
-    let mut segments = 0;
-    for seg in t.split('.') {
-        segments += 1;
-        let b = seg.as_bytes();
-        let Some(first) = b.first() else { return false };
-        if !first.is_ascii_lowercase() || !b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
-        {
+    let (mut segments, mut at_start) = (1, true);
+    for &c in b {
+        if at_start {
+            if !c.is_ascii_lowercase() {
+                return false;
+            }
+            at_start = false;
+        } else if c == b'.' {
+            segments += 1;
+            at_start = true;
+        } else if !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_') {
             return false;
         }
     }
-    (2..=3).contains(&segments)
+    !at_start && (2..=3).contains(&segments)
 }
 
 pub(super) fn check(u: Unchecked<'_>, now_us: i64, max_future_us: i64) -> Result<Event<'_>, Rejection> {

@@ -1,7 +1,7 @@
 //! The processor: one batch at a time through decode → dedup → archive, rejects to the DLQ,
 //! commits, and acks for batches that became durable.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::ack::AckTracker;
 use crate::decode::{Decoder, Rejection};
@@ -33,6 +33,10 @@ pub(super) struct Processor {
     archive: Archive,
     acks: AckTracker,
     lake: Lake,
+    state_interval: Duration,
+    last_snapshot: Option<Instant>,
+    /// Dedup learnt ids since the last snapshot.
+    dedup_dirty: bool,
     pub stats: Stats,
 }
 
@@ -60,6 +64,9 @@ impl Processor {
             archive: Archive::new(lake.clone(), opts.archive.clone())?,
             acks: AckTracker::default(),
             lake,
+            state_interval: opts.state_interval,
+            last_snapshot: Some(Instant::now()),
+            dedup_dirty: false,
             stats: Stats::default(),
         })
     }
@@ -72,7 +79,7 @@ impl Processor {
         let stream = self.source.streams[batch.stream].as_str();
         let mut rejects: Vec<(usize, Rejection)> = Vec::new();
         let mut deleted = Vec::new();
-        let Processor { decoder, dedup, archive, stats, .. } = self;
+        let Processor { decoder, dedup, archive, stats, dedup_dirty: dirty, .. } = self;
         for (i, entry) in batch.entries.iter().enumerate() {
             if entry.is_deleted() {
                 deleted.push(entry.id);
@@ -89,11 +96,13 @@ impl Processor {
                         stats.beyond_horizon += u64::from(verdict == Verdict::BeyondHorizon);
                         archive.append(&ev, stream, entry.id, now_us, seq)?;
                         stats.accepted += 1;
+                        *dirty = true;
                     }
                 },
             }
         }
         stats.read += batch.entries.len() as u64;
+        self.archive.encode_ready().await?;
         if !rejects.is_empty() {
             let mut pipe = redis::pipe();
             for (i, r) in &rejects {
@@ -113,15 +122,19 @@ impl Processor {
         self.ack_durable().await.map(drop)
     }
 
-    /// Commits every open file, saves dedup state (nothing uncommitted remains, so the
+    /// Commits every open file, saves the dedup snapshot when `final_stop` or when it is
+    /// older than the state interval (nothing uncommitted remains at this point, so the
     /// snapshot only remembers durable ids), then acks everything read.
-    pub async fn commit_all(&mut self) -> Result<()> {
-        let t = std::time::Instant::now();
+    pub async fn commit_all(&mut self, final_stop: bool) -> Result<()> {
+        let t = Instant::now();
         let files = self.archive.commit_all().await?;
         self.committed(&files);
         let t_files = t.elapsed();
-        if !files.is_empty() {
+        let snapshot_due = self.last_snapshot.is_none_or(|s| s.elapsed() >= self.state_interval);
+        if self.dedup_dirty && (final_stop || snapshot_due) {
             state::save_dedup(&self.lake, &self.source.group, &self.dedup).await?;
+            self.last_snapshot = Some(Instant::now());
+            self.dedup_dirty = false;
         }
         let t_state = t.elapsed();
         let acked = self.ack_durable().await?;

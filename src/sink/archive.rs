@@ -9,15 +9,17 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use hashbrown::{Equivalent, HashMap};
+use object_store::PutPayload;
 use object_store::path::Path;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
+use tokio::task::JoinHandle;
 
+use super::chunks::Chunks;
 use super::lake::Lake;
 use super::schema::{Columns, archive_schema};
 use crate::decode::Event;
@@ -67,26 +69,69 @@ impl Equivalent<(i32, Box<str>)> for KeyRef<'_> {
     }
 }
 
+type Writer = ArrowWriter<Chunks>;
+
+/// A file's Parquet writer: here, or encoding a batch on a blocking thread.
+enum Encoder {
+    Idle(Box<Writer>),
+    Busy(JoinHandle<Result<Writer>>),
+    /// An earlier encode failed (its error was returned then).
+    Lost,
+}
+
 struct OpenFile {
     columns: Columns,
-    writer: ArrowWriter<Vec<u8>>,
+    encoder: Encoder,
+    /// Encoded bytes as of the last finished encode, plus batches in flight (estimated).
+    encoded_size: usize,
     rows: u64,
     min_seq: u64,
     opened: Instant,
 }
 
 impl OpenFile {
-    /// Encodes what is left and returns the complete Parquet file.
-    fn finish(mut self) -> Result<Vec<u8>> {
-        if self.columns.rows > 0 {
-            let batch = self.columns.finish();
-            self.writer.write(&batch)?;
+    /// The writer, once any in-flight encode is done.
+    async fn writer(&mut self) -> Result<Writer> {
+        match std::mem::replace(&mut self.encoder, Encoder::Lost) {
+            Encoder::Idle(w) => Ok(*w),
+            Encoder::Busy(h) => {
+                let w = h.await.map_err(|e| Error::Internal(format!("encoder task: {e}")))??;
+                self.encoded_size = w.bytes_written() + w.in_progress_size();
+                Ok(w)
+            }
+            Encoder::Lost => Err(Error::Internal("archive writer lost after an earlier encode error".into())),
         }
-        Ok(self.writer.into_inner()?)
+    }
+
+    /// Hands the buffered rows to a blocking thread, so encoding and compression overlap with
+    /// decoding the next entries. Waits for this file's previous encode first (backpressure).
+    async fn encode_buffered(&mut self) -> Result<()> {
+        let mut w = self.writer().await?;
+        self.encoded_size += self.columns.bytes / 4;
+        let batch = self.columns.finish();
+        self.encoder = Encoder::Busy(tokio::task::spawn_blocking(move || {
+            w.write(&batch)?;
+            Ok(w)
+        }));
+        Ok(())
+    }
+
+    /// Encodes what is left and returns the complete Parquet file.
+    async fn finish(mut self) -> Result<PutPayload> {
+        let mut w = self.writer().await?;
+        let rest = (self.columns.rows > 0).then(|| self.columns.finish());
+        tokio::task::spawn_blocking(move || {
+            if let Some(batch) = rest {
+                w.write(&batch)?;
+            }
+            Ok(w.into_inner()?.into_payload())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("encoder task: {e}")))?
     }
 
     fn size(&self) -> usize {
-        self.writer.bytes_written() + self.writer.in_progress_size() + self.columns.bytes
+        self.encoded_size + self.columns.bytes / 4
     }
 }
 
@@ -126,16 +171,29 @@ impl Archive {
         let file = match self.open.get_mut(&key) {
             Some(f) => f,
             None => {
-                let writer = ArrowWriter::try_new(Vec::new(), archive_schema(), Some(self.props.clone()))?;
-                let f = OpenFile { columns: Columns::new(), writer, rows: 0, min_seq: seq, opened: Instant::now() };
+                let writer = ArrowWriter::try_new(Chunks::default(), archive_schema(), Some(self.props.clone()))?;
+                let f = OpenFile {
+                    columns: Columns::new(),
+                    encoder: Encoder::Idle(Box::new(writer)),
+                    encoded_size: 0,
+                    rows: 0,
+                    min_seq: seq,
+                    opened: Instant::now(),
+                };
                 self.open.entry((day, ev.event_type.as_ref().into())).or_insert(f)
             }
         };
         file.columns.append(ev, stream, id, ingest_us);
         file.rows += 1;
-        if file.columns.rows >= ENCODE_ROWS {
-            let batch = file.columns.finish();
-            file.writer.write(&batch)?;
+        Ok(())
+    }
+
+    /// Starts encoding every partition that buffered enough rows (call once per batch).
+    pub async fn encode_ready(&mut self) -> Result<()> {
+        for file in self.open.values_mut() {
+            if file.columns.rows >= ENCODE_ROWS {
+                file.encode_buffered().await?;
+            }
         }
         Ok(())
     }
@@ -193,11 +251,9 @@ impl Archive {
         let mut out: Vec<CommittedFile> = futures::stream::iter(jobs)
             .map(|(path, file)| async move {
                 let rows = file.rows;
-                let bytes = tokio::task::spawn_blocking(move || file.finish())
-                    .await
-                    .map_err(|e| Error::Internal(format!("encoder task: {e}")))??;
-                let len = bytes.len() as u64;
-                lake.put_atomic(&path, Bytes::from(bytes)).await?;
+                let payload = file.finish().await?;
+                let len = payload.content_length() as u64;
+                lake.put_atomic(&path, payload).await?;
                 Ok::<_, Error>(CommittedFile { path: path.to_string(), rows, bytes: len })
             })
             .buffer_unordered(COMMIT_CONCURRENCY)

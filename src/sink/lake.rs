@@ -91,14 +91,14 @@ impl Lake {
     }
 
     /// Writes `bytes` at `path` so that readers see all of it or nothing.
-    pub async fn put_atomic(&self, path: &Path, bytes: Bytes) -> Result<()> {
+    pub async fn put_atomic(&self, path: &Path, payload: PutPayload) -> Result<()> {
         if self.local_root.is_some() {
             let n = self.staged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let staging = Path::from(format!("{INTERNAL_PREFIX}/staging/{}-{n}.tmp", std::process::id()));
-            self.store.put(&staging, PutPayload::from(bytes)).await?;
+            self.store.put(&staging, payload).await?;
             self.store.rename(&staging, path).await?;
         } else {
-            self.store.put(path, PutPayload::from(bytes)).await?;
+            self.store.put(path, payload).await?;
         }
         Ok(())
     }

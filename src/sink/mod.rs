@@ -6,6 +6,7 @@
 //! - [`dlq`]: the dead-letter stream for entries that failed decoding or validation.
 
 pub mod archive;
+mod chunks;
 pub mod dlq;
 pub mod lake;
 mod schema;
