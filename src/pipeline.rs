@@ -30,6 +30,8 @@ pub struct PipelineOptions {
     pub decode: DecodeOptions,
     pub archive: ArchiveOptions,
     pub lake: String,
+    /// Object store options (e.g. `aws_endpoint`), on top of the environment.
+    pub lake_options: std::collections::BTreeMap<String, String>,
     pub dlq_stream: Option<String>,
     pub dedup_horizon: Duration,
     pub roll_age: Duration,

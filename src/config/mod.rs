@@ -51,6 +51,8 @@ pub struct Config {
     pub dedup_horizon: Dur,
     /// Lake location: a path, `file://`, `s3://`, `gs://`, `az://` or `memory://`.
     pub lake: String,
+    /// Object store options on top of the environment (`aws_endpoint`, `aws_region`, …).
+    pub lake_options: std::collections::BTreeMap<String, String>,
     /// Archive files are committed at this size…
     pub roll_bytes: ByteSize,
     /// …or at this age (also the longest an entry waits for its ack).
@@ -86,6 +88,7 @@ impl Default for Config {
             max_future: Dur::secs(3600),
             dedup_horizon: Dur::secs(3600),
             lake: "./lake".into(),
+            lake_options: Default::default(),
             roll_bytes: ByteSize(128 << 20),
             roll_age: Dur::secs(30),
             state_interval: Dur::secs(60),
@@ -228,6 +231,7 @@ impl Config {
                 writer: sanitize_name(&self.consumer),
             },
             lake: self.lake.clone(),
+            lake_options: self.lake_options.clone(),
             dlq_stream: self.dlq_stream.clone(),
             dedup_horizon: self.dedup_horizon.0,
             roll_age: self.roll_age.0,

@@ -43,7 +43,7 @@ pub(super) struct Processor {
 impl Processor {
     /// Opens the lake, loads saved dedup state, connects and creates the consumer groups.
     pub async fn start(opts: &PipelineOptions) -> Result<Self> {
-        let lake = Lake::open(&opts.lake)?;
+        let lake = Lake::open_with(&opts.lake, &opts.lake_options)?;
         let dedup = state::load_dedup(&lake, &opts.source.group, opts.dedup_horizon.as_secs()).await?;
         if !dedup.is_empty() {
             tracing::info!(ids = dedup.len(), "Loaded dedup state.");

@@ -4,6 +4,7 @@
 //! directory, a write under `_eventide/staging/` and a rename into place (a reader globbing
 //! `events/**/*.parquet` never sees a partial file, nor object_store's `#n` temp files).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -33,10 +34,16 @@ pub struct Lake {
 }
 
 impl Lake {
+    /// Opens `location` with no extra options; see [`Lake::open_with`].
+    pub fn open(location: &str) -> Result<Lake> {
+        Lake::open_with(location, &BTreeMap::new())
+    }
+
     /// Opens `location`: a path or `file://` URL (created if missing), `memory://`, or
     /// `s3://bucket[/prefix]`, `gs://…`, `az://container[/prefix]` configured from the usual
-    /// environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
-    pub fn open(location: &str) -> Result<Lake> {
+    /// environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`) and then from `options`
+    /// (object_store configuration keys such as `aws_endpoint`, `aws_allow_http`).
+    pub fn open_with(location: &str, options: &BTreeMap<String, String>) -> Result<Lake> {
         let cfg = |m: String| Error::Config(format!("lake {location:?}: {m}"));
         let (scheme, rest) = match location.split_once("://") {
             Some((s, r)) => (s.to_ascii_lowercase(), r),
@@ -53,10 +60,29 @@ impl Lake {
             "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss" => {
                 let url = url::Url::parse(location).map_err(|e| cfg(e.to_string()))?;
                 let bucket_url = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+                let key_err = |k: &str| cfg(format!("unknown lake option `{k}` for {scheme}://"));
                 let inner: Arc<dyn ObjectStore> = match scheme.as_str() {
-                    "s3" | "s3a" => Arc::new(AmazonS3Builder::from_env().with_url(&bucket_url).build()?),
-                    "gs" => Arc::new(GoogleCloudStorageBuilder::from_env().with_url(&bucket_url).build()?),
-                    _ => Arc::new(MicrosoftAzureBuilder::from_env().with_url(&bucket_url).build()?),
+                    "s3" | "s3a" => {
+                        let mut b = AmazonS3Builder::from_env().with_url(&bucket_url);
+                        for (k, v) in options {
+                            b = b.with_config(k.parse().map_err(|_| key_err(k))?, v);
+                        }
+                        Arc::new(b.build()?)
+                    }
+                    "gs" => {
+                        let mut b = GoogleCloudStorageBuilder::from_env().with_url(&bucket_url);
+                        for (k, v) in options {
+                            b = b.with_config(k.parse().map_err(|_| key_err(k))?, v);
+                        }
+                        Arc::new(b.build()?)
+                    }
+                    _ => {
+                        let mut b = MicrosoftAzureBuilder::from_env().with_url(&bucket_url);
+                        for (k, v) in options {
+                            b = b.with_config(k.parse().map_err(|_| key_err(k))?, v);
+                        }
+                        Arc::new(b.build()?)
+                    }
                 };
                 let prefix = url.path().trim_matches('/');
                 if prefix.is_empty() {

@@ -39,7 +39,7 @@ async fn duckdb_and_pyarrow_read_every_event_once() {
         .expect("python3 on PATH");
     assert!(
         out.status.success(),
-        "read_lake.py failed (install its modules: pip install -r tests/analyst/requirements.txt): {}",
+        "read_lake.py failed (install its modules: pip install -r tests/requirements.txt): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -8,3 +8,4 @@ mod archive;
 mod consumer_group;
 mod dlq;
 mod restart;
+mod s3;

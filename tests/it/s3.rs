@@ -1,0 +1,112 @@
+//! The archive on a real S3-compatible server (moto_server on a free loopback port).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::AsArray;
+use eventide::generator::{GenOptions, Generator, Kind, publish};
+use eventide::sink::lake::Lake;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::support::{self, RedisServer};
+
+struct Moto {
+    port: u16,
+    child: Child,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server on PATH (pip install -r tests/requirements.txt)");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto { port, child }
+    }
+
+    /// Creates a bucket (object_store does not create buckets).
+    fn create_bucket(&self, name: &str) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+
+    fn options(&self) -> BTreeMap<String, String> {
+        [
+            ("aws_endpoint", format!("http://127.0.0.1:{}", self.port)),
+            ("aws_allow_http", "true".into()),
+            ("aws_access_key_id", "testing".into()),
+            ("aws_secret_access_key", "testing".into()),
+            ("aws_region", "us-east-1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_lands_on_s3_exactly_once() {
+    let moto = Moto::start();
+    moto.create_bucket("analytics");
+    let redis = RedisServer::start();
+    let mut conn = support::connect(&redis.url()).await;
+    let entries: Vec<_> =
+        Generator::new(GenOptions { entries: 3000, duplicates: 0.05, seed: 13, ..Default::default() }).collect();
+    publish(&mut conn, "events", entries.clone(), 500, None).await.unwrap();
+
+    let mut opts = support::options(&redis.url(), &["events"], "s3://analytics/lake", "c1");
+    opts.lake_options = moto.options();
+    let s = support::run_until_idle(opts).await;
+
+    let lake = Lake::open_with("s3://analytics/lake", &moto.options()).unwrap();
+    let objects: Vec<_> = lake.store().list(Some(&Path::from("events"))).try_collect().await.unwrap();
+    assert_eq!(objects.len() as u64, s.stats.files_committed);
+    let mut ids = BTreeSet::new();
+    for o in &objects {
+        let p = o.location.to_string();
+        assert!(p.starts_with("events/event_date=") && p.ends_with(".parquet"), "{p}");
+        let bytes = lake.store().get(&o.location).await.unwrap().bytes().await.unwrap();
+        for batch in ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap() {
+            let batch = batch.unwrap();
+            let col = batch.column_by_name("event_id").unwrap().as_string::<i32>().clone();
+            for i in 0..batch.num_rows() {
+                assert!(ids.insert(col.value(i).to_string()), "duplicate row");
+            }
+        }
+    }
+    let want: BTreeSet<String> =
+        entries.iter().filter(|e| e.kind == Kind::Event).filter_map(|e| e.event_id.clone()).collect();
+    assert_eq!(ids, want);
+    // Restart state lives in the same store, outside the table prefix.
+    assert!(lake.get_opt(&eventide::state::dedup_path("analytics")).await.unwrap().is_some());
+    assert_eq!(support::pending(&mut conn, "events").await, 0);
+}
