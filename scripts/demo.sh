@@ -39,8 +39,10 @@ for s in demo:orders:dlq demo:payments:dlq; do
   redis-cli -p "$port" --raw xrange "$s" - + | awk 'prev=="dlq_reason"{c[$0]++} {prev=$0} END{for(k in c) printf "  %-22s %d\n", k, c[k]}'
 done
 echo
-cat <<MSG
-== open it ==
-  duckdb -c "SELECT event_type, count(*) FROM read_parquet('$lake/events/**/*.parquet', hive_partitioning=false) GROUP BY 1 ORDER BY 2 DESC"
-  python3 -c "import pyarrow.dataset as ds; print(ds.dataset('$lake/events', format='parquet', partitioning='hive').to_table().num_rows)"
-MSG
+echo "== open it (DuckDB, pyarrow: pip install duckdb pyarrow) =="
+query="SELECT event_type, count(*) AS events FROM read_parquet('$lake/events/**/*.parquet') GROUP BY 1 ORDER BY 2 DESC"
+echo "  python3 -c \"import duckdb; print(duckdb.sql(\\\"$query\\\"))\""
+echo "  python3 -c \"import pyarrow.dataset as ds; print(ds.dataset('$lake/events', format='parquet', partitioning='hive').to_table().num_rows)\""
+if python3 -c 'import duckdb' >/dev/null 2>&1; then
+  python3 -c "import duckdb; print(duckdb.sql(\"$query\"))"
+fi

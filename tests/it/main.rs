@@ -5,6 +5,7 @@ mod support;
 
 mod analyst;
 mod archive;
+mod cli;
 mod consumer_group;
 mod dlq;
 mod restart;
