@@ -28,6 +28,8 @@ pub struct Stats {
     pub bytes_committed: u64,
     /// Times the reader lost Redis.
     pub disconnects: u64,
+    /// Publish (the entry id's time) → handed to the acker, i.e. durable, per entry.
+    pub durable_latency: LatencyHistogram,
 }
 
 impl Stats {
@@ -38,5 +40,74 @@ impl Stats {
     /// Non-zero rejection counts with their reason codes.
     pub fn invalid_by_reason(&self) -> Vec<(&'static str, u64)> {
         Reason::ALL.iter().zip(self.invalid).filter(|(_, n)| *n > 0).map(|(r, n)| (r.as_str(), n)).collect()
+    }
+}
+
+/// A latency histogram with 1 ms buckets up to [`LatencyHistogram::MAX_MS`] (exact
+/// percentiles at that resolution; larger values count in the last bucket).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    buckets: Vec<u64>,
+    count: u64,
+    max_ms: u64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram { buckets: vec![0; Self::MAX_MS as usize + 1], count: 0, max_ms: 0 }
+    }
+}
+
+impl LatencyHistogram {
+    pub const MAX_MS: u64 = 600_000;
+
+    pub fn record(&mut self, ms: u64) {
+        self.buckets[ms.min(Self::MAX_MS) as usize] += 1;
+        self.count += 1;
+        self.max_ms = self.max_ms.max(ms);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn max_ms(&self) -> u64 {
+        self.max_ms
+    }
+
+    /// The `q`-quantile (0..=1) in ms; `None` when empty.
+    pub fn quantile_ms(&self, q: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (ms, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(ms as u64);
+            }
+        }
+        Some(self.max_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_exact_at_ms_resolution() {
+        let mut h = LatencyHistogram::default();
+        assert_eq!(h.quantile_ms(0.5), None);
+        for ms in 1..=100 {
+            h.record(ms);
+        }
+        h.record(10_000_000);
+        assert_eq!(h.quantile_ms(0.5), Some(51));
+        assert_eq!(h.quantile_ms(0.99), Some(100));
+        assert_eq!(h.quantile_ms(1.0), Some(LatencyHistogram::MAX_MS));
+        assert_eq!(h.max_ms(), 10_000_000);
+        assert_eq!(h.count(), 101);
     }
 }

@@ -148,6 +148,16 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         s.claimed,
         s.acked
     );
+    let l = &s.durable_latency;
+    let q = |x: f64| l.quantile_ms(x).map_or("-".to_string(), |v| v.to_string());
+    println!(
+        "publish → durable latency (ms): p50 {} p90 {} p99 {} max {} over {} entries",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        l.max_ms(),
+        l.count()
+    );
     println!(
         "archive: {} rows in {} files, {} bytes, under {}/events/; dedup remembers {} ids; peak RSS {} MiB",
         s.rows_committed,

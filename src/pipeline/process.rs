@@ -179,8 +179,12 @@ impl Processor {
     /// Hands every batch below the durable frontier to the acker; returns how many entries.
     async fn ack_durable(&mut self) -> Result<u64> {
         let mut n = 0;
+        let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
         for (stream, ids) in self.acks.take_durable(self.archive.min_open_seq()) {
             n += ids.len() as u64;
+            for id in &ids {
+                self.stats.durable_latency.record(now_ms.saturating_sub(id.ms));
+            }
             let sent = match self.acker.as_mut() {
                 Some(a) => a.send(stream, ids).await,
                 None => false,
