@@ -74,6 +74,18 @@ pub async fn run(opts: SourceOptions, tx: mpsc::Sender<ReaderMsg>, mut stop: wat
             r = cmd.query_async::<Value>(c) => r,
             _ = stop.changed() => return,
         };
+        if let Err(e) = &res
+            && e.code() == Some("NOGROUP")
+        {
+            // The stream (and its group) was deleted while we ran: recreate, as at start.
+            tracing::warn!(error = %e, "Consumer group missing; recreating it.");
+            for stream in &opts.streams {
+                let mut create = redis::cmd("XGROUP");
+                create.arg("CREATE").arg(stream).arg(&opts.group).arg(&opts.start_id).arg("MKSTREAM");
+                let _ = create.query_async::<Value>(c).await;
+            }
+            continue;
+        }
         let streams = match res.map_err(|e| e.to_string()).and_then(|v| reply::xread(v).map_err(|e| e.to_string())) {
             Ok(s) => s,
             Err(e) => {

@@ -100,3 +100,28 @@ async fn entries_deleted_while_pending_are_acked_and_counted() {
     assert_eq!(read_archive(lake.path()).len(), 17);
     assert_eq!(support::pending(&mut conn, "events").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_stream_gets_its_group_back() {
+    let redis = RedisServer::start();
+    let mut conn = support::connect(&redis.url()).await;
+    let lake = tempfile::tempdir().unwrap();
+    let mut opts = support::options(&redis.url(), &["events"], lake.path().to_str().unwrap(), "c1");
+    opts.exit_when_idle = Some(Duration::from_secs(2));
+    let run = tokio::spawn(eventide::pipeline::run(opts, std::future::pending::<()>()));
+    // Wait for the group, delete the stream under the running pipeline, then publish again.
+    for _ in 0..100 {
+        let exists: bool = redis::cmd("EXISTS").arg("events").query_async(&mut conn).await.unwrap();
+        if exists {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _: u64 = redis::cmd("DEL").arg("events").query_async(&mut conn).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let entries: Vec<_> = Generator::new(GenOptions { entries: 50, seed: 14, ..Default::default() }).collect();
+    publish(&mut conn, "events", entries, 50, None).await.unwrap();
+    let s = tokio::time::timeout(Duration::from_secs(60), run).await.unwrap().unwrap().unwrap();
+    assert_eq!(s.stats.accepted, 50);
+    assert_eq!(read_archive(lake.path()).len(), 50);
+}
