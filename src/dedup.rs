@@ -49,6 +49,8 @@ pub struct Dedup {
     watermark: i64,
     /// Watermark at the last sweep.
     swept_at: i64,
+    /// Ids remembered since the last [`Dedup::take_delta`] (16 B each).
+    delta: Vec<Slot>,
 }
 
 impl Dedup {
@@ -59,6 +61,7 @@ impl Dedup {
             horizon_secs: horizon_secs.max(1) as i64,
             watermark: i64::MIN,
             swept_at: i64::MIN,
+            delta: Vec::new(),
         }
     }
 
@@ -99,7 +102,9 @@ impl Dedup {
         if secs < self.watermark - self.horizon_secs {
             return Verdict::BeyondHorizon;
         }
-        self.table.insert_unique(lo, Slot { lo, hi, secs: to_u32_secs(secs) }, |s| s.lo);
+        let slot = Slot { lo, hi, secs: to_u32_secs(secs) };
+        self.table.insert_unique(lo, slot, |s| s.lo);
+        self.delta.push(slot);
         Verdict::New
     }
 
@@ -120,52 +125,101 @@ impl Dedup {
         }
     }
 
-    /// Serialises the state (for a restart): a header, then 16 bytes per id.
+    /// Serialises the whole state (for a restart): a header, then 16 bytes per id.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32 + self.table.len() * 16);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&self.horizon_secs.to_le_bytes());
-        out.extend_from_slice(&self.watermark.to_le_bytes());
-        out.extend_from_slice(&(self.table.len() as u64).to_le_bytes());
-        for s in self.table.iter() {
-            out.extend_from_slice(&s.lo.to_le_bytes());
-            out.extend_from_slice(&s.hi.to_le_bytes());
-            out.extend_from_slice(&s.secs.to_le_bytes());
-        }
-        out
+        encode(MAGIC, self.horizon_secs, self.watermark, self.table.len(), self.table.iter())
     }
 
     /// Restores a state saved by [`Dedup::to_bytes`]; the current horizon setting wins.
     pub fn from_bytes(bytes: &[u8], horizon_secs: u64) -> Result<Dedup, &'static str> {
-        let rest = bytes.strip_prefix(MAGIC).ok_or("not a dedup snapshot (bad magic)")?;
-        let word = |i: usize| -> Result<i64, &'static str> {
-            let b = rest.get(i * 8..i * 8 + 8).ok_or("truncated dedup snapshot")?;
-            Ok(i64::from_le_bytes(b.try_into().map_err(|_| "truncated dedup snapshot")?))
-        };
-        let watermark = word(1)?;
-        let n = usize::try_from(word(2)?).map_err(|_| "bad count in dedup snapshot")?;
-        let body = &rest[24..];
-        if body.len() != n.saturating_mul(16) {
-            return Err("dedup snapshot length does not match its count");
-        }
+        let (watermark, slots) = decode(bytes, MAGIC)?;
         let mut d = Dedup::new(horizon_secs);
         d.watermark = watermark;
         d.swept_at = watermark;
-        d.table.reserve(n, |s| s.lo);
-        let cutoff = to_u32_secs(watermark.saturating_sub(d.horizon_secs));
-        for c in body.chunks_exact(16) {
-            let le8 = |b: &[u8]| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-            let le4 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            let slot = Slot { lo: le8(&c[0..8]), hi: le4(&c[8..12]), secs: le4(&c[12..16]) };
-            if slot.secs >= cutoff {
-                d.table.insert_unique(slot.lo, slot, |s| s.lo);
+        d.table.reserve(slots.len(), |s| s.lo);
+        d.merge(slots, watermark);
+        d.delta.clear();
+        Ok(d)
+    }
+
+    /// The ids remembered since the last call (or the last [`Dedup::clear_delta`]), serialised;
+    /// `None` when there are none. Saved after each commit, so a restart loses no durable id
+    /// without writing the whole table every time.
+    pub fn take_delta(&mut self) -> Option<Vec<u8>> {
+        if self.delta.is_empty() {
+            return None;
+        }
+        let out = encode(DELTA_MAGIC, self.horizon_secs, self.watermark, self.delta.len(), self.delta.iter());
+        self.delta.clear();
+        Some(out)
+    }
+
+    /// Forgets the pending delta (a full snapshot covers it).
+    pub fn clear_delta(&mut self) {
+        self.delta.clear();
+    }
+
+    /// Adds the ids of a delta saved by [`Dedup::take_delta`].
+    pub fn apply_delta(&mut self, bytes: &[u8]) -> Result<(), &'static str> {
+        let (watermark, slots) = decode(bytes, DELTA_MAGIC)?;
+        let watermark = watermark.max(self.watermark);
+        self.watermark = watermark;
+        self.merge(slots, watermark);
+        self.delta.clear();
+        Ok(())
+    }
+
+    fn merge(&mut self, slots: Vec<Slot>, watermark: i64) {
+        let cutoff = to_u32_secs(watermark.saturating_sub(self.horizon_secs));
+        for slot in slots.into_iter().filter(|s| s.secs >= cutoff) {
+            if self.table.find(slot.lo, |s| s.lo == slot.lo && s.hi == slot.hi).is_none() {
+                self.table.insert_unique(slot.lo, slot, |s| s.lo);
             }
         }
-        Ok(d)
     }
 }
 
+fn encode<'a>(
+    magic: &[u8; 8],
+    horizon: i64,
+    watermark: i64,
+    n: usize,
+    slots: impl Iterator<Item = &'a Slot>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + n * 16);
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&horizon.to_le_bytes());
+    out.extend_from_slice(&watermark.to_le_bytes());
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+    for s in slots {
+        out.extend_from_slice(&s.lo.to_le_bytes());
+        out.extend_from_slice(&s.hi.to_le_bytes());
+        out.extend_from_slice(&s.secs.to_le_bytes());
+    }
+    out
+}
+
+fn decode(bytes: &[u8], magic: &[u8; 8]) -> Result<(i64, Vec<Slot>), &'static str> {
+    let rest = bytes.strip_prefix(magic).ok_or("not a dedup snapshot (bad magic)")?;
+    if rest.len() < 24 {
+        return Err("truncated dedup snapshot");
+    }
+    let word = |i: usize| i64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7].map(|j| rest[i * 8 + j]));
+    let watermark = word(1);
+    let n = usize::try_from(word(2)).map_err(|_| "bad count in dedup snapshot")?;
+    let body = &rest[24..];
+    if body.len() != n.saturating_mul(16) {
+        return Err("dedup snapshot length does not match its count");
+    }
+    let le8 = |b: &[u8]| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    let le4 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let slots =
+        body.chunks_exact(16).map(|c| Slot { lo: le8(&c[0..8]), hi: le4(&c[8..12]), secs: le4(&c[12..16]) }).collect();
+    Ok((watermark, slots))
+}
+
 const MAGIC: &[u8; 8] = b"EVTDDUP2";
+const DELTA_MAGIC: &[u8; 8] = b"EVTDDLT1";
 
 #[cfg(test)]
 mod tests {
@@ -208,5 +262,29 @@ mod tests {
         assert_eq!(r.check("id-new", 999 * S), Verdict::New);
         assert!(Dedup::from_bytes(&bytes[..bytes.len() - 1], 3600).is_err());
         assert!(Dedup::from_bytes(b"garbage", 3600).is_err());
+    }
+
+    #[test]
+    fn snapshot_plus_deltas_restore_everything() {
+        let mut d = Dedup::new(3600);
+        d.check("a", 10 * S);
+        let snapshot = d.to_bytes();
+        d.clear_delta();
+        d.check("b", 11 * S);
+        let delta1 = d.take_delta().unwrap();
+        assert!(d.take_delta().is_none());
+        d.check("c", 12 * S);
+        d.check("a", 12 * S);
+        let delta2 = d.take_delta().unwrap();
+        let mut r = Dedup::from_bytes(&snapshot, 3600).unwrap();
+        r.apply_delta(&delta2).unwrap();
+        r.apply_delta(&delta1).unwrap();
+        r.apply_delta(&delta1).unwrap(); // idempotent
+        assert_eq!(r.len(), 3);
+        for id in ["a", "b", "c"] {
+            assert_eq!(r.check(id, 12 * S), Verdict::Duplicate, "{id}");
+        }
+        assert_eq!(r.watermark_secs(), Some(12));
+        assert!(r.apply_delta(&snapshot).is_err(), "a snapshot is not a delta");
     }
 }

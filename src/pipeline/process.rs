@@ -122,9 +122,10 @@ impl Processor {
         self.ack_durable().await.map(drop)
     }
 
-    /// Commits every open file, saves the dedup snapshot when `final_stop` or when it is
-    /// older than the state interval (nothing uncommitted remains at this point, so the
-    /// snapshot only remembers durable ids), then acks everything read.
+    /// Commits every open file, saves dedup state (a full snapshot when `final_stop` or when
+    /// the last is older than the state interval, else the ids added since; nothing
+    /// uncommitted remains at this point, so saved state only remembers durable ids), then
+    /// acks everything read.
     pub async fn commit_all(&mut self, final_stop: bool) -> Result<()> {
         let t = Instant::now();
         let files = self.archive.commit_all().await?;
@@ -132,9 +133,11 @@ impl Processor {
         let t_files = t.elapsed();
         let snapshot_due = self.last_snapshot.is_none_or(|s| s.elapsed() >= self.state_interval);
         if self.dedup_dirty && (final_stop || snapshot_due) {
-            state::save_dedup(&self.lake, &self.source.group, &self.dedup).await?;
+            state::save_dedup(&self.lake, &self.source.group, &mut self.dedup).await?;
             self.last_snapshot = Some(Instant::now());
             self.dedup_dirty = false;
+        } else {
+            state::save_delta(&self.lake, &self.source.group, &mut self.dedup).await?;
         }
         let t_state = t.elapsed();
         let acked = self.ack_durable().await?;

@@ -7,6 +7,7 @@ mod analyst;
 mod archive;
 mod cli;
 mod consumer_group;
+mod crash;
 mod dlq;
 mod restart;
 mod s3;

@@ -25,6 +25,19 @@ pub struct Row {
 /// All `events/**/*.parquet` rows under `lake`; panics on a duplicate event_id.
 pub fn read_archive(lake: &Path) -> BTreeMap<String, Row> {
     let mut out = BTreeMap::new();
+    for (id, row) in scan(lake) {
+        assert!(out.insert(id.clone(), row).is_none(), "duplicate row for event {id}");
+    }
+    out
+}
+
+/// The event_id of every row, duplicates included.
+pub fn read_archive_rows(lake: &Path) -> Vec<String> {
+    scan(lake).into_iter().map(|(id, _)| id).collect()
+}
+
+fn scan(lake: &Path) -> Vec<(String, Row)> {
+    let mut out = Vec::new();
     let mut stack = vec![lake.join("events")];
     while let Some(dir) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&dir) else { continue };
@@ -39,10 +52,7 @@ pub fn read_archive(lake: &Path) -> BTreeMap<String, Row> {
             let reader =
                 ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&p).unwrap()).unwrap().build().unwrap();
             for batch in reader {
-                for row in rows(&batch.unwrap(), &partition) {
-                    let id = row.0.clone();
-                    assert!(out.insert(row.0, row.1).is_none(), "duplicate row for event {id}");
-                }
+                out.extend(rows(&batch.unwrap(), &partition));
             }
         }
     }

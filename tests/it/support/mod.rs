@@ -8,7 +8,7 @@ use std::time::Duration;
 use eventide::config::Config;
 use eventide::pipeline::{PipelineOptions, RunSummary};
 
-pub use lake::read_archive;
+pub use lake::{read_archive, read_archive_rows};
 pub use redis_server::RedisServer;
 
 /// Pipeline options for a test: the given Redis, stream and lake, short timers.
