@@ -13,19 +13,19 @@ fn dedup(c: &mut Criterion) {
         b.iter(|| {
             let mut d = Dedup::new(3600);
             for (i, id) in ids.iter().enumerate() {
-                d.check(id, 1_700_000_000_000_000 + i as i64 * 1000);
+                d.check(id, 1_700_000_000_000_000 + i as i64 * 1000, i64::MAX);
             }
             d.len()
         })
     });
     let mut warm = Dedup::new(3600);
     for (i, id) in ids.iter().enumerate() {
-        warm.check(id, 1_700_000_000_000_000 + i as i64 * 1000);
+        warm.check(id, 1_700_000_000_000_000 + i as i64 * 1000, i64::MAX);
     }
     g.bench_function("check_duplicates", |b| {
         b.iter(|| {
             for id in &ids {
-                warm.check(id, 1_700_000_000_100_000);
+                warm.check(id, 1_700_000_000_100_000, i64::MAX);
             }
         })
     });
@@ -33,7 +33,7 @@ fn dedup(c: &mut Criterion) {
     for n in [100_000usize, 1_000_000, 10_000_000] {
         let mut d = Dedup::new(u64::MAX / 4);
         for i in 0..n {
-            d.check(&format!("id-{i}"), 1_700_000_000_000_000);
+            d.check(&format!("id-{i}"), 1_700_000_000_000_000, i64::MAX);
         }
         println!("dedup memory: {n} ids → {} bytes ({:.1} B/id)", d.memory_bytes(), d.memory_bytes() as f64 / n as f64);
     }

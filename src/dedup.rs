@@ -88,11 +88,14 @@ impl Dedup {
         self.table.allocation_size()
     }
 
-    /// Checks `event_id` at `event_time_us` and remembers it when new.
-    pub fn check(&mut self, event_id: &str, event_time_us: i64) -> Verdict {
+    /// Checks `event_id` at `event_time_us` and remembers it when new. The watermark follows
+    /// event time but never passes `now_us` (ingest time): an event stamped in the future must
+    /// not make dedup forget recent ids.
+    pub fn check(&mut self, event_id: &str, event_time_us: i64, now_us: i64) -> Verdict {
         let secs = event_time_us.div_euclid(1_000_000);
-        if secs > self.watermark {
-            self.advance(secs);
+        let mark = secs.min(now_us.div_euclid(1_000_000));
+        if mark > self.watermark {
+            self.advance(mark);
         }
         let h = xxh3_128(event_id.as_bytes());
         let (hi, lo) = ((h >> 64) as u32, h as u64);
@@ -230,36 +233,49 @@ mod tests {
     #[test]
     fn first_occurrence_wins() {
         let mut d = Dedup::new(60);
-        assert_eq!(d.check("a", 100 * S), Verdict::New);
-        assert_eq!(d.check("b", 101 * S), Verdict::New);
-        assert_eq!(d.check("a", 102 * S), Verdict::Duplicate);
-        assert_eq!(d.check("a", 90 * S), Verdict::Duplicate, "out of order duplicate");
+        assert_eq!(d.check("a", 100 * S, i64::MAX), Verdict::New);
+        assert_eq!(d.check("b", 101 * S, i64::MAX), Verdict::New);
+        assert_eq!(d.check("a", 102 * S, i64::MAX), Verdict::Duplicate);
+        assert_eq!(d.check("a", 90 * S, i64::MAX), Verdict::Duplicate, "out of order duplicate");
         assert_eq!(d.len(), 2);
     }
 
     #[test]
     fn forgets_after_horizon_and_flags_too_old() {
         let mut d = Dedup::new(60);
-        d.check("old", 0);
+        d.check("old", 0, i64::MAX);
         for i in 0..200 {
-            d.check(&format!("x{i}"), i * S);
+            d.check(&format!("x{i}"), i * S, i64::MAX);
         }
-        assert_eq!(d.check("old", 0), Verdict::BeyondHorizon, "too old to be checked");
+        assert_eq!(d.check("old", 0, i64::MAX), Verdict::BeyondHorizon, "too old to be checked");
         assert!(d.len() <= 61 + 60 / 8 + 2, "bounded: {}", d.len());
-        assert_eq!(d.check("x199", 201 * S), Verdict::Duplicate);
+        assert_eq!(d.check("x199", 201 * S, i64::MAX), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn a_future_timestamp_does_not_shorten_the_horizon() {
+        let mut d = Dedup::new(3600);
+        let now = 100_000 * S;
+        d.check("recent", now - 60 * S, now);
+        d.check("from-the-future", now + 3590 * S, now); // accepted: within max_future
+        assert_eq!(d.watermark_secs(), Some(100_000));
+        for i in 0..10 {
+            d.check(&format!("x{i}"), now - i * S, now); // sweeps run
+        }
+        assert_eq!(d.check("recent", now - 60 * S, now), Verdict::Duplicate);
     }
 
     #[test]
     fn snapshot_round_trip() {
         let mut d = Dedup::new(3600);
         for i in 0..1000 {
-            d.check(&format!("id-{i}"), i * S);
+            d.check(&format!("id-{i}"), i * S, i64::MAX);
         }
         let bytes = d.to_bytes();
         let mut r = Dedup::from_bytes(&bytes, 3600).unwrap();
         assert_eq!(r.len(), 1000);
-        assert_eq!(r.check("id-5", 999 * S), Verdict::Duplicate);
-        assert_eq!(r.check("id-new", 999 * S), Verdict::New);
+        assert_eq!(r.check("id-5", 999 * S, i64::MAX), Verdict::Duplicate);
+        assert_eq!(r.check("id-new", 999 * S, i64::MAX), Verdict::New);
         assert!(Dedup::from_bytes(&bytes[..bytes.len() - 1], 3600).is_err());
         assert!(Dedup::from_bytes(b"garbage", 3600).is_err());
     }
@@ -267,14 +283,14 @@ mod tests {
     #[test]
     fn snapshot_plus_deltas_restore_everything() {
         let mut d = Dedup::new(3600);
-        d.check("a", 10 * S);
+        d.check("a", 10 * S, i64::MAX);
         let snapshot = d.to_bytes();
         d.clear_delta();
-        d.check("b", 11 * S);
+        d.check("b", 11 * S, i64::MAX);
         let delta1 = d.take_delta().unwrap();
         assert!(d.take_delta().is_none());
-        d.check("c", 12 * S);
-        d.check("a", 12 * S);
+        d.check("c", 12 * S, i64::MAX);
+        d.check("a", 12 * S, i64::MAX);
         let delta2 = d.take_delta().unwrap();
         let mut r = Dedup::from_bytes(&snapshot, 3600).unwrap();
         r.apply_delta(&delta2).unwrap();
@@ -282,7 +298,7 @@ mod tests {
         r.apply_delta(&delta1).unwrap(); // idempotent
         assert_eq!(r.len(), 3);
         for id in ["a", "b", "c"] {
-            assert_eq!(r.check(id, 12 * S), Verdict::Duplicate, "{id}");
+            assert_eq!(r.check(id, 12 * S, i64::MAX), Verdict::Duplicate, "{id}");
         }
         assert_eq!(r.watermark_secs(), Some(12));
         assert!(r.apply_delta(&snapshot).is_err(), "a snapshot is not a delta");

@@ -90,7 +90,7 @@ impl Processor {
                     stats.invalid[r.reason.index()] += 1;
                     rejects.push((i, r));
                 }
-                Ok(ev) => match dedup.check(&ev.event_id, ev.event_time_us) {
+                Ok(ev) => match dedup.check(&ev.event_id, ev.event_time_us, now_us) {
                     Verdict::Duplicate => stats.duplicates += 1,
                     verdict => {
                         stats.beyond_horizon += u64::from(verdict == Verdict::BeyondHorizon);
