@@ -20,7 +20,7 @@ mod validate;
 use std::borrow::Cow;
 
 pub use reason::{Reason, Rejection};
-pub use validate::{valid_event_id, valid_event_type};
+pub use validate::{MAX_EVENT_ID_BYTES, MAX_EVENT_TYPE_BYTES, valid_event_id, valid_event_type};
 
 use crate::event::RawEntry;
 use envelope::{Meta, Wire, cow};

@@ -58,8 +58,9 @@ impl Reason {
         }
     }
 
+    /// Position in [`Reason::ALL`] (for per-reason counters).
     pub fn index(self) -> usize {
-        Reason::ALL.iter().position(|r| *r == self).unwrap_or(0)
+        self as usize
     }
 }
 

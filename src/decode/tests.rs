@@ -166,3 +166,10 @@ fn encode_b64(bytes: &[u8]) -> String {
     }
     out
 }
+
+#[test]
+fn reason_index_matches_all() {
+    for (i, r) in Reason::ALL.iter().enumerate() {
+        assert_eq!(r.index(), i, "{r}");
+    }
+}
