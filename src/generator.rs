@@ -298,6 +298,7 @@ pub async fn publish(
     rate: Option<f64>,
 ) -> Result<Published> {
     let start = tokio::time::Instant::now();
+    let mut last_progress = start;
     let mut out = Published::default();
     let mut pipe = redis::pipe();
     let mut n = 0;
@@ -320,6 +321,11 @@ pub async fn publish(
             n = 0;
             if let Some(r) = rate.filter(|r| *r > 0.0) {
                 tokio::time::sleep_until(start + Duration::from_secs_f64(out.entries as f64 / r)).await;
+            }
+            if last_progress.elapsed() >= Duration::from_secs(10) {
+                last_progress = tokio::time::Instant::now();
+                let rate = out.entries as f64 / start.elapsed().as_secs_f64();
+                tracing::info!(stream, entries = out.entries, rate = rate as u64, "Publishing.");
             }
         }
     }
