@@ -65,10 +65,6 @@ impl Dedup {
         }
     }
 
-    pub fn horizon_secs(&self) -> u64 {
-        self.horizon_secs as u64
-    }
-
     /// Remembered ids.
     pub fn len(&self) -> usize {
         self.table.len()

@@ -72,10 +72,6 @@ impl Decoder {
         Decoder { opts, scratch: String::new() }
     }
 
-    pub fn options(&self) -> &DecodeOptions {
-        &self.opts
-    }
-
     /// Decodes and validates one entry. `now_us` is the ingest time, for the future-skew rule.
     pub fn decode<'a>(&'a mut self, entry: &'a RawEntry, now_us: i64) -> Result<Event<'a>, Rejection> {
         if entry.size() > self.opts.max_entry_bytes {

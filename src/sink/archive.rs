@@ -214,10 +214,6 @@ impl Archive {
         self.open.values().map(|f| f.rows).sum()
     }
 
-    pub fn open_files(&self) -> usize {
-        self.open.len()
-    }
-
     /// Commits the files that reached the roll size, or all of them when the buffered total
     /// is over budget.
     pub async fn commit_rolled(&mut self) -> Result<Vec<CommittedFile>> {

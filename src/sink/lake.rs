@@ -27,9 +27,8 @@ pub const INTERNAL_PREFIX: &str = "_eventide";
 #[derive(Debug, Clone)]
 pub struct Lake {
     store: Arc<dyn ObjectStore>,
-    /// Set for a local directory: commits go through a staged rename.
-    local_root: Option<PathBuf>,
-    url: String,
+    /// A local directory: commits go through a staged rename.
+    local: bool,
     staged: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -61,28 +60,20 @@ impl Lake {
                 let url = url::Url::parse(location).map_err(|e| cfg(e.to_string()))?;
                 let bucket_url = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
                 let key_err = |k: &str| cfg(format!("unknown lake option `{k}` for {scheme}://"));
-                let inner: Arc<dyn ObjectStore> = match scheme.as_str() {
-                    "s3" | "s3a" => {
-                        let mut b = AmazonS3Builder::from_env().with_url(&bucket_url);
+                // Environment first, then the explicit options; each builder has its own key type.
+                macro_rules! build {
+                    ($builder:ty) => {{
+                        let mut b = <$builder>::from_env().with_url(&bucket_url);
                         for (k, v) in options {
                             b = b.with_config(k.parse().map_err(|_| key_err(k))?, v);
                         }
-                        Arc::new(b.build()?)
-                    }
-                    "gs" => {
-                        let mut b = GoogleCloudStorageBuilder::from_env().with_url(&bucket_url);
-                        for (k, v) in options {
-                            b = b.with_config(k.parse().map_err(|_| key_err(k))?, v);
-                        }
-                        Arc::new(b.build()?)
-                    }
-                    _ => {
-                        let mut b = MicrosoftAzureBuilder::from_env().with_url(&bucket_url);
-                        for (k, v) in options {
-                            b = b.with_config(k.parse().map_err(|_| key_err(k))?, v);
-                        }
-                        Arc::new(b.build()?)
-                    }
+                        Arc::new(b.build()?) as Arc<dyn ObjectStore>
+                    }};
+                }
+                let inner = match scheme.as_str() {
+                    "s3" | "s3a" => build!(AmazonS3Builder),
+                    "gs" => build!(GoogleCloudStorageBuilder),
+                    _ => build!(MicrosoftAzureBuilder),
                 };
                 let prefix = url.path().trim_matches('/');
                 if prefix.is_empty() {
@@ -98,7 +89,7 @@ impl Lake {
                 )));
             }
         };
-        Ok(Lake { store, local_root, url: location.to_string(), staged: Default::default() })
+        Ok(Lake { store, local: local_root.is_some(), staged: Default::default() })
     }
 
     /// The object store, for readers.
@@ -106,19 +97,9 @@ impl Lake {
         &self.store
     }
 
-    /// The location this lake was opened from.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// The local directory, when the lake is one.
-    pub fn local_root(&self) -> Option<&std::path::Path> {
-        self.local_root.as_deref()
-    }
-
     /// Writes `bytes` at `path` so that readers see all of it or nothing.
     pub async fn put_atomic(&self, path: &Path, payload: PutPayload) -> Result<()> {
-        if self.local_root.is_some() {
+        if self.local {
             let n = self.staged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let staging = Path::from(format!("{INTERNAL_PREFIX}/staging/{}-{n}.tmp", std::process::id()));
             self.store.put(&staging, payload).await?;

@@ -78,12 +78,4 @@ impl Commands {
             }
         }
     }
-
-    /// A PING that fails fast: is Redis reachable right now?
-    pub async fn ping(&mut self) -> bool {
-        match self.connection().await {
-            Ok(c) => redis::cmd("PING").query_async::<String>(c).await.is_ok(),
-            Err(_) => false,
-        }
-    }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use eventide::generator::{GenOptions, Generator, Kind, publish};
+use eventide::generator::{GenOptions, Kind};
 
 use crate::support::{self, RedisServer};
 
@@ -11,16 +11,12 @@ use crate::support::{self, RedisServer};
 async fn duckdb_and_pyarrow_read_every_event_once() {
     let redis = RedisServer::start();
     let mut conn = support::connect(&redis.url()).await;
-    let entries: Vec<_> = Generator::new(GenOptions {
-        entries: 4000,
-        duplicates: 0.05,
-        malformed: 0.01,
-        dapr: true,
-        seed: 12,
-        ..Default::default()
-    })
-    .collect();
-    publish(&mut conn, "events", entries.clone(), 500, None).await.unwrap();
+    let entries = support::publish_generated(
+        &mut conn,
+        "events",
+        GenOptions { entries: 4000, duplicates: 0.05, malformed: 0.01, dapr: true, seed: 12, ..Default::default() },
+    )
+    .await;
     let lake = tempfile::tempdir().unwrap();
     let mut opts = support::options(&redis.url(), &["events"], lake.path().to_str().unwrap(), "c1");
     opts.archive.roll_bytes = 32 * 1024; // several files per partition

@@ -6,10 +6,6 @@ use eventide::generator::{GenOptions, Generator, Kind, publish};
 
 use crate::support::{self, RedisServer, read_archive};
 
-fn expected_ids(entries: &[eventide::generator::GenEntry]) -> BTreeSet<String> {
-    entries.iter().filter(|e| e.kind == Kind::Event).filter_map(|e| e.event_id.clone()).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_and_dapr_entries_land_exactly_once() {
     let redis = RedisServer::start();
@@ -35,7 +31,7 @@ async fn plain_and_dapr_entries_land_exactly_once() {
     let summary = support::run_until_idle(opts).await;
 
     let rows = read_archive(lake.path());
-    let want: BTreeSet<String> = expected_ids(&plain).union(&expected_ids(&dapr)).cloned().collect();
+    let want: BTreeSet<String> = support::event_ids(&plain).union(&support::event_ids(&dapr)).cloned().collect();
     assert_eq!(rows.keys().cloned().collect::<BTreeSet<_>>(), want);
     assert_eq!(summary.stats.read, 5000);
     assert_eq!(summary.stats.accepted, want.len() as u64);
@@ -49,7 +45,7 @@ async fn plain_and_dapr_entries_land_exactly_once() {
         assert!(row.correlation_id.is_some() && row.source.as_deref().is_some_and(|s| s.ends_with("-service")));
         assert!(row.data.as_deref().is_some_and(|d| d.starts_with('{')));
     }
-    let dapr_ids = expected_ids(&dapr);
+    let dapr_ids = support::event_ids(&dapr);
     for (id, row) in &rows {
         let is_dapr = dapr_ids.contains(id);
         assert_eq!(row.stream, if is_dapr { "dapr-orders" } else { "orders" });
@@ -65,8 +61,7 @@ async fn plain_and_dapr_entries_land_exactly_once() {
 async fn files_roll_by_size_and_no_partial_or_temp_file_is_visible() {
     let redis = RedisServer::start();
     let mut conn = support::connect(&redis.url()).await;
-    let entries: Vec<_> = Generator::new(GenOptions { entries: 6000, seed: 3, ..Default::default() }).collect();
-    publish(&mut conn, "events", entries.clone(), 1000, None).await.unwrap();
+    support::publish_generated(&mut conn, "events", GenOptions { entries: 6000, seed: 3, ..Default::default() }).await;
     let lake = tempfile::tempdir().unwrap();
     let mut opts = support::options(&redis.url(), &["events"], lake.path().to_str().unwrap(), "c1");
     opts.archive.roll_bytes = 16 * 1024;

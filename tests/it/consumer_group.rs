@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use eventide::generator::{GenOptions, Generator, publish};
+use eventide::generator::GenOptions;
 use redis::Value;
 
 use crate::support::{self, RedisServer, read_archive};
@@ -50,8 +50,7 @@ async fn group_is_created_on_a_missing_stream() {
 async fn own_pending_entries_are_reread_after_a_restart() {
     let redis = RedisServer::start();
     let mut conn = support::connect(&redis.url()).await;
-    let entries: Vec<_> = Generator::new(GenOptions { entries: 300, seed: 4, ..Default::default() }).collect();
-    publish(&mut conn, "events", entries, 100, None).await.unwrap();
+    support::publish_generated(&mut conn, "events", GenOptions { entries: 300, seed: 4, ..Default::default() }).await;
     // A previous life of consumer c1 read 200 entries and crashed before acking them.
     let delivered = read_without_ack(&mut conn, "events", "c1", 200).await;
     assert_eq!(delivered.len(), 200);
@@ -67,8 +66,7 @@ async fn own_pending_entries_are_reread_after_a_restart() {
 async fn idle_entries_of_a_dead_consumer_are_claimed() {
     let redis = RedisServer::start();
     let mut conn = support::connect(&redis.url()).await;
-    let entries: Vec<_> = Generator::new(GenOptions { entries: 250, seed: 5, ..Default::default() }).collect();
-    publish(&mut conn, "events", entries, 100, None).await.unwrap();
+    support::publish_generated(&mut conn, "events", GenOptions { entries: 250, seed: 5, ..Default::default() }).await;
     read_without_ack(&mut conn, "events", "dead", 150).await;
     let lake = tempfile::tempdir().unwrap();
     let mut opts = support::options(&redis.url(), &["events"], lake.path().to_str().unwrap(), "alive");
@@ -87,8 +85,7 @@ async fn idle_entries_of_a_dead_consumer_are_claimed() {
 async fn entries_deleted_while_pending_are_acked_and_counted() {
     let redis = RedisServer::start();
     let mut conn = support::connect(&redis.url()).await;
-    let entries: Vec<_> = Generator::new(GenOptions { entries: 20, seed: 6, ..Default::default() }).collect();
-    publish(&mut conn, "events", entries, 100, None).await.unwrap();
+    support::publish_generated(&mut conn, "events", GenOptions { entries: 20, seed: 6, ..Default::default() }).await;
     let ids = read_without_ack(&mut conn, "events", "c1", 20).await;
     let _: u64 =
         redis::cmd("XDEL").arg("events").arg(&ids[0]).arg(&ids[5]).arg(&ids[19]).query_async(&mut conn).await.unwrap();
@@ -119,8 +116,7 @@ async fn a_deleted_stream_gets_its_group_back() {
     }
     let _: u64 = redis::cmd("DEL").arg("events").query_async(&mut conn).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let entries: Vec<_> = Generator::new(GenOptions { entries: 50, seed: 14, ..Default::default() }).collect();
-    publish(&mut conn, "events", entries, 50, None).await.unwrap();
+    support::publish_generated(&mut conn, "events", GenOptions { entries: 50, seed: 14, ..Default::default() }).await;
     let s = tokio::time::timeout(Duration::from_secs(60), run).await.unwrap().unwrap().unwrap();
     assert_eq!(s.stats.accepted, 50);
     assert_eq!(read_archive(lake.path()).len(), 50);

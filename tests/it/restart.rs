@@ -3,13 +3,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use eventide::generator::{GenOptions, Generator, Kind, publish};
+use eventide::generator::{GenOptions, Generator, publish};
 
 use crate::support::{self, RedisServer, read_archive};
-
-fn ids(entries: &[eventide::generator::GenEntry]) -> BTreeSet<String> {
-    entries.iter().filter(|e| e.kind == Kind::Event).filter_map(|e| e.event_id.clone()).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_across_a_restart_are_dropped() {
@@ -17,11 +13,14 @@ async fn duplicates_across_a_restart_are_dropped() {
     let mut conn = support::connect(&redis.url()).await;
     let lake = tempfile::tempdir().unwrap();
     let lake_s = lake.path().to_str().unwrap();
-    let first: Vec<_> =
-        Generator::new(GenOptions { entries: 1000, duplicates: 0.05, seed: 8, ..Default::default() }).collect();
-    publish(&mut conn, "events", first.clone(), 200, None).await.unwrap();
+    let first = support::publish_generated(
+        &mut conn,
+        "events",
+        GenOptions { entries: 1000, duplicates: 0.05, seed: 8, ..Default::default() },
+    )
+    .await;
     let s1 = support::run_until_idle(support::options(&redis.url(), &["events"], lake_s, "c1")).await;
-    assert_eq!(s1.stats.accepted, ids(&first).len() as u64);
+    assert_eq!(s1.stats.accepted, support::event_ids(&first).len() as u64);
 
     // After the restart, publishers re-send everything (at-least-once) plus new events.
     let second: Vec<_> = Generator::new(GenOptions { entries: 500, seed: 9, ..Default::default() }).collect();
@@ -32,7 +31,7 @@ async fn duplicates_across_a_restart_are_dropped() {
     assert_eq!(s2.stats.accepted, 500);
 
     let rows = read_archive(lake.path()); // panics on a duplicate row
-    let want: BTreeSet<String> = ids(&first).union(&ids(&second)).cloned().collect();
+    let want: BTreeSet<String> = support::event_ids(&first).union(&support::event_ids(&second)).cloned().collect();
     assert_eq!(rows.keys().cloned().collect::<BTreeSet<_>>(), want);
 }
 
@@ -61,7 +60,7 @@ async fn redis_restart_mid_stream_loses_nothing() {
 
     let summary = tokio::time::timeout(Duration::from_secs(120), run).await.unwrap().unwrap().unwrap();
     let rows = read_archive(lake.path());
-    assert_eq!(rows.keys().cloned().collect::<BTreeSet<_>>(), ids(&entries));
+    assert_eq!(rows.keys().cloned().collect::<BTreeSet<_>>(), support::event_ids(&entries));
     assert!(summary.stats.disconnects > 0, "the outage was noticed");
     assert_eq!(support::pending(&mut conn, "events").await, 0);
 }

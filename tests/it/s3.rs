@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow::array::AsArray;
-use eventide::generator::{GenOptions, Generator, Kind, publish};
+use eventide::generator::GenOptions;
 use eventide::sink::lake::Lake;
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -79,9 +79,12 @@ async fn archive_lands_on_s3_exactly_once() {
     moto.create_bucket("analytics");
     let redis = RedisServer::start();
     let mut conn = support::connect(&redis.url()).await;
-    let entries: Vec<_> =
-        Generator::new(GenOptions { entries: 3000, duplicates: 0.05, seed: 13, ..Default::default() }).collect();
-    publish(&mut conn, "events", entries.clone(), 500, None).await.unwrap();
+    let entries = support::publish_generated(
+        &mut conn,
+        "events",
+        GenOptions { entries: 3000, duplicates: 0.05, seed: 13, ..Default::default() },
+    )
+    .await;
 
     let mut opts = support::options(&redis.url(), &["events"], "s3://analytics/lake", "c1");
     opts.lake_options = moto.options();
@@ -103,8 +106,7 @@ async fn archive_lands_on_s3_exactly_once() {
             }
         }
     }
-    let want: BTreeSet<String> =
-        entries.iter().filter(|e| e.kind == Kind::Event).filter_map(|e| e.event_id.clone()).collect();
+    let want = support::event_ids(&entries);
     assert_eq!(ids, want);
     // Restart state lives in the same store, outside the table prefix.
     assert!(lake.get_opt(&eventide::state::dedup_path("analytics")).await.unwrap().is_some());

@@ -47,3 +47,20 @@ pub async fn pending(conn: &mut redis::aio::MultiplexedConnection, stream: &str)
         redis::cmd("XPENDING").arg(stream).arg("analytics").query_async(conn).await.unwrap();
     summary.0
 }
+
+/// Generates entries with `opts`, publishes them to `stream` and returns them.
+pub async fn publish_generated(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    opts: eventide::generator::GenOptions,
+) -> Vec<eventide::generator::GenEntry> {
+    let entries: Vec<_> = eventide::generator::Generator::new(opts).collect();
+    eventide::generator::publish(conn, stream, entries.clone(), 500, None).await.unwrap();
+    entries
+}
+
+/// The event ids the pipeline must archive: first occurrences of well-formed events.
+pub fn event_ids(entries: &[eventide::generator::GenEntry]) -> std::collections::BTreeSet<String> {
+    use eventide::generator::Kind;
+    entries.iter().filter(|e| e.kind == Kind::Event).filter_map(|e| e.event_id.clone()).collect()
+}
