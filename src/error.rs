@@ -28,6 +28,9 @@ pub enum Error {
     /// Saved state (dedup snapshot) could not be read back.
     #[error("state {path}: {reason}")]
     State { path: PathBuf, reason: String },
+    /// A pipeline's query failed at run time (planning problems are `Config` errors).
+    #[error("pipeline {pipeline}: {message}")]
+    Query { pipeline: String, message: String },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     /// A pipeline task stopped unexpectedly (a bug, or its own error was reported first).

@@ -30,8 +30,11 @@ pub mod event;
 pub mod generator;
 pub mod metrics;
 pub mod pipeline;
+pub mod query;
+pub mod replay;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod window;
 
 pub use error::{Error, Result};

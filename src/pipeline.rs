@@ -40,6 +40,9 @@ pub struct PipelineOptions {
     pub claim_interval: Duration,
     pub exit_when_idle: Option<Duration>,
     pub progress_interval: Duration,
+    /// Directory of pipeline files (`*.toml`); `None` or a missing directory: no windowed
+    /// aggregations.
+    pub pipelines: Option<std::path::PathBuf>,
 }
 
 /// What a run did.
@@ -90,7 +93,8 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
                     None => break,
                 },
                 _ = tick.tick() => {
-                    if p.archive_age().is_some_and(|a| a >= opts.roll_age) {
+                    p.pipelines.on_tick(Instant::now())?;
+                    if p.archive_age().is_some_and(|a| a >= opts.roll_age) || p.pipelines.pending_rows() > 0 && p.archive_age().is_none() {
                         p.commit_all(false).await?;
                     }
                     if last_claim.is_none_or(|t| t.elapsed() >= opts.claim_interval) {
@@ -102,7 +106,8 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
                         p.log_progress(started.elapsed());
                     }
                     if opts.exit_when_idle.is_some_and(|d| drained && last_data.elapsed() >= d) {
-                        tracing::info!("Streams drained and idle; committing and exiting.");
+                        tracing::info!("Streams drained and idle; closing every window, committing and exiting.");
+                        p.pipelines.flush()?;
                         break;
                     }
                 }

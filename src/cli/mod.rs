@@ -1,7 +1,8 @@
-//! Command-line interface: `run`, `gen`, `validate`, `bench`.
+//! Command-line interface: `run`, `gen`, `validate`, `replay`, `query`, `bench`.
 
 mod bench;
 mod generate;
+mod replay;
 mod run;
 
 use std::future::Future;
@@ -28,8 +29,12 @@ pub enum Command {
     Run(RunArgs),
     /// Generate realistic e-commerce events into a Redis stream.
     Gen(generate::GenArgs),
-    /// Check a configuration file (and flags) and say exactly what is wrong and where.
+    /// Check a configuration file (and flags) and the pipeline files; say exactly what is wrong and where.
     Validate(RunArgs),
+    /// Run the pipelines over JSON-lines files (event-time order as in the files) into the lake.
+    Replay(replay::ReplayArgs),
+    /// Read-only SQL over the lake: `events`, `late_events` and one table per pipeline.
+    Query(replay::QueryArgs),
     /// End-to-end benchmark: bare XREADGROUP+XACK drain vs the pipeline, same data.
     Bench(bench::BenchArgs),
 }
@@ -37,9 +42,11 @@ pub enum Command {
 pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(args, shutdown).await,
-        Command::Validate(args) => Ok(run::validate(args)),
+        Command::Validate(args) => Ok(run::validate(args).await),
         Command::Gen(args) => generate::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Replay(args) => replay::replay(args).await,
+        Command::Query(args) => replay::query(args).await,
     }
 }
 

@@ -67,6 +67,9 @@ pub struct RunArgs {
     pub progress_interval: Option<Dur>,
     #[arg(long, env = "EVENTIDE_REDIS_RETRY_TIMEOUT")]
     pub redis_retry_timeout: Option<Dur>,
+    /// Directory of pipeline files (default ./pipelines; "" for none).
+    #[arg(long, env = "EVENTIDE_PIPELINES")]
+    pub pipelines: Option<String>,
 }
 
 macro_rules! set {
@@ -119,7 +122,8 @@ impl RunArgs {
             max_buffered_bytes,
             zstd_level,
             progress_interval,
-            redis_retry_timeout
+            redis_retry_timeout,
+            pipelines
         );
         Ok((cfg, source))
     }
@@ -170,8 +174,9 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
-/// `eventide validate`: every problem with file, line and fix; exit 1 when there are any.
-pub fn validate(args: RunArgs) -> ExitCode {
+/// `eventide validate`: every problem of the config and of each pipeline file, with file,
+/// line and fix; exit 1 when there are any.
+pub async fn validate(args: RunArgs) -> ExitCode {
     let (cfg, source) = match args.config() {
         Ok(c) => c,
         Err(e) => {
@@ -181,9 +186,10 @@ pub fn validate(args: RunArgs) -> ExitCode {
     };
     let problems = cfg.check();
     let name = source.as_ref().map_or("(flags and defaults)".to_string(), |(p, _)| p.display().to_string());
+    let pipelines_ok = validate_pipelines(&cfg.pipelines).await;
     if problems.is_empty() {
         println!("{name}: OK ({} stream(s), group {}, lake {})", cfg.streams.len(), cfg.group, cfg.lake);
-        return ExitCode::SUCCESS;
+        return if pipelines_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
     for p in &problems {
         match source.as_ref().and_then(|(_, text)| line_of(text, p.key)) {
@@ -192,6 +198,34 @@ pub fn validate(args: RunArgs) -> ExitCode {
         }
     }
     ExitCode::FAILURE
+}
+
+/// Plans every pipeline file; prints one line per pipeline or per problem.
+async fn validate_pipelines(dir: &str) -> bool {
+    if dir.trim().is_empty() {
+        return true;
+    }
+    match eventide::window::check_dir(std::path::Path::new(dir)).await {
+        Ok(list) => {
+            for (spec, plan) in &list {
+                let cols: Vec<&str> = plan.output.fields().iter().map(|f| f.name().as_str()).collect();
+                println!(
+                    "{}: OK (pipeline {}, {:?} window, columns window_start, window_end, {})",
+                    spec.file.display(),
+                    spec.name,
+                    spec.window,
+                    cols.join(", ")
+                );
+            }
+            true
+        }
+        Err(problems) => {
+            for p in problems {
+                eprintln!("{p}");
+            }
+            false
+        }
+    }
 }
 
 /// Hides a password in a Redis URL for logs.

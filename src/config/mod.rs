@@ -68,6 +68,8 @@ pub struct Config {
     pub progress_interval: Dur,
     /// How long Redis commands retry a lost connection before the pipeline stops.
     pub redis_retry_timeout: Dur,
+    /// Directory of pipeline files (windowed aggregations); empty: none.
+    pub pipelines: String,
 }
 
 impl Default for Config {
@@ -97,6 +99,7 @@ impl Default for Config {
             exit_when_idle: None,
             progress_interval: Dur::secs(10),
             redis_retry_timeout: Dur::secs(300),
+            pipelines: "pipelines".into(),
         }
     }
 }
@@ -239,6 +242,7 @@ impl Config {
             claim_interval: self.claim_interval.0,
             exit_when_idle: self.exit_when_idle.map(|d| d.0),
             progress_interval: self.progress_interval.0,
+            pipelines: (!self.pipelines.trim().is_empty()).then(|| self.pipelines.clone().into()),
         })
     }
 }

@@ -88,6 +88,18 @@ impl Decoder {
         };
         let text = std::str::from_utf8(raw)
             .map_err(|e| Rejection::new(Reason::InvalidUtf8, format!("field is not UTF-8: {e}")))?;
+        self.decode_json(text, now_us)
+    }
+
+    /// Decodes and validates one event given as JSON text (a JSON-lines record: a base
+    /// event or a CloudEvents envelope), as [`Decoder::decode`] does for an entry's field.
+    pub fn decode_json<'a>(&'a mut self, text: &'a str, now_us: i64) -> Result<Event<'a>, Rejection> {
+        if text.len() > self.opts.max_entry_bytes {
+            return Err(Rejection::new(
+                Reason::EntryTooLarge,
+                format!("event is {} bytes, the limit is {}", text.len(), self.opts.max_entry_bytes),
+            ));
+        }
         let max_future_us = self.opts.max_future_us;
         let event = decode_text(text, &mut self.scratch)?;
         validate::check(event, now_us, max_future_us)

@@ -17,6 +17,7 @@ use crate::source::acker::Acker;
 use crate::source::commands::Commands;
 use crate::source::group;
 use crate::state;
+use crate::window::Pipelines;
 
 use super::PipelineOptions;
 
@@ -31,6 +32,9 @@ pub(super) struct Processor {
     decoder: Decoder,
     dedup: Dedup,
     archive: Archive,
+    /// Windowed aggregations over the accepted events.
+    pub pipelines: Pipelines,
+    writer: String,
     acks: AckTracker,
     lake: Lake,
     state_interval: Duration,
@@ -53,6 +57,13 @@ impl Processor {
         for s in created {
             tracing::info!(stream = %s, group = %opts.source.group, start = %opts.source.start_id, "Created consumer group.");
         }
+        let pipelines = match &opts.pipelines {
+            Some(dir) => Pipelines::load(dir).await?,
+            None => Pipelines::new(Vec::new())?,
+        };
+        if !pipelines.is_empty() {
+            tracing::info!(pipelines = ?pipelines, "Loaded pipelines.");
+        }
         let dlq_keys = opts.source.streams.iter().map(|s| dlq::dlq_key(opts.dlq_stream.as_deref(), s)).collect();
         Ok(Processor {
             source: opts.source.clone(),
@@ -62,6 +73,8 @@ impl Processor {
             decoder: Decoder::new(opts.decode.clone()),
             dedup,
             archive: Archive::new(lake.clone(), opts.archive.clone())?,
+            pipelines,
+            writer: opts.archive.writer.clone(),
             acks: AckTracker::default(),
             lake,
             state_interval: opts.state_interval,
@@ -79,7 +92,7 @@ impl Processor {
         let stream = self.source.streams[batch.stream].as_str();
         let mut rejects: Vec<(usize, Rejection)> = Vec::new();
         let mut deleted = Vec::new();
-        let Processor { decoder, dedup, archive, stats, dedup_dirty: dirty, .. } = self;
+        let Processor { decoder, dedup, archive, pipelines, stats, dedup_dirty: dirty, .. } = self;
         for (i, entry) in batch.entries.iter().enumerate() {
             if entry.is_deleted() {
                 deleted.push(entry.id);
@@ -95,6 +108,7 @@ impl Processor {
                     verdict => {
                         stats.beyond_horizon += u64::from(verdict == Verdict::BeyondHorizon);
                         archive.append(&ev, stream, entry.id, now_us, seq)?;
+                        pipelines.append(&ev, stream, entry.id);
                         stats.accepted += 1;
                         *dirty = true;
                     }
@@ -102,6 +116,7 @@ impl Processor {
             }
         }
         stats.read += batch.entries.len() as u64;
+        self.pipelines.process()?;
         self.archive.encode_ready().await?;
         if !rejects.is_empty() {
             let mut pipe = redis::pipe();
@@ -128,7 +143,8 @@ impl Processor {
     /// acks everything read.
     pub async fn commit_all(&mut self, final_stop: bool) -> Result<()> {
         let t = Instant::now();
-        let files = self.archive.commit_all().await?;
+        let mut files = self.archive.commit_all().await?;
+        files.extend(self.pipelines.commit(&self.lake, &self.writer).await?);
         self.committed(&files);
         let t_files = t.elapsed();
         let snapshot_due = self.last_snapshot.is_none_or(|s| s.elapsed() >= self.state_interval);

@@ -3,6 +3,7 @@
 //! - [`lake`]: the object store behind every table (local directory, S3, GCS, Azure, memory),
 //!   with atomic visibility of committed files;
 //! - [`archive`]: the event archive, hive-partitioned Parquet files rolled by size and age;
+//! - [`table`]: pipeline output tables (closed windows, late events), written per commit;
 //! - [`dlq`]: the dead-letter stream for entries that failed decoding or validation.
 
 pub mod archive;
@@ -10,5 +11,6 @@ mod chunks;
 pub mod dlq;
 pub mod lake;
 mod schema;
+pub mod table;
 
 pub use schema::archive_schema;

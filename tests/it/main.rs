@@ -9,5 +9,8 @@ mod cli;
 mod consumer_group;
 mod crash;
 mod dlq;
+mod golden;
+mod pipelines_e2e;
 mod restart;
 mod s3;
+mod window_property;

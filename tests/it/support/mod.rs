@@ -23,6 +23,7 @@ pub fn options(redis_url: &str, streams: &[&str], lake: &str, consumer: &str) ->
         exit_when_idle: Some(eventide::config::Dur(Duration::from_millis(500))),
         max_entry_bytes: eventide::config::ByteSize(64 * 1024),
         redis_retry_timeout: eventide::config::Dur::secs(30),
+        pipelines: String::new(),
         ..Config::default()
     };
     cfg.pipeline_options().expect("valid test config")
@@ -63,4 +64,17 @@ pub async fn publish_generated(
 pub fn event_ids(entries: &[eventide::generator::GenEntry]) -> std::collections::BTreeSet<String> {
     use eventide::generator::Kind;
     entries.iter().filter(|e| e.kind == Kind::Event).filter_map(|e| e.event_id.clone()).collect()
+}
+
+/// Asserts two sorted row lists are equal; on a mismatch shows the counts and the first
+/// differences only (tables can have thousands of rows).
+pub fn assert_same_rows(got: &[String], want: &[String], what: &str) {
+    if got == want {
+        return;
+    }
+    let g: std::collections::BTreeSet<&String> = got.iter().collect();
+    let w: std::collections::BTreeSet<&String> = want.iter().collect();
+    let extra: Vec<_> = g.difference(&w).take(5).collect();
+    let missing: Vec<_> = w.difference(&g).take(5).collect();
+    panic!("{what}: {} rows, expected {}; unexpected {extra:?}; missing {missing:?}", got.len(), want.len());
 }

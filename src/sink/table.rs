@@ -1,0 +1,111 @@
+//! Pipeline output tables: closed windows (and late events) buffered in memory and written
+//! at each commit as one Parquet file per table and date partition,
+//! `<table>/[<part>=<value>/]window_date=YYYY-MM-DD/part-<ms>-<writer>-<n>.parquet`.
+//!
+//! Files appear atomically ([`Lake::put_atomic`]), so a reader globbing the table sees whole
+//! files only; one file per commit interval keeps them few and large.
+
+use std::collections::BTreeMap;
+
+use arrow::array::{AsArray, RecordBatch, UInt32Array};
+use arrow::compute::{concat_batches, take_record_batch};
+use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
+use object_store::PutPayload;
+use object_store::path::Path;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use super::archive::CommittedFile;
+use super::lake::Lake;
+use crate::decode::timestamp::civil_from_days;
+use crate::error::Result;
+
+const DAY_US: i64 = 86_400_000_000;
+
+/// Rows of one table waiting for the next commit, by day of `window_start`.
+pub struct TableBuffer {
+    /// Path prefix inside the lake (`<pipeline>` or `late_events/pipeline=<name>`).
+    prefix: String,
+    schema: SchemaRef,
+    /// Index of the timestamp column that picks the date partition.
+    date_column: usize,
+    days: BTreeMap<i64, Vec<RecordBatch>>,
+    rows: usize,
+    files: u64,
+}
+
+impl TableBuffer {
+    pub fn new(prefix: String, schema: SchemaRef, date_column: usize) -> Self {
+        TableBuffer { prefix, schema, date_column, days: BTreeMap::new(), rows: 0, files: 0 }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Buffers a batch, split by date.
+    pub fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        self.rows += n;
+        let col = batch.column(self.date_column).as_primitive::<TimestampMicrosecondType>();
+        let day = |i: usize| col.value(i).div_euclid(DAY_US);
+        let first = day(0);
+        if (1..n).all(|i| day(i) == first) {
+            self.days.entry(first).or_default().push(batch);
+            return Ok(());
+        }
+        let mut by_day: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for i in 0..n {
+            by_day.entry(day(i)).or_default().push(i as u32);
+        }
+        for (d, idx) in by_day {
+            let part = take_record_batch(&batch, &UInt32Array::from(idx))?;
+            self.days.entry(d).or_default().push(part);
+        }
+        Ok(())
+    }
+
+    /// Writes every buffered day as one file; returns what became visible.
+    pub async fn commit(&mut self, lake: &Lake, writer: &str) -> Result<Vec<CommittedFile>> {
+        let mut out = Vec::new();
+        let stamp = chrono::Utc::now().timestamp_millis();
+        for (day, batches) in std::mem::take(&mut self.days) {
+            let batch = concat_batches(&self.schema, &batches)?;
+            let rows = batch.num_rows() as u64;
+            let bytes = encode(&batch).await?;
+            self.files += 1;
+            let (y, m, d) = civil_from_days(day);
+            let path = Path::from(format!(
+                "{}/window_date={y:04}-{m:02}-{d:02}/part-{stamp}-{writer}-{:06}.parquet",
+                self.prefix, self.files
+            ));
+            let len = bytes.len() as u64;
+            lake.put_atomic(&path, PutPayload::from(bytes)).await?;
+            out.push(CommittedFile { path: path.to_string(), rows, bytes: len });
+        }
+        self.rows = 0;
+        Ok(out)
+    }
+}
+
+/// Encodes a batch as a zstd Parquet file on a blocking thread.
+async fn encode(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let batch = batch.clone();
+    tokio::task::spawn_blocking(move || {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+            .set_created_by(format!("eventide {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2 + 1024);
+        let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
+        w.write(&batch)?;
+        w.close()?;
+        Ok::<_, crate::error::Error>(buf)
+    })
+    .await
+    .map_err(|e| crate::error::Error::Internal(format!("encoder task: {e}")))?
+}

@@ -1,0 +1,186 @@
+//! Partial aggregation state for one window bin: a group table (key → dense index, keys in
+//! Arrow's row format) and one DataFusion `GroupsAccumulator` per aggregate.
+//!
+//! A [`Partial`] is updated batch by batch, then either evaluated (a tumbling window closes)
+//! or frozen into its intermediate state (hopping slides: the state of each slide is merged
+//! into every window that contains it, so overlapping windows share work).
+
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use arrow::compute::take;
+use arrow::datatypes::SchemaRef;
+use arrow::row::{RowConverter, Rows};
+use datafusion::error::Result;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use hashbrown::HashMap;
+
+use super::plan::Compiled;
+
+/// Group keys of one bin. Without GROUP BY every row is group 0.
+pub(super) struct Groups {
+    map: HashMap<Box<[u8]>, u32>,
+    /// Keys in group-index order (`None` without GROUP BY).
+    keys: Option<Rows>,
+    len: usize,
+}
+
+impl Groups {
+    pub fn new(conv: Option<&RowConverter>) -> Self {
+        Groups { map: HashMap::new(), keys: conv.map(|c| c.empty_rows(16, 256)), len: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Appends the group index of each of `rows` (all rows when `which` is `None`).
+    pub fn assign(&mut self, keys: Option<&Rows>, which: Option<&[u32]>, n: usize, out: &mut Vec<usize>) {
+        out.clear();
+        let (Some(keys), Some(table)) = (keys, self.keys.as_mut()) else {
+            self.len = self.len.max(usize::from(n > 0));
+            out.resize(n, 0);
+            return;
+        };
+        let mut one = |i: usize| {
+            let row = keys.row(i);
+            let bytes = row.as_ref();
+            match self.map.get(bytes) {
+                Some(&g) => g as usize,
+                None => {
+                    let g = self.len;
+                    self.map.insert(bytes.into(), g as u32);
+                    table.push(row);
+                    self.len += 1;
+                    g
+                }
+            }
+        };
+        match which {
+            Some(idx) => out.extend(idx.iter().map(|&i| one(i as usize))),
+            None => out.extend((0..n).map(one)),
+        }
+    }
+
+    /// The key columns, in group-index order.
+    pub fn key_columns(&self, conv: Option<&RowConverter>) -> Result<Vec<ArrayRef>> {
+        match (conv, &self.keys) {
+            (Some(c), Some(rows)) => Ok(c.convert_rows(rows.iter())?),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.keys.as_ref().map_or(0, |r| r.size() * 2) + self.map.capacity() * 24
+    }
+}
+
+/// The inputs of one sub-batch, evaluated once and shared by every bin it touches.
+pub(super) struct Inputs {
+    /// Per aggregate: argument arrays and FILTER mask.
+    pub args: Vec<(Vec<ArrayRef>, Option<BooleanArray>)>,
+    pub keys: Option<Rows>,
+    pub rows: usize,
+}
+
+impl Inputs {
+    /// Evaluates group keys, aggregate arguments and FILTER clauses over `batch`.
+    pub fn evaluate(plan: &Compiled, conv: Option<&RowConverter>, batch: &RecordBatch) -> Result<Inputs> {
+        let n = batch.num_rows();
+        let mut args = Vec::with_capacity(plan.aggregates.len());
+        for a in &plan.aggregates {
+            let vals = a.args.iter().map(|e| e.evaluate(batch)?.into_array(n)).collect::<Result<Vec<_>>>()?;
+            let filter = match &a.filter {
+                Some(f) => Some(super::operator::as_mask(f.evaluate(batch)?.into_array(n)?)?),
+                None => None,
+            };
+            args.push((vals, filter));
+        }
+        let keys = match conv {
+            Some(c) => {
+                let cols =
+                    plan.group_exprs.iter().map(|e| e.evaluate(batch)?.into_array(n)).collect::<Result<Vec<_>>>()?;
+                Some(c.convert_columns(&cols)?)
+            }
+            None => None,
+        };
+        Ok(Inputs { args, keys, rows: n })
+    }
+}
+
+/// Intermediate state of a frozen bin: its keys and each aggregate's state columns.
+pub(super) struct Frozen {
+    pub keys: Option<Rows>,
+    pub groups: usize,
+    pub states: Vec<Vec<ArrayRef>>,
+}
+
+impl Frozen {
+    pub fn size(&self) -> usize {
+        self.keys.as_ref().map_or(0, Rows::size)
+            + self.states.iter().flatten().map(|a| a.get_array_memory_size()).sum::<usize>()
+    }
+}
+
+/// One bin's groups and accumulators.
+pub(super) struct Partial {
+    pub groups: Groups,
+    accs: Vec<Box<dyn GroupsAccumulator>>,
+    scratch: Vec<usize>,
+}
+
+impl Partial {
+    pub fn new(plan: &Compiled, conv: Option<&RowConverter>) -> Result<Partial> {
+        let accs = plan.aggregates.iter().map(|a| a.groups_accumulator()).collect::<Result<Vec<_>>>()?;
+        Ok(Partial { groups: Groups::new(conv), accs, scratch: Vec::new() })
+    }
+
+    /// Adds the rows `which` of the sub-batch (all when `None`).
+    pub fn update(&mut self, inputs: &Inputs, which: Option<&[u32]>) -> Result<()> {
+        let n = which.map_or(inputs.rows, <[u32]>::len);
+        self.groups.assign(inputs.keys.as_ref(), which, n, &mut self.scratch);
+        let total = self.groups.len();
+        let idx = which.map(|w| UInt32Array::from(w.to_vec()));
+        for (acc, (vals, filter)) in self.accs.iter_mut().zip(&inputs.args) {
+            match &idx {
+                None => acc.update_batch(vals, &self.scratch, filter.as_ref(), total)?,
+                Some(idx) => {
+                    let vals = vals.iter().map(|v| take(v, idx, None)).collect::<Result<Vec<_>, _>>()?;
+                    let filter = match filter {
+                        Some(f) => Some(super::operator::as_mask(take(f, idx, None)?)?),
+                        None => None,
+                    };
+                    acc.update_batch(&vals, &self.scratch, filter.as_ref(), total)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges a frozen bin's state into this one.
+    pub fn merge(&mut self, f: &Frozen) -> Result<()> {
+        self.groups.assign(f.keys.as_ref(), None, f.groups, &mut self.scratch);
+        let total = self.groups.len();
+        for (acc, state) in self.accs.iter_mut().zip(&f.states) {
+            acc.merge_batch(state, &self.scratch, total)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the intermediate state, leaving nothing behind.
+    pub fn freeze(mut self) -> Result<Frozen> {
+        let states = self.accs.iter_mut().map(|a| a.state(EmitTo::All)).collect::<Result<Vec<_>>>()?;
+        Ok(Frozen { keys: self.groups.keys.take(), groups: self.groups.len(), states })
+    }
+
+    /// Final values: a batch of key columns + aggregate columns.
+    pub fn evaluate(mut self, conv: Option<&RowConverter>, schema: &SchemaRef) -> Result<RecordBatch> {
+        let mut cols = self.groups.key_columns(conv)?;
+        for a in &mut self.accs {
+            cols.push(a.evaluate(EmitTo::All)?);
+        }
+        Ok(RecordBatch::try_new(schema.clone(), cols)?)
+    }
+
+    pub fn size(&self) -> usize {
+        self.groups.size() + self.accs.iter().map(|a| a.size()).sum::<usize>()
+    }
+}

@@ -1,0 +1,176 @@
+//! Windowed aggregations: the stage after dedup (source → decode → dedup → **window** → sink).
+//!
+//! Every pipeline file in `pipelines/` ([`spec`]) is planned once with DataFusion
+//! ([`plan`]) and run incrementally over the deduplicated events ([`query`]): per window
+//! bin a partial aggregate (`groups`), finalised when the watermark passes the window's
+//! end plus the allowed lateness ([`operator`] for tumbling and hopping windows, [`session`]
+//! for sessions). All pipelines share one read, one dedup and one set of event columns
+//! ([`columns`]). Closed windows and late events are buffered for the next commit
+//! ([`crate::sink::table`]).
+
+pub mod columns;
+mod groups;
+pub mod operator;
+pub mod plan;
+pub mod query;
+pub mod session;
+pub mod spec;
+
+use std::path::Path;
+use std::time::Instant;
+
+use arrow::datatypes::SchemaRef;
+
+use crate::decode::Event;
+use crate::error::{Error, Result};
+use crate::event::EntryId;
+use crate::sink::archive::CommittedFile;
+use crate::sink::lake::Lake;
+use crate::sink::table::TableBuffer;
+use columns::EventColumns;
+pub use query::{QueryStats, WindowedQuery, late_schema};
+pub use spec::{PipelineSpec, SpecProblem};
+
+/// Table holding late events of every pipeline (partitioned by `pipeline=`).
+pub const LATE_TABLE: &str = "late_events";
+
+/// Every pipeline of a run, fed from one stream of accepted events.
+pub struct Pipelines {
+    queries: Vec<WindowedQuery>,
+    columns: EventColumns,
+    schemas: Vec<SchemaRef>,
+    tables: Vec<TableBuffer>,
+    late: Vec<TableBuffer>,
+}
+
+impl std::fmt::Debug for Pipelines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.queries.iter().map(|q| &q.spec.name)).finish()
+    }
+}
+
+/// Parses and plans every pipeline file in `dir`; every problem is reported, each with its
+/// file and line.
+pub async fn check_dir(dir: &Path) -> Result<Vec<(PipelineSpec, plan::Compiled)>, Vec<SpecProblem>> {
+    let specs = spec::load_dir(dir)?;
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for (s, _) in specs {
+        match plan::compile(&s).await {
+            Ok(c) => out.push((s, c)),
+            Err(p) => problems.push(p),
+        }
+    }
+    if problems.is_empty() { Ok(out) } else { Err(problems) }
+}
+
+impl Pipelines {
+    /// Loads `dir` (no directory: no pipelines).
+    pub async fn load(dir: &Path) -> Result<Pipelines> {
+        let compiled = check_dir(dir)
+            .await
+            .map_err(|p| Error::Config(p.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
+        Pipelines::new(compiled)
+    }
+
+    pub fn new(compiled: Vec<(PipelineSpec, plan::Compiled)>) -> Result<Pipelines> {
+        let mut queries = Vec::new();
+        for (s, c) in compiled {
+            let name = s.clone();
+            queries.push(WindowedQuery::new(s, c).map_err(|e| query_error(&name, e))?);
+        }
+        let specs: Vec<&PipelineSpec> = queries.iter().map(|q| &q.spec).collect();
+        let columns = EventColumns::new(&specs);
+        let schemas = queries.iter().map(WindowedQuery::input_schema).collect();
+        let tables = queries.iter().map(|q| TableBuffer::new(q.spec.name.clone(), q.output.clone(), 0)).collect();
+        let late = queries
+            .iter()
+            .map(|q| TableBuffer::new(format!("{LATE_TABLE}/pipeline={}", q.spec.name), late_schema(), 0))
+            .collect();
+        Ok(Pipelines { queries, columns, schemas, tables, late })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queries.is_empty()
+    }
+
+    /// Each pipeline's spec and output table schema.
+    pub fn output_schemas(&self) -> Vec<(PipelineSpec, SchemaRef)> {
+        self.queries.iter().map(|q| (q.spec.clone(), q.output.clone())).collect()
+    }
+
+    pub fn queries(&self) -> &[WindowedQuery] {
+        &self.queries
+    }
+
+    /// Buffers one accepted (deduplicated) event.
+    pub fn append(&mut self, ev: &Event<'_>, stream: &str, id: EntryId) {
+        if !self.queries.is_empty() {
+            self.columns.append(ev, stream, id);
+        }
+    }
+
+    /// Events buffered by [`Pipelines::append`] and not yet processed.
+    pub fn buffered(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Runs the buffered events through every pipeline.
+    pub fn process(&mut self) -> Result<()> {
+        if self.columns.is_empty() {
+            return Ok(());
+        }
+        let batches = self.columns.finish(&self.schemas)?;
+        for (q, b) in self.queries.iter_mut().zip(&batches) {
+            q.process(b).map_err(|e| query_error(&q.spec, e))?;
+        }
+        self.collect()
+    }
+
+    /// Applies the idle timeouts (live runs).
+    pub fn on_tick(&mut self, now: Instant) -> Result<()> {
+        for q in &mut self.queries {
+            q.on_idle(now).map_err(|e| query_error(&q.spec, e))?;
+        }
+        self.collect()
+    }
+
+    /// End of a bounded input: closes every window.
+    pub fn flush(&mut self) -> Result<()> {
+        self.process()?;
+        for q in &mut self.queries {
+            q.flush().map_err(|e| query_error(&q.spec, e))?;
+        }
+        self.collect()
+    }
+
+    fn collect(&mut self) -> Result<()> {
+        for ((q, t), l) in self.queries.iter_mut().zip(&mut self.tables).zip(&mut self.late) {
+            for b in q.ready.drain(..) {
+                t.push(b)?;
+            }
+            for b in q.late_ready.drain(..) {
+                l.push(b)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows of closed windows and late events waiting for a commit.
+    pub fn pending_rows(&self) -> usize {
+        self.tables.iter().chain(&self.late).map(TableBuffer::rows).sum()
+    }
+
+    /// Writes every pending row.
+    pub async fn commit(&mut self, lake: &Lake, writer: &str) -> Result<Vec<CommittedFile>> {
+        let mut out = Vec::new();
+        for t in self.tables.iter_mut().chain(&mut self.late) {
+            out.extend(t.commit(lake, writer).await?);
+        }
+        Ok(out)
+    }
+}
+
+fn query_error(spec: &PipelineSpec, e: datafusion::error::DataFusionError) -> Error {
+    Error::Query { pipeline: spec.name.clone(), message: e.strip_backtrace() }
+}

@@ -1,0 +1,231 @@
+//! Tumbling and hopping windows over event time.
+//!
+//! Rows are binned by slide (`slide = size` for tumbling). Each slide bin keeps a partial
+//! aggregate (`Partial`); a window `[end − size, end)` closes when the watermark passes
+//! `end + allowed_lateness`: a tumbling window evaluates its one bin; a hopping window
+//! freezes the partial state of each of its slides and merges those states, so each event
+//! is aggregated once whatever the overlap. A slide is dropped when the last window that
+//! contains it has closed: memory is groups × open slides, not events.
+//!
+//! Lateness is decided per row against the windows already closed; the caller splits
+//! batches wherever the watermark crosses a close boundary, so results do not depend on
+//! how the input was batched.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use arrow::row::RowConverter;
+use datafusion::error::{DataFusionError, Result};
+
+use super::groups::{Frozen, Inputs, Partial};
+use super::plan::Compiled;
+
+/// An input row that missed a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Late {
+    pub row: u32,
+    pub window_start: i64,
+    pub window_end: i64,
+}
+
+/// A closed window's aggregate rows (keys + aggregates, before HAVING / SELECT).
+pub struct Closed {
+    pub start: i64,
+    pub end: i64,
+    pub rows: RecordBatch,
+}
+
+/// `floor(a / b)` for a positive `b`.
+pub fn floor_div(a: i64, b: i64) -> i64 {
+    a.div_euclid(b)
+}
+
+/// A boolean array as a filter mask (nulls count as false where it is used).
+pub fn as_mask(a: ArrayRef) -> Result<BooleanArray> {
+    a.as_any()
+        .downcast_ref::<BooleanArray>()
+        .cloned()
+        .ok_or_else(|| DataFusionError::Plan(format!("a filter is {}, not boolean", a.data_type())))
+}
+
+#[derive(Default)]
+struct Slide {
+    open: Option<Partial>,
+    frozen: Vec<Frozen>,
+}
+
+/// Tumbling (`slide == size`) or hopping windows.
+pub struct FixedWindows {
+    size: i64,
+    slide: i64,
+    lateness: i64,
+    bins: BTreeMap<i64, Slide>,
+    /// Every window ending at or before this has closed (`i64::MIN`: none yet).
+    closed_before: i64,
+    scratch: Vec<(i64, Vec<u32>)>,
+}
+
+impl FixedWindows {
+    pub fn new(size: i64, slide: i64, lateness: i64) -> Self {
+        FixedWindows { size, slide, lateness, bins: BTreeMap::new(), closed_before: i64::MIN, scratch: Vec::new() }
+    }
+
+    fn slides_per_window(&self) -> i64 {
+        self.size / self.slide
+    }
+
+    /// The watermark at which the next window closes (`i64::MIN` before the first row, so
+    /// the caller establishes the initial watermark right after it).
+    pub fn next_trigger(&self) -> i64 {
+        if self.closed_before == i64::MIN {
+            i64::MIN
+        } else {
+            self.closed_before.saturating_add(self.slide).saturating_add(self.lateness)
+        }
+    }
+
+    pub fn open_windows(&self) -> usize {
+        match self.bins.keys().next() {
+            Some(&first) => {
+                let last = *self.bins.keys().next_back().unwrap_or(&first);
+                (last - first + self.slides_per_window()) as usize
+            }
+            None => 0,
+        }
+        .min(self.bins.len() * self.slides_per_window() as usize)
+    }
+
+    pub fn state_bytes(&self) -> usize {
+        self.bins
+            .values()
+            .map(|s| s.open.as_ref().map_or(0, Partial::size) + s.frozen.iter().map(Frozen::size).sum::<usize>())
+            .sum()
+    }
+
+    /// Adds the rows of `batch` (already filtered by WHERE) whose windows are open; reports
+    /// the rows that missed a window in `late`.
+    pub fn process(
+        &mut self,
+        plan: &Compiled,
+        conv: Option<&RowConverter>,
+        batch: &RecordBatch,
+        times: &[i64],
+        late: &mut Vec<Late>,
+    ) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let k = self.slides_per_window();
+        let mut groups = std::mem::take(&mut self.scratch);
+        groups.clear();
+        let mut all_in_first = true;
+        for (i, &t) in times.iter().enumerate() {
+            let s = floor_div(t, self.slide);
+            let first_end = (s + 1) * self.slide;
+            if first_end <= self.closed_before {
+                // Some windows holding this row have closed: those it missed.
+                let mut j = 1;
+                while j <= k && (s + j) * self.slide <= self.closed_before {
+                    let end = (s + j) * self.slide;
+                    late.push(Late { row: i as u32, window_start: end - self.size, window_end: end });
+                    j += 1;
+                }
+                if j > k {
+                    all_in_first = false;
+                    continue;
+                }
+            }
+            match groups.iter_mut().find(|(b, _)| *b == s) {
+                Some((_, rows)) => rows.push(i as u32),
+                None => {
+                    all_in_first &= groups.is_empty();
+                    groups.push((s, vec![i as u32]));
+                }
+            }
+        }
+        let inputs = Inputs::evaluate(plan, conv, batch)?;
+        let single = all_in_first && groups.len() == 1;
+        for (s, rows) in &groups {
+            let bin = self.bins.entry(*s).or_default();
+            let p = match &mut bin.open {
+                Some(p) => p,
+                None => bin.open.insert(Partial::new(plan, conv)?),
+            };
+            p.update(&inputs, if single { None } else { Some(rows) })?;
+        }
+        self.scratch = groups;
+        Ok(())
+    }
+
+    /// Closes every window whose end + lateness the watermark `wm` has passed, in order.
+    pub fn close(
+        &mut self,
+        plan: &Compiled,
+        conv: Option<&RowConverter>,
+        wm: i64,
+        out: &mut Vec<Closed>,
+    ) -> Result<()> {
+        let boundary = floor_div(wm.saturating_sub(self.lateness), self.slide).saturating_mul(self.slide);
+        if boundary <= self.closed_before {
+            return Ok(());
+        }
+        let k = self.slides_per_window();
+        let mut ends = BTreeSet::new();
+        for &s in self.bins.keys() {
+            for j in 1..=k {
+                let e = (s + j) * self.slide;
+                if e > self.closed_before && e <= boundary {
+                    ends.insert(e);
+                }
+            }
+        }
+        for e in ends {
+            let last = e / self.slide - 1;
+            if k == 1 {
+                if let Some(bin) = self.bins.remove(&last)
+                    && let Some(p) = bin.open
+                {
+                    let rows = p.evaluate(conv, &plan.aggregate_schema)?;
+                    if rows.num_rows() > 0 {
+                        out.push(Closed { start: e - self.size, end: e, rows });
+                    }
+                }
+                continue;
+            }
+            let mut window = Partial::new(plan, conv)?;
+            for (_, bin) in self.bins.range_mut(last - k + 1..=last) {
+                if let Some(p) = bin.open.take() {
+                    bin.frozen.push(p.freeze()?);
+                }
+                for f in &bin.frozen {
+                    window.merge(f)?;
+                }
+            }
+            if window.groups.len() > 0 {
+                out.push(Closed { start: e - self.size, end: e, rows: window.evaluate(conv, &plan.aggregate_schema)? });
+            }
+        }
+        self.closed_before = boundary;
+        // Slides whose last window has closed are done.
+        let keep_from = floor_div(boundary, self.slide) - k + 1;
+        self.bins = self.bins.split_off(&keep_from);
+        Ok(())
+    }
+}
+
+/// Converter for group keys, `None` without GROUP BY.
+pub fn key_converter(plan: &Compiled) -> Result<Option<RowConverter>> {
+    if plan.group_types.is_empty() {
+        return Ok(None);
+    }
+    let fields = plan.group_types.iter().map(|t| arrow::row::SortField::new(t.clone())).collect();
+    Ok(Some(RowConverter::new(fields)?))
+}
+
+/// Rows of `a` with a true mask value (nulls drop).
+pub fn keep(a: &RecordBatch, mask: &BooleanArray) -> Result<RecordBatch> {
+    if mask.true_count() == mask.len() && mask.null_count() == 0 {
+        return Ok(a.clone());
+    }
+    Ok(arrow::compute::filter_record_batch(a, mask)?)
+}

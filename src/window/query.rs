@@ -1,0 +1,336 @@
+//! One pipeline at run time: selects its events, tracks its watermark, feeds the window
+//! operator in sub-batches split where the watermark crosses a close boundary, and turns
+//! closed windows and late rows into output batches.
+//!
+//! Watermark = max event time seen by the pipeline − `watermark` (bounded out-of-orderness),
+//! or higher when forced: by the idle timeout in live runs (no input for `idle_timeout`
+//! moves it on by the processing time elapsed since the last event) and at the end of a
+//! bounded input (replay, `--exit-when-idle`), where every window closes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
+};
+use arrow::compute::take;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use arrow::row::RowConverter;
+use datafusion::error::Result;
+
+use super::operator::{Closed, FixedWindows, Late, as_mask, keep, key_converter};
+use super::plan::Compiled;
+use super::session::Sessions;
+use super::spec::{PipelineSpec, WindowKind};
+
+enum Op {
+    Fixed(FixedWindows),
+    Session(Sessions),
+}
+
+/// Counters of one pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryStats {
+    /// Events selected by streams / event types.
+    pub input: u64,
+    /// Of those, rows that passed WHERE and went into at least one window.
+    pub counted: u64,
+    /// Rows that missed a window (one per missed window).
+    pub late: u64,
+    pub windows: u64,
+    pub rows: u64,
+}
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// Schema of the late-events table's files (the pipeline is the `pipeline=` partition).
+pub fn late_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("window_start", ts(), false),
+        Field::new("window_end", ts(), false),
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("event_type", DataType::Utf8, false),
+        Field::new("event_time", ts(), false),
+        Field::new("stream", DataType::Utf8, false),
+        Field::new("stream_id", DataType::Utf8, false),
+        Field::new("watermark", ts(), false),
+    ]))
+}
+
+pub struct WindowedQuery {
+    pub spec: PipelineSpec,
+    plan: Compiled,
+    conv: Option<RowConverter>,
+    op: Op,
+    max_time: i64,
+    floor: i64,
+    last_arrival: Option<Instant>,
+    /// window_start, window_end, then the SELECT list.
+    pub output: SchemaRef,
+    /// Closed window rows not yet written.
+    pub ready: Vec<RecordBatch>,
+    pub late_ready: Vec<RecordBatch>,
+    pub stats: QueryStats,
+    late: Vec<Late>,
+}
+
+impl WindowedQuery {
+    pub fn new(spec: PipelineSpec, plan: Compiled) -> Result<Self> {
+        let conv = key_converter(&plan)?;
+        let op = match spec.window {
+            WindowKind::Tumbling { size } => Op::Fixed(FixedWindows::new(size, size, spec.allowed_lateness_us)),
+            WindowKind::Hopping { size, slide } => Op::Fixed(FixedWindows::new(size, slide, spec.allowed_lateness_us)),
+            WindowKind::Session { gap } => Op::Session(Sessions::new(gap, spec.allowed_lateness_us)),
+        };
+        let mut fields = vec![Field::new("window_start", ts(), false), Field::new("window_end", ts(), false)];
+        fields.extend(plan.output.fields().iter().map(|f| f.as_ref().clone()));
+        Ok(WindowedQuery {
+            spec,
+            plan,
+            conv,
+            op,
+            max_time: i64::MIN,
+            floor: i64::MIN,
+            last_arrival: None,
+            output: Arc::new(Schema::new(fields)),
+            ready: Vec::new(),
+            late_ready: Vec::new(),
+            stats: QueryStats::default(),
+            late: Vec::new(),
+        })
+    }
+
+    pub fn input_schema(&self) -> SchemaRef {
+        self.plan.input.clone()
+    }
+
+    /// The current watermark (µs), `None` before the first event.
+    pub fn watermark(&self) -> Option<i64> {
+        let wm = self.max_time.saturating_sub(self.spec.watermark_us).max(self.floor);
+        (wm != i64::MIN).then_some(wm)
+    }
+
+    fn wm_at(&self, max_time: i64) -> i64 {
+        max_time.saturating_sub(self.spec.watermark_us).max(self.floor)
+    }
+
+    pub fn open_windows(&self) -> usize {
+        match &self.op {
+            Op::Fixed(f) => f.open_windows(),
+            Op::Session(s) => s.open_windows(),
+        }
+    }
+
+    pub fn state_bytes(&self) -> usize {
+        match &self.op {
+            Op::Fixed(f) => f.state_bytes(),
+            Op::Session(s) => s.state_bytes(),
+        }
+    }
+
+    fn next_trigger(&self) -> i64 {
+        match &self.op {
+            Op::Fixed(f) => f.next_trigger(),
+            Op::Session(s) => s.next_trigger(),
+        }
+    }
+
+    /// Feeds a batch of the `events` table (all events of the micro-batch).
+    pub fn process(&mut self, batch: &RecordBatch) -> Result<()> {
+        let sel = self.select(batch)?;
+        let n = sel.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        self.stats.input += n as u64;
+        self.last_arrival = Some(Instant::now());
+        let times = sel.column(2).as_primitive::<TimestampMicrosecondType>().values().clone();
+        let mut member: Option<BooleanArray> = None;
+        for f in &self.plan.filters {
+            let m = as_mask(f.evaluate(&sel)?.into_array(n)?)?;
+            member = Some(match member {
+                Some(prev) => arrow::compute::and(&prev, &m)?,
+                None => m,
+            });
+        }
+        let mut start = 0;
+        let mut m = self.max_time;
+        let mut trigger = self.next_trigger();
+        for (i, &t) in times.iter().enumerate() {
+            m = m.max(t);
+            let wm = self.wm_at(m);
+            if wm >= trigger {
+                self.run_range(&sel, member.as_ref(), &times, start, i + 1)?;
+                self.max_time = m;
+                self.close(wm)?;
+                trigger = self.next_trigger();
+                start = i + 1;
+            }
+        }
+        self.run_range(&sel, member.as_ref(), &times, start, n)?;
+        self.max_time = m;
+        Ok(())
+    }
+
+    /// Rows of the pipeline's streams and event types.
+    fn select(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        if self.spec.streams.is_empty() && self.spec.event_types.is_empty() {
+            return Ok(batch.clone());
+        }
+        let types: &StringArray = batch.column(1).as_string();
+        let streams: &StringArray = batch.column(6).as_string();
+        let mask: BooleanArray =
+            (0..batch.num_rows()).map(|i| Some(self.spec.selects(streams.value(i), types.value(i)))).collect();
+        keep(batch, &mask)
+    }
+
+    /// Processes `sel[start..end]`: rows passing WHERE go to the operator.
+    fn run_range(
+        &mut self,
+        sel: &RecordBatch,
+        member: Option<&BooleanArray>,
+        times: &[i64],
+        start: usize,
+        end: usize,
+    ) -> Result<()> {
+        if start >= end {
+            return Ok(());
+        }
+        let len = end - start;
+        let mut part = sel.slice(start, len);
+        let mut part_times: Vec<i64> = times[start..end].to_vec();
+        // Per-row watermarks (sessions decide lateness of a new session row by row).
+        let mut wms: Vec<i64> = Vec::new();
+        if matches!(self.op, Op::Session(_)) {
+            let mut m = self.max_time;
+            wms = part_times
+                .iter()
+                .map(|&t| {
+                    m = m.max(t);
+                    self.wm_at(m)
+                })
+                .collect();
+        }
+        if let Some(mask) = member {
+            let mask = mask.slice(start, len);
+            if mask.true_count() != len {
+                part = keep(&part, &mask)?;
+                let keep_idx: Vec<usize> = (0..len).filter(|&i| mask.is_valid(i) && mask.value(i)).collect();
+                part_times = keep_idx.iter().map(|&i| part_times[i]).collect();
+                if !wms.is_empty() {
+                    wms = keep_idx.iter().map(|&i| wms[i]).collect();
+                }
+            }
+        }
+        if part.num_rows() == 0 {
+            return Ok(());
+        }
+        self.late.clear();
+        let mut closed = Vec::new();
+        match &mut self.op {
+            Op::Fixed(f) => f.process(&self.plan, self.conv.as_ref(), &part, &part_times, &mut self.late)?,
+            Op::Session(s) => {
+                s.process(&self.plan, self.conv.as_ref(), &part, &part_times, &wms, &mut self.late, &mut closed)?
+            }
+        }
+        self.emit(closed)?;
+        // A row is counted nowhere when it missed every window it belongs to (one for
+        // tumbling and session windows, size / slide for hopping ones).
+        let k = match self.spec.window {
+            WindowKind::Hopping { size, slide } => (size / slide) as usize,
+            _ => 1,
+        };
+        let mut fully_late = 0u64;
+        let mut run = (u32::MAX, 0usize);
+        for l in &self.late {
+            run = if l.row == run.0 { (l.row, run.1 + 1) } else { (l.row, 1) };
+            fully_late += u64::from(run.1 == k);
+        }
+        self.stats.late += self.late.len() as u64;
+        self.stats.counted += part.num_rows() as u64 - fully_late;
+        if !self.late.is_empty() {
+            let b = self.late_batch(&part)?;
+            self.late_ready.push(b);
+        }
+        Ok(())
+    }
+
+    fn late_batch(&self, part: &RecordBatch) -> Result<RecordBatch> {
+        let idx = UInt32Array::from_iter_values(self.late.iter().map(|l| l.row));
+        let wm = self.watermark().unwrap_or(i64::MIN);
+        let n = self.late.len();
+        let tz = |v: Vec<i64>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as ArrayRef;
+        let cols: Vec<ArrayRef> = vec![
+            tz(self.late.iter().map(|l| l.window_start).collect()),
+            tz(self.late.iter().map(|l| l.window_end).collect()),
+            take(part.column(0), &idx, None)?,
+            take(part.column(1), &idx, None)?,
+            take(part.column(2), &idx, None)?,
+            take(part.column(6), &idx, None)?,
+            take(part.column(7), &idx, None)?,
+            tz(vec![wm; n]),
+        ];
+        Ok(RecordBatch::try_new(late_schema(), cols)?)
+    }
+
+    fn close(&mut self, wm: i64) -> Result<()> {
+        let mut closed: Vec<Closed> = Vec::new();
+        match &mut self.op {
+            Op::Fixed(f) => f.close(&self.plan, self.conv.as_ref(), wm, &mut closed)?,
+            Op::Session(s) => s.close(&self.plan, self.conv.as_ref(), wm, &mut closed)?,
+        }
+        self.emit(closed)
+    }
+
+    /// Applies HAVING / SELECT to closed windows and queues their rows.
+    fn emit(&mut self, closed: Vec<Closed>) -> Result<()> {
+        for c in closed {
+            let rows = self.plan.finish(c.rows)?;
+            if rows.num_rows() == 0 {
+                continue;
+            }
+            let n = rows.num_rows();
+            let mut cols: Vec<ArrayRef> = vec![
+                Arc::new(TimestampMicrosecondArray::from(vec![c.start; n]).with_timezone("UTC")),
+                Arc::new(TimestampMicrosecondArray::from(vec![c.end; n]).with_timezone("UTC")),
+            ];
+            cols.extend(rows.columns().iter().cloned());
+            self.stats.windows += 1;
+            self.stats.rows += n as u64;
+            self.ready.push(RecordBatch::try_new(self.output.clone(), cols)?);
+        }
+        Ok(())
+    }
+
+    /// Live runs: after `idle_timeout` without input, the watermark follows processing time.
+    pub fn on_idle(&mut self, now: Instant) -> Result<()> {
+        let (Some(last), true) = (self.last_arrival, self.max_time != i64::MIN) else { return Ok(()) };
+        let idle = now.saturating_duration_since(last);
+        if idle < self.spec.idle_timeout {
+            return Ok(());
+        }
+        let advanced = self.wm_at(self.max_time).saturating_add(idle.as_micros().min(i64::MAX as u128) as i64);
+        self.advance(advanced)
+    }
+
+    /// Forces the watermark to at least `wm` and closes what it passes.
+    pub fn advance(&mut self, wm: i64) -> Result<()> {
+        if self.watermark().is_some_and(|cur| wm <= cur) {
+            return Ok(());
+        }
+        self.floor = self.floor.max(wm);
+        self.close(self.floor)
+    }
+
+    /// End of a bounded input: every window closes.
+    pub fn flush(&mut self) -> Result<()> {
+        self.floor = i64::MAX;
+        self.close(i64::MAX)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        self.spec.idle_timeout
+    }
+}

@@ -1,0 +1,247 @@
+//! Session windows: per group key, events less than `gap` apart form one session
+//! `[first, last + gap)`. A session closes when the watermark passes `last + gap +
+//! allowed_lateness`. An event that falls between two open sessions of its key bridges
+//! them: their partial states merge (DataFusion accumulators' `state` → `merge_batch`).
+//!
+//! Late data: an event that would touch a session already closed, or that would start a
+//! session the watermark has already passed, is reported late with that session's bounds.
+//! Closed sessions keep only their bounds, and only while a non-late event could still
+//! touch them. Memory is keys × open sessions.
+
+use std::collections::BTreeSet;
+
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow::compute::take;
+use arrow::row::RowConverter;
+use datafusion::common::ScalarValue;
+use datafusion::error::Result;
+use datafusion::logical_expr::Accumulator;
+use hashbrown::HashMap;
+
+use super::groups::Inputs;
+use super::operator::{Closed, Late};
+use super::plan::Compiled;
+
+struct Session {
+    key: Box<[u8]>,
+    start: i64,
+    last: i64,
+    /// `None` once closed (only the bounds are kept).
+    accs: Option<Vec<Box<dyn Accumulator>>>,
+}
+
+/// Session windows of one pipeline.
+pub struct Sessions {
+    gap: i64,
+    lateness: i64,
+    by_key: HashMap<Box<[u8]>, Vec<u64>>,
+    sessions: HashMap<u64, Session>,
+    next_id: u64,
+    /// Open sessions by close time.
+    closing: BTreeSet<(i64, u64)>,
+    /// Closed sessions by the time their bounds stop mattering.
+    expiring: BTreeSet<(i64, u64)>,
+}
+
+impl Sessions {
+    pub fn new(gap: i64, lateness: i64) -> Self {
+        Sessions {
+            gap,
+            lateness,
+            by_key: HashMap::new(),
+            sessions: HashMap::new(),
+            next_id: 0,
+            closing: BTreeSet::new(),
+            expiring: BTreeSet::new(),
+        }
+    }
+
+    fn close_at(&self, last: i64) -> i64 {
+        last.saturating_add(self.gap).saturating_add(self.lateness)
+    }
+
+    /// The watermark at which the next session closes.
+    pub fn next_trigger(&self) -> i64 {
+        self.closing.first().map_or(i64::MAX, |&(c, _)| c)
+    }
+
+    pub fn open_windows(&self) -> usize {
+        self.closing.len()
+    }
+
+    pub fn state_bytes(&self) -> usize {
+        self.sessions
+            .values()
+            .map(|s| 64 + s.key.len() + s.accs.as_ref().map_or(0, |a| a.iter().map(|a| a.size()).sum()))
+            .sum()
+    }
+
+    /// Assigns each row to a session (creating, extending or merging sessions) and updates
+    /// the sessions' accumulators. `watermarks[i]` is the watermark once row `i` arrived:
+    /// sessions it passes close right there (into `out`), before the next row.
+    #[allow(clippy::too_many_arguments)]
+    pub fn process(
+        &mut self,
+        plan: &Compiled,
+        conv: Option<&RowConverter>,
+        batch: &RecordBatch,
+        times: &[i64],
+        watermarks: &[i64],
+        late: &mut Vec<Late>,
+        out: &mut Vec<Closed>,
+    ) -> Result<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let inputs = Inputs::evaluate(plan, conv, batch)?;
+        let mut assigned: Vec<(u64, u32)> = Vec::with_capacity(n);
+        let mut redirect: HashMap<u64, u64> = HashMap::new();
+        for i in 0..n {
+            let key: &[u8] = inputs.keys.as_ref().map_or(&[], |k| k.row(i).data());
+            let t = times[i];
+            let ids = self.by_key.get(key).map(Vec::as_slice).unwrap_or(&[]);
+            let touching: Vec<u64> = ids
+                .iter()
+                .copied()
+                .filter(|id| {
+                    let s = &self.sessions[id];
+                    s.start < t.saturating_add(self.gap) && t < s.last.saturating_add(self.gap)
+                })
+                .collect();
+            if let Some(closed) = touching.iter().map(|id| &self.sessions[id]).find(|s| s.accs.is_none()) {
+                let end = closed.last.saturating_add(self.gap);
+                late.push(Late { row: i as u32, window_start: closed.start, window_end: end });
+                continue;
+            }
+            let id = match touching.split_first() {
+                None => {
+                    if self.close_at(t) <= watermarks[i] {
+                        late.push(Late { row: i as u32, window_start: t, window_end: t.saturating_add(self.gap) });
+                        continue;
+                    }
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let accs =
+                        plan.aggregates.iter().map(|a| a.expr.create_accumulator()).collect::<Result<Vec<_>>>()?;
+                    self.sessions.insert(id, Session { key: key.into(), start: t, last: t, accs: Some(accs) });
+                    self.by_key.entry_ref(key).or_default().push(id);
+                    self.closing.insert((self.close_at(t), id));
+                    id
+                }
+                Some((&target, others)) => {
+                    let (mut start, mut last) = {
+                        let s = &self.sessions[&target];
+                        self.closing.remove(&(self.close_at(s.last), target));
+                        (s.start.min(t), s.last.max(t))
+                    };
+                    for &o in others {
+                        let Some(other) = self.sessions.remove(&o) else { continue };
+                        self.closing.remove(&(self.close_at(other.last), o));
+                        start = start.min(other.start);
+                        last = last.max(other.last);
+                        if let Some(list) = self.by_key.get_mut(key) {
+                            list.retain(|&x| x != o);
+                        }
+                        redirect.insert(o, target);
+                        let (Some(mut from), Some(into)) =
+                            (other.accs, self.sessions.get_mut(&target).and_then(|s| s.accs.as_mut()))
+                        else {
+                            continue;
+                        };
+                        for (a, b) in into.iter_mut().zip(from.iter_mut()) {
+                            let state = b.state()?;
+                            let arrays = state.iter().map(ScalarValue::to_array).collect::<Result<Vec<ArrayRef>>>()?;
+                            a.merge_batch(&arrays)?;
+                        }
+                    }
+                    if let Some(s) = self.sessions.get_mut(&target) {
+                        s.start = start;
+                        s.last = last;
+                    }
+                    self.closing.insert((self.close_at(last), target));
+                    target
+                }
+            };
+            assigned.push((id, i as u32));
+            if watermarks[i] >= self.next_trigger() {
+                self.apply(&inputs, std::mem::take(&mut assigned), &redirect)?;
+                redirect.clear();
+                self.close(plan, conv, watermarks[i], out)?;
+            }
+        }
+        self.apply(&inputs, assigned, &redirect)
+    }
+
+    /// Updates the accumulators of the sessions rows were assigned to.
+    fn apply(&mut self, inputs: &Inputs, assigned: Vec<(u64, u32)>, redirect: &HashMap<u64, u64>) -> Result<()> {
+        // Rows of sessions merged later in the batch follow their session.
+        let resolve = |mut id: u64| {
+            while let Some(&to) = redirect.get(&id) {
+                id = to;
+            }
+            id
+        };
+        let mut per_session: HashMap<u64, Vec<u32>> = HashMap::new();
+        for (id, row) in assigned {
+            per_session.entry(resolve(id)).or_default().push(row);
+        }
+        for (id, rows) in per_session {
+            let Some(accs) = self.sessions.get_mut(&id).and_then(|s| s.accs.as_mut()) else { continue };
+            let idx = UInt32Array::from(rows);
+            for (acc, (vals, filter)) in accs.iter_mut().zip(&inputs.args) {
+                let mut vals = vals.iter().map(|v| take(v, &idx, None)).collect::<Result<Vec<_>, _>>()?;
+                if let Some(f) = filter {
+                    // Accumulators have no filter argument: drop the filtered-out rows.
+                    let mask = super::operator::as_mask(take(f, &idx, None)?)?;
+                    vals = vals.iter().map(|v| arrow::compute::filter(v, &mask)).collect::<Result<Vec<_>, _>>()?;
+                }
+                acc.update_batch(&vals)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits every session whose close time the watermark `wm` has reached.
+    pub fn close(
+        &mut self,
+        plan: &Compiled,
+        conv: Option<&RowConverter>,
+        wm: i64,
+        out: &mut Vec<Closed>,
+    ) -> Result<()> {
+        while let Some(&(at, id)) = self.closing.first() {
+            if at > wm {
+                break;
+            }
+            self.closing.pop_first();
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            let Some(mut accs) = s.accs.take() else { continue };
+            let mut cols: Vec<ArrayRef> = match conv {
+                Some(c) => c.convert_rows(std::iter::once(c.parser().parse(&s.key)))?,
+                None => Vec::new(),
+            };
+            for a in &mut accs {
+                cols.push(a.evaluate()?.to_array()?);
+            }
+            let rows = RecordBatch::try_new(plan.aggregate_schema.clone(), cols)?;
+            out.push(Closed { start: s.start, end: s.last.saturating_add(self.gap), rows });
+            self.expiring.insert((s.last.saturating_add(2 * self.gap).saturating_add(self.lateness), id));
+        }
+        while let Some(&(at, id)) = self.expiring.first() {
+            if at > wm {
+                break;
+            }
+            self.expiring.pop_first();
+            if let Some(s) = self.sessions.remove(&id)
+                && let Some(list) = self.by_key.get_mut(&s.key)
+            {
+                list.retain(|&x| x != id);
+                if list.is_empty() {
+                    self.by_key.remove(&s.key);
+                }
+            }
+        }
+        Ok(())
+    }
+}
