@@ -52,10 +52,9 @@ impl std::fmt::Debug for Pipelines {
 /// Parses and plans every pipeline file in `dir`; every problem is reported, each with its
 /// file and line.
 pub async fn check_dir(dir: &Path) -> Result<Vec<(PipelineSpec, plan::Compiled)>, Vec<SpecProblem>> {
-    let specs = spec::load_dir(dir)?;
+    let (specs, mut problems) = spec::load_dir(dir);
     let mut out = Vec::new();
-    let mut problems = Vec::new();
-    for (s, _) in specs {
+    for s in specs {
         match plan::compile(&s).await {
             Ok(c) => out.push((s, c)),
             Err(p) => problems.push(p),

@@ -148,7 +148,7 @@ pub async fn compile(spec: &PipelineSpec) -> Result<Compiled, SpecProblem> {
         let mut msg = e.strip_backtrace().lines().next().unwrap_or_default().to_string();
         if msg.contains("No field named") || msg.contains("not found") {
             msg.push_str(&format!(
-                "; `events` has the columns {} and the fields declared under [fields]",
+                "; `events` has the columns {} and the fields declared in `fields`",
                 super::spec::BASE_COLUMNS.join(", ")
             ));
         }

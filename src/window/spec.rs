@@ -326,12 +326,18 @@ pub fn fmt_us(us: i64) -> String {
     Dur(Duration::from_micros(us.max(0) as u64)).to_string()
 }
 
-/// Reads every `*.toml` in `dir`, sorted by name. A missing directory holds no pipelines.
-pub fn load_dir(dir: &Path) -> Result<Vec<(PipelineSpec, String)>, Vec<SpecProblem>> {
+/// Reads every `*.toml` in `dir`, sorted by name: the files that parse, and the problems
+/// of the others. A missing directory holds no pipelines.
+pub fn load_dir(dir: &Path) -> (Vec<PipelineSpec>, Vec<SpecProblem>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(vec![SpecProblem { file: dir.into(), line: None, message: format!("cannot read: {e}") }]),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Vec::new(), Vec::new()),
+        Err(e) => {
+            return (
+                Vec::new(),
+                vec![SpecProblem { file: dir.into(), line: None, message: format!("cannot read: {e}") }],
+            );
+        }
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -343,14 +349,14 @@ pub fn load_dir(dir: &Path) -> Result<Vec<(PipelineSpec, String)>, Vec<SpecProbl
     for f in files {
         match std::fs::read_to_string(&f) {
             Ok(text) => match parse(&text, &f) {
-                Ok(spec) => out.push((spec, text)),
+                Ok(spec) => out.push(spec),
                 Err(p) => problems.extend(p),
             },
             Err(e) => problems.push(SpecProblem { file: f, line: None, message: format!("cannot read: {e}") }),
         }
     }
     let mut names = std::collections::HashMap::new();
-    for (s, _) in &out {
+    for s in &out {
         if let Some(prev) = names.insert(s.name.clone(), s.file.clone()) {
             problems.push(SpecProblem {
                 file: s.file.clone(),
@@ -359,5 +365,5 @@ pub fn load_dir(dir: &Path) -> Result<Vec<(PipelineSpec, String)>, Vec<SpecProbl
             });
         }
     }
-    if problems.is_empty() { Ok(out) } else { Err(problems) }
+    (out, problems)
 }

@@ -34,3 +34,76 @@ fn validate_names_file_line_and_fix() {
     assert!(!ok);
     assert!(text.contains("line 1") && text.contains("no unit"), "{text}");
 }
+
+fn validate_pipelines(files: &[(&str, &str)]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_eventide"))
+        .args(["validate", "--config", "/dev/null", "--pipelines"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    (out.status.success(), text.replace(&format!("{}/", dir.path().display()), ""))
+}
+
+#[test]
+fn validate_accepts_the_example_pipelines() {
+    let out = Command::new(env!("CARGO_BIN_EXE_eventide"))
+        .args(["validate", "--config", "/dev/null", "--pipelines"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    for name in ["revenue_per_minute", "checkout_funnel", "customer_sessions", "payment_failure_rate"] {
+        assert!(text.contains(&format!("OK (pipeline {name},")), "{name}: {text}");
+    }
+    assert!(text.contains("window_start, window_end, event_type, events, revenue"), "{text}");
+}
+
+#[test]
+fn validate_points_at_pipeline_file_line_and_fix() {
+    let window = "window = { kind = \"tumbling\", size = \"1m\" }\n";
+    let (ok, text) = validate_pipelines(&[
+        (
+            "bad_column.toml",
+            &format!(
+                "{window}fields = {{ amount = \"double\" }}\nsql = \"\"\"\nSELECT event_type,\n  sum(amout) AS revenue\nFROM events GROUP BY event_type\n\"\"\"\n"
+            ),
+        ),
+        ("bad_syntax.toml", &format!("{window}sql = \"SELEC count(*) FROM events\"\n")),
+        ("no_size.toml", "window = { kind = \"tumbling\" }\nsql = \"SELECT count(*) AS n FROM events\"\n"),
+        ("bad_unit.toml", &format!("{window}watermark = \"5 parsecs\"\nsql = \"SELECT count(*) AS n FROM events\"\n")),
+        ("typo.toml", &format!("{window}windw = 1\nsql = \"SELECT count(*) AS n FROM events\"\n")),
+        (
+            "hop.toml",
+            "window = { kind = \"hopping\", size = \"10m\", slide = \"3m\" }\nsql = \"SELECT count(*) AS n FROM events\"\n",
+        ),
+        (
+            "order.toml",
+            &format!("{window}sql = \"SELECT event_type, count(*) AS n FROM events GROUP BY event_type ORDER BY n\"\n"),
+        ),
+        (
+            "bad_type.toml",
+            &format!("{window}fields = {{ amount = \"money\" }}\nsql = \"SELECT count(*) AS n FROM events\"\n"),
+        ),
+        ("events.toml", &format!("{window}sql = \"SELECT count(*) AS n FROM events\"\n")),
+    ]);
+    assert!(!ok, "{text}");
+    let has = |needle: &str| assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    has("bad_column.toml:5: ");
+    has("amout");
+    has("bad_syntax.toml:2: ");
+    has("no_size.toml:1: a tumbling window needs `size`");
+    has("bad_unit.toml:2: ");
+    has("unknown unit");
+    has("typo.toml:2: ");
+    has("unknown field `windw`");
+    has("hop.toml:1: hopping window size must be a multiple of slide");
+    has("order.toml:2: ORDER BY is not supported");
+    has("bad_type.toml:2: field `amount`: unknown type \"money\"");
+    has("events.toml: \"events\" is reserved");
+}
