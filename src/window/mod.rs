@@ -173,3 +173,6 @@ impl Pipelines {
 fn query_error(spec: &PipelineSpec, e: datafusion::error::DataFusionError) -> Error {
     Error::Query { pipeline: spec.name.clone(), message: e.strip_backtrace() }
 }
+
+#[cfg(test)]
+mod tests;

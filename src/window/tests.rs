@@ -1,0 +1,50 @@
+//! Unit tests of the window engine's resource bounds (its results are covered by the golden
+//! and property tests in `tests/it/`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Pipelines, plan, spec};
+use crate::replay::Replayer;
+
+async fn replayer(toml: &str) -> Replayer {
+    let s = spec::parse(toml, Path::new("t.toml")).unwrap();
+    let c = plan::compile(&s).await.unwrap();
+    Replayer::new(Pipelines::new(vec![(s, c)]).unwrap(), Duration::from_secs(3600), "events")
+}
+
+fn line(i: u64, t_us: i64) -> String {
+    let ty = ["order.created", "payment.completed", "cart.item_added"][(i % 3) as usize];
+    format!(
+        r#"{{"event_id":"e{i}","event_type":"{ty}","timestamp":"{}","data":{{"amount":{}}}}}"#,
+        crate::generator::rfc3339(t_us),
+        i % 1000
+    )
+}
+
+/// Window state is groups × open windows: ten times more events into one long window
+/// do not grow it.
+#[tokio::test]
+async fn state_is_bounded_by_groups_not_events() {
+    for window in [r#"{ kind = "tumbling", size = "1d" }"#, r#"{ kind = "hopping", size = "1h", slide = "1m" }"#] {
+        let mut r = replayer(&format!(
+            "window = {window}\nfields = {{ amount = \"double\" }}\n\
+             sql = \"SELECT event_type, count(*) AS n, sum(amount) AS s, min(amount) AS lo, max(amount) AS hi FROM events GROUP BY event_type\"\n"
+        ))
+        .await;
+        let base = 1_767_225_600_000_000i64;
+        let mut sizes = Vec::new();
+        for i in 0..300_000u64 {
+            // 300k events over 3 hours: after the first hour the hopping windows close as
+            // fast as they open (60 slides of 3 groups each), the daily window has 3 groups.
+            r.feed(&line(i, base + i as i64 * 36_000), || ("t".into(), i)).unwrap();
+            if i == 109_999 || i == 299_999 {
+                r.end_batch().unwrap();
+                sizes.push(r.pipelines.queries()[0].state_bytes());
+            }
+        }
+        assert!(sizes[0] > 0);
+        assert!(sizes[1] <= sizes[0] * 3 / 2, "{window}: state grew from {} to {} bytes", sizes[0], sizes[1]);
+        assert!(sizes[1] < 2 << 20, "{window}: {} bytes of state", sizes[1]);
+    }
+}
