@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: finds (or starts) Redis, generates e-commerce events with duplicates, out-of-order
-# timestamps and malformed entries (half of them Dapr-wrapped), runs the pipeline until the
-# streams are drained, then shows what landed where.
+# timestamps and malformed entries (half of them Dapr-wrapped), runs the pipeline with the
+# example pipelines in pipelines/ until the streams are drained, then shows what landed where
+# and queries the aggregate tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,10 +24,10 @@ redis-cli -p "$port" del demo:orders demo:orders:dlq demo:payments demo:payments
 
 lake="$PWD/demo-lake"
 rm -rf "$lake"
-"$bin" gen --redis-url "$url" --stream demo:orders --events 50000 --duplicates 0.05 --jitter 5s --malformed 0.005 --seed 1
-"$bin" gen --redis-url "$url" --stream demo:payments --events 50000 --duplicates 0.05 --jitter 5s --malformed 0.005 --dapr --seed 2
+"$bin" gen --redis-url "$url" --stream demo:orders --events 50000 --duplicates 0.05 --jitter 3s --malformed 0.005 --spacing 10ms --seed 1
+"$bin" gen --redis-url "$url" --stream demo:payments --events 50000 --duplicates 0.05 --jitter 3s --malformed 0.005 --spacing 10ms --dapr --seed 2
 "$bin" run --config /dev/null --redis-url "$url" --stream demo:orders --stream demo:payments \
-  --group demo --consumer demo-1 --lake "$lake" --exit-when-idle 1s
+  --group demo --consumer demo-1 --lake "$lake" --pipelines pipelines --exit-when-idle 1s
 
 echo
 echo "== archive files (hive partitions) =="
@@ -46,3 +47,11 @@ echo "  python3 -c \"import pyarrow.dataset as ds; print(ds.dataset('$lake/event
 if python3 -c 'import duckdb' >/dev/null 2>&1; then
   python3 -c "import duckdb; print(duckdb.sql(\"$query\"))"
 fi
+echo
+echo "== pipeline tables (eventide query; SQL over the lake with DataFusion) =="
+q() { echo "\$ eventide query \"$1\""; "$bin" query --lake "$lake" --pipelines pipelines "$1"; }
+q "SELECT window_start, event_type, events, round(revenue, 2) AS revenue, customers FROM revenue_per_minute ORDER BY window_start, event_type LIMIT 8"
+q "SELECT window_start, window_end, checkouts, orders, payments, round(conversion, 3) AS conversion FROM checkout_funnel ORDER BY window_start LIMIT 5"
+q "SELECT count(*) AS sessions, avg(events) AS events_per_session, max(window_end - window_start) AS longest FROM customer_sessions"
+q "SELECT window_start, attempts, failures, round(failure_rate, 4) AS failure_rate FROM payment_failure_rate ORDER BY window_start"
+q "SELECT pipeline, count(*) AS late_rows FROM late_events GROUP BY pipeline" || true
