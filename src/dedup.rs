@@ -88,12 +88,17 @@ impl Dedup {
     /// event time but never passes `now_us` (ingest time): an event stamped in the future must
     /// not make dedup forget recent ids.
     pub fn check(&mut self, event_id: &str, event_time_us: i64, now_us: i64) -> Verdict {
+        self.check_hashed(id_hash(event_id), event_time_us, now_us)
+    }
+
+    /// [`Dedup::check`] with the id's hash computed elsewhere ([`id_hash`], e.g. on a decoding
+    /// thread).
+    pub fn check_hashed(&mut self, h: u128, event_time_us: i64, now_us: i64) -> Verdict {
         let secs = event_time_us.div_euclid(1_000_000);
         let mark = secs.min(now_us.div_euclid(1_000_000));
         if mark > self.watermark {
             self.advance(mark);
         }
-        let h = xxh3_128(event_id.as_bytes());
         let (hi, lo) = ((h >> 64) as u32, h as u64);
         if self.table.find(lo, |s| s.lo == lo && s.hi == hi).is_some() {
             return Verdict::Duplicate;
@@ -219,6 +224,11 @@ fn decode(bytes: &[u8], magic: &[u8; 8]) -> Result<(i64, Vec<Slot>), &'static st
 
 const MAGIC: &[u8; 8] = b"EVTDDUP2";
 const DELTA_MAGIC: &[u8; 8] = b"EVTDDLT1";
+
+/// The 128-bit hash dedup keeps of an event id.
+pub fn id_hash(event_id: &str) -> u128 {
+    xxh3_128(event_id.as_bytes())
+}
 
 #[cfg(test)]
 mod tests {

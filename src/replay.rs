@@ -4,17 +4,20 @@
 //! window closes and the tables are written, so a replay of what a live run read produces
 //! the same rows (idle timeouts, which follow processing time, do not apply to files).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::datatypes::SchemaRef;
+
 use crate::decode::{DecodeOptions, Decoder, Reason};
-use crate::dedup::{Dedup, Verdict};
+use crate::dedup::{Dedup, Verdict, id_hash};
 use crate::error::{Error, Result};
 use crate::event::EntryId;
 use crate::sink::archive::CommittedFile;
 use crate::sink::lake::Lake;
-use crate::window::Pipelines;
+use crate::window::columns::EventColumns;
+use crate::window::{PipelineSpec, Pipelines};
 
 /// Rows per micro-batch handed to the pipelines.
 pub const BATCH_ROWS: usize = 8192;
@@ -127,7 +130,31 @@ pub fn input_files(input: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Replays `inputs` through `pipelines` into `lake`.
+/// Bytes of input per chunk handed to a decoding thread.
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// A run of whole lines of one file.
+struct Chunk {
+    seq: u64,
+    file: usize,
+    first_line: u64,
+    data: Vec<u8>,
+}
+
+/// A chunk decoded: per-pipeline `events` batches and what dedup needs per row.
+struct Decoded {
+    seq: u64,
+    batches: Vec<RecordBatch>,
+    /// Per accepted row: id hash and event time.
+    keys: Vec<(u128, i64)>,
+    lines: u64,
+    rejected: u64,
+    rejects: Vec<Rejected>,
+}
+
+/// Replays `inputs` through `pipelines` into `lake`. Lines are decoded and turned into Arrow
+/// columns on several threads, chunk by chunk; dedup and the windows then take the chunks
+/// in file order on one thread, so the result is the same as a line-by-line replay.
 pub async fn run(
     inputs: &[PathBuf],
     pipelines: Pipelines,
@@ -136,35 +163,183 @@ pub async fn run(
     stream: &str,
 ) -> Result<ReplaySummary> {
     let started = Instant::now();
-    let mut r = Replayer::new(pipelines, dedup_horizon, stream);
-    for file in inputs {
-        let f =
-            std::fs::File::open(file).map_err(|e| Error::Config(format!("{}: cannot open: {e}", file.display())))?;
-        let mut reader = BufReader::with_capacity(1 << 20, f);
-        let mut line = String::new();
-        let mut bytes = Vec::new();
-        let mut n = 0u64;
-        loop {
-            bytes.clear();
-            if reader.read_until(b'\n', &mut bytes)? == 0 {
-                break;
-            }
-            n += 1;
-            let text = match std::str::from_utf8(&bytes) {
-                Ok(t) => t.trim_end_matches(['\n', '\r']),
-                Err(_) => {
-                    line.clear();
-                    line.push_str(&String::from_utf8_lossy(&bytes));
-                    line.as_str()
+    let inputs = inputs.to_vec();
+    let stream = stream.to_string();
+    let (mut pipelines, mut summary) =
+        tokio::task::spawn_blocking(move || replay_blocking(&inputs, pipelines, dedup_horizon, &stream))
+            .await
+            .map_err(|e| Error::Internal(format!("replay thread: {e}")))??;
+    pipelines.flush()?;
+    summary.files = pipelines.commit(lake, "replay").await?;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+fn replay_blocking(
+    inputs: &[PathBuf],
+    mut pipelines: Pipelines,
+    dedup_horizon: Duration,
+    stream: &str,
+) -> Result<(Pipelines, ReplaySummary)> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+    let specs: Vec<PipelineSpec> = pipelines.queries().iter().map(|q| q.spec.clone()).collect();
+    let schemas: Vec<SchemaRef> = pipelines.queries().iter().map(|q| q.input_schema()).collect();
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let mut dedup = Dedup::new(dedup_horizon.as_secs().max(1));
+    let mut summary = ReplaySummary::default();
+    std::thread::scope(|scope| -> Result<()> {
+        let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Chunk>(workers * 2);
+        let chunk_rx = std::sync::Arc::new(std::sync::Mutex::new(chunk_rx));
+        let (out_tx, out_rx) = std::sync::mpsc::sync_channel::<Result<Decoded>>(workers * 2);
+        let reader = scope.spawn(move || read_chunks(inputs, chunk_tx));
+        for _ in 0..workers {
+            let (rx, tx) = (chunk_rx.clone(), out_tx.clone());
+            let (specs, schemas) = (&specs, &schemas);
+            scope.spawn(move || {
+                loop {
+                    let next = rx.lock().map_err(|_| ()).and_then(|r| r.recv().map_err(|_| ()));
+                    let Ok(chunk) = next else { break };
+                    if tx.send(decode_chunk(&chunk, specs, schemas, stream, inputs, now_us)).is_err() {
+                        break;
+                    }
                 }
-            };
-            if text.trim().is_empty() {
+            });
+        }
+        drop(out_tx);
+        // Chunks come back in any order; they are applied in file order.
+        let mut waiting = std::collections::BTreeMap::new();
+        let mut next = 0u64;
+        for d in out_rx {
+            let d = d?;
+            waiting.insert(d.seq, d);
+            while let Some(d) = waiting.remove(&next) {
+                next += 1;
+                apply(d, &mut dedup, &mut pipelines, &mut summary, now_us)?;
+            }
+        }
+        reader.join().map_err(|_| Error::Internal("replay reader panicked".into()))??;
+        Ok(())
+    })?;
+    Ok((pipelines, summary))
+}
+
+/// Splits the files into chunks of whole lines.
+fn read_chunks(inputs: &[PathBuf], tx: std::sync::mpsc::SyncSender<Chunk>) -> Result<()> {
+    let mut seq = 0;
+    for (file, path) in inputs.iter().enumerate() {
+        let mut f =
+            std::fs::File::open(path).map_err(|e| Error::Config(format!("{}: cannot open: {e}", path.display())))?;
+        let mut carry: Vec<u8> = Vec::new();
+        let mut line = 1u64;
+        loop {
+            let mut data = std::mem::take(&mut carry);
+            let start = data.len();
+            data.resize(start + CHUNK_BYTES, 0);
+            let n = read_full(&mut f, &mut data[start..])?;
+            data.truncate(start + n);
+            let eof = n == 0;
+            if !eof && let Some(cut) = data.iter().rposition(|&b| b == b'\n') {
+                carry = data.split_off(cut + 1);
+            } else if !eof {
+                // No newline yet (a line longer than a chunk): keep reading into it.
+                carry = data;
                 continue;
             }
-            r.feed(text, || (file.clone(), n))?;
+            if data.is_empty() {
+                break;
+            }
+            let lines = data.iter().filter(|&&b| b == b'\n').count() as u64 + u64::from(!data.ends_with(b"\n"));
+            if tx.send(Chunk { seq, file, first_line: line, data }).is_err() {
+                return Ok(());
+            }
+            seq += 1;
+            line += lines;
+            if eof {
+                break;
+            }
         }
     }
-    r.finish(lake, "replay").await?;
-    r.summary.elapsed = started.elapsed();
-    Ok(r.summary)
+    Ok(())
+}
+
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> Result<usize> {
+    use std::io::Read as _;
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
+fn decode_chunk(
+    chunk: &Chunk,
+    specs: &[PipelineSpec],
+    schemas: &[SchemaRef],
+    stream: &str,
+    inputs: &[PathBuf],
+    now_us: i64,
+) -> Result<Decoded> {
+    let refs: Vec<&PipelineSpec> = specs.iter().collect();
+    let mut cols = EventColumns::new(&refs);
+    let mut dec = Decoder::new(DecodeOptions::default());
+    let mut d =
+        Decoded { seq: chunk.seq, batches: Vec::new(), keys: Vec::new(), lines: 0, rejected: 0, rejects: Vec::new() };
+    let mut bad_utf8 = String::new();
+    for (i, raw) in chunk.data.split(|&b| b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        d.lines += 1;
+        let line_no = chunk.first_line + i as u64;
+        let text = match std::str::from_utf8(raw) {
+            Ok(t) => t,
+            Err(_) => {
+                bad_utf8.clear();
+                bad_utf8.push_str(&String::from_utf8_lossy(raw));
+                &bad_utf8
+            }
+        };
+        match dec.decode_json(text, now_us) {
+            Ok(ev) => {
+                d.keys.push((id_hash(&ev.event_id), ev.event_time_us));
+                cols.append(&ev, stream, EntryId { ms: chunk.file as u64, seq: line_no });
+            }
+            Err(r) => {
+                d.rejected += 1;
+                if d.rejects.len() < 100 {
+                    d.rejects.push(Rejected {
+                        file: inputs[chunk.file].clone(),
+                        line: line_no,
+                        reason: r.reason,
+                        detail: r.detail,
+                    });
+                }
+            }
+        }
+    }
+    d.batches = cols.finish(schemas)?;
+    Ok(d)
+}
+
+/// Dedup (in file order) and the windows, for one decoded chunk.
+fn apply(d: Decoded, dedup: &mut Dedup, pipelines: &mut Pipelines, s: &mut ReplaySummary, now_us: i64) -> Result<()> {
+    s.lines += d.lines;
+    s.rejected += d.rejected;
+    let room = 100usize.saturating_sub(s.first_rejects.len());
+    s.first_rejects.extend(d.rejects.into_iter().take(room));
+    let keep: BooleanArray =
+        d.keys.iter().map(|&(h, t)| Some(dedup.check_hashed(h, t, now_us) != Verdict::Duplicate)).collect();
+    let dups = keep.false_count() as u64;
+    s.duplicates += dups;
+    s.accepted += d.keys.len() as u64 - dups;
+    let batches = if dups == 0 {
+        d.batches
+    } else {
+        d.batches.iter().map(|b| arrow::compute::filter_record_batch(b, &keep)).collect::<Result<Vec<_>, _>>()?
+    };
+    pipelines.process_batches(&batches)
 }

@@ -126,6 +126,14 @@ impl Pipelines {
         self.collect()
     }
 
+    /// Runs batches of the `events` table built elsewhere (one per pipeline, in order).
+    pub fn process_batches(&mut self, batches: &[arrow::array::RecordBatch]) -> Result<()> {
+        for (q, b) in self.queries.iter_mut().zip(batches) {
+            q.process(b).map_err(|e| query_error(&q.spec, e))?;
+        }
+        self.collect()
+    }
+
     /// Applies the idle timeouts (live runs).
     pub fn on_tick(&mut self, now: Instant) -> Result<()> {
         for q in &mut self.queries {

@@ -107,3 +107,58 @@ fn validate_points_at_pipeline_file_line_and_fix() {
     has("bad_type.toml:2: field `amount`: unknown type \"money\"");
     has("events.toml: \"events\" is reserved");
 }
+
+#[test]
+fn replay_then_query_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipes = dir.path().join("pipes");
+    std::fs::create_dir(&pipes).unwrap();
+    std::fs::write(
+        pipes.join("per_type.toml"),
+        "window = { kind = \"tumbling\", size = \"1m\" }\nwatermark = \"0s\"\nfields = { amount = \"double\" }\n\
+         sql = \"SELECT event_type, count(*) AS n, sum(amount) AS total FROM events GROUP BY event_type\"\n",
+    )
+    .unwrap();
+    let ev = |id: &str, ty: &str, t: &str, amount: u32| {
+        format!(
+            r#"{{"event_id":"{id}","event_type":"{ty}","timestamp":"2026-01-01T00:{t}Z","data":{{"amount":{amount}}}}}"#
+        )
+    };
+    let lines = [
+        ev("a", "order.created", "00:05", 10),
+        ev("b", "order.created", "00:30", 5),
+        "{\"event_id\": \"c\",".to_string(),
+        ev("a", "order.created", "00:05", 10),
+        ev("d", "payment.completed", "01:10", 7),
+    ];
+    let input = dir.path().join("events.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let lake = dir.path().join("lake");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_eventide")).args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {text}");
+        text.replace(&format!("{}/", dir.path().display()), "")
+    };
+    let (p, l) = (pipes.to_str().unwrap(), lake.to_str().unwrap());
+    let text = run(&["replay", input.to_str().unwrap(), "--pipelines", p, "--lake", l]);
+    assert!(text.contains("replayed 5 lines from 1 file(s)"), "{text}");
+    assert!(text.contains("3 accepted, 1 duplicates, 1 rejected"), "{text}");
+    assert!(text.contains("rejected events.jsonl:3: invalid_json"), "{text}");
+    let csv = run(&[
+        "query",
+        "--pipelines",
+        p,
+        "--lake",
+        l,
+        "--format",
+        "csv",
+        "SELECT window_start, event_type, n, total FROM per_type ORDER BY window_start, event_type",
+    ]);
+    assert_eq!(
+        csv.trim(),
+        "window_start,event_type,n,total\n2026-01-01T00:00:00Z,order.created,2,15.0\n2026-01-01T00:01:00Z,payment.completed,1,7.0"
+    );
+    let json = run(&["query", "--pipelines", p, "--lake", l, "--format", "json", "SELECT count(*) AS n FROM per_type"]);
+    assert_eq!(json.trim(), r#"{"n":2}"#);
+}
