@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the test suite on a fresh machine: installs what the tests use when it is missing
 # (redis-server; DuckDB and pyarrow for the analyst test; moto_server, a local S3-compatible
-# server, for the S3 test), then `cargo test --locked`.
+# server, for the S3 test; promtool from Debian's prometheus package, unpacked under
+# /opt/prom without installing the service), then `cargo test --locked`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v redis-server >/dev/null 2>&1; then
@@ -10,4 +11,11 @@ fi
 if ! python3 -c 'import duckdb, pyarrow' >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1; then
   python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 fi
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x /opt/prom/usr/bin/promtool ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && (apt-get download prometheus >/dev/null 2>&1 || (apt-get update -qq && apt-get download prometheus)) \
+    && mkdir -p /opt/prom && dpkg-deb -x prometheus_*.deb /opt/prom)
+  rm -rf "$tmp"
+fi
+export PATH="$PATH:/opt/prom/usr/bin"
 exec cargo test --locked "$@"

@@ -16,12 +16,16 @@
 //! - [`dedup`]: exact dedup by `event_id` over an event-time horizon;
 //! - [`sink`]: the lake, the Parquet event archive, the dead-letter stream;
 //! - [`ack`]: which entries are durable; [`state`]: dedup snapshot for restarts;
+//! - [`window`]: event-time windowed aggregations on DataFusion (`pipelines/*.toml`);
+//! - [`replay`]: the same path over JSON-lines files; [`query`]: SQL over the lake;
 //! - [`pipeline`]: wires the stages; [`config`]: settings; [`metrics`]: counters;
+//! - [`api`]: the ops HTTP server (`/metrics`, `/healthz`, `/readyz`, `/api/status`);
 //! - [`generator`]: a load generator of realistic events (also used by tests and benchmarks).
 //!
 //! The library never touches signals: [`pipeline::run`] takes a shutdown future.
 
 pub mod ack;
+pub mod api;
 pub mod config;
 pub mod decode;
 pub mod dedup;

@@ -17,9 +17,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::decode::DecodeOptions;
 use crate::error::Result;
-use crate::metrics::Stats;
+use crate::metrics::{Registry, Stats};
 use crate::sink::archive::ArchiveOptions;
 use crate::source::SourceOptions;
+use crate::source::probe::{self, ProbeTarget};
 use crate::source::reader::{self, ReaderMsg};
 use process::Processor;
 
@@ -43,6 +44,9 @@ pub struct PipelineOptions {
     /// Directory of pipeline files (`*.toml`); `None` or a missing directory: no windowed
     /// aggregations.
     pub pipelines: Option<std::path::PathBuf>,
+    /// The ops HTTP server; `None`: off.
+    pub api: Option<crate::api::ApiOptions>,
+    pub probe_interval: Duration,
 }
 
 /// What a run did.
@@ -58,9 +62,34 @@ pub struct RunSummary {
 /// or an error stops it. On a clean stop everything read is committed and acked.
 pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
     let started = Instant::now();
+    let registry = Registry::default();
+    registry.update(|s| {
+        s.group = opts.source.group.clone();
+        s.consumer = opts.source.consumer.clone();
+        s.started = Some(started);
+    });
     let mut p = Processor::start(&opts).await?;
+    registry.update(|s| s.lake_ok = true);
     let (tx, mut rx) = mpsc::channel(4);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let api = match &opts.api {
+        Some(a) => {
+            let (listener, addr) = crate::api::bind(a).await?;
+            tracing::info!(%addr, "Serving /metrics, /healthz, /readyz and /api/status.");
+            let mut stop = stop_rx.clone();
+            let done = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            Some(tokio::spawn(crate::api::serve(listener, a.clone(), registry.clone(), done)))
+        }
+        None => None,
+    };
+    let target = ProbeTarget {
+        redis_url: opts.source.redis_url.clone(),
+        group: opts.source.group.clone(),
+        streams: opts.source.streams.iter().cloned().zip(p.dlq_keys().iter().cloned()).collect(),
+    };
+    let probe = tokio::spawn(probe::run(target, registry.clone(), opts.probe_interval, stop_rx.clone()));
     let reader = tokio::spawn(reader::run(opts.source.clone(), tx, stop_rx));
 
     let result = async {
@@ -94,6 +123,7 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
                 },
                 _ = tick.tick() => {
                     p.pipelines.on_tick(Instant::now())?;
+                    p.publish(&registry);
                     if p.archive_age().is_some_and(|a| a >= opts.roll_age) || p.pipelines.pending_rows() > 0 && p.archive_age().is_none() {
                         p.commit_all(false).await?;
                     }
@@ -117,12 +147,21 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
     }
     .await;
 
-    let _ = stop_tx.send(true);
     drop(rx);
+    let finished = async {
+        result?;
+        p.commit_all(true).await?;
+        p.finish_acks().await
+    }
+    .await;
+    p.publish(&registry);
+    let _ = stop_tx.send(true);
     let _ = reader.await;
-    result?;
-    p.commit_all(true).await?;
-    p.finish_acks().await?;
+    let _ = probe.await;
+    if let Some(a) = api {
+        let _ = a.await;
+    }
+    finished?;
     let summary = RunSummary { stats: p.stats.clone(), dedup_ids: p.dedup_len(), elapsed: started.elapsed() };
     p.log_progress(summary.elapsed);
     Ok(summary)

@@ -70,6 +70,14 @@ pub struct RunArgs {
     /// Directory of pipeline files (default ./pipelines; "" for none).
     #[arg(long, env = "EVENTIDE_PIPELINES")]
     pub pipelines: Option<String>,
+    /// Ops HTTP server address (default 127.0.0.1:9750; "" turns it off).
+    #[arg(long, env = "EVENTIDE_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// Bearer token for the HTTP server (all paths but /healthz).
+    #[arg(long, env = "EVENTIDE_HTTP_TOKEN", hide_env_values = true)]
+    pub http_token: Option<String>,
+    #[arg(long, env = "EVENTIDE_PROBE_INTERVAL")]
+    pub probe_interval: Option<Dur>,
 }
 
 macro_rules! set {
@@ -123,8 +131,13 @@ impl RunArgs {
             zstd_level,
             progress_interval,
             redis_retry_timeout,
-            pipelines
+            pipelines,
+            http_addr,
+            probe_interval
         );
+        if a.http_token.is_some() {
+            cfg.http_token = a.http_token;
+        }
         Ok((cfg, source))
     }
 }

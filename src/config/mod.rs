@@ -70,6 +70,12 @@ pub struct Config {
     pub redis_retry_timeout: Dur,
     /// Directory of pipeline files (windowed aggregations); empty: none.
     pub pipelines: String,
+    /// Address of the ops HTTP server (`/metrics`, `/healthz`, `/readyz`); empty: off.
+    pub http_addr: String,
+    /// Bearer token required by the HTTP server (except `/healthz`).
+    pub http_token: Option<String>,
+    /// How often Redis is probed for lag, pending and trimmed entries.
+    pub probe_interval: Dur,
 }
 
 impl Default for Config {
@@ -100,6 +106,9 @@ impl Default for Config {
             progress_interval: Dur::secs(10),
             redis_retry_timeout: Dur::secs(300),
             pipelines: "pipelines".into(),
+            http_addr: "127.0.0.1:9750".into(),
+            http_token: None,
+            probe_interval: Dur::secs(5),
         }
     }
 }
@@ -196,6 +205,15 @@ impl Config {
         if !(1..=22).contains(&self.zstd_level) {
             bad("zstd_level", format!("{} is outside 1..=22", self.zstd_level));
         }
+        if !self.http_addr.is_empty() && self.http_addr.parse::<std::net::SocketAddr>().is_err() {
+            bad(
+                "http_addr",
+                format!("{:?} is not an address like 127.0.0.1:9750 (empty turns the server off)", self.http_addr),
+            );
+        }
+        if self.probe_interval.0 < Duration::from_millis(100) {
+            bad("probe_interval", "use at least 100ms".into());
+        }
         if self.lake.trim().is_empty() {
             bad("lake", "the lake location is empty; use a path or a URL".into());
         }
@@ -243,6 +261,12 @@ impl Config {
             exit_when_idle: self.exit_when_idle.map(|d| d.0),
             progress_interval: self.progress_interval.0,
             pipelines: (!self.pipelines.trim().is_empty()).then(|| self.pipelines.clone().into()),
+            api: self.http_addr.parse().ok().map(|addr| crate::api::ApiOptions {
+                addr,
+                token: self.http_token.clone(),
+                stall_after: Duration::from_secs(30).max(self.probe_interval.0 * 3),
+            }),
+            probe_interval: self.probe_interval.0,
         })
     }
 }

@@ -39,6 +39,7 @@ pub(super) struct Processor {
     lake: Lake,
     state_interval: Duration,
     last_snapshot: Option<Instant>,
+    last_commit_unix_ms: Option<i64>,
     /// Dedup learnt ids since the last snapshot.
     dedup_dirty: bool,
     pub stats: Stats,
@@ -79,8 +80,9 @@ impl Processor {
             lake,
             state_interval: opts.state_interval,
             last_snapshot: Some(Instant::now()),
+            last_commit_unix_ms: None,
             dedup_dirty: false,
-            stats: Stats::default(),
+            stats: Stats { streams: vec![Default::default(); opts.source.streams.len()], ..Stats::default() },
         })
     }
 
@@ -93,6 +95,7 @@ impl Processor {
         let mut rejects: Vec<(usize, Rejection)> = Vec::new();
         let mut deleted = Vec::new();
         let Processor { decoder, dedup, archive, pipelines, stats, dedup_dirty: dirty, .. } = self;
+        let before = (stats.accepted, stats.duplicates, stats.invalid);
         for (i, entry) in batch.entries.iter().enumerate() {
             if entry.is_deleted() {
                 deleted.push(entry.id);
@@ -116,7 +119,21 @@ impl Processor {
             }
         }
         stats.read += batch.entries.len() as u64;
+        if stats.streams.len() <= batch.stream {
+            stats.streams.resize(batch.stream + 1, Default::default());
+        }
+        let c = &mut stats.streams[batch.stream];
+        c.read += batch.entries.len() as u64;
+        c.accepted += stats.accepted - before.0;
+        c.duplicates += stats.duplicates - before.1;
+        for (k, n) in c.invalid.iter_mut().enumerate() {
+            *n += stats.invalid[k] - before.2[k];
+        }
         self.pipelines.process()?;
+        let now_ms = (now_us / 1000).max(0) as u64;
+        for e in &batch.entries {
+            self.stats.process_latency.record(now_ms.saturating_sub(e.id.ms));
+        }
         self.archive.encode_ready().await?;
         if !rejects.is_empty() {
             let mut pipe = redis::pipe();
@@ -144,8 +161,6 @@ impl Processor {
     pub async fn commit_all(&mut self, final_stop: bool) -> Result<()> {
         let t = Instant::now();
         let mut files = self.archive.commit_all().await?;
-        files.extend(self.pipelines.commit(&self.lake, &self.writer).await?);
-        self.committed(&files);
         let t_files = t.elapsed();
         let snapshot_due = self.last_snapshot.is_none_or(|s| s.elapsed() >= self.state_interval);
         if self.dedup_dirty && (final_stop || snapshot_due) {
@@ -156,7 +171,13 @@ impl Processor {
             state::save_delta(&self.lake, &self.source.group, &mut self.dedup).await?;
         }
         let t_state = t.elapsed();
+        // Pipeline tables after the dedup state: the window between archive files and the
+        // state that remembers their ids stays as short as it can (see ARCHITECTURE.md).
+        files.extend(self.pipelines.commit(&self.lake, &self.writer).await?);
+        self.committed(&files);
         let acked = self.ack_durable().await?;
+        self.stats.commit_duration.record(t.elapsed().as_millis() as u64);
+        self.last_commit_unix_ms = Some(chrono::Utc::now().timestamp_millis());
         if !files.is_empty() {
             tracing::info!(
                 files = files.len(),
@@ -229,6 +250,38 @@ impl Processor {
 
     pub fn archive_age(&self) -> Option<Duration> {
         self.archive.oldest_age()
+    }
+
+    pub fn dlq_keys(&self) -> &[String] {
+        &self.dlq_keys
+    }
+
+    /// Publishes the counters for the HTTP endpoints.
+    pub fn publish(&self, registry: &crate::metrics::Registry) {
+        let pipelines: Vec<crate::metrics::PipelineMetrics> = self
+            .pipelines
+            .queries()
+            .iter()
+            .zip(self.pipelines.pending_by_pipeline())
+            .map(|(q, pending_rows)| crate::metrics::PipelineMetrics {
+                name: q.spec.name.clone(),
+                stats: q.stats.clone(),
+                watermark_us: q.watermark(),
+                open_windows: q.open_windows(),
+                state_bytes: q.state_bytes(),
+                pending_rows,
+            })
+            .collect();
+        registry.update(|s| {
+            s.set_stats(&self.stats, &self.source.streams);
+            s.updated = Some(Instant::now());
+            s.dedup_ids = self.dedup.len() as u64;
+            s.dedup_bytes = self.dedup.memory_bytes() as u64;
+            s.unacked = self.acks.pending_ids() as u64;
+            s.open_archive_rows = self.archive.open_rows();
+            s.last_commit_unix_ms = self.last_commit_unix_ms;
+            s.pipelines = pipelines;
+        });
     }
 
     pub fn dedup_len(&self) -> usize {

@@ -168,6 +168,11 @@ impl Pipelines {
         self.tables.iter().chain(&self.late).map(TableBuffer::rows).sum()
     }
 
+    /// Rows waiting for a commit, per pipeline (its table and its late rows).
+    pub fn pending_by_pipeline(&self) -> Vec<usize> {
+        self.tables.iter().zip(&self.late).map(|(t, l)| t.rows() + l.rows()).collect()
+    }
+
     /// Writes every pending row.
     pub async fn commit(&mut self, lake: &Lake, writer: &str) -> Result<Vec<CommittedFile>> {
         let mut out = Vec::new();

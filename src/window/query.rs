@@ -39,6 +39,8 @@ pub struct QueryStats {
     pub late: u64,
     pub windows: u64,
     pub rows: u64,
+    /// Window end (event time) → emitted (wall clock), per window.
+    pub emit_latency: crate::metrics::PromHistogram,
 }
 
 fn ts() -> DataType {
@@ -286,7 +288,9 @@ impl WindowedQuery {
 
     /// Applies HAVING / SELECT to closed windows and queues their rows.
     fn emit(&mut self, closed: Vec<Closed>) -> Result<()> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
         for c in closed {
+            self.stats.emit_latency.record((now_ms - c.end.div_euclid(1000)).max(0) as u64);
             let rows = self.plan.finish(c.rows)?;
             if rows.num_rows() == 0 {
                 continue;

@@ -10,6 +10,7 @@ mod consumer_group;
 mod crash;
 mod dlq;
 mod golden;
+mod metrics;
 mod pipelines_e2e;
 mod restart;
 mod s3;

@@ -24,6 +24,7 @@ pub fn options(redis_url: &str, streams: &[&str], lake: &str, consumer: &str) ->
         max_entry_bytes: eventide::config::ByteSize(64 * 1024),
         redis_retry_timeout: eventide::config::Dur::secs(30),
         pipelines: String::new(),
+        http_addr: String::new(),
         ..Config::default()
     };
     cfg.pipeline_options().expect("valid test config")

@@ -1,8 +1,23 @@
 //! Pipeline counters. The processor owns them and updates them once per batch; the progress
-//! line, the run summary (and, later, `/metrics`) read them. Label values are bounded: per
-//! stream index and per rejection [`Reason`], never per event.
+//! line, the run summary and `/metrics` ([`prometheus`], from a [`Snapshot`] published a few
+//! times a second) read them. Label values are bounded: per stream, per pipeline and per
+//! rejection [`Reason`], never per event.
+
+pub mod prometheus;
+mod snapshot;
 
 use crate::decode::Reason;
+pub use snapshot::{PipelineMetrics, Probe, Registry, Snapshot, StreamProbe};
+
+/// Counters of one stream.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StreamCounters {
+    pub read: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+    /// By [`Reason::index`].
+    pub invalid: [u64; Reason::ALL.len()],
+}
 
 /// Counters of one run.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -30,6 +45,12 @@ pub struct Stats {
     pub disconnects: u64,
     /// Publish (the entry id's time) → handed to the acker, i.e. durable, per entry.
     pub durable_latency: LatencyHistogram,
+    /// Publish (the entry id's time) → processed, per entry.
+    pub process_latency: PromHistogram,
+    /// Commit durations.
+    pub commit_duration: PromHistogram,
+    /// Per configured stream, in configuration order.
+    pub streams: Vec<StreamCounters>,
 }
 
 impl Stats {
@@ -43,18 +64,50 @@ impl Stats {
     }
 }
 
+/// Upper bounds (ms) of the Prometheus histogram buckets kept next to the exact ones.
+pub const PROM_BOUNDS_MS: [u64; 14] =
+    [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000];
+
+/// Coarse, cumulative-ready counts of a histogram (cheap to copy into a snapshot).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PromHistogram {
+    /// Per bound of [`PROM_BOUNDS_MS`] (not cumulative), then the overflow.
+    pub buckets: [u64; PROM_BOUNDS_MS.len() + 1],
+    pub count: u64,
+    pub sum_ms: u64,
+}
+
+impl PromHistogram {
+    pub fn record(&mut self, ms: u64) {
+        let i = PROM_BOUNDS_MS.iter().position(|&b| ms <= b).unwrap_or(PROM_BOUNDS_MS.len());
+        self.buckets[i] += 1;
+        self.count += 1;
+        self.sum_ms += ms;
+    }
+
+    /// Adds `n` observations of the same value.
+    pub fn record_n(&mut self, ms: u64, n: u64) {
+        let i = PROM_BOUNDS_MS.iter().position(|&b| ms <= b).unwrap_or(PROM_BOUNDS_MS.len());
+        self.buckets[i] += n;
+        self.count += n;
+        self.sum_ms += ms * n;
+    }
+}
+
 /// A latency histogram with 1 ms buckets up to [`LatencyHistogram::MAX_MS`] (exact
-/// percentiles at that resolution; larger values count in the last bucket).
+/// percentiles at that resolution; larger values count in the last bucket), plus the
+/// coarse [`PromHistogram`] that `/metrics` exports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LatencyHistogram {
     buckets: Vec<u64>,
     count: u64,
     max_ms: u64,
+    pub prom: PromHistogram,
 }
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
-        LatencyHistogram { buckets: vec![0; Self::MAX_MS as usize + 1], count: 0, max_ms: 0 }
+        LatencyHistogram { buckets: vec![0; Self::MAX_MS as usize + 1], count: 0, max_ms: 0, prom: Default::default() }
     }
 }
 
@@ -65,6 +118,7 @@ impl LatencyHistogram {
         self.buckets[ms.min(Self::MAX_MS) as usize] += 1;
         self.count += 1;
         self.max_ms = self.max_ms.max(ms);
+        self.prom.record(ms);
     }
 
     pub fn count(&self) -> u64 {

@@ -1,0 +1,138 @@
+//! The ops HTTP server of `eventide run`: `/metrics` (Prometheus), `/healthz` (the process
+//! answers), `/readyz` (Redis probed, lake reachable, processor not stalled) and
+//! `/api/status` (the snapshot as JSON, for `eventide status`). Bound to loopback by
+//! default; an optional bearer token guards every path but `/healthz`.
+//!
+//! It sits beside the pipeline: it only reads the [`Registry`] the processor and the Redis
+//! probe publish to, so a slow scrape never slows the data path.
+
+pub mod http;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+
+use crate::error::Result;
+use crate::metrics::{Registry, Snapshot, prometheus};
+use http::{Request, Response};
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    pub addr: SocketAddr,
+    /// Required as `Authorization: Bearer <token>` when set.
+    pub token: Option<String>,
+    /// `/readyz` fails when the processor or the probe has not reported for this long.
+    pub stall_after: Duration,
+}
+
+/// Binds `opts.addr` (port 0 picks a free port) and returns the bound address.
+pub async fn bind(opts: &ApiOptions) -> Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind(opts.addr).await?;
+    let addr = l.local_addr()?;
+    Ok((l, addr))
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(listener: TcpListener, opts: ApiOptions, registry: Registry, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            acc = listener.accept() => {
+                let Ok((mut stream, _)) = acc else { continue };
+                let (opts, registry) = (opts.clone(), registry.clone());
+                tokio::spawn(async move {
+                    let req = match tokio::time::timeout(Duration::from_secs(10), http::read_request(&mut stream)).await {
+                        Ok(Ok(Some(r))) => r,
+                        Ok(Ok(None)) => {
+                            let _ = http::write_response(&mut stream, &Response::text(400, "bad request\n"), false).await;
+                            return;
+                        }
+                        _ => return,
+                    };
+                    let resp = route(&req, &opts, &registry);
+                    let _ = http::write_response(&mut stream, &resp, req.method == "HEAD").await;
+                });
+            }
+        }
+    }
+}
+
+/// Answers one request.
+pub fn route(req: &Request, opts: &ApiOptions, registry: &Registry) -> Response {
+    if req.method != "GET" && req.method != "HEAD" {
+        return Response::text(405, "only GET and HEAD\n");
+    }
+    if req.path == "/healthz" {
+        return Response::text(200, "ok\n");
+    }
+    if let Some(token) = &opts.token {
+        let given = req.header("authorization").and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return Response::text(401, "missing or wrong bearer token\n");
+        }
+    }
+    let snap = registry.get();
+    let now = Instant::now();
+    match req.path.as_str() {
+        "/metrics" => Response::new(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            prometheus::render(&snap, now, chrono::Utc::now().timestamp_millis()),
+        ),
+        "/readyz" => match snap.readiness(now, opts.stall_after) {
+            Ok(()) => Response::text(200, "ready\n"),
+            Err(why) => Response::text(503, format!("not ready: {}\n", why.join("; "))),
+        },
+        "/api/status" => Response::new(200, "application/json", status_json(&snap, now).to_string()),
+        _ => Response::text(404, "not found; try /metrics, /healthz, /readyz, /api/status\n"),
+    }
+}
+
+/// The snapshot as JSON (`eventide status` reads it).
+pub fn status_json(s: &Snapshot, now: Instant) -> serde_json::Value {
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let uptime = s.started.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+    serde_json::json!({
+        "group": s.group,
+        "consumer": s.consumer,
+        "uptime_seconds": uptime,
+        "read": s.read,
+        "accepted": s.accepted,
+        "duplicates": s.duplicates,
+        "acked": s.acked,
+        "unacked": s.unacked,
+        "last_commit_age_seconds": s.last_commit_unix_ms.map(|ms| (now_us / 1000 - ms) as f64 / 1000.0),
+        "streams": s.probe.streams.iter().map(|p| {
+            let c = s.streams.iter().find(|(n, _)| *n == p.stream).map(|(_, c)| c.clone()).unwrap_or_default();
+            serde_json::json!({
+                "stream": p.stream,
+                "read": c.read,
+                "accepted": c.accepted,
+                "duplicates": c.duplicates,
+                "invalid": c.invalid.iter().sum::<u64>(),
+                "rate_per_second": if uptime > 0.0 { c.read as f64 / uptime } else { 0.0 },
+                "length": p.length,
+                "lag": p.lag,
+                "pending": p.pending,
+                "trimmed_unread": p.trimmed_unread,
+                "dlq_stream": p.dlq_stream,
+                "dlq_depth": p.dlq_length,
+            })
+        }).collect::<Vec<_>>(),
+        "pipelines": s.pipelines.iter().map(|p| serde_json::json!({
+            "name": p.name,
+            "input": p.stats.input,
+            "counted": p.stats.counted,
+            "late": p.stats.late,
+            "windows": p.stats.windows,
+            "watermark_lag_seconds": p.watermark_us.map(|w| (now_us - w) as f64 / 1e6),
+            "open_windows": p.open_windows,
+            "pending_rows": p.pending_rows,
+        })).collect::<Vec<_>>(),
+        "probe_error": s.probe.error,
+    })
+}

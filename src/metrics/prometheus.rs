@@ -1,0 +1,215 @@
+//! Prometheus text exposition (format 0.0.4) of a [`Snapshot`]. Metric names are constants
+//! here, every family has HELP and TYPE, counters end in `_total`, times are seconds and
+//! label values are bounded (streams, pipelines, reasons; never ids).
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use super::{PROM_BOUNDS_MS, PromHistogram, Snapshot};
+use crate::decode::Reason;
+
+pub const READ: &str = "eventide_entries_read_total";
+pub const ACCEPTED: &str = "eventide_events_accepted_total";
+pub const DUPLICATES: &str = "eventide_events_duplicate_total";
+pub const INVALID: &str = "eventide_events_invalid_total";
+pub const ACKED: &str = "eventide_entries_acked_total";
+pub const CLAIMED: &str = "eventide_entries_claimed_total";
+pub const DELETED_PENDING: &str = "eventide_entries_deleted_pending_total";
+pub const BEYOND_HORIZON: &str = "eventide_events_beyond_dedup_horizon_total";
+pub const DISCONNECTS: &str = "eventide_redis_disconnects_total";
+pub const FILES: &str = "eventide_parquet_files_total";
+pub const ROWS: &str = "eventide_parquet_rows_total";
+pub const BYTES: &str = "eventide_parquet_bytes_total";
+pub const DURABLE_LATENCY: &str = "eventide_publish_to_durable_seconds";
+pub const PROCESS_LATENCY: &str = "eventide_publish_to_processed_seconds";
+pub const COMMIT_DURATION: &str = "eventide_commit_duration_seconds";
+pub const LAST_COMMIT: &str = "eventide_last_commit_timestamp_seconds";
+pub const DEDUP_IDS: &str = "eventide_dedup_ids";
+pub const DEDUP_BYTES: &str = "eventide_dedup_memory_bytes";
+pub const UNACKED: &str = "eventide_entries_unacked";
+pub const LAG: &str = "eventide_consumer_lag";
+pub const PENDING: &str = "eventide_consumer_pending";
+pub const STREAM_LENGTH: &str = "eventide_stream_length";
+pub const TRIMMED_UNREAD: &str = "eventide_entries_trimmed_unread";
+pub const DLQ_DEPTH: &str = "eventide_dlq_depth";
+pub const PROBE_AGE: &str = "eventide_redis_probe_age_seconds";
+pub const PIPELINE_INPUT: &str = "eventide_pipeline_input_events_total";
+pub const PIPELINE_COUNTED: &str = "eventide_pipeline_counted_events_total";
+pub const PIPELINE_LATE: &str = "eventide_pipeline_late_rows_total";
+pub const PIPELINE_WINDOWS: &str = "eventide_pipeline_windows_emitted_total";
+pub const PIPELINE_ROWS: &str = "eventide_pipeline_rows_emitted_total";
+pub const WATERMARK_LAG: &str = "eventide_pipeline_watermark_lag_seconds";
+pub const OPEN_WINDOWS: &str = "eventide_pipeline_open_windows";
+pub const STATE_BYTES: &str = "eventide_pipeline_state_bytes";
+pub const EMIT_LATENCY: &str = "eventide_pipeline_window_end_to_emit_seconds";
+pub const UP: &str = "eventide_up";
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &PromHistogram) {
+        let mut cum = 0;
+        for (i, b) in PROM_BOUNDS_MS.iter().enumerate() {
+            cum += h.buckets[i];
+            let le = format!("{}", *b as f64 / 1000.0);
+            let mut l = labels.to_vec();
+            l.push(("le", &le));
+            self.sample(&format!("{name}_bucket"), &l, cum);
+        }
+        let mut l = labels.to_vec();
+        l.push(("le", "+Inf"));
+        self.sample(&format!("{name}_bucket"), &l, h.count);
+        self.sample(&format!("{name}_sum"), labels, h.sum_ms as f64 / 1000.0);
+        self.sample(&format!("{name}_count"), labels, h.count);
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Renders the snapshot; `now_unix_ms` is the wall clock (for watermark lag).
+pub fn render(s: &Snapshot, now: Instant, now_unix_ms: i64) -> String {
+    let mut o = Out(String::with_capacity(16 * 1024));
+    let g = s.group.as_str();
+    o.one(UP, "gauge", "1 while the eventide process serves metrics.", 1);
+
+    let per_stream = |o: &mut Out, name: &str, help: &str, f: &dyn Fn(&super::StreamCounters) -> u64| {
+        o.family(name, "counter", help);
+        for (stream, c) in &s.streams {
+            o.sample(name, &[("stream", stream)], f(c));
+        }
+    };
+    per_stream(&mut o, READ, "Stream entries read (new, re-read after a restart, claimed).", &|c| c.read);
+    per_stream(&mut o, ACCEPTED, "Events accepted (first occurrence of their event_id) and archived.", &|c| c.accepted);
+    per_stream(&mut o, DUPLICATES, "Events dropped as duplicates of an earlier event_id.", &|c| c.duplicates);
+    o.family(INVALID, "counter", "Entries rejected to the dead-letter stream, by reason.");
+    for (stream, c) in &s.streams {
+        for r in Reason::ALL {
+            o.sample(INVALID, &[("stream", stream), ("reason", r.as_str())], c.invalid[r.index()]);
+        }
+    }
+    o.one(ACKED, "counter", "Entries acknowledged (XACK) after their results were durable.", s.acked);
+    o.one(CLAIMED, "counter", "Entries claimed from idle consumers (XAUTOCLAIM).", s.claimed);
+    o.one(
+        DELETED_PENDING,
+        "counter",
+        "Pending entries found deleted or trimmed (acked, nothing to process).",
+        s.deleted_pending,
+    );
+    o.one(BEYOND_HORIZON, "counter", "Accepted events older than the dedup horizon (not checkable).", s.beyond_horizon);
+    o.one(DISCONNECTS, "counter", "Times the reader lost its Redis connection.", s.disconnects);
+    o.one(FILES, "counter", "Parquet files committed (archive, pipeline and late tables).", s.files_committed);
+    o.one(ROWS, "counter", "Rows in committed Parquet files.", s.rows_committed);
+    o.one(BYTES, "counter", "Bytes of committed Parquet files.", s.bytes_committed);
+    o.family(DURABLE_LATENCY, "histogram", "Entry publish time (stream id) to durable (committed, handed to XACK).");
+    o.histogram(DURABLE_LATENCY, &[], &s.durable_latency);
+    o.family(
+        PROCESS_LATENCY,
+        "histogram",
+        "Entry publish time (stream id) to processed (decoded, deduplicated, windowed).",
+    );
+    o.histogram(PROCESS_LATENCY, &[], &s.process_latency);
+    o.family(COMMIT_DURATION, "histogram", "Duration of a commit (files, pipeline tables, dedup state).");
+    o.histogram(COMMIT_DURATION, &[], &s.commit_duration);
+    if let Some(ms) = s.last_commit_unix_ms {
+        o.one(LAST_COMMIT, "gauge", "Unix time of the last commit.", ms as f64 / 1000.0);
+    }
+    o.one(DEDUP_IDS, "gauge", "Event ids remembered by dedup.", s.dedup_ids);
+    o.one(DEDUP_BYTES, "gauge", "Memory of the dedup table.", s.dedup_bytes);
+    o.one(UNACKED, "gauge", "Entries read and not yet acknowledged (waiting for a commit).", s.unacked);
+
+    // From the Redis probe.
+    let probed = s.probe.at.is_some() && s.probe.error.is_none();
+    if let Some(at) = s.probe.at {
+        o.one(
+            PROBE_AGE,
+            "gauge",
+            "Age of the last XINFO probe of Redis.",
+            now.saturating_duration_since(at).as_secs_f64(),
+        );
+    }
+    if probed {
+        o.family(LAG, "gauge", "Entries in the stream not yet delivered to the group (XINFO GROUPS lag).");
+        for p in s.probe.streams.iter().filter(|p| p.lag.is_some()) {
+            o.sample(LAG, &[("stream", &p.stream), ("group", g)], p.lag.unwrap_or(0));
+        }
+        o.family(PENDING, "gauge", "Entries delivered to the group and not acknowledged (XINFO GROUPS pending).");
+        for p in &s.probe.streams {
+            o.sample(PENDING, &[("stream", &p.stream), ("group", g)], p.pending);
+        }
+        o.family(STREAM_LENGTH, "gauge", "Entries in the stream (XLEN).");
+        for p in &s.probe.streams {
+            o.sample(STREAM_LENGTH, &[("stream", &p.stream)], p.length);
+        }
+        o.family(
+            TRIMMED_UNREAD,
+            "gauge",
+            "Entries trimmed from the stream before the group read them: lost to this group.",
+        );
+        for p in &s.probe.streams {
+            o.sample(TRIMMED_UNREAD, &[("stream", &p.stream), ("group", g)], p.trimmed_unread);
+        }
+        o.family(DLQ_DEPTH, "gauge", "Entries in the dead-letter stream.");
+        for p in &s.probe.streams {
+            o.sample(DLQ_DEPTH, &[("stream", &p.stream), ("dlq", &p.dlq_stream)], p.dlq_length);
+        }
+    }
+
+    // Pipelines.
+    let per_pipeline = |o: &mut Out, name: &str, kind: &str, help: &str, f: &dyn Fn(&super::PipelineMetrics) -> u64| {
+        o.family(name, kind, help);
+        for p in &s.pipelines {
+            o.sample(name, &[("pipeline", &p.name)], f(p));
+        }
+    };
+    per_pipeline(&mut o, PIPELINE_INPUT, "counter", "Events selected by the pipeline (streams, event types).", &|p| {
+        p.stats.input
+    });
+    per_pipeline(&mut o, PIPELINE_COUNTED, "counter", "Events that passed WHERE and counted in a window.", &|p| {
+        p.stats.counted
+    });
+    per_pipeline(&mut o, PIPELINE_LATE, "counter", "Late rows (event, missed window) written to late_events.", &|p| {
+        p.stats.late
+    });
+    per_pipeline(&mut o, PIPELINE_WINDOWS, "counter", "Windows closed and emitted.", &|p| p.stats.windows);
+    per_pipeline(&mut o, PIPELINE_ROWS, "counter", "Rows emitted to the pipeline's table.", &|p| p.stats.rows);
+    per_pipeline(&mut o, OPEN_WINDOWS, "gauge", "Windows (or sessions) open.", &|p| p.open_windows as u64);
+    per_pipeline(&mut o, STATE_BYTES, "gauge", "Memory of the pipeline's window state.", &|p| p.state_bytes as u64);
+    o.family(WATERMARK_LAG, "gauge", "Wall clock minus the pipeline's watermark.");
+    for p in &s.pipelines {
+        if let Some(wm) = p.watermark_us.filter(|&w| w > i64::MIN / 2 && w < i64::MAX / 2) {
+            let lag = (now_unix_ms * 1000 - wm) as f64 / 1e6;
+            o.sample(WATERMARK_LAG, &[("pipeline", &p.name)], lag);
+        }
+    }
+    o.family(EMIT_LATENCY, "histogram", "Window end (event time) to the window's rows being emitted (wall clock).");
+    for p in &s.pipelines {
+        o.histogram(EMIT_LATENCY, &[("pipeline", &p.name)], &p.stats.emit_latency);
+    }
+    o.0
+}
