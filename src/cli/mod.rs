@@ -1,9 +1,10 @@
-//! Command-line interface: `run`, `gen`, `validate`, `replay`, `query`, `bench`.
+//! Command-line interface: `run`, `gen`, `validate`, `replay`, `query`, `status`, `bench`.
 
 mod bench;
 mod generate;
 mod replay;
 mod run;
+mod status;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -35,6 +36,8 @@ pub enum Command {
     Replay(replay::ReplayArgs),
     /// Read-only SQL over the lake: `events`, `late_events` and one table per pipeline.
     Query(replay::QueryArgs),
+    /// Ops summary per stream (rate, lag, pending, trimmed, DLQ) and pipeline; exit 2 over thresholds.
+    Status(status::StatusArgs),
     /// End-to-end benchmark: bare XREADGROUP+XACK drain vs the pipeline, same data.
     Bench(bench::BenchArgs),
 }
@@ -47,6 +50,7 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) 
         Command::Bench(args) => bench::run(args).await,
         Command::Replay(args) => replay::replay(args).await,
         Command::Query(args) => replay::query(args).await,
+        Command::Status(args) => status::run(args).await,
     }
 }
 

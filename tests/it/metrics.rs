@@ -172,6 +172,33 @@ async fn lag_builds_while_stopped_and_drains_after() {
     support::publish_generated(&mut conn, "shop", GenOptions { entries: 700, seed: 2, ..Default::default() }).await;
     let p = probe(&mut conn, &target).await.unwrap();
     assert_eq!((p[0].lag, p[0].length, p[0].trimmed_unread), (Some(700), 1200, 0));
+    // `eventide status` straight from Redis: a usable probe (exit 2 over the threshold).
+    let status = |max_lag: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_eventide"))
+            .args([
+                "status",
+                "--redis-url",
+                &redis.url(),
+                "--stream",
+                "shop",
+                "--group",
+                "analytics",
+                "--max-lag",
+                max_lag,
+            ])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, text) = status("100");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("THRESHOLD: shop: lag 700 > 100"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("shop") && l.split_whitespace().collect::<Vec<_>>()[2..4] == ["1200", "700"]),
+        "{text}"
+    );
+    assert_eq!(status("1000").0, Some(0));
 
     support::run_until_idle(support::options(&redis.url(), &["shop"], lake, "c1")).await;
     let p = probe(&mut conn, &target).await.unwrap();
