@@ -245,3 +245,27 @@ async fn entries_trimmed_before_they_were_read_are_reported_lost() {
     assert_eq!((p[0].length, p[0].trimmed_unread), (10, 40));
     assert_eq!(trims.observe("shop", p[0].trimmed_unread), 110);
 }
+
+#[test]
+fn alert_rules_pass_promtool() {
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/docker/alerts.yml");
+    let out = std::process::Command::new(promtool()).args(["check", "rules", rules]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("SUCCESS: 8 rules found"), "{text}");
+    // Every metric the rules use is one /metrics exports.
+    let yaml = std::fs::read_to_string(rules).unwrap();
+    for name in yaml.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("eventide_")) {
+        let exported = [
+            eventide::metrics::prometheus::DLQ_DEPTH,
+            eventide::metrics::prometheus::INVALID,
+            eventide::metrics::prometheus::READ,
+            eventide::metrics::prometheus::LAG,
+            eventide::metrics::prometheus::TRIMMED_UNREAD,
+            eventide::metrics::prometheus::LAST_COMMIT,
+            eventide::metrics::prometheus::PROBE_AGE,
+            eventide::metrics::prometheus::WATERMARK_LAG,
+        ];
+        assert!(exported.contains(&name), "alerts.yml uses {name}, which eventide does not export");
+    }
+}
