@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+use crate::api::ApiContext;
+use crate::api::windows::{LiveRequest, WindowsSource};
 use crate::decode::DecodeOptions;
 use crate::error::Result;
 use crate::metrics::{Registry, Stats};
@@ -72,18 +74,26 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
     registry.update(|s| s.lake_ok = true);
     let (tx, mut rx) = mpsc::channel(4);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (live_tx, mut live_rx) = mpsc::channel::<LiveRequest>(8);
     let api = match &opts.api {
         Some(a) => {
             let (listener, addr) = crate::api::bind(a).await?;
-            tracing::info!(%addr, "Serving /metrics, /healthz, /readyz and /api/status.");
+            tracing::info!(%addr, "Serving /metrics, /healthz, /readyz, /api/status and /api/pipelines.");
             let mut stop = stop_rx.clone();
             let done = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            Some(tokio::spawn(crate::api::serve(listener, a.clone(), registry.clone(), done)))
+            let windows = (!p.pipelines.is_empty()).then(|| WindowsSource {
+                lake: p.lake().clone(),
+                tables: p.pipelines.output_schemas(),
+                live: live_tx.clone(),
+            });
+            let ctx = ApiContext { opts: a.clone(), registry: registry.clone(), windows };
+            Some(tokio::spawn(crate::api::serve(listener, ctx, done)))
         }
         None => None,
     };
+    drop(live_tx);
     let target = ProbeTarget {
         redis_url: opts.source.redis_url.clone(),
         group: opts.source.group.clone(),
@@ -121,6 +131,9 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
                     }
                     None => break,
                 },
+                Some(req) = live_rx.recv() => {
+                    let _ = req.reply.send(p.pipelines.live_rows(&req.pipeline));
+                }
                 _ = tick.tick() => {
                     p.pipelines.on_tick(Instant::now())?;
                     p.publish(&registry);

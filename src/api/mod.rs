@@ -1,12 +1,14 @@
 //! The ops HTTP server of `eventide run`: `/metrics` (Prometheus), `/healthz` (the process
 //! answers), `/readyz` (Redis probed, lake reachable, processor not stalled) and
-//! `/api/status` (the snapshot as JSON, for `eventide status`). Bound to loopback by
-//! default; an optional bearer token guards every path but `/healthz`.
+//! `/api/status` (the snapshot as JSON, for `eventide status`), and the aggregates API for
+//! dashboards ([`windows`]: `/api/pipelines`, `/api/pipelines/{name}/windows`). Bound to
+//! loopback by default; an optional bearer token guards every path but `/healthz`.
 //!
 //! It sits beside the pipeline: it only reads the [`Registry`] the processor and the Redis
 //! probe publish to, so a slow scrape never slows the data path.
 
 pub mod http;
+pub mod windows;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,15 +37,24 @@ pub async fn bind(opts: &ApiOptions) -> Result<(TcpListener, SocketAddr)> {
     Ok((l, addr))
 }
 
+/// What the server reads: the snapshot, and (for the aggregates API) the lake, the
+/// pipelines' tables and a line to the processor for windows not yet committed.
+#[derive(Clone)]
+pub struct ApiContext {
+    pub opts: ApiOptions,
+    pub registry: Registry,
+    pub windows: Option<windows::WindowsSource>,
+}
+
 /// Serves until `shutdown` completes.
-pub async fn serve(listener: TcpListener, opts: ApiOptions, registry: Registry, shutdown: impl Future<Output = ()>) {
+pub async fn serve(listener: TcpListener, ctx: ApiContext, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             acc = listener.accept() => {
                 let Ok((mut stream, _)) = acc else { continue };
-                let (opts, registry) = (opts.clone(), registry.clone());
+                let ctx = ctx.clone();
                 tokio::spawn(async move {
                     let req = match tokio::time::timeout(Duration::from_secs(10), http::read_request(&mut stream)).await {
                         Ok(Ok(Some(r))) => r,
@@ -53,7 +64,7 @@ pub async fn serve(listener: TcpListener, opts: ApiOptions, registry: Registry, 
                         }
                         _ => return,
                     };
-                    let resp = route(&req, &opts, &registry);
+                    let resp = route(&req, &ctx).await;
                     let _ = http::write_response(&mut stream, &resp, req.method == "HEAD").await;
                 });
             }
@@ -62,7 +73,8 @@ pub async fn serve(listener: TcpListener, opts: ApiOptions, registry: Registry, 
 }
 
 /// Answers one request.
-pub fn route(req: &Request, opts: &ApiOptions, registry: &Registry) -> Response {
+pub async fn route(req: &Request, ctx: &ApiContext) -> Response {
+    let (opts, registry) = (&ctx.opts, &ctx.registry);
     if req.method != "GET" && req.method != "HEAD" {
         return Response::text(405, "only GET and HEAD\n");
     }
@@ -88,7 +100,11 @@ pub fn route(req: &Request, opts: &ApiOptions, registry: &Registry) -> Response 
             Err(why) => Response::text(503, format!("not ready: {}\n", why.join("; "))),
         },
         "/api/status" => Response::new(200, "application/json", status_json(&snap, now).to_string()),
-        _ => Response::text(404, "not found; try /metrics, /healthz, /readyz, /api/status\n"),
+        path if path == "/api/pipelines" || path.starts_with("/api/pipelines/") => match &ctx.windows {
+            Some(w) => w.handle(req).await,
+            None => Response::text(404, "no pipelines in this process\n"),
+        },
+        _ => Response::text(404, "not found; try /metrics, /healthz, /readyz, /api/status, /api/pipelines\n"),
     }
 }
 

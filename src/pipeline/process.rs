@@ -252,6 +252,10 @@ impl Processor {
         self.archive.oldest_age()
     }
 
+    pub fn lake(&self) -> &Lake {
+        &self.lake
+    }
+
     pub fn dlq_keys(&self) -> &[String] {
         &self.dlq_keys
     }

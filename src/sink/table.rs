@@ -44,6 +44,11 @@ impl TableBuffer {
         self.rows
     }
 
+    /// The rows waiting for the next commit.
+    pub fn buffered(&self) -> Vec<RecordBatch> {
+        self.days.values().flatten().cloned().collect()
+    }
+
     /// Buffers a batch, split by date.
     pub fn push(&mut self, batch: RecordBatch) -> Result<()> {
         let n = batch.num_rows();

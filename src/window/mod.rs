@@ -168,6 +168,18 @@ impl Pipelines {
         self.tables.iter().chain(&self.late).map(TableBuffer::rows).sum()
     }
 
+    /// Rows of pipeline `name` not yet in its table: open windows as they stand (`final`
+    /// false) and closed windows waiting for the next commit (`final` true).
+    pub fn live_rows(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<(Vec<arrow::array::RecordBatch>, Vec<arrow::array::RecordBatch>)>> {
+        let Some(i) = self.queries.iter().position(|q| q.spec.name == name) else { return Ok(None) };
+        let q = &mut self.queries[i];
+        let open = q.peek().map_err(|e| query_error(&q.spec, e))?;
+        Ok(Some((open, self.tables[i].buffered())))
+    }
+
     /// Rows waiting for a commit, per pipeline (its table and its late rows).
     pub fn pending_by_pipeline(&self) -> Vec<usize> {
         self.tables.iter().zip(&self.late).map(|(t, l)| t.rows() + l.rows()).collect()

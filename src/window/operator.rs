@@ -181,7 +181,8 @@ impl FixedWindows {
         }
         for e in ends {
             let last = e / self.slide - 1;
-            if k == 1 {
+            // A tumbling window evaluates its bin directly (unless a live view froze part of it).
+            if k == 1 && self.bins.get(&last).is_none_or(|b| b.frozen.is_empty()) {
                 if let Some(bin) = self.bins.remove(&last)
                     && let Some(p) = bin.open
                 {
@@ -210,6 +211,43 @@ impl FixedWindows {
         let keep_from = floor_div(boundary, self.slide) - k + 1;
         self.bins = self.bins.split_off(&keep_from);
         Ok(())
+    }
+}
+
+impl FixedWindows {
+    /// The current values of every window not closed yet that has rows (a live view for
+    /// dashboards). Open partial states are frozen and merged, so later rows keep adding
+    /// to them and the final rows are unchanged.
+    pub fn peek(&mut self, plan: &Compiled, conv: Option<&RowConverter>) -> Result<Vec<Closed>> {
+        let k = self.slides_per_window();
+        let mut ends = BTreeSet::new();
+        for &s in self.bins.keys() {
+            for j in 1..=k {
+                let e = (s + j) * self.slide;
+                if e > self.closed_before {
+                    ends.insert(e);
+                }
+            }
+        }
+        for bin in self.bins.values_mut() {
+            if let Some(p) = bin.open.take() {
+                bin.frozen.push(p.freeze()?);
+            }
+        }
+        let mut out = Vec::new();
+        for e in ends {
+            let last = e / self.slide - 1;
+            let mut window = Partial::new(plan, conv)?;
+            for (_, bin) in self.bins.range(last - k + 1..=last) {
+                for f in &bin.frozen {
+                    window.merge(f)?;
+                }
+            }
+            if window.groups.len() > 0 {
+                out.push(Closed { start: e - self.size, end: e, rows: window.evaluate(conv, &plan.aggregate_schema)? });
+            }
+        }
+        Ok(out)
     }
 }
 

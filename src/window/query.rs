@@ -308,6 +308,29 @@ impl WindowedQuery {
         Ok(())
     }
 
+    /// Rows of the windows still open, as they stand (same schema as the table).
+    pub fn peek(&mut self) -> Result<Vec<RecordBatch>> {
+        let closed = match &mut self.op {
+            Op::Fixed(f) => f.peek(&self.plan, self.conv.as_ref())?,
+            Op::Session(s) => s.peek(&self.plan, self.conv.as_ref())?,
+        };
+        let mut out = Vec::new();
+        for c in closed {
+            let rows = self.plan.finish(c.rows)?;
+            let n = rows.num_rows();
+            if n == 0 {
+                continue;
+            }
+            let mut cols: Vec<ArrayRef> = vec![
+                Arc::new(TimestampMicrosecondArray::from(vec![c.start; n]).with_timezone("UTC")),
+                Arc::new(TimestampMicrosecondArray::from(vec![c.end; n]).with_timezone("UTC")),
+            ];
+            cols.extend(rows.columns().iter().cloned());
+            out.push(RecordBatch::try_new(self.output.clone(), cols)?);
+        }
+        Ok(out)
+    }
+
     /// Live runs: after `idle_timeout` without input, the watermark follows processing time.
     pub fn on_idle(&mut self, now: Instant) -> Result<()> {
         let (Some(last), true) = (self.last_arrival, self.max_time != i64::MIN) else { return Ok(()) };

@@ -202,6 +202,30 @@ impl Sessions {
         Ok(())
     }
 
+    /// The current values of every open session (a live view; the sessions are unchanged).
+    pub fn peek(&mut self, plan: &Compiled, conv: Option<&RowConverter>) -> Result<Vec<Closed>> {
+        let mut out = Vec::new();
+        let open: Vec<u64> = self.closing.iter().map(|&(_, id)| id).collect();
+        for id in open {
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            let Some(accs) = s.accs.as_mut() else { continue };
+            let mut cols: Vec<ArrayRef> = match conv {
+                Some(c) => c.convert_rows(std::iter::once(c.parser().parse(&s.key)))?,
+                None => Vec::new(),
+            };
+            // Evaluate a copy (state → fresh accumulator): evaluating may consume state.
+            for (a, agg) in accs.iter_mut().zip(&plan.aggregates) {
+                let state = a.state()?.iter().map(ScalarValue::to_array).collect::<Result<Vec<ArrayRef>>>()?;
+                let mut copy = agg.expr.create_accumulator()?;
+                copy.merge_batch(&state)?;
+                cols.push(copy.evaluate()?.to_array()?);
+            }
+            let rows = RecordBatch::try_new(plan.aggregate_schema.clone(), cols)?;
+            out.push(Closed { start: s.start, end: s.last.saturating_add(self.gap), rows });
+        }
+        Ok(out)
+    }
+
     /// Emits every session whose close time the watermark `wm` has reached.
     pub fn close(
         &mut self,

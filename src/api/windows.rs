@@ -1,0 +1,224 @@
+//! The aggregates API for dashboards.
+//!
+//! - `GET /api/pipelines`: each pipeline's name, window, columns;
+//! - `GET /api/pipelines/{name}/windows?from=&to=&limit=&format=`: window rows, newest
+//!   first, with `window_start` in `[from, to)` (RFC 3339), merging committed Parquet rows
+//!   with rows not committed yet: closed windows waiting for the next commit and open windows
+//!   as they stand. Every row has a `final` column (`false`: the window is still open and its
+//!   values may change). JSON by default; CSV or Arrow IPC with `format=csv|arrow` or
+//!   `Accept: text/csv` / `application/vnd.apache.arrow.stream`.
+//!
+//! Open windows are computed by the processor, which owns the window state: a request goes
+//! to it over a channel and waits (bounded) for the answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, TimestampMicrosecondArray};
+use arrow::compute::{SortOptions, concat_batches, filter_record_batch, sort_to_indices, take_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use tokio::sync::{mpsc, oneshot};
+
+use super::http::{Request, Response};
+use crate::error::{Error, Result};
+use crate::query::LakeQuery;
+use crate::sink::lake::Lake;
+use crate::window::PipelineSpec;
+
+/// Rows not in the table yet: (open windows, closed windows waiting for a commit).
+pub type LiveRows = (Vec<RecordBatch>, Vec<RecordBatch>);
+
+/// A request to the processor for a pipeline's live rows (`None`: no such pipeline).
+pub struct LiveRequest {
+    pub pipeline: String,
+    pub reply: oneshot::Sender<Result<Option<LiveRows>>>,
+}
+
+/// Where window rows come from.
+#[derive(Clone)]
+pub struct WindowsSource {
+    pub lake: Lake,
+    pub tables: Vec<(PipelineSpec, SchemaRef)>,
+    pub live: mpsc::Sender<LiveRequest>,
+}
+
+const MAX_LIMIT: usize = 100_000;
+
+impl WindowsSource {
+    pub async fn handle(&self, req: &Request) -> Response {
+        let rest = req.path.trim_start_matches("/api/pipelines").trim_start_matches('/');
+        if rest.is_empty() {
+            return self.list();
+        }
+        let Some(name) = rest.strip_suffix("/windows") else {
+            return Response::text(404, "use /api/pipelines/{name}/windows\n");
+        };
+        match self.windows(name, req).await {
+            Ok(r) => r,
+            Err(Error::Config(m)) => Response::text(400, format!("{m}\n")),
+            Err(e) => Response::text(500, format!("{e}\n")),
+        }
+    }
+
+    fn list(&self) -> Response {
+        let list: Vec<serde_json::Value> = self
+            .tables
+            .iter()
+            .map(|(spec, schema)| {
+                serde_json::json!({
+                    "name": spec.name,
+                    "description": spec.description,
+                    "window": format!("{:?}", spec.window),
+                    "watermark_seconds": spec.watermark_us as f64 / 1e6,
+                    "allowed_lateness_seconds": spec.allowed_lateness_us as f64 / 1e6,
+                    "columns": schema.fields().iter().map(|f| serde_json::json!({
+                        "name": f.name(), "type": f.data_type().to_string(),
+                    })).collect::<Vec<_>>(),
+                    "windows": format!("/api/pipelines/{}/windows", spec.name),
+                })
+            })
+            .collect();
+        Response::new(200, "application/json", serde_json::Value::Array(list).to_string())
+    }
+
+    async fn windows(&self, name: &str, req: &Request) -> Result<Response> {
+        let Some((_, schema)) = self.tables.iter().find(|(s, _)| s.name == name) else {
+            return Ok(Response::text(404, format!("no pipeline {name:?}\n")));
+        };
+        let bound = |key: &str| -> Result<Option<i64>> {
+            match req.param(key) {
+                None => Ok(None),
+                Some(v) => crate::decode::timestamp::parse_rfc3339_us(&v).map(Some).ok_or_else(|| {
+                    Error::Config(format!("{key}={v:?}: use an RFC 3339 time, e.g. 2026-01-01T00:00:00Z"))
+                }),
+            }
+        };
+        let (from, to) = (bound("from")?, bound("to")?);
+        let limit = match req.param("limit") {
+            None => 1000,
+            Some(v) => v.parse::<usize>().map_err(|_| Error::Config(format!("limit={v:?} is not a number")))?,
+        }
+        .min(MAX_LIMIT);
+
+        // Committed rows.
+        let q = LakeQuery::open(&self.lake, &self.tables).await?;
+        let mut cond = Vec::new();
+        if let Some(f) = from {
+            cond.push(format!("window_start >= to_timestamp_micros({f})"));
+        }
+        if let Some(t) = to {
+            cond.push(format!("window_start < to_timestamp_micros({t})"));
+        }
+        let filter = if cond.is_empty() { String::new() } else { format!("WHERE {}", cond.join(" AND ")) };
+        let sql =
+            format!("SELECT * EXCEPT (window_date) FROM {name} {filter} ORDER BY window_start DESC LIMIT {limit}");
+        let committed = match q.sql(&sql).await {
+            Ok((_, b)) => b,
+            Err(Error::Config(_)) => Vec::new(), // nothing committed yet
+            Err(e) => return Err(e),
+        };
+
+        // Rows only the processor has.
+        let (reply, answer) = oneshot::channel();
+        self.live
+            .send(LiveRequest { pipeline: name.to_string(), reply })
+            .await
+            .map_err(|_| Error::Internal("the pipeline has stopped".into()))?;
+        let (open, pending) = tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .map_err(|_| Error::Internal("the pipeline did not answer in 10s".into()))?
+            .map_err(|_| Error::Internal("the pipeline has stopped".into()))??
+            .unwrap_or_default();
+
+        let out_schema = with_final(schema);
+        let mut parts = Vec::new();
+        for (batches, is_final) in [(committed, true), (pending, true), (open, false)] {
+            for b in batches {
+                let b = cast_to(&b, schema)?;
+                let b = in_range(&b, from, to)?;
+                if b.num_rows() > 0 {
+                    let mut cols = b.columns().to_vec();
+                    cols.push(Arc::new(BooleanArray::from(vec![is_final; b.num_rows()])) as ArrayRef);
+                    parts.push(RecordBatch::try_new(out_schema.clone(), cols)?);
+                }
+            }
+        }
+        let all = concat_batches(&out_schema, &parts)?;
+        let idx =
+            sort_to_indices(all.column(0), Some(SortOptions { descending: true, nulls_first: false }), Some(limit))?;
+        let rows = take_record_batch(&all, &idx)?;
+        encode(&rows, req)
+    }
+}
+
+/// The table schema plus `final`.
+fn with_final(schema: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("final", DataType::Boolean, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Committed rows come back with the reader's types (e.g. string views): cast to the table's.
+fn cast_to(b: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let cols = b
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+fn in_range(b: &RecordBatch, from: Option<i64>, to: Option<i64>) -> Result<RecordBatch> {
+    if from.is_none() && to.is_none() {
+        return Ok(b.clone());
+    }
+    let starts = b
+        .column(0)
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .ok_or_else(|| Error::Internal("window_start is not a timestamp".into()))?;
+    let mask: BooleanArray =
+        starts.iter().map(|v| v.map(|v| from.is_none_or(|f| v >= f) && to.is_none_or(|t| v < t))).collect();
+    Ok(filter_record_batch(b, &mask)?)
+}
+
+fn encode(rows: &RecordBatch, req: &Request) -> Result<Response> {
+    let accept = req.header("accept").unwrap_or("");
+    let format = req.param("format").unwrap_or_else(|| {
+        if accept.contains("text/csv") {
+            "csv".into()
+        } else if accept.contains("application/vnd.apache.arrow") {
+            "arrow".into()
+        } else {
+            "json".into()
+        }
+    });
+    let mut buf = Vec::new();
+    match format.as_str() {
+        "csv" => {
+            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut buf);
+            w.write(rows)?;
+            drop(w);
+            Ok(Response::new(200, "text/csv; charset=utf-8", buf))
+        }
+        "arrow" => {
+            let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut buf, &rows.schema())?;
+            w.write(rows)?;
+            w.finish()?;
+            drop(w);
+            Ok(Response::new(200, "application/vnd.apache.arrow.stream", buf))
+        }
+        "json" => {
+            let mut w = arrow::json::ArrayWriter::new(&mut buf);
+            w.write(rows)?;
+            w.finish()?;
+            drop(w);
+            if buf.is_empty() {
+                buf.extend_from_slice(b"[]");
+            }
+            Ok(Response::new(200, "application/json", buf))
+        }
+        other => Err(Error::Config(format!("format={other:?}: use json, csv or arrow"))),
+    }
+}
