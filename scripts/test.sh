@@ -2,11 +2,15 @@
 # Runs the test suite on a fresh machine: installs what the tests use when it is missing
 # (redis-server; DuckDB and pyarrow for the analyst test; moto_server, a local S3-compatible
 # server, for the S3 test; promtool from Debian's prometheus package, unpacked under
-# /opt/prom without installing the service), then `cargo test --locked`.
+# /opt/prom without installing the service; Chromium for the dashboard's browser test), then
+# `cargo test --locked`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v redis-server >/dev/null 2>&1; then
-  apt-get update -qq && apt-get install -y -qq redis-server
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi
 if ! python3 -c 'import duckdb, pyarrow' >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1; then
   python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt

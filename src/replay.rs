@@ -137,13 +137,15 @@ const CHUNK_BYTES: usize = 4 << 20;
 struct Chunk {
     seq: u64,
     file: usize,
-    first_line: u64,
     data: Vec<u8>,
 }
 
 /// A chunk decoded: per-pipeline `events` batches and what dedup needs per row.
 struct Decoded {
     seq: u64,
+    file: usize,
+    /// Newlines in the chunk (to number the lines of the next one).
+    newlines: u64,
     batches: Vec<RecordBatch>,
     /// Per accepted row: id hash and event time.
     keys: Vec<(u128, i64)>,
@@ -191,30 +193,35 @@ fn replay_blocking(
         let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Chunk>(workers * 2);
         let chunk_rx = std::sync::Arc::new(std::sync::Mutex::new(chunk_rx));
         let (out_tx, out_rx) = std::sync::mpsc::sync_channel::<Result<Decoded>>(workers * 2);
-        let reader = scope.spawn(move || read_chunks(inputs, chunk_tx));
+        let (pool_tx, pool_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(workers * 4);
+        let reader = scope.spawn(move || read_chunks(inputs, chunk_tx, pool_rx));
         for _ in 0..workers {
-            let (rx, tx) = (chunk_rx.clone(), out_tx.clone());
+            let (rx, tx, pool) = (chunk_rx.clone(), out_tx.clone(), pool_tx.clone());
             let (specs, schemas) = (&specs, &schemas);
             scope.spawn(move || {
                 loop {
                     let next = rx.lock().map_err(|_| ()).and_then(|r| r.recv().map_err(|_| ()));
                     let Ok(chunk) = next else { break };
-                    if tx.send(decode_chunk(&chunk, specs, schemas, stream, inputs, now_us)).is_err() {
+                    let decoded = decode_chunk(&chunk, specs, schemas, stream, inputs, now_us);
+                    let _ = pool.try_send(chunk.data);
+                    if tx.send(decoded).is_err() {
                         break;
                     }
                 }
             });
         }
         drop(out_tx);
+        drop(pool_tx);
         // Chunks come back in any order; they are applied in file order.
         let mut waiting = std::collections::BTreeMap::new();
         let mut next = 0u64;
+        let mut cursor: LineCursor = (0, 1);
         for d in out_rx {
             let d = d?;
             waiting.insert(d.seq, d);
             while let Some(d) = waiting.remove(&next) {
                 next += 1;
-                apply(d, &mut dedup, &mut pipelines, &mut summary, now_us)?;
+                apply(d, &mut dedup, &mut pipelines, &mut summary, &mut cursor, now_us)?;
             }
         }
         reader.join().map_err(|_| Error::Internal("replay reader panicked".into()))??;
@@ -224,22 +231,31 @@ fn replay_blocking(
 }
 
 /// Splits the files into chunks of whole lines.
-fn read_chunks(inputs: &[PathBuf], tx: std::sync::mpsc::SyncSender<Chunk>) -> Result<()> {
+/// Buffers come back from the decoding threads (`pool`) and are reused: fresh memory would
+/// cost a page fault and zeroing per 4 KiB.
+fn read_chunks(
+    inputs: &[PathBuf],
+    tx: std::sync::mpsc::SyncSender<Chunk>,
+    pool: std::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<()> {
     let mut seq = 0;
     for (file, path) in inputs.iter().enumerate() {
         let mut f =
             std::fs::File::open(path).map_err(|e| Error::Config(format!("{}: cannot open: {e}", path.display())))?;
         let mut carry: Vec<u8> = Vec::new();
-        let mut line = 1u64;
         loop {
-            let mut data = std::mem::take(&mut carry);
+            let mut data = pool.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK_BYTES + (64 << 10)));
+            data.clear();
+            data.extend_from_slice(&carry);
+            carry.clear();
             let start = data.len();
             data.resize(start + CHUNK_BYTES, 0);
             let n = read_full(&mut f, &mut data[start..])?;
             data.truncate(start + n);
             let eof = n == 0;
             if !eof && let Some(cut) = data.iter().rposition(|&b| b == b'\n') {
-                carry = data.split_off(cut + 1);
+                carry.extend_from_slice(&data[cut + 1..]);
+                data.truncate(cut + 1);
             } else if !eof {
                 // No newline yet (a line longer than a chunk): keep reading into it.
                 carry = data;
@@ -248,12 +264,10 @@ fn read_chunks(inputs: &[PathBuf], tx: std::sync::mpsc::SyncSender<Chunk>) -> Re
             if data.is_empty() {
                 break;
             }
-            let lines = data.iter().filter(|&&b| b == b'\n').count() as u64 + u64::from(!data.ends_with(b"\n"));
-            if tx.send(Chunk { seq, file, first_line: line, data }).is_err() {
+            if tx.send(Chunk { seq, file, data }).is_err() {
                 return Ok(());
             }
             seq += 1;
-            line += lines;
             if eof {
                 break;
             }
@@ -285,16 +299,26 @@ fn decode_chunk(
     let refs: Vec<&PipelineSpec> = specs.iter().collect();
     let mut cols = EventColumns::new(&refs);
     let mut dec = Decoder::new(DecodeOptions::default());
-    let mut d =
-        Decoded { seq: chunk.seq, batches: Vec::new(), keys: Vec::new(), lines: 0, rejected: 0, rejects: Vec::new() };
+    let mut d = Decoded {
+        seq: chunk.seq,
+        file: chunk.file,
+        batches: Vec::new(),
+        keys: Vec::new(),
+        lines: 0,
+        newlines: 0,
+        rejected: 0,
+        rejects: Vec::new(),
+    };
     let mut bad_utf8 = String::new();
     for (i, raw) in chunk.data.split(|&b| b == b'\n').enumerate() {
+        d.newlines = i as u64;
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         if raw.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         d.lines += 1;
-        let line_no = chunk.first_line + i as u64;
+        // Line within the chunk for now; `apply` makes it absolute.
+        let line_no = i as u64;
         let text = match std::str::from_utf8(raw) {
             Ok(t) => t,
             Err(_) => {
@@ -325,21 +349,33 @@ fn decode_chunk(
     Ok(d)
 }
 
+/// Where the next chunk starts: (file, 1-based line).
+type LineCursor = (usize, u64);
+
 /// Dedup (in file order) and the windows, for one decoded chunk.
-fn apply(d: Decoded, dedup: &mut Dedup, pipelines: &mut Pipelines, s: &mut ReplaySummary, now_us: i64) -> Result<()> {
+fn apply(
+    d: Decoded,
+    dedup: &mut Dedup,
+    pipelines: &mut Pipelines,
+    s: &mut ReplaySummary,
+    cursor: &mut LineCursor,
+    now_us: i64,
+) -> Result<()> {
+    if cursor.0 != d.file {
+        *cursor = (d.file, 1);
+    }
     s.lines += d.lines;
     s.rejected += d.rejected;
     let room = 100usize.saturating_sub(s.first_rejects.len());
-    s.first_rejects.extend(d.rejects.into_iter().take(room));
+    s.first_rejects.extend(d.rejects.into_iter().take(room).map(|mut r| {
+        r.line += cursor.1;
+        r
+    }));
+    cursor.1 += d.newlines;
     let keep: BooleanArray =
         d.keys.iter().map(|&(h, t)| Some(dedup.check_hashed(h, t, now_us) != Verdict::Duplicate)).collect();
     let dups = keep.false_count() as u64;
     s.duplicates += dups;
     s.accepted += d.keys.len() as u64 - dups;
-    let batches = if dups == 0 {
-        d.batches
-    } else {
-        d.batches.iter().map(|b| arrow::compute::filter_record_batch(b, &keep)).collect::<Result<Vec<_>, _>>()?
-    };
-    pipelines.process_batches(&batches)
+    pipelines.process_batches(&d.batches, (dups > 0).then_some(&keep))
 }

@@ -1,6 +1,7 @@
 //! The ops HTTP server of `eventide run`: `/metrics` (Prometheus), `/healthz` (the process
 //! answers), `/readyz` (Redis probed, lake reachable, processor not stalled) and
-//! `/api/status` (the snapshot as JSON, for `eventide status`), and the aggregates API for
+//! `/api/status` (the snapshot as JSON, for `eventide status`), the live dashboard at `/`
+//! (`dashboard.html`, plain JavaScript polling the JSON APIs), and the aggregates API for
 //! dashboards ([`windows`]: `/api/pipelines`, `/api/pipelines/{name}/windows`). Bound to
 //! loopback by default; an optional bearer token guards every path but `/healthz`.
 //!
@@ -19,6 +20,9 @@ use tokio::net::TcpListener;
 use crate::error::Result;
 use crate::metrics::{Registry, Snapshot, prometheus};
 use http::{Request, Response};
+
+/// The live dashboard (`/`): one static page, no build step.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -81,6 +85,10 @@ pub async fn route(req: &Request, ctx: &ApiContext) -> Response {
     if req.path == "/healthz" {
         return Response::text(200, "ok\n");
     }
+    if req.path == "/" || req.path == "/index.html" {
+        // Static; the data it fetches is guarded by the token.
+        return Response::new(200, "text/html; charset=utf-8", DASHBOARD);
+    }
     if let Some(token) = &opts.token {
         let given = req.header("authorization").and_then(|v| v.strip_prefix("Bearer "));
         if given != Some(token.as_str()) {
@@ -122,6 +130,12 @@ pub fn status_json(s: &Snapshot, now: Instant) -> serde_json::Value {
         "acked": s.acked,
         "unacked": s.unacked,
         "last_commit_age_seconds": s.last_commit_unix_ms.map(|ms| (now_us / 1000 - ms) as f64 / 1000.0),
+        // Upper bounds of the Prometheus buckets holding the quantiles.
+        "durable_latency_ms": {
+            "p50": s.durable_latency.quantile_ms(0.5),
+            "p99": s.durable_latency.quantile_ms(0.99),
+            "count": s.durable_latency.count,
+        },
         "streams": s.probe.streams.iter().map(|p| {
             let c = s.streams.iter().find(|(n, _)| *n == p.stream).map(|(_, c)| c.clone()).unwrap_or_default();
             serde_json::json!({

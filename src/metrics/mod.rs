@@ -85,6 +85,22 @@ impl PromHistogram {
         self.sum_ms += ms;
     }
 
+    /// The `q`-quantile as the upper bound of its bucket (ms); `None` when empty.
+    pub fn quantile_ms(&self, q: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(PROM_BOUNDS_MS.get(i).copied().unwrap_or(u64::MAX));
+            }
+        }
+        None
+    }
+
     /// Adds `n` observations of the same value.
     pub fn record_n(&mut self, ms: u64, n: u64) {
         let i = PROM_BOUNDS_MS.iter().position(|&b| ms <= b).unwrap_or(PROM_BOUNDS_MS.len());

@@ -126,10 +126,15 @@ impl Pipelines {
         self.collect()
     }
 
-    /// Runs batches of the `events` table built elsewhere (one per pipeline, in order).
-    pub fn process_batches(&mut self, batches: &[arrow::array::RecordBatch]) -> Result<()> {
+    /// Runs batches of the `events` table built elsewhere (one per pipeline, in order),
+    /// only their rows where `keep` is true when given.
+    pub fn process_batches(
+        &mut self,
+        batches: &[arrow::array::RecordBatch],
+        keep: Option<&arrow::array::BooleanArray>,
+    ) -> Result<()> {
         for (q, b) in self.queries.iter_mut().zip(batches) {
-            q.process(b).map_err(|e| query_error(&q.spec, e))?;
+            q.process_masked(b, keep).map_err(|e| query_error(&q.spec, e))?;
         }
         self.collect()
     }

@@ -141,7 +141,13 @@ impl WindowedQuery {
 
     /// Feeds a batch of the `events` table (all events of the micro-batch).
     pub fn process(&mut self, batch: &RecordBatch) -> Result<()> {
-        let sel = self.select(batch)?;
+        self.process_masked(batch, None)
+    }
+
+    /// [`WindowedQuery::process`] of the rows of `batch` where `keep` is true (one filter
+    /// with the pipeline's own selection instead of two copies).
+    pub fn process_masked(&mut self, batch: &RecordBatch, keep_rows: Option<&BooleanArray>) -> Result<()> {
+        let sel = self.select(batch, keep_rows)?;
         let n = sel.num_rows();
         if n == 0 {
             return Ok(());
@@ -177,14 +183,18 @@ impl WindowedQuery {
     }
 
     /// Rows of the pipeline's streams and event types.
-    fn select(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+    fn select(&self, batch: &RecordBatch, keep_rows: Option<&BooleanArray>) -> Result<RecordBatch> {
         if self.spec.streams.is_empty() && self.spec.event_types.is_empty() {
-            return Ok(batch.clone());
+            return match keep_rows {
+                Some(k) => keep(batch, k),
+                None => Ok(batch.clone()),
+            };
         }
         let types: &StringArray = batch.column(1).as_string();
         let streams: &StringArray = batch.column(6).as_string();
-        let mask: BooleanArray =
-            (0..batch.num_rows()).map(|i| Some(self.spec.selects(streams.value(i), types.value(i)))).collect();
+        let mask: BooleanArray = (0..batch.num_rows())
+            .map(|i| Some(keep_rows.is_none_or(|k| k.value(i)) && self.spec.selects(streams.value(i), types.value(i))))
+            .collect();
         keep(batch, &mask)
     }
 

@@ -8,6 +8,7 @@ mod archive;
 mod cli;
 mod consumer_group;
 mod crash;
+mod dashboard;
 mod dlq;
 mod golden;
 mod metrics;
