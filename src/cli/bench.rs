@@ -39,6 +39,9 @@ pub struct BenchArgs {
     /// Extra arguments for `eventide run` (e.g. "--zstd-level=1").
     #[arg(long, allow_hyphen_values = true)]
     pub run_arg: Vec<String>,
+    /// Benchmark the window operator alone (no Redis) on --events generated events.
+    #[arg(long)]
+    pub window: bool,
 }
 
 struct RedisChild(Option<std::process::Child>);
@@ -53,6 +56,9 @@ impl Drop for RedisChild {
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    if a.window {
+        return super::bench_window::run(a.events).await;
+    }
     let (url, _redis) = match &a.redis_url {
         Some(u) => (u.clone(), RedisChild(None)),
         None => start_redis()?,

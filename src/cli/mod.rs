@@ -1,6 +1,7 @@
 //! Command-line interface: `run`, `gen`, `validate`, `replay`, `query`, `status`, `bench`.
 
 mod bench;
+mod bench_window;
 mod generate;
 mod replay;
 mod run;

@@ -175,6 +175,8 @@ impl std::fmt::Display for SpecProblem {
     }
 }
 
+impl std::error::Error for SpecProblem {}
+
 /// 1-based line of byte `offset` in `text`.
 pub fn line_at(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
