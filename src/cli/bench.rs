@@ -129,6 +129,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         .arg("--lake")
         .arg(&lake)
         .args(&a.run_arg)
+        // The ops server on a free port unless the run arguments say otherwise.
+        .args(if a.run_arg.iter().any(|r| r.starts_with("--http-addr")) {
+            &[][..]
+        } else {
+            &["--http-addr", "127.0.0.1:0"][..]
+        })
         .stdout(Stdio::piped())
         .spawn()
         .context("starting eventide run")?;

@@ -184,6 +184,12 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         summary.dedup_ids,
         peak_rss_kib().unwrap_or(0) / 1024
     );
+    if s.table_files_committed > 0 {
+        println!(
+            "pipeline tables: {} rows in {} files, {} bytes (closed windows and late events)",
+            s.table_rows_committed, s.table_files_committed, s.table_bytes_committed
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -38,9 +38,14 @@ pub struct Stats {
     pub claimed: u64,
     /// Entries acknowledged.
     pub acked: u64,
+    /// Archive files committed (rows, bytes).
     pub files_committed: u64,
     pub rows_committed: u64,
     pub bytes_committed: u64,
+    /// Pipeline and late-event table files committed.
+    pub table_files_committed: u64,
+    pub table_rows_committed: u64,
+    pub table_bytes_committed: u64,
     /// Times the reader lost Redis.
     pub disconnects: u64,
     /// Publish (the entry id's time) → handed to the acker, i.e. durable, per entry.

@@ -123,9 +123,20 @@ pub fn render(s: &Snapshot, now: Instant, now_unix_ms: i64) -> String {
     );
     o.one(BEYOND_HORIZON, "counter", "Accepted events older than the dedup horizon (not checkable).", s.beyond_horizon);
     o.one(DISCONNECTS, "counter", "Times the reader lost its Redis connection.", s.disconnects);
-    o.one(FILES, "counter", "Parquet files committed (archive, pipeline and late tables).", s.files_committed);
-    o.one(ROWS, "counter", "Rows in committed Parquet files.", s.rows_committed);
-    o.one(BYTES, "counter", "Bytes of committed Parquet files.", s.bytes_committed);
+    for (name, help, archive, tables) in [
+        (
+            FILES,
+            "Parquet files committed, by kind (archive; pipeline and late-event tables).",
+            s.files_committed,
+            s.table_files_committed,
+        ),
+        (ROWS, "Rows in committed Parquet files, by kind.", s.rows_committed, s.table_rows_committed),
+        (BYTES, "Bytes of committed Parquet files, by kind.", s.bytes_committed, s.table_bytes_committed),
+    ] {
+        o.family(name, "counter", help);
+        o.sample(name, &[("kind", "archive")], archive);
+        o.sample(name, &[("kind", "tables")], tables);
+    }
     o.family(DURABLE_LATENCY, "histogram", "Entry publish time (stream id) to durable (committed, handed to XACK).");
     o.histogram(DURABLE_LATENCY, &[], &s.durable_latency);
     o.family(

@@ -63,6 +63,9 @@ pub struct Snapshot {
     pub files_committed: u64,
     pub rows_committed: u64,
     pub bytes_committed: u64,
+    pub table_files_committed: u64,
+    pub table_rows_committed: u64,
+    pub table_bytes_committed: u64,
     pub disconnects: u64,
     pub streams: Vec<(String, StreamCounters)>,
     /// Publish time (entry id) → durable, per entry.
@@ -95,6 +98,9 @@ impl Snapshot {
         self.files_committed = s.files_committed;
         self.rows_committed = s.rows_committed;
         self.bytes_committed = s.bytes_committed;
+        self.table_files_committed = s.table_files_committed;
+        self.table_rows_committed = s.table_rows_committed;
+        self.table_bytes_committed = s.table_bytes_committed;
         self.disconnects = s.disconnects;
         self.durable_latency = s.durable_latency.prom;
         self.process_latency = s.process_latency;

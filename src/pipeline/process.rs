@@ -150,7 +150,7 @@ impl Processor {
         }
         self.acks.register(batch.stream, batch.entries.iter().filter(|e| !e.is_deleted()).map(|e| e.id).collect());
         let files = self.archive.commit_rolled().await?;
-        self.committed(&files);
+        self.committed(&files, true);
         self.ack_durable().await.map(drop)
     }
 
@@ -161,6 +161,7 @@ impl Processor {
     pub async fn commit_all(&mut self, final_stop: bool) -> Result<()> {
         let t = Instant::now();
         let mut files = self.archive.commit_all().await?;
+        self.committed(&files, true);
         let t_files = t.elapsed();
         let snapshot_due = self.last_snapshot.is_none_or(|s| s.elapsed() >= self.state_interval);
         if self.dedup_dirty && (final_stop || snapshot_due) {
@@ -173,8 +174,9 @@ impl Processor {
         let t_state = t.elapsed();
         // Pipeline tables after the dedup state: the window between archive files and the
         // state that remembers their ids stays as short as it can (see ARCHITECTURE.md).
-        files.extend(self.pipelines.commit(&self.lake, &self.writer).await?);
-        self.committed(&files);
+        let tables = self.pipelines.commit(&self.lake, &self.writer).await?;
+        self.committed(&tables, false);
+        files.extend(tables);
         let acked = self.ack_durable().await?;
         self.stats.commit_duration.record(t.elapsed().as_millis() as u64);
         self.last_commit_unix_ms = Some(chrono::Utc::now().timestamp_millis());
@@ -207,12 +209,17 @@ impl Processor {
         Ok(())
     }
 
-    fn committed(&mut self, files: &[CommittedFile]) {
+    fn committed(&mut self, files: &[CommittedFile], archive: bool) {
+        let s = &mut self.stats;
         for f in files {
-            self.stats.files_committed += 1;
-            self.stats.rows_committed += f.rows;
-            self.stats.bytes_committed += f.bytes;
-            tracing::debug!(path = %f.path, rows = f.rows, bytes = f.bytes, "Committed archive file.");
+            if archive {
+                (s.files_committed, s.rows_committed, s.bytes_committed) =
+                    (s.files_committed + 1, s.rows_committed + f.rows, s.bytes_committed + f.bytes);
+            } else {
+                (s.table_files_committed, s.table_rows_committed, s.table_bytes_committed) =
+                    (s.table_files_committed + 1, s.table_rows_committed + f.rows, s.table_bytes_committed + f.bytes);
+            }
+            tracing::debug!(path = %f.path, rows = f.rows, bytes = f.bytes, "Committed file.");
         }
     }
 

@@ -132,8 +132,8 @@ impl WindowedQuery {
         }
     }
 
-    fn next_trigger(&self) -> i64 {
-        match &self.op {
+    fn next_trigger(&mut self) -> i64 {
+        match &mut self.op {
             Op::Fixed(f) => f.next_trigger(),
             Op::Session(s) => s.next_trigger(),
         }

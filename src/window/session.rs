@@ -8,9 +8,10 @@
 //! Closed sessions keep only their bounds, and only while a non-late event could still
 //! touch them. Memory is keys × open sessions.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
 
-use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::take;
 use arrow::row::RowConverter;
 use datafusion::common::ScalarValue;
@@ -37,8 +38,11 @@ pub struct Sessions {
     by_key: HashMap<Box<[u8]>, Vec<u64>>,
     sessions: HashMap<u64, Session>,
     next_id: u64,
-    /// Open sessions by close time.
-    closing: BTreeSet<(i64, u64)>,
+    /// Open sessions by close time, lazily: an entry whose session was extended or merged
+    /// away is skipped when it comes up (no O(log n) removal per event).
+    closing: BinaryHeap<Reverse<(i64, u64)>>,
+    open: usize,
+    touching: Vec<u64>,
     /// Closed sessions by the time their bounds stop mattering.
     expiring: BTreeSet<(i64, u64)>,
 }
@@ -51,7 +55,9 @@ impl Sessions {
             by_key: HashMap::new(),
             sessions: HashMap::new(),
             next_id: 0,
-            closing: BTreeSet::new(),
+            closing: BinaryHeap::new(),
+            open: 0,
+            touching: Vec::new(),
             expiring: BTreeSet::new(),
         }
     }
@@ -60,13 +66,24 @@ impl Sessions {
         last.saturating_add(self.gap).saturating_add(self.lateness)
     }
 
+    /// Whether a closing entry is current (its session open with that close time).
+    fn current(&self, at: i64, id: u64) -> bool {
+        self.sessions.get(&id).is_some_and(|s| s.accs.is_some() && self.close_at(s.last) == at)
+    }
+
     /// The watermark at which the next session closes.
-    pub fn next_trigger(&self) -> i64 {
-        self.closing.first().map_or(i64::MAX, |&(c, _)| c)
+    pub fn next_trigger(&mut self) -> i64 {
+        while let Some(&Reverse((at, id))) = self.closing.peek() {
+            if self.current(at, id) {
+                return at;
+            }
+            self.closing.pop();
+        }
+        i64::MAX
     }
 
     pub fn open_windows(&self) -> usize {
-        self.closing.len()
+        self.open
     }
 
     pub fn state_bytes(&self) -> usize {
@@ -101,23 +118,23 @@ impl Sessions {
             let key: &[u8] = inputs.keys.as_ref().map_or(&[], |k| k.row(i).data());
             let t = times[i];
             let ids = self.by_key.get(key).map(Vec::as_slice).unwrap_or(&[]);
-            let touching: Vec<u64> = ids
-                .iter()
-                .copied()
-                .filter(|id| {
-                    let s = &self.sessions[id];
-                    s.start < t.saturating_add(self.gap) && t < s.last.saturating_add(self.gap)
-                })
-                .collect();
+            let mut touching = std::mem::take(&mut self.touching);
+            touching.clear();
+            touching.extend(ids.iter().copied().filter(|id| {
+                let s = &self.sessions[id];
+                s.start < t.saturating_add(self.gap) && t < s.last.saturating_add(self.gap)
+            }));
             if let Some(closed) = touching.iter().map(|id| &self.sessions[id]).find(|s| s.accs.is_none()) {
                 let end = closed.last.saturating_add(self.gap);
                 late.push(Late { row: i as u32, window_start: closed.start, window_end: end });
+                self.touching = touching;
                 continue;
             }
             let id = match touching.split_first() {
                 None => {
                     if self.close_at(t) <= watermarks[i] {
                         late.push(Late { row: i as u32, window_start: t, window_end: t.saturating_add(self.gap) });
+                        self.touching = touching;
                         continue;
                     }
                     let id = self.next_id;
@@ -126,18 +143,18 @@ impl Sessions {
                         plan.aggregates.iter().map(|a| a.expr.create_accumulator()).collect::<Result<Vec<_>>>()?;
                     self.sessions.insert(id, Session { key: key.into(), start: t, last: t, accs: Some(accs) });
                     self.by_key.entry_ref(key).or_default().push(id);
-                    self.closing.insert((self.close_at(t), id));
+                    self.closing.push(Reverse((self.close_at(t), id)));
+                    self.open += 1;
                     id
                 }
                 Some((&target, others)) => {
-                    let (mut start, mut last) = {
+                    let (mut start, mut last, was_last) = {
                         let s = &self.sessions[&target];
-                        self.closing.remove(&(self.close_at(s.last), target));
-                        (s.start.min(t), s.last.max(t))
+                        (s.start.min(t), s.last.max(t), s.last)
                     };
                     for &o in others {
                         let Some(other) = self.sessions.remove(&o) else { continue };
-                        self.closing.remove(&(self.close_at(other.last), o));
+                        self.open -= 1;
                         start = start.min(other.start);
                         last = last.max(other.last);
                         if let Some(list) = self.by_key.get_mut(key) {
@@ -159,10 +176,13 @@ impl Sessions {
                         s.start = start;
                         s.last = last;
                     }
-                    self.closing.insert((self.close_at(last), target));
+                    if last != was_last {
+                        self.closing.push(Reverse((self.close_at(last), target)));
+                    }
                     target
                 }
             };
+            self.touching = touching;
             assigned.push((id, i as u32));
             if watermarks[i] >= self.next_trigger() {
                 self.apply(&inputs, std::mem::take(&mut assigned), &redirect)?;
@@ -182,21 +202,44 @@ impl Sessions {
             }
             id
         };
-        let mut per_session: HashMap<u64, Vec<u32>> = HashMap::new();
-        for (id, row) in assigned {
-            per_session.entry(resolve(id)).or_default().push(row);
+        // Rows ordered by session: each argument array is permuted (and filtered) once for the
+        // whole batch, and each session gets zero-copy slices of it.
+        let mut rows: Vec<(u64, u32)> = assigned.into_iter().map(|(id, row)| (resolve(id), row)).collect();
+        if rows.is_empty() {
+            return Ok(());
         }
-        for (id, rows) in per_session {
-            let Some(accs) = self.sessions.get_mut(&id).and_then(|s| s.accs.as_mut()) else { continue };
-            let idx = UInt32Array::from(rows);
-            for (acc, (vals, filter)) in accs.iter_mut().zip(&inputs.args) {
-                let mut vals = vals.iter().map(|v| take(v, &idx, None)).collect::<Result<Vec<_>, _>>()?;
-                if let Some(f) = filter {
-                    // Accumulators have no filter argument: drop the filtered-out rows.
-                    let mask = super::operator::as_mask(take(f, &idx, None)?)?;
-                    vals = vals.iter().map(|v| arrow::compute::filter(v, &mask)).collect::<Result<Vec<_>, _>>()?;
+        rows.sort_unstable();
+        let perm = UInt32Array::from_iter_values(rows.iter().map(|&(_, r)| r));
+        // Session runs: (id, first position, length).
+        let mut runs: Vec<(u64, usize, usize)> = Vec::new();
+        for (i, &(id, _)) in rows.iter().enumerate() {
+            match runs.last_mut() {
+                Some((last, _, len)) if *last == id => *len += 1,
+                _ => runs.push((id, i, 1)),
+            }
+        }
+        for (a, (vals, filter)) in inputs.args.iter().enumerate() {
+            let mut vals = vals.iter().map(|v| take(v, &perm, None)).collect::<Result<Vec<_>, _>>()?;
+            // Accumulators have no filter argument: drop the filtered-out rows, and find each
+            // session's run in what is left.
+            let mut a_runs = runs.clone();
+            if let Some(f) = filter {
+                let mask = super::operator::as_mask(take(f, &perm, None)?)?;
+                vals = vals.iter().map(|v| arrow::compute::filter(v, &mask)).collect::<Result<Vec<_>, _>>()?;
+                let mut at = 0;
+                for r in &mut a_runs {
+                    let kept = (r.1..r.1 + r.2).filter(|&i| mask.is_valid(i) && mask.value(i)).count();
+                    (r.1, r.2) = (at, kept);
+                    at += kept;
                 }
-                acc.update_batch(&vals)?;
+            }
+            for &(id, start, len) in &a_runs {
+                if len == 0 {
+                    continue;
+                }
+                let Some(accs) = self.sessions.get_mut(&id).and_then(|s| s.accs.as_mut()) else { continue };
+                let slices: Vec<ArrayRef> = vals.iter().map(|v| v.slice(start, len)).collect();
+                accs[a].update_batch(&slices)?;
             }
         }
         Ok(())
@@ -205,7 +248,10 @@ impl Sessions {
     /// The current values of every open session (a live view; the sessions are unchanged).
     pub fn peek(&mut self, plan: &Compiled, conv: Option<&RowConverter>) -> Result<Vec<Closed>> {
         let mut out = Vec::new();
-        let open: Vec<u64> = self.closing.iter().map(|&(_, id)| id).collect();
+        let mut open: Vec<(i64, u64)> =
+            self.sessions.iter().filter(|(_, s)| s.accs.is_some()).map(|(&id, s)| (s.start, id)).collect();
+        open.sort_unstable();
+        let open: Vec<u64> = open.into_iter().map(|(_, id)| id).collect();
         for id in open {
             let Some(s) = self.sessions.get_mut(&id) else { continue };
             let Some(accs) = s.accs.as_mut() else { continue };
@@ -234,13 +280,17 @@ impl Sessions {
         wm: i64,
         out: &mut Vec<Closed>,
     ) -> Result<()> {
-        while let Some(&(at, id)) = self.closing.first() {
+        while let Some(&Reverse((at, id))) = self.closing.peek() {
             if at > wm {
                 break;
             }
-            self.closing.pop_first();
+            self.closing.pop();
+            if !self.current(at, id) {
+                continue;
+            }
             let Some(s) = self.sessions.get_mut(&id) else { continue };
             let Some(mut accs) = s.accs.take() else { continue };
+            self.open -= 1;
             let mut cols: Vec<ArrayRef> = match conv {
                 Some(c) => c.convert_rows(std::iter::once(c.parser().parse(&s.key)))?,
                 None => Vec::new(),
