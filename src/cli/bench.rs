@@ -113,8 +113,6 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut child = std::process::Command::new(exe)
         .args([
             "run",
-            "--http-addr",
-            "127.0.0.1:0",
             "--redis-url",
             &url,
             "--stream",
