@@ -111,17 +111,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()?;
     let started = Instant::now();
     let mut child = std::process::Command::new(exe)
-        .args([
-            "run",
-            "--redis-url",
-            &url,
-            "--stream",
-            &e2e_key,
-            "--group",
-            "bench",
-            "--consumer",
-            "bench-1",
-        ])
+        .args(["run", "--redis-url", &url, "--stream", &e2e_key, "--group", "bench", "--consumer", "bench-1"])
         .args(["--batch-size", &a.batch_size.to_string(), "--block", "20ms", "--exit-when-idle", idle])
         .args(["--config", "/dev/null"])
         .arg("--lake")
