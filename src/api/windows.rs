@@ -68,7 +68,7 @@ impl WindowsSource {
                 serde_json::json!({
                     "name": spec.name,
                     "description": spec.description,
-                    "window": format!("{:?}", spec.window),
+                    "window": spec.window.to_string(),
                     "watermark_seconds": spec.watermark_us as f64 / 1e6,
                     "allowed_lateness_seconds": spec.allowed_lateness_us as f64 / 1e6,
                     "columns": schema.fields().iter().map(|f| serde_json::json!({

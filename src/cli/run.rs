@@ -229,7 +229,7 @@ async fn validate_pipelines(dir: &str) -> bool {
             for (spec, plan) in &list {
                 let cols: Vec<&str> = plan.output.fields().iter().map(|f| f.name().as_str()).collect();
                 println!(
-                    "{}: OK (pipeline {}, {:?} window, columns window_start, window_end, {})",
+                    "{}: OK (pipeline {}, {} window, columns window_start, window_end, {})",
                     spec.file.display(),
                     spec.name,
                     spec.window,

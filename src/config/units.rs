@@ -48,7 +48,13 @@ impl Dur {
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if !ms.is_multiple_of(1000) { write!(f, "{ms}ms") } else { write!(f, "{}s", ms / 1000) }
+        match ms {
+            0 => write!(f, "0s"),
+            _ if !ms.is_multiple_of(1000) => write!(f, "{ms}ms"),
+            _ if ms.is_multiple_of(3_600_000) => write!(f, "{}h", ms / 3_600_000),
+            _ if ms.is_multiple_of(60_000) => write!(f, "{}m", ms / 60_000),
+            _ => write!(f, "{}s", ms / 1000),
+        }
     }
 }
 

@@ -88,6 +88,16 @@ pub enum WindowKind {
     Session { gap: i64 },
 }
 
+impl std::fmt::Display for WindowKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            WindowKind::Tumbling { size } => write!(f, "tumbling {}", fmt_us(size)),
+            WindowKind::Hopping { size, slide } => write!(f, "hopping {} every {}", fmt_us(size), fmt_us(slide)),
+            WindowKind::Session { gap } => write!(f, "session, gap {}", fmt_us(gap)),
+        }
+    }
+}
+
 /// Type of a declared field column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FieldType {
