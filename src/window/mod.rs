@@ -141,6 +141,7 @@ impl Pipelines {
 
     /// Applies the idle timeouts (live runs).
     pub fn on_tick(&mut self, now: Instant) -> Result<()> {
+        self.process()?;
         for q in &mut self.queries {
             q.on_idle(now).map_err(|e| query_error(&q.spec, e))?;
         }
@@ -180,6 +181,7 @@ impl Pipelines {
         name: &str,
     ) -> Result<Option<(Vec<arrow::array::RecordBatch>, Vec<arrow::array::RecordBatch>)>> {
         let Some(i) = self.queries.iter().position(|q| q.spec.name == name) else { return Ok(None) };
+        self.process()?;
         let q = &mut self.queries[i];
         let open = q.peek().map_err(|e| query_error(&q.spec, e))?;
         Ok(Some((open, self.tables[i].buffered())))
@@ -192,6 +194,7 @@ impl Pipelines {
 
     /// Writes every pending row.
     pub async fn commit(&mut self, lake: &Lake, writer: &str) -> Result<Vec<CommittedFile>> {
+        self.process()?;
         let mut out = Vec::new();
         for t in self.tables.iter_mut().chain(&mut self.late) {
             out.extend(t.commit(lake, writer).await?);
