@@ -100,6 +100,7 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
         streams: opts.source.streams.iter().cloned().zip(p.dlq_keys().iter().cloned()).collect(),
     };
     let probe = tokio::spawn(probe::run(target, registry.clone(), opts.probe_interval, stop_rx.clone()));
+    let lake_probe = tokio::spawn(probe_lake(p.lake().clone(), registry.clone(), opts.probe_interval, stop_rx.clone()));
     let reader = tokio::spawn(reader::run(opts.source.clone(), tx, stop_rx));
 
     let result = async {
@@ -171,6 +172,7 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
     let _ = stop_tx.send(true);
     let _ = reader.await;
     let _ = probe.await;
+    let _ = lake_probe.await;
     if let Some(a) = api {
         let _ = a.await;
     }
@@ -178,4 +180,28 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
     let summary = RunSummary { stats: p.stats.clone(), dedup_ids: p.dedup_len(), elapsed: started.elapsed() };
     p.log_progress(summary.elapsed);
     Ok(summary)
+}
+
+/// Readiness of the lake: a listing of eventide's own prefix every `interval` (cheap on
+/// every store); `/readyz` fails while it errors.
+async fn probe_lake(
+    lake: crate::sink::lake::Lake,
+    registry: Registry,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let prefix = object_store::path::Path::from(crate::sink::lake::INTERNAL_PREFIX);
+    loop {
+        let listed =
+            tokio::time::timeout(Duration::from_secs(10), lake.store().list_with_delimiter(Some(&prefix))).await;
+        let ok = matches!(listed, Ok(Ok(_)));
+        if !ok {
+            tracing::warn!("The lake did not answer a listing; /readyz reports not ready.");
+        }
+        registry.update(|s| s.lake_ok = ok);
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
