@@ -59,11 +59,10 @@ pub async fn run(target: ProbeTarget, registry: Registry, interval: Duration, mu
         let result = async {
             if conn.is_none() {
                 let client = redis::Client::open(target.redis_url.as_str())?;
-                conn = Some(
-                    tokio::time::timeout(Duration::from_secs(2), client.get_multiplexed_async_connection())
-                        .await
-                        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??,
-                );
+                let cfg = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(5)));
+                conn = Some(client.get_multiplexed_async_connection_with_config(&cfg).await?);
             }
             let c = conn.as_mut().ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no connection")))?;
             tokio::time::timeout(Duration::from_secs(5), probe(c, &target))

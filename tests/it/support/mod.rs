@@ -38,9 +38,11 @@ pub async fn run_until_idle(opts: PipelineOptions) -> RunSummary {
         .expect("pipeline ran")
 }
 
-/// A multiplexed connection to `url`.
+/// A multiplexed connection to `url`, with a response timeout long enough for a loaded
+/// machine (the redis crate's default, 500 ms, trips when every test runs at once).
 pub async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+    let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    redis::Client::open(url).unwrap().get_multiplexed_async_connection_with_config(&cfg).await.unwrap()
 }
 
 /// Entries pending (delivered, not acked) in group `analytics` of `stream`.
