@@ -117,7 +117,11 @@ async fn a_deleted_stream_gets_its_group_back() {
     let _: u64 = redis::cmd("DEL").arg("events").query_async(&mut conn).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     support::publish_generated(&mut conn, "events", GenOptions { entries: 50, seed: 14, ..Default::default() }).await;
-    let s = tokio::time::timeout(Duration::from_secs(60), run).await.unwrap().unwrap().unwrap();
+    let s = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("in time")
+        .expect("task")
+        .expect("pipeline ran");
     assert_eq!(s.stats.accepted, 50);
     assert_eq!(read_archive(lake.path()).len(), 50);
 }
