@@ -73,6 +73,19 @@ impl Stats {
 pub const PROM_BOUNDS_MS: [u64; 14] =
     [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000];
 
+/// Index of the bucket holding the `q`-quantile of `count` observations (`None` when empty).
+fn quantile_bucket(buckets: &[u64], count: u64, q: f64) -> Option<usize> {
+    if count == 0 {
+        return None;
+    }
+    let rank = ((q.clamp(0.0, 1.0) * count as f64).ceil() as u64).max(1);
+    let mut seen = 0;
+    buckets.iter().position(|n| {
+        seen += n;
+        seen >= rank
+    })
+}
+
 /// Coarse, cumulative-ready counts of a histogram (cheap to copy into a snapshot).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PromHistogram {
@@ -92,18 +105,7 @@ impl PromHistogram {
 
     /// The `q`-quantile as the upper bound of its bucket (ms); `None` when empty.
     pub fn quantile_ms(&self, q: f64) -> Option<u64> {
-        if self.count == 0 {
-            return None;
-        }
-        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (i, n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Some(PROM_BOUNDS_MS.get(i).copied().unwrap_or(u64::MAX));
-            }
-        }
-        None
+        quantile_bucket(&self.buckets, self.count, q).map(|i| PROM_BOUNDS_MS.get(i).copied().unwrap_or(u64::MAX))
     }
 
     /// Adds `n` observations of the same value.
@@ -152,18 +154,7 @@ impl LatencyHistogram {
 
     /// The `q`-quantile (0..=1) in ms; `None` when empty.
     pub fn quantile_ms(&self, q: f64) -> Option<u64> {
-        if self.count == 0 {
-            return None;
-        }
-        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (ms, n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Some(ms as u64);
-            }
-        }
-        Some(self.max_ms)
+        quantile_bucket(&self.buckets, self.count, q).map(|ms| ms as u64)
     }
 }
 

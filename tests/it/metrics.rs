@@ -36,6 +36,15 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// Probe target: stream `shop` (DLQ `shop:dlq`), group `analytics`.
+fn shop_target(redis_url: &str) -> ProbeTarget {
+    ProbeTarget {
+        redis_url: redis_url.into(),
+        group: "analytics".into(),
+        streams: vec![("shop".into(), "shop:dlq".into())],
+    }
+}
+
 fn promtool() -> String {
     for p in ["promtool", "/opt/prom/usr/bin/promtool"] {
         if std::process::Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()) {
@@ -204,11 +213,7 @@ async fn metrics_count_exactly_and_pass_promtool() {
 async fn lag_builds_while_stopped_and_drains_after() {
     let redis = RedisServer::start();
     let mut conn = support::connect(&redis.url()).await;
-    let target = ProbeTarget {
-        redis_url: redis.url(),
-        group: "analytics".into(),
-        streams: vec![("shop".into(), "shop:dlq".into())],
-    };
+    let target = shop_target(&redis.url());
     support::publish_generated(&mut conn, "shop", GenOptions { entries: 500, seed: 1, ..Default::default() }).await;
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().to_str().unwrap();
@@ -256,11 +261,7 @@ async fn lag_builds_while_stopped_and_drains_after() {
 async fn entries_trimmed_before_they_were_read_are_reported_lost() {
     let redis = RedisServer::start();
     let mut conn = support::connect(&redis.url()).await;
-    let target = ProbeTarget {
-        redis_url: redis.url(),
-        group: "analytics".into(),
-        streams: vec![("shop".into(), "shop:dlq".into())],
-    };
+    let target = shop_target(&redis.url());
     let _: () = redis::cmd("XGROUP")
         .arg(&["CREATE", "shop", "analytics", "0", "MKSTREAM"])
         .query_async(&mut conn)
