@@ -11,8 +11,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
 };
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
@@ -249,23 +248,6 @@ impl EventColumns {
                 RecordBatch::try_new(schema.clone(), cols)
             })
             .collect()
-    }
-
-    /// Approximate bytes buffered.
-    pub fn buffered_bytes(&self) -> usize {
-        self.event_id.values_slice().len()
-            + self.rows * 64
-            + self.fields.iter().map(|(_, b)| builder_len(b) * 8).sum::<usize>()
-    }
-}
-
-fn builder_len(b: &Builder) -> usize {
-    match b {
-        Builder::Str(b) => b.len(),
-        Builder::F64(b) => b.len(),
-        Builder::I64(b) => b.len(),
-        Builder::Bool(b) => b.len(),
-        Builder::Ts(b) => b.len(),
     }
 }
 

@@ -84,15 +84,9 @@ impl FixedWindows {
         }
     }
 
+    /// Windows not closed yet that hold rows.
     pub fn open_windows(&self) -> usize {
-        match self.bins.keys().next() {
-            Some(&first) => {
-                let last = *self.bins.keys().next_back().unwrap_or(&first);
-                (last - first + self.slides_per_window()) as usize
-            }
-            None => 0,
-        }
-        .min(self.bins.len() * self.slides_per_window() as usize)
+        self.window_ends(i64::MAX).len()
     }
 
     pub fn state_bytes(&self) -> usize {
@@ -170,16 +164,7 @@ impl FixedWindows {
             return Ok(());
         }
         let k = self.slides_per_window();
-        let mut ends = BTreeSet::new();
-        for &s in self.bins.keys() {
-            for j in 1..=k {
-                let e = (s + j) * self.slide;
-                if e > self.closed_before && e <= boundary {
-                    ends.insert(e);
-                }
-            }
-        }
-        for e in ends {
+        for e in self.window_ends(boundary) {
             let last = e / self.slide - 1;
             // A tumbling window evaluates its bin directly (unless a live view froze part of it).
             if k == 1 && self.bins.get(&last).is_none_or(|b| b.frozen.is_empty()) {
@@ -193,18 +178,8 @@ impl FixedWindows {
                 }
                 continue;
             }
-            let mut window = Partial::new(plan, conv)?;
-            for (_, bin) in self.bins.range_mut(last - k + 1..=last) {
-                if let Some(p) = bin.open.take() {
-                    bin.frozen.push(p.freeze()?);
-                }
-                for f in &bin.frozen {
-                    window.merge(f)?;
-                }
-            }
-            if window.groups.len() > 0 {
-                out.push(Closed { start: e - self.size, end: e, rows: window.evaluate(conv, &plan.aggregate_schema)? });
-            }
+            self.freeze(last - k + 1..=last)?;
+            out.extend(self.merged(plan, conv, e)?);
         }
         self.closed_before = boundary;
         // Slides whose last window has closed are done.
@@ -219,35 +194,52 @@ impl FixedWindows {
     /// dashboards). Open partial states are frozen and merged, so later rows keep adding
     /// to them and the final rows are unchanged.
     pub fn peek(&mut self, plan: &Compiled, conv: Option<&RowConverter>) -> Result<Vec<Closed>> {
+        self.freeze(..)?;
+        let mut out = Vec::new();
+        for e in self.window_ends(i64::MAX) {
+            out.extend(self.merged(plan, conv, e)?);
+        }
+        Ok(out)
+    }
+
+    /// Ends of the windows not closed yet, up to `upto`, that hold at least one slide.
+    fn window_ends(&self, upto: i64) -> BTreeSet<i64> {
         let k = self.slides_per_window();
         let mut ends = BTreeSet::new();
         for &s in self.bins.keys() {
             for j in 1..=k {
                 let e = (s + j) * self.slide;
-                if e > self.closed_before {
+                if e > self.closed_before && e <= upto {
                     ends.insert(e);
                 }
             }
         }
-        for bin in self.bins.values_mut() {
+        ends
+    }
+
+    /// Turns the open partials of the slides in `range` into frozen states.
+    fn freeze(&mut self, range: impl std::ops::RangeBounds<i64>) -> Result<()> {
+        for (_, bin) in self.bins.range_mut(range) {
             if let Some(p) = bin.open.take() {
                 bin.frozen.push(p.freeze()?);
             }
         }
-        let mut out = Vec::new();
-        for e in ends {
-            let last = e / self.slide - 1;
-            let mut window = Partial::new(plan, conv)?;
-            for (_, bin) in self.bins.range(last - k + 1..=last) {
-                for f in &bin.frozen {
-                    window.merge(f)?;
-                }
-            }
-            if window.groups.len() > 0 {
-                out.push(Closed { start: e - self.size, end: e, rows: window.evaluate(conv, &plan.aggregate_schema)? });
+        Ok(())
+    }
+
+    /// The window ending at `e` from its slides' frozen states (`None` when it has no rows).
+    fn merged(&self, plan: &Compiled, conv: Option<&RowConverter>, e: i64) -> Result<Option<Closed>> {
+        let last = e / self.slide - 1;
+        let mut window = Partial::new(plan, conv)?;
+        for (_, bin) in self.bins.range(last - self.slides_per_window() + 1..=last) {
+            for f in &bin.frozen {
+                window.merge(f)?;
             }
         }
-        Ok(out)
+        if window.groups.len() == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Closed { start: e - self.size, end: e, rows: window.evaluate(conv, &plan.aggregate_schema)? }))
     }
 }
 

@@ -8,7 +8,7 @@
 //! bounded input (replay, `--exit-when-idle`), where every window closes.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
@@ -301,21 +301,29 @@ impl WindowedQuery {
         let now_ms = chrono::Utc::now().timestamp_millis();
         for c in closed {
             self.stats.emit_latency.record((now_ms - c.end.div_euclid(1000)).max(0) as u64);
-            let rows = self.plan.finish(c.rows)?;
-            if rows.num_rows() == 0 {
-                continue;
+            if let Some(rows) = self.table_rows(c)? {
+                self.stats.windows += 1;
+                self.stats.rows += rows.num_rows() as u64;
+                self.ready.push(rows);
             }
-            let n = rows.num_rows();
-            let mut cols: Vec<ArrayRef> = vec![
-                Arc::new(TimestampMicrosecondArray::from(vec![c.start; n]).with_timezone("UTC")),
-                Arc::new(TimestampMicrosecondArray::from(vec![c.end; n]).with_timezone("UTC")),
-            ];
-            cols.extend(rows.columns().iter().cloned());
-            self.stats.windows += 1;
-            self.stats.rows += n as u64;
-            self.ready.push(RecordBatch::try_new(self.output.clone(), cols)?);
         }
         Ok(())
+    }
+
+    /// A window's aggregate rows through HAVING / SELECT, with the window columns in front
+    /// (`None` when HAVING left nothing).
+    fn table_rows(&self, c: Closed) -> Result<Option<RecordBatch>> {
+        let rows = self.plan.finish(c.rows)?;
+        let n = rows.num_rows();
+        if n == 0 {
+            return Ok(None);
+        }
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMicrosecondArray::from(vec![c.start; n]).with_timezone("UTC")),
+            Arc::new(TimestampMicrosecondArray::from(vec![c.end; n]).with_timezone("UTC")),
+        ];
+        cols.extend(rows.columns().iter().cloned());
+        Ok(Some(RecordBatch::try_new(self.output.clone(), cols)?))
     }
 
     /// Rows of the windows still open, as they stand (same schema as the table).
@@ -326,17 +334,7 @@ impl WindowedQuery {
         };
         let mut out = Vec::new();
         for c in closed {
-            let rows = self.plan.finish(c.rows)?;
-            let n = rows.num_rows();
-            if n == 0 {
-                continue;
-            }
-            let mut cols: Vec<ArrayRef> = vec![
-                Arc::new(TimestampMicrosecondArray::from(vec![c.start; n]).with_timezone("UTC")),
-                Arc::new(TimestampMicrosecondArray::from(vec![c.end; n]).with_timezone("UTC")),
-            ];
-            cols.extend(rows.columns().iter().cloned());
-            out.push(RecordBatch::try_new(self.output.clone(), cols)?);
+            out.extend(self.table_rows(c)?);
         }
         Ok(out)
     }
@@ -365,9 +363,5 @@ impl WindowedQuery {
     pub fn flush(&mut self) -> Result<()> {
         self.floor = i64::MAX;
         self.close(i64::MAX)
-    }
-
-    pub fn idle_timeout(&self) -> Duration {
-        self.spec.idle_timeout
     }
 }

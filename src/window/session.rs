@@ -167,9 +167,7 @@ impl Sessions {
                             continue;
                         };
                         for (a, b) in into.iter_mut().zip(from.iter_mut()) {
-                            let state = b.state()?;
-                            let arrays = state.iter().map(ScalarValue::to_array).collect::<Result<Vec<ArrayRef>>>()?;
-                            a.merge_batch(&arrays)?;
+                            merge_into(a.as_mut(), b.as_mut())?;
                         }
                     }
                     if let Some(s) = self.sessions.get_mut(&target) {
@@ -255,19 +253,14 @@ impl Sessions {
         for id in open {
             let Some(s) = self.sessions.get_mut(&id) else { continue };
             let Some(accs) = s.accs.as_mut() else { continue };
-            let mut cols: Vec<ArrayRef> = match conv {
-                Some(c) => c.convert_rows(std::iter::once(c.parser().parse(&s.key)))?,
-                None => Vec::new(),
-            };
             // Evaluate a copy (state → fresh accumulator): evaluating may consume state.
+            let mut values = Vec::with_capacity(accs.len());
             for (a, agg) in accs.iter_mut().zip(&plan.aggregates) {
-                let state = a.state()?.iter().map(ScalarValue::to_array).collect::<Result<Vec<ArrayRef>>>()?;
                 let mut copy = agg.expr.create_accumulator()?;
-                copy.merge_batch(&state)?;
-                cols.push(copy.evaluate()?.to_array()?);
+                merge_into(copy.as_mut(), a.as_mut())?;
+                values.push(copy.evaluate()?.to_array()?);
             }
-            let rows = RecordBatch::try_new(plan.aggregate_schema.clone(), cols)?;
-            out.push(Closed { start: s.start, end: s.last.saturating_add(self.gap), rows });
+            out.push(session_row(plan, conv, s, self.gap, values)?);
         }
         Ok(out)
     }
@@ -291,15 +284,8 @@ impl Sessions {
             let Some(s) = self.sessions.get_mut(&id) else { continue };
             let Some(mut accs) = s.accs.take() else { continue };
             self.open -= 1;
-            let mut cols: Vec<ArrayRef> = match conv {
-                Some(c) => c.convert_rows(std::iter::once(c.parser().parse(&s.key)))?,
-                None => Vec::new(),
-            };
-            for a in &mut accs {
-                cols.push(a.evaluate()?.to_array()?);
-            }
-            let rows = RecordBatch::try_new(plan.aggregate_schema.clone(), cols)?;
-            out.push(Closed { start: s.start, end: s.last.saturating_add(self.gap), rows });
+            let values = accs.iter_mut().map(|a| a.evaluate()?.to_array()).collect::<Result<Vec<_>>>()?;
+            out.push(session_row(plan, conv, s, self.gap, values)?);
             self.expiring.insert((s.last.saturating_add(2 * self.gap).saturating_add(self.lateness), id));
         }
         while let Some(&(at, id)) = self.expiring.first() {
@@ -318,4 +304,27 @@ impl Sessions {
         }
         Ok(())
     }
+}
+
+/// Adds `from`'s state to `into` (DataFusion's `state` → `merge_batch`).
+fn merge_into(into: &mut dyn Accumulator, from: &mut dyn Accumulator) -> Result<()> {
+    let state = from.state()?.iter().map(ScalarValue::to_array).collect::<Result<Vec<ArrayRef>>>()?;
+    into.merge_batch(&state)
+}
+
+/// One session's output row: its key columns, then the aggregate `values`.
+fn session_row(
+    plan: &Compiled,
+    conv: Option<&RowConverter>,
+    s: &Session,
+    gap: i64,
+    values: Vec<ArrayRef>,
+) -> Result<Closed> {
+    let mut cols: Vec<ArrayRef> = match conv {
+        Some(c) => c.convert_rows(std::iter::once(c.parser().parse(&s.key)))?,
+        None => Vec::new(),
+    };
+    cols.extend(values);
+    let rows = RecordBatch::try_new(plan.aggregate_schema.clone(), cols)?;
+    Ok(Closed { start: s.start, end: s.last.saturating_add(gap), rows })
 }
