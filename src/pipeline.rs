@@ -55,6 +55,8 @@ pub struct PipelineOptions {
 #[derive(Debug, Clone)]
 pub struct RunSummary {
     pub stats: Stats,
+    /// Publish → durable per entry, at 1 ms resolution.
+    pub durable_latency: crate::metrics::LatencyHistogram,
     /// Ids remembered by dedup at the end.
     pub dedup_ids: usize,
     pub elapsed: Duration,
@@ -177,7 +179,12 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
         let _ = a.await;
     }
     finished?;
-    let summary = RunSummary { stats: p.stats.clone(), dedup_ids: p.dedup_len(), elapsed: started.elapsed() };
+    let summary = RunSummary {
+        stats: p.stats.clone(),
+        durable_latency: p.durable_exact.clone(),
+        dedup_ids: p.dedup_len(),
+        elapsed: started.elapsed(),
+    };
     p.log_progress(summary.elapsed);
     Ok(summary)
 }

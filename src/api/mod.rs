@@ -124,20 +124,20 @@ pub fn status_json(s: &Snapshot, now: Instant) -> serde_json::Value {
         "group": s.group,
         "consumer": s.consumer,
         "uptime_seconds": uptime,
-        "read": s.read,
-        "accepted": s.accepted,
-        "duplicates": s.duplicates,
-        "acked": s.acked,
+        "read": s.stats.read,
+        "accepted": s.stats.accepted,
+        "duplicates": s.stats.duplicates,
+        "acked": s.stats.acked,
         "unacked": s.unacked,
         "last_commit_age_seconds": s.last_commit_unix_ms.map(|ms| (now_us / 1000 - ms) as f64 / 1000.0),
         // Upper bounds of the Prometheus buckets holding the quantiles.
         "durable_latency_ms": {
-            "p50": s.durable_latency.quantile_ms(0.5),
-            "p99": s.durable_latency.quantile_ms(0.99),
-            "count": s.durable_latency.count,
+            "p50": s.stats.durable_latency.quantile_ms(0.5),
+            "p99": s.stats.durable_latency.quantile_ms(0.99),
+            "count": s.stats.durable_latency.count,
         },
         "streams": s.probe.streams.iter().map(|p| {
-            let c = s.streams.iter().find(|(n, _)| *n == p.stream).map(|(_, c)| c.clone()).unwrap_or_default();
+            let c = s.streams().find(|(n, _)| *n == p.stream).map(|(_, c)| c.clone()).unwrap_or_default();
             serde_json::json!({
                 "stream": p.stream,
                 "read": c.read,

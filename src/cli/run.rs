@@ -165,7 +165,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         s.claimed,
         s.acked
     );
-    let l = &s.durable_latency;
+    let l = &summary.durable_latency;
     let q = |x: f64| l.quantile_ms(x).map_or("-".to_string(), |v| v.to_string());
     println!(
         "publish → durable latency (ms): p50 {} p90 {} p99 {} max {} over {} entries",

@@ -48,8 +48,9 @@ pub struct Stats {
     pub table_bytes_committed: u64,
     /// Times the reader lost Redis.
     pub disconnects: u64,
-    /// Publish (the entry id's time) → handed to the acker, i.e. durable, per entry.
-    pub durable_latency: LatencyHistogram,
+    /// Publish (the entry id's time) → handed to the acker, i.e. durable, per entry (the
+    /// exact 1 ms histogram for the run summary is kept by the processor).
+    pub durable_latency: PromHistogram,
     /// Publish (the entry id's time) → processed, per entry.
     pub process_latency: PromHistogram,
     /// Commit durations.
@@ -118,19 +119,17 @@ impl PromHistogram {
 }
 
 /// A latency histogram with 1 ms buckets up to [`LatencyHistogram::MAX_MS`] (exact
-/// percentiles at that resolution; larger values count in the last bucket), plus the
-/// coarse [`PromHistogram`] that `/metrics` exports.
+/// percentiles at that resolution; larger values count in the last bucket).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LatencyHistogram {
     buckets: Vec<u64>,
     count: u64,
     max_ms: u64,
-    pub prom: PromHistogram,
 }
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
-        LatencyHistogram { buckets: vec![0; Self::MAX_MS as usize + 1], count: 0, max_ms: 0, prom: Default::default() }
+        LatencyHistogram { buckets: vec![0; Self::MAX_MS as usize + 1], count: 0, max_ms: 0 }
     }
 }
 
@@ -141,7 +140,6 @@ impl LatencyHistogram {
         self.buckets[ms.min(Self::MAX_MS) as usize] += 1;
         self.count += 1;
         self.max_ms = self.max_ms.max(ms);
-        self.prom.record(ms);
     }
 
     pub fn count(&self) -> u64 {

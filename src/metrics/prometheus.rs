@@ -100,7 +100,7 @@ pub fn render(s: &Snapshot, now: Instant, now_unix_ms: i64) -> String {
 
     let per_stream = |o: &mut Out, name: &str, help: &str, f: &dyn Fn(&super::StreamCounters) -> u64| {
         o.family(name, "counter", help);
-        for (stream, c) in &s.streams {
+        for (stream, c) in s.streams() {
             o.sample(name, &[("stream", stream)], f(c));
         }
     };
@@ -108,45 +108,50 @@ pub fn render(s: &Snapshot, now: Instant, now_unix_ms: i64) -> String {
     per_stream(&mut o, ACCEPTED, "Events accepted (first occurrence of their event_id) and archived.", &|c| c.accepted);
     per_stream(&mut o, DUPLICATES, "Events dropped as duplicates of an earlier event_id.", &|c| c.duplicates);
     o.family(INVALID, "counter", "Entries rejected to the dead-letter stream, by reason.");
-    for (stream, c) in &s.streams {
+    for (stream, c) in s.streams() {
         for r in Reason::ALL {
             o.sample(INVALID, &[("stream", stream), ("reason", r.as_str())], c.invalid[r.index()]);
         }
     }
-    o.one(ACKED, "counter", "Entries acknowledged (XACK) after their results were durable.", s.acked);
-    o.one(CLAIMED, "counter", "Entries claimed from idle consumers (XAUTOCLAIM).", s.claimed);
+    o.one(ACKED, "counter", "Entries acknowledged (XACK) after their results were durable.", s.stats.acked);
+    o.one(CLAIMED, "counter", "Entries claimed from idle consumers (XAUTOCLAIM).", s.stats.claimed);
     o.one(
         DELETED_PENDING,
         "counter",
         "Pending entries found deleted or trimmed (acked, nothing to process).",
-        s.deleted_pending,
+        s.stats.deleted_pending,
     );
-    o.one(BEYOND_HORIZON, "counter", "Accepted events older than the dedup horizon (not checkable).", s.beyond_horizon);
-    o.one(DISCONNECTS, "counter", "Times the reader lost its Redis connection.", s.disconnects);
+    o.one(
+        BEYOND_HORIZON,
+        "counter",
+        "Accepted events older than the dedup horizon (not checkable).",
+        s.stats.beyond_horizon,
+    );
+    o.one(DISCONNECTS, "counter", "Times the reader lost its Redis connection.", s.stats.disconnects);
     for (name, help, archive, tables) in [
         (
             FILES,
             "Parquet files committed, by kind (archive; pipeline and late-event tables).",
-            s.files_committed,
-            s.table_files_committed,
+            s.stats.files_committed,
+            s.stats.table_files_committed,
         ),
-        (ROWS, "Rows in committed Parquet files, by kind.", s.rows_committed, s.table_rows_committed),
-        (BYTES, "Bytes of committed Parquet files, by kind.", s.bytes_committed, s.table_bytes_committed),
+        (ROWS, "Rows in committed Parquet files, by kind.", s.stats.rows_committed, s.stats.table_rows_committed),
+        (BYTES, "Bytes of committed Parquet files, by kind.", s.stats.bytes_committed, s.stats.table_bytes_committed),
     ] {
         o.family(name, "counter", help);
         o.sample(name, &[("kind", "archive")], archive);
         o.sample(name, &[("kind", "tables")], tables);
     }
     o.family(DURABLE_LATENCY, "histogram", "Entry publish time (stream id) to durable (committed, handed to XACK).");
-    o.histogram(DURABLE_LATENCY, &[], &s.durable_latency);
+    o.histogram(DURABLE_LATENCY, &[], &s.stats.durable_latency);
     o.family(
         PROCESS_LATENCY,
         "histogram",
         "Entry publish time (stream id) to processed (decoded, deduplicated, windowed).",
     );
-    o.histogram(PROCESS_LATENCY, &[], &s.process_latency);
+    o.histogram(PROCESS_LATENCY, &[], &s.stats.process_latency);
     o.family(COMMIT_DURATION, "histogram", "Duration of a commit (files, pipeline tables, dedup state).");
-    o.histogram(COMMIT_DURATION, &[], &s.commit_duration);
+    o.histogram(COMMIT_DURATION, &[], &s.stats.commit_duration);
     if let Some(ms) = s.last_commit_unix_ms {
         o.one(LAST_COMMIT, "gauge", "Unix time of the last commit.", ms as f64 / 1000.0);
     }

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{PromHistogram, Stats, StreamCounters};
+use super::{Stats, StreamCounters};
 use crate::window::QueryStats;
 
 /// One pipeline's figures.
@@ -53,27 +53,10 @@ pub struct Snapshot {
     pub started: Option<Instant>,
     /// When the processor last published (a stalled processor stops updating it).
     pub updated: Option<Instant>,
-    pub read: u64,
-    pub accepted: u64,
-    pub duplicates: u64,
-    pub beyond_horizon: u64,
-    pub deleted_pending: u64,
-    pub claimed: u64,
-    pub acked: u64,
-    pub files_committed: u64,
-    pub rows_committed: u64,
-    pub bytes_committed: u64,
-    pub table_files_committed: u64,
-    pub table_rows_committed: u64,
-    pub table_bytes_committed: u64,
-    pub disconnects: u64,
-    pub streams: Vec<(String, StreamCounters)>,
-    /// Publish time (entry id) → durable, per entry.
-    pub durable_latency: PromHistogram,
-    /// Publish time (entry id) → processed, per entry.
-    pub process_latency: PromHistogram,
-    /// Duration of commits (files, pipeline tables, dedup state).
-    pub commit_duration: PromHistogram,
+    /// The processor's counters (cheap to copy: the exact latency buckets live elsewhere).
+    pub stats: Stats,
+    /// Names of `stats.streams`, in order.
+    pub stream_names: Vec<String>,
     pub last_commit_unix_ms: Option<i64>,
     pub dedup_ids: u64,
     pub dedup_bytes: u64,
@@ -86,26 +69,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Copies the processor's counters (the exact latency buckets stay behind).
-    pub fn set_stats(&mut self, s: &Stats, names: &[String]) {
-        self.read = s.read;
-        self.accepted = s.accepted;
-        self.duplicates = s.duplicates;
-        self.beyond_horizon = s.beyond_horizon;
-        self.deleted_pending = s.deleted_pending;
-        self.claimed = s.claimed;
-        self.acked = s.acked;
-        self.files_committed = s.files_committed;
-        self.rows_committed = s.rows_committed;
-        self.bytes_committed = s.bytes_committed;
-        self.table_files_committed = s.table_files_committed;
-        self.table_rows_committed = s.table_rows_committed;
-        self.table_bytes_committed = s.table_bytes_committed;
-        self.disconnects = s.disconnects;
-        self.durable_latency = s.durable_latency.prom;
-        self.process_latency = s.process_latency;
-        self.commit_duration = s.commit_duration;
-        self.streams = names.iter().cloned().zip(s.streams.iter().cloned()).collect();
+    /// Each stream's name and counters.
+    pub fn streams(&self) -> impl Iterator<Item = (&str, &StreamCounters)> {
+        self.stream_names.iter().map(String::as_str).zip(&self.stats.streams)
     }
 
     /// Whether the process is ready: Redis probed recently without error, the lake

@@ -43,6 +43,8 @@ pub(super) struct Processor {
     /// Dedup learnt ids since the last snapshot.
     dedup_dirty: bool,
     pub stats: Stats,
+    /// Publish → durable at 1 ms resolution, for the run summary.
+    pub durable_exact: crate::metrics::LatencyHistogram,
 }
 
 impl Processor {
@@ -82,6 +84,7 @@ impl Processor {
             last_snapshot: Some(Instant::now()),
             last_commit_unix_ms: None,
             dedup_dirty: false,
+            durable_exact: Default::default(),
             stats: Stats { streams: vec![Default::default(); opts.source.streams.len()], ..Stats::default() },
         })
     }
@@ -234,7 +237,9 @@ impl Processor {
         for (stream, ids) in self.acks.take_durable(self.archive.min_open_seq()) {
             n += ids.len() as u64;
             for id in &ids {
-                self.stats.durable_latency.record(now_ms.saturating_sub(id.ms));
+                let ms = now_ms.saturating_sub(id.ms);
+                self.stats.durable_latency.record(ms);
+                self.durable_exact.record(ms);
             }
             let sent = match self.acker.as_mut() {
                 Some(a) => a.send(stream, ids).await,
@@ -288,7 +293,8 @@ impl Processor {
             })
             .collect();
         registry.update(|s| {
-            s.set_stats(&self.stats, &self.source.streams);
+            s.stats = self.stats.clone();
+            s.stream_names.clone_from(&self.source.streams);
             s.updated = Some(Instant::now());
             s.dedup_ids = self.dedup.len() as u64;
             s.dedup_bytes = self.dedup.memory_bytes() as u64;
