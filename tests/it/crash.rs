@@ -96,7 +96,9 @@ async fn sigkill_mid_stream_loses_nothing() {
     // The kills landed mid-stream: events were committed between kills, not all of them.
     let want_n = entries.iter().filter(|e| e.kind == Kind::Event).count();
     eprintln!("distinct events committed after each kill: {committed:?} of {want_n}");
-    assert!(committed.iter().any(|n| *n > 0) && committed.last().is_some_and(|n| *n < want_n), "{committed:?}");
+    // (The last kill may come after the run caught up with the publisher.)
+    let mid_stream = committed.iter().filter(|&&n| n > 0 && n < want_n).count();
+    assert!(mid_stream >= 3, "kills landed mid-stream: {committed:?}");
     let status = eventide(&redis.url(), lake.path(), &["--exit-when-idle", "1s"]).status().unwrap();
     assert!(status.success());
 
