@@ -26,6 +26,7 @@
 
 pub mod ack;
 pub mod api;
+pub mod checkpoint;
 pub mod config;
 pub mod decode;
 pub mod dedup;

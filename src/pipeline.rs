@@ -35,6 +35,8 @@ pub struct PipelineOptions {
     pub lake: String,
     /// Object store options (e.g. `aws_endpoint`), on top of the environment.
     pub lake_options: std::collections::BTreeMap<String, String>,
+    /// A lake opened elsewhere, used instead of `lake` (tests wrap a store to inject faults).
+    pub lake_store: Option<crate::sink::lake::Lake>,
     pub dlq_stream: Option<String>,
     pub dedup_horizon: Duration,
     pub roll_age: Duration,
@@ -140,7 +142,7 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
                 _ = tick.tick() => {
                     p.pipelines.on_tick(Instant::now())?;
                     p.publish(&registry);
-                    if p.archive_age().is_some_and(|a| a >= opts.roll_age) || p.pipelines.pending_rows() > 0 && p.archive_age().is_none() {
+                    if p.checkpoint_due(opts.roll_age) {
                         p.commit_all(false).await?;
                     }
                     if last_claim.is_none_or(|t| t.elapsed() >= opts.claim_interval) {

@@ -5,7 +5,8 @@
 //!   first, with `window_start` in `[from, to)` (RFC 3339), merging committed Parquet rows
 //!   with rows not committed yet: closed windows waiting for the next commit and open windows
 //!   as they stand. Every row has a `final` column (`false`: the window is still open and its
-//!   values may change). JSON by default; CSV or Arrow IPC with `format=csv|arrow` or
+//!   values may change). For `emit = "updates"` pipelines only each window's current rows
+//!   are returned (the open window's live rows, else its highest revision). JSON by default; CSV or Arrow IPC with `format=csv|arrow` or
 //!   `Accept: text/csv` / `application/vnd.apache.arrow.stream`.
 //!
 //! Open windows are computed by the processor, which owns the window state: a request goes
@@ -14,9 +15,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch, TimestampMicrosecondArray};
+use std::collections::HashMap;
+
+use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray};
 use arrow::compute::{SortOptions, concat_batches, filter_record_batch, sort_to_indices, take_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType, UInt32Type};
 use tokio::sync::{mpsc, oneshot};
 
 use super::http::{Request, Response};
@@ -24,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::query::LakeQuery;
 use crate::sink::lake::Lake;
 use crate::window::PipelineSpec;
+use crate::window::query::REVISION_COLUMN;
 
 /// Rows not in the table yet: (open windows, closed windows waiting for a commit).
 pub type LiveRows = (Vec<RecordBatch>, Vec<RecordBatch>);
@@ -132,23 +136,53 @@ impl WindowsSource {
 
         let out_schema = with_final(schema);
         let mut parts = Vec::new();
-        for (batches, is_final) in [(committed, true), (pending, true), (open, false)] {
+        let mut rank = Vec::new();
+        for (source, (batches, is_final)) in [(committed, true), (pending, true), (open, false)].into_iter().enumerate()
+        {
             for b in batches {
                 let b = cast_to(&b, schema)?;
                 let b = in_range(&b, from, to)?;
                 if b.num_rows() > 0 {
+                    rank.extend(revisions(&b).into_iter().map(|r| ((source as u64) << 32) | u64::from(r)));
                     let mut cols = b.columns().to_vec();
                     cols.push(Arc::new(BooleanArray::from(vec![is_final; b.num_rows()])) as ArrayRef);
                     parts.push(RecordBatch::try_new(out_schema.clone(), cols)?);
                 }
             }
         }
-        let all = concat_batches(&out_schema, &parts)?;
+        let mut all = concat_batches(&out_schema, &parts)?;
+        if schema.column_with_name(REVISION_COLUMN).is_some() {
+            all = latest_revisions(&all, &rank)?;
+        }
         let idx =
             sort_to_indices(all.column(0), Some(SortOptions { descending: true, nulls_first: false }), Some(limit))?;
         let rows = take_record_batch(&all, &idx)?;
         encode(&rows, req)
     }
+}
+
+/// The `revision` column's values (`emit = "updates"` tables), else none.
+fn revisions(b: &RecordBatch) -> Vec<u32> {
+    b.column_by_name(REVISION_COLUMN)
+        .and_then(|c| c.as_primitive_opt::<UInt32Type>())
+        .map(|r| r.values().to_vec())
+        .unwrap_or_else(|| vec![0; b.num_rows()])
+}
+
+/// `emit = "updates"`: only each window's current rows: the live view of a window still
+/// open, else its highest committed or pending revision. `rank` orders the rows' sources
+/// (committed < pending < open) and revisions.
+fn latest_revisions(all: &RecordBatch, rank: &[u64]) -> Result<RecordBatch> {
+    let starts = all.column(0).as_primitive::<TimestampMicrosecondType>();
+    let ends = all.column(1).as_primitive::<TimestampMicrosecondType>();
+    let mut best: HashMap<(i64, i64), u64> = HashMap::new();
+    for (i, &r) in rank.iter().enumerate() {
+        let b = best.entry((starts.value(i), ends.value(i))).or_insert(r);
+        *b = (*b).max(r);
+    }
+    let mask: BooleanArray =
+        rank.iter().enumerate().map(|(i, &r)| Some(best[&(starts.value(i), ends.value(i))] == r)).collect();
+    Ok(filter_record_batch(all, &mask)?)
 }
 
 /// The table schema plus `final`.

@@ -253,6 +253,7 @@ impl Config {
             },
             lake: self.lake.clone(),
             lake_options: self.lake_options.clone(),
+            lake_store: None,
             dlq_stream: self.dlq_stream.clone(),
             dedup_horizon: self.dedup_horizon.0,
             roll_age: self.roll_age.0,

@@ -53,8 +53,11 @@ pub struct Stats {
     pub durable_latency: PromHistogram,
     /// Publish (the entry id's time) → processed, per entry.
     pub process_latency: PromHistogram,
-    /// Commit durations.
+    /// Checkpoint (commit) durations.
     pub commit_duration: PromHistogram,
+    /// Checkpoints committed by this process, and the last one's epoch.
+    pub checkpoints: u64,
+    pub checkpoint_epoch: u64,
     /// Per configured stream, in configuration order.
     pub streams: Vec<StreamCounters>,
 }

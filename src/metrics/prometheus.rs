@@ -24,6 +24,8 @@ pub const DURABLE_LATENCY: &str = "eventide_publish_to_durable_seconds";
 pub const PROCESS_LATENCY: &str = "eventide_publish_to_processed_seconds";
 pub const COMMIT_DURATION: &str = "eventide_commit_duration_seconds";
 pub const LAST_COMMIT: &str = "eventide_last_commit_timestamp_seconds";
+pub const CHECKPOINTS: &str = "eventide_checkpoints_total";
+pub const CHECKPOINT_EPOCH: &str = "eventide_checkpoint_epoch";
 pub const DEDUP_IDS: &str = "eventide_dedup_ids";
 pub const DEDUP_BYTES: &str = "eventide_dedup_memory_bytes";
 pub const UNACKED: &str = "eventide_entries_unacked";
@@ -150,8 +152,19 @@ pub fn render(s: &Snapshot, now: Instant, now_unix_ms: i64) -> String {
         "Entry publish time (stream id) to processed (decoded, deduplicated, windowed).",
     );
     o.histogram(PROCESS_LATENCY, &[], &s.stats.process_latency);
-    o.family(COMMIT_DURATION, "histogram", "Duration of a commit (files, pipeline tables, dedup state).");
+    o.family(
+        COMMIT_DURATION,
+        "histogram",
+        "Duration of a checkpoint (staging files, dedup and window state, manifest, publishing).",
+    );
     o.histogram(COMMIT_DURATION, &[], &s.stats.commit_duration);
+    o.one(CHECKPOINTS, "counter", "Checkpoints committed by this process.", s.stats.checkpoints);
+    o.one(
+        CHECKPOINT_EPOCH,
+        "gauge",
+        "Epoch of the last committed checkpoint (survives restarts).",
+        s.stats.checkpoint_epoch,
+    );
     if let Some(ms) = s.last_commit_unix_ms {
         o.one(LAST_COMMIT, "gauge", "Unix time of the last commit.", ms as f64 / 1000.0);
     }

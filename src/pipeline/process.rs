@@ -1,17 +1,20 @@
-//! The processor: one batch at a time through decode → dedup → archive, rejects to the DLQ,
-//! commits, and acks for batches that became durable.
+//! The processor: one batch at a time through decode → dedup → archive + windows, rejects
+//! to the DLQ; every output file is staged, and a checkpoint ([`crate::checkpoint`]) commits
+//! an epoch's files and state at once, publishes the files, then acks the epoch's entries.
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::ack::AckTracker;
+use crate::checkpoint::{self, Checkpoints, Manifest, Totals};
 use crate::decode::{Decoder, Rejection};
 use crate::dedup::{Dedup, Verdict};
 use crate::error::{Error, Result};
-use crate::event::StreamBatch;
+use crate::event::{EntryId, StreamBatch};
 use crate::metrics::Stats;
 use crate::sink::archive::{Archive, CommittedFile};
 use crate::sink::dlq;
-use crate::sink::lake::Lake;
+use crate::sink::lake::{Lake, Placement};
 use crate::source::SourceOptions;
 use crate::source::acker::Acker;
 use crate::source::commands::Commands;
@@ -40,34 +43,113 @@ pub(super) struct Processor {
     state_interval: Duration,
     last_snapshot: Option<Instant>,
     last_commit_unix_ms: Option<i64>,
-    /// Dedup learnt ids since the last snapshot.
-    dedup_dirty: bool,
+    cp: Checkpoints,
+    /// The epoch being built (the last checkpoint is `epoch - 1`).
+    epoch: u64,
+    epoch_started: Instant,
+    epoch_started_ms: i64,
+    /// Files staged during this epoch (size rolls), published by its checkpoint.
+    epoch_files: Vec<CommittedFile>,
+    /// The dedup state's blobs: the last full snapshot and the deltas since.
+    snapshot: Option<String>,
+    deltas: Vec<String>,
+    positions: BTreeMap<String, EntryId>,
+    totals: Totals,
+    /// Source entries whose dead-letter entry a crashed run already wrote.
+    dead_before: HashSet<(String, String)>,
     pub stats: Stats,
     /// Publish → durable at 1 ms resolution, for the run summary.
     pub durable_exact: crate::metrics::LatencyHistogram,
 }
 
+/// The dedup state a checkpoint lists: its snapshot, then its deltas.
+async fn load_dedup(cp: &Checkpoints, m: &Manifest, horizon: u64) -> Result<Dedup> {
+    let bad = |path: &str, r: &str| Error::State { path: path.into(), reason: r.into() };
+    let mut d = match &m.dedup_snapshot {
+        Some(path) => Dedup::from_bytes(&cp.get_blob(path).await?, horizon).map_err(|r| bad(path, r))?,
+        None => Dedup::new(horizon),
+    };
+    for path in &m.dedup_deltas {
+        d.apply_delta(&cp.get_blob(path).await?).map_err(|r| bad(path, r))?;
+    }
+    Ok(d)
+}
+
+/// Epoch 0, committed before anything is read: a crash in the first epoch then recovers
+/// knowing when it began (for the dead-letter check), and dedup state of a version before
+/// checkpoints is carried over.
+async fn first_checkpoint(cp: &Checkpoints, dedup: Dedup) -> Result<(Manifest, Dedup)> {
+    let mut m = checkpoint::manifest(cp, 0, chrono::Utc::now().timestamp_millis());
+    if !dedup.is_empty() {
+        m.dedup_snapshot = Some(cp.put_blob(0, "dedup.bin", dedup.to_bytes()).await?);
+    }
+    cp.commit(&m).await?;
+    Ok((m, dedup))
+}
+
 impl Processor {
-    /// Opens the lake, loads saved dedup state, connects and creates the consumer groups.
+    /// Opens the lake, recovers from the latest checkpoint (or writes a first one), connects
+    /// and creates the consumer groups.
     pub async fn start(opts: &PipelineOptions) -> Result<Self> {
-        let lake = Lake::open_with(&opts.lake, &opts.lake_options)?;
-        let dedup = state::load_dedup(&lake, &opts.source.group, opts.dedup_horizon.as_secs()).await?;
-        if !dedup.is_empty() {
-            tracing::info!(ids = dedup.len(), "Loaded dedup state.");
+        let lake = match &opts.lake_store {
+            Some(l) => l.clone(),
+            None => Lake::open_with(&opts.lake, &opts.lake_options)?,
+        };
+        let cp = Checkpoints::new(lake.clone(), &opts.source.group, &opts.source.consumer);
+        let horizon = opts.dedup_horizon.as_secs();
+        let latest = cp.latest().await?;
+        let aborted = cp.abort_uncommitted(latest.as_ref().map(|m| m.epoch)).await?;
+        if aborted > 0 {
+            tracing::info!(files = aborted, "Deleted staged files of an epoch that never committed.");
         }
+        let recovered = latest.is_some();
+        let (latest, mut dedup) = match latest {
+            Some(m) => {
+                // Roll forward: the checkpoint committed, its files may not all be in place.
+                cp.publish(&m).await?;
+                let dedup = load_dedup(&cp, &m, horizon).await?;
+                (m, dedup)
+            }
+            None => first_checkpoint(&cp, state::load_dedup(&lake, &opts.source.group, horizon).await?).await?,
+        };
+        dedup.clear_delta();
         let mut cmds = Commands::new(&opts.source.redis_url, opts.source.retry_timeout)?;
         let created = group::ensure_groups(&mut cmds, &opts.source).await?;
         for s in created {
             tracing::info!(stream = %s, group = %opts.source.group, start = %opts.source.start_id, "Created consumer group.");
         }
-        let pipelines = match &opts.pipelines {
+        let mut pipelines = match &opts.pipelines {
             Some(dir) => Pipelines::load(dir).await?,
             None => Pipelines::new(Vec::new())?,
         };
         if !pipelines.is_empty() {
             tracing::info!(pipelines = ?pipelines, "Loaded pipelines.");
         }
-        let dlq_keys = opts.source.streams.iter().map(|s| dlq::dlq_key(opts.dlq_stream.as_deref(), s)).collect();
+        if let Some(path) = &latest.windows {
+            let restored = pipelines.restore_state(&cp.get_blob(path).await?)?;
+            tracing::info!(pipelines = ?restored, "Restored open windows.");
+        }
+        let dlq_keys: Vec<String> =
+            opts.source.streams.iter().map(|s| dlq::dlq_key(opts.dlq_stream.as_deref(), s)).collect();
+        // Entries the last run read after this checkpoint began may have their dead-letter
+        // entry already (written before it stopped; they are still pending).
+        let mut dead_before = HashSet::new();
+        for key in dlq_keys.iter().collect::<std::collections::BTreeSet<_>>() {
+            dead_before.extend(dlq::written_since(&mut cmds, key, latest.started_ms - 60_000).await?);
+        }
+        if recovered {
+            tracing::info!(
+                epoch = latest.epoch,
+                files = latest.files.len(),
+                dedup_ids = dedup.len(),
+                dead_letters_seen = dead_before.len(),
+                "Recovered from checkpoint."
+            );
+        }
+        let latest = Some(latest);
+        let epoch = latest.as_ref().map_or(1, |m| m.epoch + 1);
+        let mut archive = Archive::new(lake.clone(), opts.archive.clone())?;
+        archive.placement = Placement::Staged(cp.staging_prefix(epoch));
         Ok(Processor {
             source: opts.source.clone(),
             dlq_keys,
@@ -75,7 +157,7 @@ impl Processor {
             acker: Some(Acker::start(&opts.source)?),
             decoder: Decoder::new(opts.decode.clone()),
             dedup,
-            archive: Archive::new(lake.clone(), opts.archive.clone())?,
+            archive,
             pipelines,
             writer: opts.archive.writer.clone(),
             acks: AckTracker::default(),
@@ -83,7 +165,16 @@ impl Processor {
             state_interval: opts.state_interval,
             last_snapshot: Some(Instant::now()),
             last_commit_unix_ms: None,
-            dedup_dirty: false,
+            epoch,
+            epoch_started: Instant::now(),
+            epoch_started_ms: chrono::Utc::now().timestamp_millis(),
+            epoch_files: Vec::new(),
+            snapshot: latest.as_ref().and_then(|m| m.dedup_snapshot.clone()),
+            deltas: latest.as_ref().map(|m| m.dedup_deltas.clone()).unwrap_or_default(),
+            positions: BTreeMap::new(),
+            totals: latest.as_ref().map(|m| m.totals.clone()).unwrap_or_default(),
+            dead_before,
+            cp,
             durable_exact: Default::default(),
             stats: Stats { streams: vec![Default::default(); opts.source.streams.len()], ..Stats::default() },
         })
@@ -97,7 +188,7 @@ impl Processor {
         let stream = self.source.streams[batch.stream].as_str();
         let mut rejects: Vec<(usize, Rejection)> = Vec::new();
         let mut deleted = Vec::new();
-        let Processor { decoder, dedup, archive, pipelines, stats, dedup_dirty: dirty, .. } = self;
+        let Processor { decoder, dedup, archive, pipelines, stats, .. } = self;
         let before = (stats.accepted, stats.duplicates, stats.invalid);
         for (i, entry) in batch.entries.iter().enumerate() {
             if entry.is_deleted() {
@@ -116,7 +207,6 @@ impl Processor {
                         archive.append(&ev, stream, entry.id, now_us, seq)?;
                         pipelines.append(&ev, stream, entry.id);
                         stats.accepted += 1;
-                        *dirty = true;
                     }
                 },
             }
@@ -142,12 +232,20 @@ impl Processor {
             self.stats.process_latency.record(now_ms.saturating_sub(e.id.ms));
         }
         self.archive.encode_ready().await?;
+        if !self.dead_before.is_empty() {
+            // After a crash: entries whose dead-letter entry was written but not acked.
+            rejects.retain(|(i, _)| !self.dead_before.remove(&(stream.to_string(), batch.entries[*i].id.to_string())));
+        }
         if !rejects.is_empty() {
             let mut pipe = redis::pipe();
             for (i, r) in &rejects {
                 dlq::add_to_pipeline(&mut pipe, &self.dlq_keys[batch.stream], stream, &batch.entries[*i], r);
             }
             self.cmds.query::<(), _>(&pipe).await?;
+        }
+        if let Some(last) = batch.entries.iter().map(|e| e.id).max() {
+            let p = self.positions.entry(stream.to_string()).or_insert(last);
+            *p = (*p).max(last);
         }
         if !deleted.is_empty() {
             // Nothing to make durable. Counted by what XACK removed: an XAUTOCLAIM may have
@@ -156,48 +254,87 @@ impl Processor {
             self.stats.deleted_pending += removed;
         }
         self.acks.register(batch.stream, batch.entries.iter().filter(|e| !e.is_deleted()).map(|e| e.id).collect());
+        // Files that reached their size are staged now (memory stays bounded) and published
+        // by the next checkpoint.
         let files = self.archive.commit_rolled().await?;
-        self.committed(&files, true);
-        self.ack_durable().await.map(drop)
+        self.epoch_files.extend(files);
+        Ok(())
     }
 
-    /// Commits every open file, saves dedup state (a full snapshot when `final_stop` or when
-    /// the last is older than the state interval, else the ids added since; nothing
-    /// uncommitted remains at this point, so saved state only remembers durable ids), then
-    /// acks everything read.
+    /// Whether a checkpoint is due: the epoch is `interval` old and holds something.
+    pub fn checkpoint_due(&self, interval: Duration) -> bool {
+        self.epoch_started.elapsed() >= interval
+            && (self.archive.open_rows() > 0
+                || !self.epoch_files.is_empty()
+                || self.pipelines.pending_rows() > 0
+                || self.acks.pending_ids() > 0)
+    }
+
+    /// A checkpoint: stages every open archive file and pipeline table file, saves dedup
+    /// (a full snapshot when `final_stop` or when the last one is older than the state
+    /// interval, else the ids added since) and window state, writes the manifest (the commit
+    /// point), publishes the files, acks every entry read, and prunes old checkpoints.
     pub async fn commit_all(&mut self, final_stop: bool) -> Result<()> {
         let t = Instant::now();
-        let mut files = self.archive.commit_all().await?;
-        self.committed(&files, true);
+        let mut files = std::mem::take(&mut self.epoch_files);
+        files.extend(self.archive.commit_all().await?);
+        let placement = self.archive.placement.clone();
+        let tables = self.pipelines.commit_to(&self.lake, &self.writer, &placement).await?;
         let t_files = t.elapsed();
+        let nothing_new = files.is_empty() && tables.is_empty() && self.acks.pending_ids() == 0;
+        if nothing_new {
+            return Ok(());
+        }
+        let epoch = self.epoch;
+        let mut m: Manifest = checkpoint::manifest(&self.cp, epoch, self.epoch_started_ms);
+        m.files = checkpoint::file_entries(&files);
+        m.files.extend(checkpoint::file_entries(&tables));
         let snapshot_due = self.last_snapshot.is_none_or(|s| s.elapsed() >= self.state_interval);
-        if self.dedup_dirty && (final_stop || snapshot_due) {
-            state::save_dedup(&self.lake, &self.source.group, &mut self.dedup).await?;
+        if self.snapshot.is_none() || final_stop || snapshot_due {
+            self.snapshot = Some(self.cp.put_blob(epoch, "dedup.bin", self.dedup.to_bytes()).await?);
+            self.dedup.clear_delta();
+            self.deltas.clear();
             self.last_snapshot = Some(Instant::now());
-            self.dedup_dirty = false;
-        } else {
-            state::save_delta(&self.lake, &self.source.group, &mut self.dedup).await?;
+        } else if let Some(delta) = self.dedup.take_delta() {
+            self.deltas.push(self.cp.put_blob(epoch, "dedup-delta.bin", delta).await?);
         }
+        m.dedup_snapshot.clone_from(&self.snapshot);
+        m.dedup_deltas.clone_from(&self.deltas);
+        if !self.pipelines.is_empty() {
+            m.windows = Some(self.cp.put_blob(epoch, "windows.bin", self.pipelines.save_state()?).await?);
+        }
+        m.positions = self.positions.iter().map(|(s, id)| (s.clone(), id.to_string())).collect();
+        self.totals.archived_rows += files.iter().map(|f| f.rows).sum::<u64>();
+        self.totals.table_rows += tables.iter().map(|f| f.rows).sum::<u64>();
+        self.totals.files += (files.len() + tables.len()) as u64;
+        m.totals = self.totals.clone();
         let t_state = t.elapsed();
-        // Pipeline tables after the dedup state: the window between archive files and the
-        // state that remembers their ids stays as short as it can (see ARCHITECTURE.md).
-        let tables = self.pipelines.commit(&self.lake, &self.writer).await?;
+        self.cp.commit(&m).await?;
+        // Committed: from here on a crash rolls forward to this state.
+        self.cp.publish(&m).await?;
+        self.committed(&files, true);
         self.committed(&tables, false);
-        files.extend(tables);
         let acked = self.ack_durable().await?;
+        self.cp.prune(&m).await?;
+        self.epoch += 1;
+        self.epoch_started = Instant::now();
+        self.epoch_started_ms = m.created_ms;
+        self.archive.placement = Placement::Staged(self.cp.staging_prefix(self.epoch));
         self.stats.commit_duration.record(t.elapsed().as_millis() as u64);
+        self.stats.checkpoints += 1;
+        self.stats.checkpoint_epoch = epoch;
         self.last_commit_unix_ms = Some(chrono::Utc::now().timestamp_millis());
-        if !files.is_empty() {
-            tracing::info!(
-                files = files.len(),
-                rows = files.iter().map(|f| f.rows).sum::<u64>(),
-                bytes = files.iter().map(|f| f.bytes).sum::<u64>(),
-                ack_queued = acked,
-                files_ms = t_files.as_millis() as u64,
-                state_ms = (t_state - t_files).as_millis() as u64,
-                "Committed."
-            );
-        }
+        tracing::info!(
+            epoch,
+            files = m.files.len(),
+            rows = files.iter().chain(&tables).map(|f| f.rows).sum::<u64>(),
+            bytes = files.iter().chain(&tables).map(|f| f.bytes).sum::<u64>(),
+            ack_queued = acked,
+            files_ms = t_files.as_millis() as u64,
+            state_ms = (t_state - t_files).as_millis() as u64,
+            total_ms = t.elapsed().as_millis() as u64,
+            "Checkpoint committed."
+        );
         Ok(())
     }
 
@@ -234,7 +371,8 @@ impl Processor {
     async fn ack_durable(&mut self) -> Result<u64> {
         let mut n = 0;
         let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-        for (stream, ids) in self.acks.take_durable(self.archive.min_open_seq()) {
+        // Called right after a checkpoint: everything read so far is in it.
+        for (stream, ids) in self.acks.take_durable(None) {
             n += ids.len() as u64;
             for id in &ids {
                 let ms = now_ms.saturating_sub(id.ms);
@@ -262,10 +400,6 @@ impl Processor {
             self.stats.acked += a.finish().await?;
         }
         Ok(())
-    }
-
-    pub fn archive_age(&self) -> Option<Duration> {
-        self.archive.oldest_age()
     }
 
     pub fn lake(&self) -> &Lake {

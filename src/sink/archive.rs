@@ -20,7 +20,7 @@ use parquet::schema::types::ColumnPath;
 use tokio::task::JoinHandle;
 
 use super::chunks::Chunks;
-use super::lake::Lake;
+use super::lake::{Lake, Placement};
 use super::schema::{Columns, archive_schema};
 use crate::decode::Event;
 use crate::decode::timestamp::civil_from_days;
@@ -52,9 +52,12 @@ pub struct ArchiveOptions {
 /// What a commit made visible.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommittedFile {
+    /// Where readers see it (once published, when staged).
     pub path: String,
     pub rows: u64,
     pub bytes: u64,
+    /// Where it waits for its checkpoint ([`Placement::Staged`]).
+    pub staged: Option<String>,
 }
 
 #[derive(Hash, PartialEq, Eq)]
@@ -142,6 +145,8 @@ pub struct Archive {
     props: WriterProperties,
     open: HashMap<(i32, Box<str>), OpenFile>,
     files: u64,
+    /// Where committed files go (set per checkpoint epoch).
+    pub placement: Placement,
 }
 
 impl Archive {
@@ -161,7 +166,7 @@ impl Archive {
         for col in ["data", "metadata", "correlation_id", "traceparent", "stream_id"] {
             props = props.set_column_statistics_enabled(ColumnPath::from(col), EnabledStatistics::None);
         }
-        Ok(Archive { opts, lake, props: props.build(), open: HashMap::new(), files: 0 })
+        Ok(Archive { opts, lake, props: props.build(), open: HashMap::new(), files: 0, placement: Placement::Direct })
     }
 
     /// Appends one event belonging to batch `seq`.
@@ -243,14 +248,14 @@ impl Archive {
             jobs.push((self.file_path(&key, stamp, self.files), file));
         }
         // Files are finished (last pages, footer) on blocking threads and written concurrently.
-        let lake = &self.lake;
+        let (lake, placement) = (&self.lake, &self.placement);
         let mut out: Vec<CommittedFile> = futures::stream::iter(jobs)
             .map(|(path, file)| async move {
                 let rows = file.rows;
                 let payload = file.finish().await?;
                 let len = payload.content_length() as u64;
-                lake.put_atomic(&path, payload).await?;
-                Ok::<_, Error>(CommittedFile { path: path.to_string(), rows, bytes: len })
+                let staged = lake.write_file(&path, payload, placement).await?;
+                Ok::<_, Error>(CommittedFile { path: path.to_string(), rows, bytes: len, staged })
             })
             .buffer_unordered(COMMIT_CONCURRENCY)
             .try_collect()

@@ -43,3 +43,21 @@ pub fn add_to_pipeline(pipe: &mut Pipeline, dlq: &str, stream: &str, entry: &Raw
     }
     pipe.ignore();
 }
+
+/// The source entries (`dlq_stream`, `dlq_id`) that have a dead-letter entry in `dlq`
+/// written at or after `since_ms` (a recovery skips writing them again).
+pub async fn written_since(
+    cmds: &mut crate::source::commands::Commands,
+    dlq: &str,
+    since_ms: i64,
+) -> crate::error::Result<std::collections::HashSet<(String, String)>> {
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(dlq).arg(format!("{}-0", since_ms.max(0))).arg("+");
+    let reply: redis::streams::StreamRangeReply = cmds.query(&cmd).await?;
+    let text = |v: Option<&redis::Value>| match v {
+        Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+        Some(redis::Value::SimpleString(s)) => Some(s.clone()),
+        _ => None,
+    };
+    Ok(reply.ids.iter().filter_map(|e| Some((text(e.map.get(STREAM_FIELD))?, text(e.map.get(ID_FIELD))?))).collect())
+}

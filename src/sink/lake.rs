@@ -23,12 +23,24 @@ use crate::error::{Error, Result};
 /// Prefix for eventide's own objects (state, staging); readers of the tables ignore it.
 pub const INTERNAL_PREFIX: &str = "_eventide";
 
+/// Where a commit puts its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// Straight into place, visible at once.
+    Direct,
+    /// Under this prefix (inside [`INTERNAL_PREFIX`]), published when the checkpoint that
+    /// lists them commits.
+    Staged(String),
+}
+
 /// An opened lake.
 #[derive(Debug, Clone)]
 pub struct Lake {
     store: Arc<dyn ObjectStore>,
     /// A local directory: commits go through a staged rename.
     local: bool,
+    /// The directory of a local lake.
+    root: Option<PathBuf>,
     staged: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -89,7 +101,13 @@ impl Lake {
                 )));
             }
         };
-        Ok(Lake { store, local: local_root.is_some(), staged: Default::default() })
+        Ok(Lake { store, local: local_root.is_some(), root: local_root, staged: Default::default() })
+    }
+
+    /// A lake over an object store built elsewhere (e.g. a wrapper injecting faults in
+    /// tests); commits are single puts, as on object stores.
+    pub fn from_store(store: Arc<dyn ObjectStore>) -> Lake {
+        Lake { store, local: false, root: None, staged: Default::default() }
     }
 
     /// The object store, for readers.
@@ -108,6 +126,56 @@ impl Lake {
             self.store.put(path, payload).await?;
         }
         Ok(())
+    }
+
+    /// Writes a committed file's bytes for `target`: into place ([`Placement::Direct`]), or
+    /// under a staging prefix for a checkpoint to publish later ([`Placement::Staged`]).
+    pub async fn write_file(
+        &self,
+        target: &Path,
+        payload: PutPayload,
+        placement: &Placement,
+    ) -> Result<Option<String>> {
+        match placement {
+            Placement::Direct => {
+                self.put_atomic(target, payload).await?;
+                Ok(None)
+            }
+            Placement::Staged(prefix) => {
+                let staged = Path::from(format!("{prefix}/{target}"));
+                self.store.put(&staged, payload).await?;
+                Ok(Some(staged.to_string()))
+            }
+        }
+    }
+
+    /// Moves a staged file into place (atomic on a local directory; a copy of the whole
+    /// object then a delete on object stores). Done already (staged gone, target there) is
+    /// success, so a recovery can repeat it.
+    pub async fn publish(&self, staged: &str, target: &str) -> Result<()> {
+        let (from, to) = (Path::from(staged), Path::from(target));
+        match self.store.rename(&from, &to).await {
+            Ok(()) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) if self.store.head(&to).await.is_ok() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Local lakes: removes the directory tree at `prefix` if only empty directories are
+    /// left in it (object stores have no directories).
+    pub fn remove_local_dirs(&self, prefix: &str) {
+        fn prune(dir: &std::path::Path) -> bool {
+            let Ok(entries) = std::fs::read_dir(dir) else { return false };
+            let mut empty = true;
+            for e in entries.flatten() {
+                let p = e.path();
+                empty &= p.is_dir() && prune(&p);
+            }
+            empty && std::fs::remove_dir(dir).is_ok()
+        }
+        if let Some(root) = &self.root {
+            prune(&root.join(prefix));
+        }
     }
 
     /// Reads `path`, or `None` when it does not exist.

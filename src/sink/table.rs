@@ -17,7 +17,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::archive::CommittedFile;
-use super::lake::Lake;
+use super::lake::{Lake, Placement};
 use crate::decode::timestamp::civil_from_days;
 use crate::error::Result;
 
@@ -75,7 +75,7 @@ impl TableBuffer {
     }
 
     /// Writes every buffered day as one file; returns what became visible.
-    pub async fn commit(&mut self, lake: &Lake, writer: &str) -> Result<Vec<CommittedFile>> {
+    pub async fn commit(&mut self, lake: &Lake, writer: &str, placement: &Placement) -> Result<Vec<CommittedFile>> {
         let mut out = Vec::new();
         let stamp = chrono::Utc::now().timestamp_millis();
         for (day, batches) in std::mem::take(&mut self.days) {
@@ -89,8 +89,8 @@ impl TableBuffer {
                 self.prefix, self.files
             ));
             let len = bytes.len() as u64;
-            lake.put_atomic(&path, PutPayload::from(bytes)).await?;
-            out.push(CommittedFile { path: path.to_string(), rows, bytes: len });
+            let staged = lake.write_file(&path, PutPayload::from(bytes), placement).await?;
+            out.push(CommittedFile { path: path.to_string(), rows, bytes: len, staged });
         }
         self.rows = 0;
         Ok(out)

@@ -184,3 +184,57 @@ impl Partial {
         self.groups.size() + self.accs.iter().map(|a| a.size()).sum::<usize>()
     }
 }
+
+impl Frozen {
+    /// As one batch for a checkpoint: `_row`, the key columns, then every state column;
+    /// `widths` gets each aggregate's number of state columns.
+    pub fn to_batch(&self, conv: Option<&RowConverter>, widths: &mut Vec<usize>) -> Result<RecordBatch> {
+        let mut fields = vec![arrow::datatypes::Field::new("_row", arrow::datatypes::DataType::UInt32, false)];
+        let mut cols: Vec<ArrayRef> = vec![std::sync::Arc::new(UInt32Array::from_iter_values(0..self.groups as u32))];
+        if let (Some(c), Some(keys)) = (conv, &self.keys) {
+            cols.extend(c.convert_rows(keys.iter())?);
+        }
+        widths.clear();
+        for s in &self.states {
+            widths.push(s.len());
+            cols.extend(s.iter().cloned());
+        }
+        for (i, c) in cols.iter().enumerate().skip(1) {
+            fields.push(arrow::datatypes::Field::new(format!("c{i}"), c.data_type().clone(), true));
+        }
+        Ok(RecordBatch::try_new(std::sync::Arc::new(arrow::datatypes::Schema::new(fields)), cols)?)
+    }
+
+    /// Back from [`Frozen::to_batch`].
+    pub fn from_batch(b: &RecordBatch, conv: Option<&RowConverter>, n_keys: usize, widths: &[usize]) -> Result<Frozen> {
+        let bad =
+            || datafusion::error::DataFusionError::Internal("checkpoint: window state has the wrong shape".into());
+        if b.num_columns() != 1 + n_keys + widths.iter().sum::<usize>() || conv.is_some() != (n_keys > 0) {
+            return Err(bad());
+        }
+        let keys = match conv {
+            Some(c) => Some(c.convert_columns(&b.columns()[1..1 + n_keys])?),
+            None => None,
+        };
+        let mut at = 1 + n_keys;
+        let states = widths
+            .iter()
+            .map(|&w| {
+                at += w;
+                b.columns()[at - w..at].to_vec()
+            })
+            .collect();
+        Ok(Frozen { keys, groups: b.num_rows(), states })
+    }
+}
+
+impl Partial {
+    /// Merges several frozen states of one bin into one.
+    pub fn compact(plan: &Compiled, conv: Option<&RowConverter>, frozen: &[Frozen]) -> Result<Frozen> {
+        let mut p = Partial::new(plan, conv)?;
+        for f in frozen {
+            p.merge(f)?;
+        }
+        p.freeze()
+    }
+}

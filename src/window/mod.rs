@@ -8,6 +8,7 @@
 //! ([`columns`]). Closed windows and late events are buffered for the next commit
 //! ([`crate::sink::table`]).
 
+mod checkpoint;
 pub mod columns;
 mod groups;
 pub mod operator;
@@ -25,7 +26,7 @@ use crate::decode::Event;
 use crate::error::{Error, Result};
 use crate::event::EntryId;
 use crate::sink::archive::CommittedFile;
-use crate::sink::lake::Lake;
+use crate::sink::lake::{Lake, Placement};
 use crate::sink::table::TableBuffer;
 use columns::EventColumns;
 pub use query::{QueryStats, WindowedQuery, late_schema};
@@ -192,12 +193,17 @@ impl Pipelines {
         self.tables.iter().zip(&self.late).map(|(t, l)| t.rows() + l.rows()).collect()
     }
 
-    /// Writes every pending row.
+    /// Writes every pending row into place.
     pub async fn commit(&mut self, lake: &Lake, writer: &str) -> Result<Vec<CommittedFile>> {
+        self.commit_to(lake, writer, &Placement::Direct).await
+    }
+
+    /// Writes every pending row, staged or into place.
+    pub async fn commit_to(&mut self, lake: &Lake, writer: &str, placement: &Placement) -> Result<Vec<CommittedFile>> {
         self.process()?;
         let mut out = Vec::new();
         for t in self.tables.iter_mut().chain(&mut self.late) {
-            out.extend(t.commit(lake, writer).await?);
+            out.extend(t.commit(lake, writer, placement).await?);
         }
         Ok(out)
     }

@@ -32,6 +32,8 @@ pub struct Late {
 pub struct Closed {
     pub start: i64,
     pub end: i64,
+    /// 0, or the window's n-th correction in `emit = "updates"` mode.
+    pub revision: u32,
     pub rows: RecordBatch,
 }
 
@@ -63,11 +65,40 @@ pub struct FixedWindows {
     /// Every window ending at or before this has closed (`i64::MIN`: none yet).
     closed_before: i64,
     scratch: Vec<(i64, Vec<u32>)>,
+    /// `emit = "updates"`: windows are written when the watermark passes their end.
+    updates: Option<Updates>,
+}
+
+/// Revision bookkeeping of `emit = "updates"` for windows written but not closed yet.
+#[derive(Default)]
+struct Updates {
+    /// Every window ending at or before this has been written once (`i64::MIN`: none yet).
+    fired_before: i64,
+    /// End → the last revision written.
+    revisions: BTreeMap<i64, u32>,
+    /// Ends of written windows that rows have changed since.
+    dirty: BTreeSet<i64>,
 }
 
 impl FixedWindows {
     pub fn new(size: i64, slide: i64, lateness: i64) -> Self {
-        FixedWindows { size, slide, lateness, bins: BTreeMap::new(), closed_before: i64::MIN, scratch: Vec::new() }
+        FixedWindows {
+            size,
+            slide,
+            lateness,
+            bins: BTreeMap::new(),
+            closed_before: i64::MIN,
+            scratch: Vec::new(),
+            updates: None,
+        }
+    }
+
+    /// `emit = "updates"` (with no lateness every window is written once, as in final mode).
+    pub fn with_updates(mut self) -> Self {
+        if self.lateness > 0 {
+            self.updates = Some(Updates { fired_before: i64::MIN, ..Updates::default() });
+        }
+        self
     }
 
     fn slides_per_window(&self) -> i64 {
@@ -78,9 +109,12 @@ impl FixedWindows {
     /// the caller establishes the initial watermark right after it).
     pub fn next_trigger(&self) -> i64 {
         if self.closed_before == i64::MIN {
-            i64::MIN
-        } else {
-            self.closed_before.saturating_add(self.slide).saturating_add(self.lateness)
+            return i64::MIN;
+        }
+        let close = self.closed_before.saturating_add(self.slide).saturating_add(self.lateness);
+        match &self.updates {
+            Some(u) => close.min(u.fired_before.saturating_add(self.slide)),
+            None => close,
         }
     }
 
@@ -116,6 +150,17 @@ impl FixedWindows {
         for (i, &t) in times.iter().enumerate() {
             let s = floor_div(t, self.slide);
             let first_end = (s + 1) * self.slide;
+            if let Some(u) = &mut self.updates
+                && first_end <= u.fired_before
+            {
+                // Within the lateness of windows already written: they get a new revision.
+                for j in 1..=k {
+                    let end = (s + j) * self.slide;
+                    if end > self.closed_before && end <= u.fired_before {
+                        u.dirty.insert(end);
+                    }
+                }
+            }
             if first_end <= self.closed_before {
                 // Some windows holding this row have closed: those it missed.
                 let mut j = 1;
@@ -151,7 +196,9 @@ impl FixedWindows {
         Ok(())
     }
 
-    /// Closes every window whose end + lateness the watermark `wm` has passed, in order.
+    /// Closes every window whose end + lateness the watermark `wm` has passed, in order. In
+    /// updates mode, also writes the windows whose end `wm` has passed (revision 0) and
+    /// re-writes the ones changed since they were written (next revision).
     pub fn close(
         &mut self,
         plan: &Compiled,
@@ -160,12 +207,36 @@ impl FixedWindows {
         out: &mut Vec<Closed>,
     ) -> Result<()> {
         let boundary = floor_div(wm.saturating_sub(self.lateness), self.slide).saturating_mul(self.slide);
-        if boundary <= self.closed_before {
-            return Ok(());
+        if boundary > self.closed_before {
+            self.close_upto(plan, conv, boundary, out)?;
         }
+        if self.updates.is_some() {
+            self.fire(plan, conv, floor_div(wm, self.slide).saturating_mul(self.slide), out)?;
+        }
+        Ok(())
+    }
+
+    fn close_upto(
+        &mut self,
+        plan: &Compiled,
+        conv: Option<&RowConverter>,
+        boundary: i64,
+        out: &mut Vec<Closed>,
+    ) -> Result<()> {
         let k = self.slides_per_window();
         for e in self.window_ends(boundary) {
             let last = e / self.slide - 1;
+            let revision = match &mut self.updates {
+                None => 0,
+                Some(u) => {
+                    let changed = u.dirty.remove(&e);
+                    match u.revisions.remove(&e) {
+                        Some(_) if !changed => continue, // its last revision stands
+                        Some(r) => r + 1,
+                        None => 0,
+                    }
+                }
+            };
             // A tumbling window evaluates its bin directly (unless a live view froze part of it).
             if k == 1 && self.bins.get(&last).is_none_or(|b| b.frozen.is_empty()) {
                 if let Some(bin) = self.bins.remove(&last)
@@ -173,19 +244,63 @@ impl FixedWindows {
                 {
                     let rows = p.evaluate(conv, &plan.aggregate_schema)?;
                     if rows.num_rows() > 0 {
-                        out.push(Closed { start: e - self.size, end: e, rows });
+                        out.push(Closed { start: e - self.size, end: e, revision, rows });
                     }
                 }
                 continue;
             }
             self.freeze(last - k + 1..=last)?;
-            out.extend(self.merged(plan, conv, e)?);
+            out.extend(self.merged(plan, conv, e)?.map(|c| Closed { revision, ..c }));
         }
         self.closed_before = boundary;
+        if let Some(u) = &mut self.updates {
+            u.fired_before = u.fired_before.max(boundary);
+        }
         // Slides whose last window has closed are done.
         let keep_from = floor_div(boundary, self.slide) - k + 1;
         self.bins = self.bins.split_off(&keep_from);
         Ok(())
+    }
+
+    /// Updates mode: writes windows ending up to `boundary` for the first time, then the
+    /// written ones that changed since.
+    fn fire(
+        &mut self,
+        plan: &Compiled,
+        conv: Option<&RowConverter>,
+        boundary: i64,
+        out: &mut Vec<Closed>,
+    ) -> Result<()> {
+        let Some(u) = self.updates.as_mut() else { return Ok(()) };
+        let mut todo: BTreeMap<i64, u32> =
+            std::mem::take(&mut u.dirty).into_iter().map(|e| (e, u.revisions.get(&e).map_or(0, |r| r + 1))).collect();
+        if boundary > u.fired_before {
+            let from = u.fired_before;
+            u.fired_before = boundary;
+            for e in self.window_ends(boundary).into_iter().filter(|&e| e > from) {
+                todo.insert(e, 0);
+            }
+        }
+        let k = self.slides_per_window();
+        for (e, revision) in todo {
+            let last = e / self.slide - 1;
+            self.freeze(last - k + 1..=last)?;
+            if let Some(c) = self.merged(plan, conv, e)? {
+                out.push(Closed { revision, ..c });
+                if let Some(u) = self.updates.as_mut() {
+                    u.revisions.insert(e, revision);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The revision a live view of the window ending at `e` shows.
+    fn live_revision(&self, e: i64) -> u32 {
+        self.updates
+            .as_ref()
+            .and_then(|u| u.revisions.get(&e).map(|r| r + u32::from(u.dirty.contains(&e))))
+            .unwrap_or(0)
     }
 }
 
@@ -197,7 +312,8 @@ impl FixedWindows {
         self.freeze(..)?;
         let mut out = Vec::new();
         for e in self.window_ends(i64::MAX) {
-            out.extend(self.merged(plan, conv, e)?);
+            let revision = self.live_revision(e);
+            out.extend(self.merged(plan, conv, e)?.map(|c| Closed { revision, ..c }));
         }
         Ok(out)
     }
@@ -239,7 +355,12 @@ impl FixedWindows {
         if window.groups.len() == 0 {
             return Ok(None);
         }
-        Ok(Some(Closed { start: e - self.size, end: e, rows: window.evaluate(conv, &plan.aggregate_schema)? }))
+        Ok(Some(Closed {
+            start: e - self.size,
+            end: e,
+            revision: 0,
+            rows: window.evaluate(conv, &plan.aggregate_schema)?,
+        }))
     }
 }
 
@@ -258,4 +379,69 @@ pub fn keep(a: &RecordBatch, mask: &BooleanArray) -> Result<RecordBatch> {
         return Ok(a.clone());
     }
     Ok(arrow::compute::filter_record_batch(a, mask)?)
+}
+
+/// A checkpoint of [`FixedWindows`]: its bookkeeping, and per slide one frozen state
+/// (`batches[i]` belongs to `slides[i]`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FixedState {
+    closed_before: i64,
+    fired_before: Option<i64>,
+    revisions: Vec<(i64, u32)>,
+    dirty: Vec<i64>,
+    slides: Vec<i64>,
+    widths: Vec<usize>,
+}
+
+impl FixedWindows {
+    /// Saves the state (open partials are frozen and each slide's states merged into one,
+    /// as a live view does: later rows and closing are unaffected).
+    pub fn save(&mut self, plan: &Compiled, conv: Option<&RowConverter>) -> Result<(FixedState, Vec<RecordBatch>)> {
+        self.freeze(..)?;
+        let mut widths = Vec::new();
+        let (mut slides, mut batches) = (Vec::new(), Vec::new());
+        for (&s, bin) in self.bins.iter_mut() {
+            if bin.frozen.len() > 1 {
+                bin.frozen = vec![Partial::compact(plan, conv, &bin.frozen)?];
+            }
+            let Some(f) = bin.frozen.first() else { continue };
+            slides.push(s);
+            batches.push(f.to_batch(conv, &mut widths)?);
+        }
+        let u = self.updates.as_ref();
+        let state = FixedState {
+            closed_before: self.closed_before,
+            fired_before: u.map(|u| u.fired_before),
+            revisions: u.map(|u| u.revisions.iter().map(|(&e, &r)| (e, r)).collect()).unwrap_or_default(),
+            dirty: u.map(|u| u.dirty.iter().copied().collect()).unwrap_or_default(),
+            slides,
+            widths,
+        };
+        Ok((state, batches))
+    }
+
+    /// Restores a [`FixedWindows::save`] into this (fresh) operator.
+    pub fn restore(
+        &mut self,
+        state: &FixedState,
+        batches: &[RecordBatch],
+        conv: Option<&RowConverter>,
+        n_keys: usize,
+    ) -> Result<()> {
+        if state.slides.len() != batches.len() {
+            return Err(DataFusionError::Internal("checkpoint: window slides and states differ".into()));
+        }
+        self.closed_before = state.closed_before;
+        if let (Some(u), Some(f)) = (self.updates.as_mut(), state.fired_before) {
+            u.fired_before = f;
+            u.revisions = state.revisions.iter().copied().collect();
+            u.dirty = state.dirty.iter().copied().collect();
+        }
+        self.bins.clear();
+        for (&s, b) in state.slides.iter().zip(batches) {
+            let frozen = Frozen::from_batch(b, conv, n_keys, &state.widths)?;
+            self.bins.insert(s, Slide { open: None, frozen: vec![frozen] });
+        }
+        Ok(())
+    }
 }

@@ -21,7 +21,11 @@ use datafusion::error::Result;
 use super::operator::{Closed, FixedWindows, Late, as_mask, keep, key_converter};
 use super::plan::Compiled;
 use super::session::Sessions;
-use super::spec::{PipelineSpec, WindowKind};
+use super::spec::{Emit, PipelineSpec, WindowKind};
+
+/// Column after `window_end` in `emit = "updates"` tables: 0 for a window's first rows, then
+/// one more for each correction.
+pub const REVISION_COLUMN: &str = "revision";
 
 enum Op {
     Fixed(FixedWindows),
@@ -81,12 +85,20 @@ pub struct WindowedQuery {
 impl WindowedQuery {
     pub fn new(spec: PipelineSpec, plan: Compiled) -> Result<Self> {
         let conv = key_converter(&plan)?;
+        let updates = spec.emit == Emit::Updates;
+        let fixed = |size, slide| {
+            let f = FixedWindows::new(size, slide, spec.allowed_lateness_us);
+            Op::Fixed(if updates { f.with_updates() } else { f })
+        };
         let op = match spec.window {
-            WindowKind::Tumbling { size } => Op::Fixed(FixedWindows::new(size, size, spec.allowed_lateness_us)),
-            WindowKind::Hopping { size, slide } => Op::Fixed(FixedWindows::new(size, slide, spec.allowed_lateness_us)),
+            WindowKind::Tumbling { size } => fixed(size, size),
+            WindowKind::Hopping { size, slide } => fixed(size, slide),
             WindowKind::Session { gap } => Op::Session(Sessions::new(gap, spec.allowed_lateness_us)),
         };
         let mut fields = vec![Field::new("window_start", ts(), false), Field::new("window_end", ts(), false)];
+        if updates {
+            fields.push(Field::new(REVISION_COLUMN, DataType::UInt32, false));
+        }
         fields.extend(plan.output.fields().iter().map(|f| f.as_ref().clone()));
         Ok(WindowedQuery {
             spec,
@@ -213,27 +225,23 @@ impl WindowedQuery {
         let len = end - start;
         let mut part = sel.slice(start, len);
         let mut part_times: Vec<i64> = times[start..end].to_vec();
-        // Per-row watermarks (sessions decide lateness of a new session row by row).
-        let mut wms: Vec<i64> = Vec::new();
-        if matches!(self.op, Op::Session(_)) {
-            let mut m = self.max_time;
-            wms = part_times
-                .iter()
-                .map(|&t| {
-                    m = m.max(t);
-                    self.wm_at(m)
-                })
-                .collect();
-        }
+        // Per-row watermarks: sessions decide lateness of a new session row by row, and late
+        // rows report the watermark as of their arrival.
+        let mut m = self.max_time;
+        let mut wms: Vec<i64> = part_times
+            .iter()
+            .map(|&t| {
+                m = m.max(t);
+                self.wm_at(m)
+            })
+            .collect();
         if let Some(mask) = member {
             let mask = mask.slice(start, len);
             if mask.true_count() != len {
                 part = keep(&part, &mask)?;
                 let keep_idx: Vec<usize> = (0..len).filter(|&i| mask.is_valid(i) && mask.value(i)).collect();
                 part_times = keep_idx.iter().map(|&i| part_times[i]).collect();
-                if !wms.is_empty() {
-                    wms = keep_idx.iter().map(|&i| wms[i]).collect();
-                }
+                wms = keep_idx.iter().map(|&i| wms[i]).collect();
             }
         }
         if part.num_rows() == 0 {
@@ -263,16 +271,15 @@ impl WindowedQuery {
         self.stats.late += self.late.len() as u64;
         self.stats.counted += part.num_rows() as u64 - fully_late;
         if !self.late.is_empty() {
-            let b = self.late_batch(&part)?;
+            let b = self.late_batch(&part, &wms)?;
             self.late_ready.push(b);
         }
         Ok(())
     }
 
-    fn late_batch(&self, part: &RecordBatch) -> Result<RecordBatch> {
+    /// Late rows with the watermark as of their arrival (so independent of batching).
+    fn late_batch(&self, part: &RecordBatch, wms: &[i64]) -> Result<RecordBatch> {
         let idx = UInt32Array::from_iter_values(self.late.iter().map(|l| l.row));
-        let wm = self.watermark().unwrap_or(i64::MIN);
-        let n = self.late.len();
         let tz = |v: Vec<i64>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as ArrayRef;
         let cols: Vec<ArrayRef> = vec![
             tz(self.late.iter().map(|l| l.window_start).collect()),
@@ -282,7 +289,7 @@ impl WindowedQuery {
             take(part.column(2), &idx, None)?,
             take(part.column(6), &idx, None)?,
             take(part.column(7), &idx, None)?,
-            tz(vec![wm; n]),
+            tz(self.late.iter().map(|l| wms[l.row as usize]).collect()),
         ];
         Ok(RecordBatch::try_new(late_schema(), cols)?)
     }
@@ -300,7 +307,9 @@ impl WindowedQuery {
     fn emit(&mut self, closed: Vec<Closed>) -> Result<()> {
         let now_ms = chrono::Utc::now().timestamp_millis();
         for c in closed {
-            self.stats.emit_latency.record((now_ms - c.end.div_euclid(1000)).max(0) as u64);
+            if c.revision == 0 {
+                self.stats.emit_latency.record((now_ms - c.end.div_euclid(1000)).max(0) as u64);
+            }
             if let Some(rows) = self.table_rows(c)? {
                 self.stats.windows += 1;
                 self.stats.rows += rows.num_rows() as u64;
@@ -322,6 +331,9 @@ impl WindowedQuery {
             Arc::new(TimestampMicrosecondArray::from(vec![c.start; n]).with_timezone("UTC")),
             Arc::new(TimestampMicrosecondArray::from(vec![c.end; n]).with_timezone("UTC")),
         ];
+        if self.spec.emit == Emit::Updates {
+            cols.push(Arc::new(UInt32Array::from(vec![c.revision; n])));
+        }
         cols.extend(rows.columns().iter().cloned());
         Ok(Some(RecordBatch::try_new(self.output.clone(), cols)?))
     }
@@ -363,5 +375,68 @@ impl WindowedQuery {
     pub fn flush(&mut self) -> Result<()> {
         self.floor = i64::MAX;
         self.close(i64::MAX)
+    }
+}
+
+/// A checkpoint of one pipeline's window state (its batches travel beside it).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct QueryState {
+    pub name: String,
+    /// What the state depends on: a pipeline whose window, fields, emit mode or SQL changed
+    /// starts from empty windows.
+    pub fingerprint: String,
+    max_time: i64,
+    floor: i64,
+    op: OpState,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+enum OpState {
+    Fixed(super::operator::FixedState),
+    Session(super::session::SessionState),
+}
+
+impl WindowedQuery {
+    /// See [`QueryState::fingerprint`].
+    pub fn fingerprint(&self) -> String {
+        let s = &self.spec;
+        format!("{} | lateness {} | {:?} | {:?} | {}", s.window, s.allowed_lateness_us, s.emit, s.fields, s.sql.trim())
+    }
+
+    /// The window state as of now (call after the last batch was processed).
+    pub fn save(&mut self) -> Result<(QueryState, Vec<RecordBatch>)> {
+        let (op, batches) = match &mut self.op {
+            Op::Fixed(f) => {
+                let (s, b) = f.save(&self.plan, self.conv.as_ref())?;
+                (OpState::Fixed(s), b)
+            }
+            Op::Session(s) => {
+                let (st, b) = s.save()?;
+                (OpState::Session(st), b)
+            }
+        };
+        let state = QueryState {
+            name: self.spec.name.clone(),
+            fingerprint: self.fingerprint(),
+            max_time: self.max_time,
+            floor: self.floor,
+            op,
+        };
+        Ok((state, batches))
+    }
+
+    /// Restores a saved state into this fresh query.
+    pub fn restore(&mut self, state: &QueryState, batches: &[RecordBatch]) -> Result<()> {
+        let n_keys = self.plan.group_types.len();
+        match (&mut self.op, &state.op) {
+            (Op::Fixed(f), OpState::Fixed(s)) => f.restore(s, batches, self.conv.as_ref(), n_keys)?,
+            (Op::Session(x), OpState::Session(s)) => x.restore(&self.plan, s, batches)?,
+            _ => return Err(datafusion::error::DataFusionError::Internal("checkpoint: window kind differs".into())),
+        }
+        self.max_time = state.max_time;
+        self.floor = state.floor;
+        // The idle timeout counts from the restart.
+        self.last_arrival = (state.max_time != i64::MIN).then(Instant::now);
+        Ok(())
     }
 }

@@ -11,11 +11,14 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 
-use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Int64Array, RecordBatch, UInt32Array, UInt64Array};
 use arrow::compute::take;
+use arrow::datatypes::{Field, Int64Type, Schema, UInt64Type};
 use arrow::row::RowConverter;
 use datafusion::common::ScalarValue;
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::Accumulator;
 use hashbrown::HashMap;
 
@@ -326,5 +329,106 @@ fn session_row(
     };
     cols.extend(values);
     let rows = RecordBatch::try_new(plan.aggregate_schema.clone(), cols)?;
-    Ok(Closed { start: s.start, end: s.last.saturating_add(gap), rows })
+    Ok(Closed { start: s.start, end: s.last.saturating_add(gap), revision: 0, rows })
+}
+
+/// A checkpoint of [`Sessions`]: two batches follow it, the open sessions (`key`, `id`,
+/// `start`, `last`, then each accumulator's state columns, `widths` of them per
+/// aggregate) and the closed ones still remembered for lateness (`key`, `id`, `start`, `last`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SessionState {
+    next_id: u64,
+    widths: Vec<usize>,
+}
+
+impl Sessions {
+    pub fn save(&mut self) -> Result<(SessionState, Vec<RecordBatch>)> {
+        let mut ids: Vec<u64> = self.sessions.keys().copied().collect();
+        ids.sort_unstable();
+        let mut open_rows: Vec<u64> = Vec::new();
+        let mut states: Vec<Vec<ScalarValue>> = Vec::new();
+        let mut widths = Vec::new();
+        for &id in &ids {
+            let Some(accs) = self.sessions.get_mut(&id).and_then(|s| s.accs.as_mut()) else { continue };
+            let mut row = Vec::new();
+            widths.clear();
+            for a in accs.iter_mut() {
+                let st = a.state()?;
+                widths.push(st.len());
+                row.extend(st);
+            }
+            open_rows.push(id);
+            states.push(row);
+        }
+        let bounds = |which: &[u64]| -> Result<Vec<ArrayRef>> {
+            let s = which.iter().map(|id| &self.sessions[id]);
+            Ok(vec![
+                Arc::new(BinaryArray::from_iter_values(s.clone().map(|s| &s.key[..]))) as ArrayRef,
+                Arc::new(UInt64Array::from_iter_values(which.iter().copied())),
+                Arc::new(Int64Array::from_iter_values(s.clone().map(|s| s.start))),
+                Arc::new(Int64Array::from_iter_values(s.map(|s| s.last))),
+            ])
+        };
+        let mut open_cols = bounds(&open_rows)?;
+        let width: usize = widths.iter().sum();
+        for j in 0..width {
+            if !states.is_empty() {
+                open_cols.push(ScalarValue::iter_to_array(states.iter().map(|r| r[j].clone()))?);
+            }
+        }
+        let closed_ids: Vec<u64> = ids.into_iter().filter(|id| self.sessions[id].accs.is_none()).collect();
+        let batches = vec![as_batch(open_cols)?, as_batch(bounds(&closed_ids)?)?];
+        Ok((SessionState { next_id: self.next_id, widths }, batches))
+    }
+
+    /// Restores a [`Sessions::save`] into this (fresh) operator.
+    pub fn restore(&mut self, plan: &Compiled, state: &SessionState, batches: &[RecordBatch]) -> Result<()> {
+        let bad = || DataFusionError::Internal("checkpoint: session state has the wrong shape".into());
+        let [open, closed] = batches else { return Err(bad()) };
+        self.next_id = state.next_id;
+        for (b, is_open) in [(open, true), (closed, false)] {
+            if b.num_rows() == 0 {
+                continue;
+            }
+            let keys = b.column(0).as_binary_opt::<i32>().ok_or_else(bad)?;
+            let ids = b.column(1).as_primitive_opt::<UInt64Type>().ok_or_else(bad)?;
+            let starts = b.column(2).as_primitive_opt::<Int64Type>().ok_or_else(bad)?;
+            let lasts = b.column(3).as_primitive_opt::<Int64Type>().ok_or_else(bad)?;
+            if is_open
+                && (b.num_columns() != 4 + state.widths.iter().sum::<usize>()
+                    || state.widths.len() != plan.aggregates.len())
+            {
+                return Err(bad());
+            }
+            for i in 0..b.num_rows() {
+                let (id, key, start, last) = (ids.value(i), keys.value(i), starts.value(i), lasts.value(i));
+                let accs = if is_open {
+                    let mut accs = Vec::with_capacity(plan.aggregates.len());
+                    let mut at = 4;
+                    for (agg, &w) in plan.aggregates.iter().zip(&state.widths) {
+                        let mut acc = agg.expr.create_accumulator()?;
+                        let cols: Vec<ArrayRef> = b.columns()[at..at + w].iter().map(|c| c.slice(i, 1)).collect();
+                        acc.merge_batch(&cols)?;
+                        at += w;
+                        accs.push(acc);
+                    }
+                    self.closing.push(Reverse((self.close_at(last), id)));
+                    self.open += 1;
+                    Some(accs)
+                } else {
+                    self.expiring.insert((last.saturating_add(2 * self.gap).saturating_add(self.lateness), id));
+                    None
+                };
+                self.sessions.insert(id, Session { key: key.into(), start, last, accs });
+                self.by_key.entry_ref(key).or_default().push(id);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn as_batch(cols: Vec<ArrayRef>) -> Result<RecordBatch> {
+    let fields: Vec<Field> =
+        cols.iter().enumerate().map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true)).collect();
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
 }

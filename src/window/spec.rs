@@ -75,6 +75,11 @@ pub enum Emit {
     /// One row per window and group, when the watermark passes `end + allowed_lateness`.
     #[default]
     Final,
+    /// For dashboards (tumbling and hopping windows): a window's rows are first written when
+    /// the watermark passes its end (`revision` 0); each later change within the allowed
+    /// lateness re-writes all of the window's rows with the next revision, at the next slide
+    /// boundary the watermark crosses. The highest revision of a window is its current value.
+    Updates,
 }
 
 /// A window shape; all durations in microseconds.
@@ -271,6 +276,14 @@ pub fn parse(text: &str, file: &Path) -> Result<PipelineSpec, Vec<SpecProblem>> 
             WindowKind::Tumbling { size: 60_000_000 }
         }
     };
+    if raw.emit == Emit::Updates && matches!(window, WindowKind::Session { .. }) {
+        problems.push(problem(
+            line_of("emit"),
+            "emit = \"updates\" works with tumbling and hopping windows; a session's bounds move as it grows, \
+             so session windows are written once, when they close: use emit = \"final\""
+                .into(),
+        ));
+    }
     let mut fields = Vec::new();
     for (fname, f) in &raw.fields {
         let fl = line_of(fname).or_else(|| line_of("fields"));

@@ -71,7 +71,8 @@ async fn files_roll_by_size_and_no_partial_or_temp_file_is_visible() {
     let partitions: BTreeSet<_> = rows.values().map(|r| r.partition.clone()).collect();
     assert!(summary.stats.files_committed > partitions.len() as u64, "size rolls made several files per partition");
     let staging = lake.path().join("_eventide/staging");
-    assert_eq!(std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0), 0, "no staged leftovers");
+    let staged: Vec<_> = walkdir(&staging).into_iter().filter(|p| p.is_file()).collect();
+    assert!(staged.is_empty(), "staged leftovers: {staged:?}");
 }
 
 #[tokio::test]
@@ -79,4 +80,16 @@ async fn lake_urls_memory_and_unsupported() {
     assert!(eventide::sink::lake::Lake::open("memory://").is_ok());
     let err = eventide::sink::lake::Lake::open("ftp://x/y").unwrap_err().to_string();
     assert!(err.contains("unsupported scheme"), "{err}");
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        }
+        out.push(p);
+    }
+    out
 }

@@ -91,6 +91,11 @@ fn validate_points_at_pipeline_file_line_and_fix() {
             &format!("{window}fields = {{ amount = \"money\" }}\nsql = \"SELECT count(*) AS n FROM events\"\n"),
         ),
         ("events.toml", &format!("{window}sql = \"SELECT count(*) AS n FROM events\"\n")),
+        (
+            "session_updates.toml",
+            "window = { kind = \"session\", gap = \"30m\" }\nemit = \"updates\"\nsql = \"SELECT count(*) AS n FROM events\"\n",
+        ),
+        ("bad_emit.toml", &format!("{window}emit = \"sometimes\"\nsql = \"SELECT count(*) AS n FROM events\"\n")),
     ]);
     assert!(!ok, "{text}");
     let has = |needle: &str| assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
@@ -106,6 +111,8 @@ fn validate_points_at_pipeline_file_line_and_fix() {
     has("order.toml:2: ORDER BY is not supported");
     has("bad_type.toml:2: field `amount`: unknown type \"money\"");
     has("events.toml: \"events\" is reserved");
+    has("session_updates.toml:2: emit = \"updates\" works with tumbling and hopping windows");
+    has("bad_emit.toml:2: unknown variant `sometimes`, expected `final` or `updates`");
 }
 
 #[test]

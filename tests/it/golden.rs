@@ -1,7 +1,8 @@
 //! Golden tests of the window engine (`tests/golden/*.test`, `.slt` in spirit): a pipeline,
 //! input events in arrival order, the expected table rows and late rows. Each case runs the
 //! real path (decode → dedup → windows → Parquet in a temporary lake) and reads the tables
-//! back with `eventide::query`.
+//! back with `eventide::query`, four times: with the micro-batches as written, one event per
+//! batch, one batch, and with a restart from saved window state at each `---`.
 //!
 //! Format: sections `pipeline:` (TOML), `input:`, `output:` and `late:` (CSV, header first,
 //! compared as sorted lines). Input lines are `<id> <type> <time> [k=v …]` (time `HH:MM:SS`
@@ -115,28 +116,53 @@ fn render(batches: &[RecordBatch]) -> Vec<String> {
     rows
 }
 
-async fn run_case(path: &Path) {
+/// How a case's events are cut into micro-batches: as written, one per event, or all in
+/// one (`idle` lines still end a batch); or as written with a restart at each cut (commit,
+/// save the window state, continue in fresh pipelines restored from it). The results must
+/// not depend on it.
+#[derive(Debug, Clone, Copy)]
+enum Cuts {
+    AsWritten,
+    EachEvent,
+    One,
+    RestartAt,
+}
+
+async fn run_case(path: &Path, cuts: Cuts) {
     let text = std::fs::read_to_string(path).unwrap();
     let case = parse_case(&text);
+    let path = &path.with_extension(format!("test ({cuts:?} batches)"));
     let file = path.with_extension("toml");
     let spec = spec::parse(&case.pipeline, &file).unwrap_or_else(|p| panic!("{p:?}"));
     let compiled = plan::compile(&spec).await.unwrap_or_else(|p| panic!("{p}"));
     let pipelines = Pipelines::new(vec![(spec.clone(), compiled)]).unwrap();
     let tables = pipelines.output_schemas();
     let mut r = Replayer::new(pipelines, Duration::from_secs(3600), "events");
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
     for line in &case.input {
         if line == "---" {
-            r.end_batch().unwrap();
+            if !matches!(cuts, Cuts::One) {
+                r.end_batch().unwrap();
+            }
+            if matches!(cuts, Cuts::RestartAt) {
+                r.pipelines.commit(&lake, "golden").await.unwrap();
+                let state = r.pipelines.save_state().unwrap();
+                let mut fresh = Pipelines::new(vec![(spec.clone(), plan::compile(&spec).await.unwrap())]).unwrap();
+                assert_eq!(fresh.restore_state(&state).unwrap(), vec![spec.name.clone()]);
+                r.pipelines = fresh;
+            }
         } else if let Some(d) = line.strip_prefix("idle ") {
             r.end_batch().unwrap();
             let d = eventide::config::Dur::parse(d).unwrap().0;
             r.pipelines.on_tick(Instant::now() + d).unwrap();
         } else {
             r.feed(&event_json(line), || (file.clone(), 0)).unwrap();
+            if matches!(cuts, Cuts::EachEvent) {
+                r.end_batch().unwrap();
+            }
         }
     }
-    let dir = tempfile::tempdir().unwrap();
-    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
     r.finish(&lake, "golden").await.unwrap();
     let q = LakeQuery::open(&lake, &tables).await.unwrap();
     let name = &spec.name;
@@ -171,6 +197,8 @@ async fn golden_cases() {
     files.sort();
     assert!(files.len() >= 6, "golden cases missing in {}", dir.display());
     for f in files {
-        run_case(&f).await;
+        for cuts in [Cuts::AsWritten, Cuts::EachEvent, Cuts::One, Cuts::RestartAt] {
+            run_case(&f, cuts).await;
+        }
     }
 }

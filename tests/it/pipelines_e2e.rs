@@ -19,7 +19,7 @@ use eventide::sink::lake::Lake;
 use eventide::window::spec::WindowKind;
 use eventide::window::{Pipelines, check_dir};
 
-use crate::support::{self, RedisServer};
+use crate::support::{self, RedisServer, table, text_rows};
 
 struct Ev {
     ty: String,
@@ -47,31 +47,6 @@ fn accepted_events(entries: &[eventide::generator::GenEntry]) -> Vec<Ev> {
         })
         .collect()
 }
-
-/// Rows as text, floats rounded (sums in another order differ in the last bits).
-fn rows(batches: &[RecordBatch]) -> Vec<String> {
-    let mut out = Vec::new();
-    for b in batches {
-        for i in 0..b.num_rows() {
-            let cells: Vec<String> = b
-                .columns()
-                .iter()
-                .map(|c| match c.as_any().downcast_ref::<Float64Array>() {
-                    Some(f) if f.is_valid(i) => format!("{:.4}", f.value(i)),
-                    _ => arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &Default::default())
-                        .unwrap()
-                        .value(i)
-                        .to_string(),
-                })
-                .collect();
-            out.push(cells.join(","));
-        }
-    }
-    out.sort();
-    out
-}
-
-use arrow::array::Array;
 
 /// The pipeline's SQL, run in one batch over its events expanded into their windows.
 async fn batch_expectation(sql: &str, size: i64, slide: i64, events: &[&Ev]) -> Vec<String> {
@@ -113,12 +88,7 @@ async fn batch_expectation(sql: &str, size: i64, slide: i64, events: &[&Ev]) -> 
         Some(i) => format!("{}GROUP BY window_start, window_end, {}", &q[..i], &q[i + 8..]),
         None => format!("{q} GROUP BY window_start, window_end"),
     };
-    rows(&ctx.sql(&q).await.unwrap().collect().await.unwrap())
-}
-
-async fn table(lake: &Lake, pipelines: &Pipelines, name: &str) -> Vec<String> {
-    let q = LakeQuery::open(lake, &pipelines.output_schemas()).await.unwrap();
-    rows(&q.sql(&format!("SELECT * EXCEPT (window_date) FROM {name}")).await.unwrap().1)
+    text_rows(&ctx.sql(&q).await.unwrap().collect().await.unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, Float64Array, RecordBatch};
 use arrow::datatypes::TimestampMicrosecondType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -29,11 +29,6 @@ pub fn read_archive(lake: &Path) -> BTreeMap<String, Row> {
         assert!(out.insert(id.clone(), row).is_none(), "duplicate row for event {id}");
     }
     out
-}
-
-/// The event_id of every row, duplicates included.
-pub fn read_archive_rows(lake: &Path) -> Vec<String> {
-    scan(lake).into_iter().map(|(id, _)| id).collect()
 }
 
 fn scan(lake: &Path) -> Vec<(String, Row)> {
@@ -91,4 +86,37 @@ fn rows(b: &RecordBatch, partition: &str) -> Vec<(String, Row)> {
             )
         })
         .collect()
+}
+
+/// Rows as text, floats rounded (sums in another order differ in the last bits).
+pub fn text_rows(batches: &[RecordBatch]) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        for i in 0..b.num_rows() {
+            let cells: Vec<String> = b
+                .columns()
+                .iter()
+                .map(|c| match c.as_any().downcast_ref::<Float64Array>() {
+                    Some(f) if f.is_valid(i) => format!("{:.4}", f.value(i)),
+                    _ => arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &Default::default())
+                        .unwrap()
+                        .value(i)
+                        .to_string(),
+                })
+                .collect();
+            out.push(cells.join(","));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A pipeline table of `lake` as sorted text rows (see [`text_rows`]).
+pub async fn table(
+    lake: &eventide::sink::lake::Lake,
+    pipelines: &eventide::window::Pipelines,
+    name: &str,
+) -> Vec<String> {
+    let q = eventide::query::LakeQuery::open(lake, &pipelines.output_schemas()).await.unwrap();
+    text_rows(&q.sql(&format!("SELECT * EXCEPT (window_date) FROM {name}")).await.unwrap().1)
 }

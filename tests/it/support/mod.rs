@@ -1,5 +1,6 @@
 //! Test fixtures: a private Redis server, pipeline options, archive readers.
 
+pub mod faulty;
 pub mod lake;
 pub mod redis_server;
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 use eventide::config::Config;
 use eventide::pipeline::{PipelineOptions, RunSummary};
 
-pub use lake::{read_archive, read_archive_rows};
+pub use lake::{read_archive, table, text_rows};
 pub use redis_server::RedisServer;
 
 /// Pipeline options for a test: the given Redis, stream and lake, short timers.

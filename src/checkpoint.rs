@@ -1,0 +1,246 @@
+//! Checkpoints: the commit protocol that makes every event count exactly once across
+//! crashes (sits after the sinks, before the ack: process → **checkpoint** → XACK).
+//!
+//! A run is a sequence of epochs. During epoch N every output file (archive files that
+//! rolled, and at the checkpoint every open archive file and every pipeline table file) is
+//! written under a staging prefix readers ignore, `_eventide/staging/<group>/<consumer>/<N>/`.
+//! The checkpoint then writes the dedup state (a delta, or a full snapshot every
+//! `state_interval`) and the window state, and finally the **manifest**
+//! `_eventide/checkpoints/<group>/<consumer>/manifest-<N>.json` listing all of them: writing
+//! the manifest (one atomic put) is the commit point. After it the staged files are moved into
+//! place and the entries read during the epoch are acked; then older manifests and blobs are
+//! pruned.
+//!
+//! Recovery loads the latest manifest: publishes its staged files that are not in place yet
+//! (idempotent), deletes staged files of later, uncommitted epochs, restores dedup and
+//! windows, and re-reads the consumer's pending entries. Entries already counted by the
+//! checkpoint come back as duplicates (dedup remembers them) and are only acked; the others
+//! are processed as new. See ARCHITECTURE.md for the invariants.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::sink::archive::{CommittedFile, sanitize_name};
+use crate::sink::lake::{INTERNAL_PREFIX, Lake};
+
+const VERSION: u32 = 1;
+
+/// One output file of an epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub staged: String,
+    pub target: String,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// The commit record of one epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub version: u32,
+    pub epoch: u64,
+    pub group: String,
+    pub consumer: String,
+    /// When the epoch started (unix ms): dead-letter entries written after it may belong
+    /// to entries that were not acked yet.
+    pub started_ms: i64,
+    pub created_ms: i64,
+    /// Files this epoch made visible (staged until the manifest was written).
+    pub files: Vec<FileEntry>,
+    /// Dedup state: the full snapshot, then the deltas written since (all blob paths).
+    pub dedup_snapshot: Option<String>,
+    pub dedup_deltas: Vec<String>,
+    /// Every pipeline's window state.
+    pub windows: Option<String>,
+    /// Per stream, the last entry id processed (for ops; pending entries are re-read).
+    pub positions: BTreeMap<String, String>,
+    /// Running totals as of this checkpoint.
+    pub totals: Totals,
+}
+
+/// Counts as of a checkpoint (they survive restarts in the manifest).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub archived_rows: u64,
+    pub table_rows: u64,
+    pub files: u64,
+}
+
+/// The checkpoints of one consumer.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    lake: Lake,
+    root: String,
+    staging: String,
+    pub group: String,
+    pub consumer: String,
+}
+
+impl Checkpoints {
+    pub fn new(lake: Lake, group: &str, consumer: &str) -> Checkpoints {
+        let (g, c) = (sanitize_name(group), sanitize_name(consumer));
+        Checkpoints {
+            lake,
+            root: format!("{INTERNAL_PREFIX}/checkpoints/{g}/{c}"),
+            staging: format!("{INTERNAL_PREFIX}/staging/{g}/{c}"),
+            group: group.to_string(),
+            consumer: consumer.to_string(),
+        }
+    }
+
+    /// Where epoch `epoch` stages its files.
+    pub fn staging_prefix(&self, epoch: u64) -> String {
+        format!("{}/{epoch:020}", self.staging)
+    }
+
+    fn manifest_path(&self, epoch: u64) -> Path {
+        Path::from(format!("{}/manifest-{epoch:020}.json", self.root))
+    }
+
+    /// Writes a state blob of epoch `epoch`; returns its path.
+    pub async fn put_blob(&self, epoch: u64, name: &str, bytes: Vec<u8>) -> Result<String> {
+        let path = Path::from(format!("{}/{epoch:020}/{name}", self.root));
+        self.lake.put_atomic(&path, PutPayload::from(bytes)).await?;
+        Ok(path.to_string())
+    }
+
+    pub async fn get_blob(&self, path: &str) -> Result<bytes::Bytes> {
+        self.lake.get_opt(&Path::from(path)).await?.ok_or_else(|| Error::State {
+            path: path.into(),
+            reason: "listed by the checkpoint but missing from the store".into(),
+        })
+    }
+
+    /// The latest committed manifest.
+    pub async fn latest(&self) -> Result<Option<Manifest>> {
+        let prefix = Path::from(self.root.as_str());
+        let listed: Vec<_> = self.lake.store().list_with_delimiter(Some(&prefix)).await.map(|l| l.objects)?;
+        let Some(last) = listed
+            .iter()
+            .filter_map(|m| m.location.filename().and_then(parse_manifest_name).map(|e| (e, &m.location)))
+            .max_by_key(|(e, _)| *e)
+        else {
+            return Ok(None);
+        };
+        let bytes = self.get_blob(last.1.as_ref()).await?;
+        let m: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::State { path: last.1.to_string().into(), reason: e.to_string() })?;
+        if m.version != VERSION {
+            return Err(Error::State {
+                path: last.1.to_string().into(),
+                reason: format!("checkpoint version {} (this build reads {VERSION})", m.version),
+            });
+        }
+        Ok(Some(m))
+    }
+
+    /// The commit point: writes the manifest in one atomic put.
+    pub async fn commit(&self, m: &Manifest) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(m).map_err(|e| Error::Internal(e.to_string()))?;
+        self.lake.put_atomic(&self.manifest_path(m.epoch), PutPayload::from(bytes)).await
+    }
+
+    /// Moves the manifest's staged files into place (repeatable).
+    pub async fn publish(&self, m: &Manifest) -> Result<()> {
+        for f in &m.files {
+            self.lake.publish(&f.staged, &f.target).await?;
+        }
+        self.lake.remove_local_dirs(&self.staging_prefix(m.epoch));
+        Ok(())
+    }
+
+    /// Deletes staged files of epochs after `committed` (work a crash left unfinished);
+    /// returns how many.
+    pub async fn abort_uncommitted(&self, committed: Option<u64>) -> Result<usize> {
+        let prefix = Path::from(self.staging.as_str());
+        let staged: Vec<_> = self.lake.store().list(Some(&prefix)).try_collect().await?;
+        let mut n = 0;
+        let mut epochs = BTreeSet::new();
+        for meta in staged {
+            let epoch = meta
+                .location
+                .prefix_match(&prefix)
+                .and_then(|mut parts| parts.next())
+                .and_then(|p| p.as_ref().parse::<u64>().ok());
+            match epoch {
+                Some(e) if committed.is_some_and(|c| e <= c) => continue, // published at recovery
+                _ => {}
+            }
+            self.lake.store().delete(&meta.location).await?;
+            epochs.extend(epoch);
+            n += 1;
+        }
+        for e in epochs {
+            self.lake.remove_local_dirs(&self.staging_prefix(e));
+        }
+        Ok(n)
+    }
+
+    /// Removes manifests before `m` and state blobs `m` does not reference.
+    pub async fn prune(&self, m: &Manifest) -> Result<()> {
+        let keep: BTreeSet<&str> =
+            m.dedup_snapshot.iter().chain(&m.dedup_deltas).chain(&m.windows).map(String::as_str).collect();
+        let prefix = Path::from(self.root.as_str());
+        let listed: Vec<_> = self.lake.store().list(Some(&prefix)).try_collect().await?;
+        let mut dirs = BTreeSet::new();
+        for meta in listed {
+            let loc = meta.location.as_ref();
+            let old_manifest = meta.location.filename().and_then(parse_manifest_name).is_some_and(|e| e < m.epoch);
+            let unreferenced_blob =
+                meta.location.filename().and_then(parse_manifest_name).is_none() && !keep.contains(loc);
+            if old_manifest || unreferenced_blob {
+                self.lake.store().delete(&meta.location).await?;
+                if unreferenced_blob && let Some((dir, _)) = loc.rsplit_once('/') {
+                    dirs.insert(dir.to_string());
+                }
+            }
+        }
+        for d in dirs {
+            self.lake.remove_local_dirs(&d);
+        }
+        Ok(())
+    }
+}
+
+fn parse_manifest_name(name: &str) -> Option<u64> {
+    name.strip_prefix("manifest-")?.strip_suffix(".json")?.parse().ok()
+}
+
+/// The manifest entries of committed files (staged ones only).
+pub fn file_entries(files: &[CommittedFile]) -> Vec<FileEntry> {
+    files
+        .iter()
+        .filter_map(|f| {
+            f.staged.as_ref().map(|s| FileEntry {
+                staged: s.clone(),
+                target: f.path.clone(),
+                rows: f.rows,
+                bytes: f.bytes,
+            })
+        })
+        .collect()
+}
+
+/// A fresh manifest for `epoch` (files and state filled in by the caller).
+pub fn manifest(cp: &Checkpoints, epoch: u64, started_ms: i64) -> Manifest {
+    Manifest {
+        version: VERSION,
+        epoch,
+        group: cp.group.clone(),
+        consumer: cp.consumer.clone(),
+        started_ms,
+        created_ms: chrono::Utc::now().timestamp_millis(),
+        files: Vec::new(),
+        dedup_snapshot: None,
+        dedup_deltas: Vec::new(),
+        windows: None,
+        positions: BTreeMap::new(),
+        totals: Totals::default(),
+    }
+}

@@ -1,0 +1,111 @@
+//! Window state in checkpoints: every pipeline's open windows (partial aggregate states),
+//! watermark and bookkeeping as one blob, restored after a restart so that windows open at a
+//! crash close with every event they had.
+//!
+//! Layout: `EVWIN001`, then per pipeline a JSON header ([`QueryState`]) and its batches as
+//! Arrow IPC streams, each prefixed by its length (u32 / u64, little endian). A pipeline
+//! whose definition changed ([`QueryState::fingerprint`]) or that is new starts empty; state
+//! of a pipeline that no longer exists is dropped (both logged).
+
+use arrow::array::RecordBatch;
+use arrow_ipc::reader::StreamReader;
+use arrow_ipc::writer::StreamWriter;
+
+use super::query::QueryState;
+use super::{Pipelines, query_error};
+use crate::error::{Error, Result};
+
+const MAGIC: &[u8; 8] = b"EVWIN001";
+
+fn bad(reason: impl Into<String>) -> Error {
+    Error::State { path: "window state".into(), reason: reason.into() }
+}
+
+impl Pipelines {
+    /// Every pipeline's window state (buffered events are processed first).
+    pub fn save_state(&mut self) -> Result<Vec<u8>> {
+        self.process()?;
+        let mut out = MAGIC.to_vec();
+        out.extend((self.queries.len() as u32).to_le_bytes());
+        for q in &mut self.queries {
+            let (state, batches) = q.save().map_err(|e| query_error(&q.spec, e))?;
+            let header = serde_json::to_vec(&state).map_err(|e| bad(e.to_string()))?;
+            out.extend((header.len() as u32).to_le_bytes());
+            out.extend(header);
+            out.extend((batches.len() as u32).to_le_bytes());
+            for b in &batches {
+                let mut buf = Vec::new();
+                let mut w = StreamWriter::try_new(&mut buf, &b.schema())?;
+                w.write(b)?;
+                w.finish()?;
+                drop(w);
+                out.extend((buf.len() as u64).to_le_bytes());
+                out.extend(buf);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores [`Pipelines::save_state`] into freshly loaded pipelines; returns the names of
+    /// the pipelines restored.
+    pub fn restore_state(&mut self, bytes: &[u8]) -> Result<Vec<String>> {
+        let mut r = Cursor { b: bytes };
+        if r.take(8)? != MAGIC {
+            return Err(bad("not a window state blob"));
+        }
+        let n = r.u32()? as usize;
+        let mut restored = Vec::new();
+        for _ in 0..n {
+            let len = r.u32()? as usize;
+            let state: QueryState = serde_json::from_slice(r.take(len)?).map_err(|e| bad(e.to_string()))?;
+            let nb = r.u32()? as usize;
+            let mut batches = Vec::with_capacity(nb);
+            for _ in 0..nb {
+                let len = r.u64()? as usize;
+                batches.push(read_batch(r.take(len)?)?);
+            }
+            let Some(q) = self.queries.iter_mut().find(|q| q.spec.name == state.name) else {
+                tracing::warn!(pipeline = %state.name, "Dropping the saved windows of a pipeline that no longer exists.");
+                continue;
+            };
+            if q.fingerprint() != state.fingerprint {
+                tracing::warn!(pipeline = %state.name, "The pipeline changed since its windows were saved: it starts with empty windows.");
+                continue;
+            }
+            q.restore(&state, &batches).map_err(|e| query_error(&q.spec, e))?;
+            restored.push(state.name);
+        }
+        Ok(restored)
+    }
+}
+
+fn read_batch(bytes: &[u8]) -> Result<RecordBatch> {
+    let mut reader = StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+    match reader.next() {
+        Some(b) => Ok(b?),
+        None => Err(bad("a batch is missing")),
+    }
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.b.len() < n {
+            return Err(bad("truncated"));
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| bad("truncated"))?))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| bad("truncated"))?))
+    }
+}
