@@ -33,8 +33,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
+/// Completes on SIGINT or SIGTERM (the run then stops reading, checkpoints, acks and exits);
+/// a second signal exits at once (the last committed checkpoint is where a restart resumes).
 async fn shutdown_signal() {
+    one_signal().await;
+    tokio::spawn(async {
+        one_signal().await;
+        eprintln!("second signal: exiting without the final checkpoint");
+        std::process::exit(130);
+    });
+}
+
+async fn one_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -44,6 +44,8 @@ pub struct PipelineOptions {
     pub state_interval: Duration,
     pub claim_interval: Duration,
     pub exit_when_idle: Option<Duration>,
+    /// Bound on the final checkpoint after a shutdown request.
+    pub shutdown_timeout: Duration,
     pub progress_interval: Duration,
     /// Directory of pipeline files (`*.toml`); `None` or a missing directory: no windowed
     /// aggregations.
@@ -115,6 +117,7 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
         let mut drained = false;
         let mut last_claim: Option<Instant> = None;
         let mut last_progress = Instant::now();
+        let mut bounded_input_done = false;
         loop {
             tokio::select! {
                 biased;
@@ -155,21 +158,49 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
                     }
                     if opts.exit_when_idle.is_some_and(|d| drained && last_data.elapsed() >= d) {
                         tracing::info!("Streams drained and idle; closing every window, committing and exiting.");
-                        p.pipelines.flush()?;
+                        bounded_input_done = true;
                         break;
                     }
                 }
             }
+        }
+        // Stop reading; process what the reader still passes on (its read in flight).
+        let _ = stop_tx.send(true);
+        while let Some(msg) = rx.recv().await {
+            if let ReaderMsg::Batch(batch) = msg {
+                p.process(batch).await?;
+            }
+        }
+        if bounded_input_done {
+            p.pipelines.flush()?;
         }
         Ok::<(), crate::error::Error>(())
     }
     .await;
 
     drop(rx);
+    let shutdown_timeout = opts.shutdown_timeout;
     let finished = async {
         result?;
-        p.commit_all(true).await?;
-        p.finish_acks().await
+        let last = async {
+            p.commit_all(true).await?;
+            p.finish_acks().await
+        };
+        tokio::time::timeout(shutdown_timeout, last).await.map_err(|_| {
+            crate::error::Error::Internal(format!(
+                "the final checkpoint did not finish within {shutdown_timeout:?}; nothing after the last \
+                 committed checkpoint was acked (a restart resumes from it)"
+            ))
+        })??;
+        tracing::info!(
+            epoch = p.stats.checkpoint_epoch,
+            archived_rows = p.stats.rows_committed,
+            table_rows = p.stats.table_rows_committed,
+            acked = p.stats.acked,
+            open_windows = p.pipelines.queries().iter().map(|q| q.open_windows()).sum::<usize>(),
+            "Stopped cleanly: everything read is in a committed checkpoint (open windows included) and acked."
+        );
+        Ok::<(), crate::error::Error>(())
     }
     .await;
     p.publish(&registry);

@@ -64,6 +64,9 @@ pub struct Config {
     pub zstd_level: i32,
     /// Stop once the streams are drained and idle this long, with everything committed.
     pub exit_when_idle: Option<Dur>,
+    /// On SIGTERM/SIGINT, how long the final checkpoint may take before the run gives up
+    /// (exit 1, nothing uncommitted acked: a restart resumes from the last checkpoint).
+    pub shutdown_timeout: Dur,
     /// Interval of the progress log line.
     pub progress_interval: Dur,
     /// How long Redis commands retry a lost connection before the pipeline stops.
@@ -103,6 +106,7 @@ impl Default for Config {
             max_buffered_bytes: ByteSize(512 << 20),
             zstd_level: 1,
             exit_when_idle: None,
+            shutdown_timeout: Dur::secs(30),
             progress_interval: Dur::secs(10),
             redis_retry_timeout: Dur::secs(300),
             pipelines: "pipelines".into(),
@@ -260,6 +264,7 @@ impl Config {
             state_interval: self.state_interval.0,
             claim_interval: self.claim_interval.0,
             exit_when_idle: self.exit_when_idle.map(|d| d.0),
+            shutdown_timeout: self.shutdown_timeout.0,
             progress_interval: self.progress_interval.0,
             pipelines: (!self.pipelines.trim().is_empty()).then(|| self.pipelines.clone().into()),
             api: self.http_addr.parse().ok().map(|addr| crate::api::ApiOptions {

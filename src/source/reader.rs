@@ -37,7 +37,8 @@ enum Position {
     New,
 }
 
-/// Runs until `stop` turns true or the receiver is dropped.
+/// Runs until `stop` turns true (after passing on the read in flight) or the receiver is
+/// dropped.
 pub async fn run(opts: SourceOptions, tx: mpsc::Sender<ReaderMsg>, mut stop: watch::Receiver<bool>) {
     let client = match Client::open(opts.redis_url.as_str()) {
         Ok(c) => c,
@@ -70,10 +71,9 @@ pub async fn run(opts: SourceOptions, tx: mpsc::Sender<ReaderMsg>, mut stop: wat
         }
         let Some(c) = conn.as_mut() else { continue };
         let cmd = read_command(&opts, &positions);
-        let res = tokio::select! {
-            r = cmd.query_async::<Value>(c) => r,
-            _ = stop.changed() => return,
-        };
+        // A stop request lets the read in flight finish (at most `block`): its entries are
+        // delivered to this consumer already, so they are passed on and processed.
+        let res = cmd.query_async::<Value>(c).await;
         if let Err(e) = &res
             && e.code() == Some("NOGROUP")
         {

@@ -93,13 +93,24 @@ async fn sigkill_at_random_points_counts_every_event_exactly_once() {
     poller.join().expect("the concurrent reader saw only whole files and no duplicate");
     eprintln!("{kills} kills; the concurrent reader polled the archive {} times", polls.load(Ordering::Relaxed));
 
+    assert_exactly_once(&entries, &mut conn, lake.path(), &format!("after {kills} SIGKILLs")).await;
+}
+
+/// The archive, the DLQ, every pipeline table and the late table hold each event exactly
+/// once: as published, and as an uninterrupted replay of the same events.
+async fn assert_exactly_once(
+    entries: &[eventide::generator::GenEntry],
+    conn: &mut redis::aio::MultiplexedConnection,
+    lake: &Path,
+    what: &str,
+) {
     // The archive: every event exactly once.
-    let archived: BTreeSet<String> = read_archive(lake.path()).into_keys().collect();
-    assert_eq!(archived, support::event_ids(&entries), "archived events vs published");
+    let archived: BTreeSet<String> = read_archive(lake).into_keys().collect();
+    assert_eq!(archived, support::event_ids(entries), "{what}: archived events vs published");
 
     // The DLQ: every malformed entry exactly once.
     let dlq: Vec<(String, Vec<Value>)> =
-        redis::cmd("XRANGE").arg("events:dlq").arg("-").arg("+").query_async(&mut conn).await.unwrap();
+        redis::cmd("XRANGE").arg("events:dlq").arg("-").arg("+").query_async(conn).await.unwrap();
     let source_ids: BTreeSet<String> = dlq
         .iter()
         .map(|(_, fields)| {
@@ -111,13 +122,13 @@ async fn sigkill_at_random_points_counts_every_event_exactly_once() {
         })
         .collect();
     let malformed = entries.iter().filter(|e| matches!(e.kind, Kind::Malformed(_))).count();
-    assert_eq!(source_ids.len(), dlq.len(), "a source entry has two dead-letter entries");
-    assert_eq!(dlq.len(), malformed, "dead-letter entries vs malformed entries");
-    assert_eq!(support::pending(&mut conn, "events").await, 0);
+    assert_eq!(source_ids.len(), dlq.len(), "{what}: a source entry has two dead-letter entries");
+    assert_eq!(dlq.len(), malformed, "{what}: dead-letter entries vs malformed entries");
+    assert_eq!(support::pending(conn, "events").await, 0);
 
     // Every pipeline table and the late table: as an uninterrupted replay of the same events.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
-    let jsonl = lake.path().join("replay.jsonl");
+    let jsonl = lake.join("replay.jsonl");
     let lines: Vec<String> = entries
         .iter()
         .filter(|e| e.kind == Kind::Event || e.kind == Kind::Duplicate)
@@ -128,12 +139,12 @@ async fn sigkill_at_random_points_counts_every_event_exactly_once() {
     let replay_lake = Lake::open(replay_dir.path().to_str().unwrap()).unwrap();
     let fresh = Pipelines::new(check_dir(&dir).await.unwrap()).unwrap();
     eventide::replay::run(&[jsonl], fresh, &replay_lake, Duration::from_secs(3600), "events").await.unwrap();
-    let live_lake = Lake::open(lake.path().to_str().unwrap()).unwrap();
+    let live_lake = Lake::open(lake.to_str().unwrap()).unwrap();
     let pipelines = Pipelines::new(check_dir(&dir).await.unwrap()).unwrap();
     for name in pipelines.queries().iter().map(|q| &q.spec.name) {
         let (want, got) = (table(&replay_lake, &pipelines, name).await, table(&live_lake, &pipelines, name).await);
         assert!(!want.is_empty(), "{name}: the replay wrote nothing");
-        support::assert_same_rows(&got, &want, &format!("{name} after {kills} SIGKILLs vs an uninterrupted replay"));
+        support::assert_same_rows(&got, &want, &format!("{name} {what} vs an uninterrupted replay"));
     }
     // (Late rows without `stream_id`: a replay numbers lines, not Redis entries.)
     let late =
@@ -141,10 +152,58 @@ async fn sigkill_at_random_points_counts_every_event_exactly_once() {
     let (want, got) =
         (query_rows(&replay_lake, &pipelines, late).await, query_rows(&live_lake, &pipelines, late).await);
     assert!(!want.is_empty(), "late_events: the replay wrote nothing");
-    support::assert_same_rows(&got, &want, &format!("late_events after {kills} SIGKILLs vs an uninterrupted replay"));
+    support::assert_same_rows(&got, &want, &format!("late_events {what} vs an uninterrupted replay"));
 }
 
 async fn query_rows(lake: &Lake, pipelines: &Pipelines, sql: &str) -> Vec<String> {
     let q = eventide::query::LakeQuery::open(lake, &pipelines.output_schemas()).await.unwrap();
     support::text_rows(&q.sql(sql).await.unwrap().1)
+}
+
+/// SIGTERM mid-stream: the run stops reading, checkpoints (open windows included), acks
+/// everything it read and exits 0 with a log line; a restart resumes from there and the
+/// result is exactly that of an uninterrupted run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_checkpoints_acks_and_resumes() {
+    let redis = RedisServer::start();
+    let mut conn = support::connect(&redis.url()).await;
+    let entries: Vec<_> = Generator::new(GenOptions {
+        entries: 12_000,
+        duplicates: 0.05,
+        malformed: 0.005,
+        oversize_bytes: 70 * 1024,
+        jitter: Duration::from_secs(40),
+        spacing_us: 100_000,
+        start_us: 1_767_225_600_000_000,
+        seed: 16,
+        ..Default::default()
+    })
+    .collect();
+    let mut pub_conn = support::connect(&redis.url()).await;
+    let publisher = tokio::spawn({
+        let entries = entries.clone();
+        async move { publish(&mut pub_conn, "events", entries, 200, Some(4_000.0)).await }
+    });
+    let lake = tempfile::tempdir().unwrap();
+    let child = eventide(&redis.url(), lake.path(), &[]).stderr(Stdio::piped()).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit status {:?}; log:\n{log}", out.status);
+    assert!(started.elapsed() < Duration::from_secs(30), "stopped in {:?}", started.elapsed());
+    assert!(log.contains("Stopped cleanly"), "no stop line in:\n{log}");
+    // Everything it read was acked: nothing pending right after the stop.
+    assert_eq!(support::pending(&mut conn, "events").await, 0);
+    let read_so_far: u64 = redis::cmd("XLEN").arg("events").query_async(&mut conn).await.unwrap();
+    assert!(read_so_far < entries.len() as u64, "the stop landed mid-stream");
+
+    publisher.await.unwrap().unwrap();
+    let out = eventide(&redis.url(), lake.path(), &["--exit-when-idle", "1s"]).stderr(Stdio::piped()).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("Restored open windows"), "the restart did not restore windows:\n{log}");
+    assert_exactly_once(&entries, &mut conn, lake.path(), "after a SIGTERM and a restart").await;
 }
