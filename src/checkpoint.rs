@@ -3,10 +3,10 @@
 //!
 //! A run is a sequence of epochs. During epoch N every output file (archive files that
 //! rolled, and at the checkpoint every open archive file and every pipeline table file) is
-//! written under a staging prefix readers ignore, `_eventide/staging/<group>/<consumer>/<N>/`.
+//! written under a staging prefix readers ignore, `_eventide/staging/<group>/<N>/`.
 //! The checkpoint then writes the dedup state (a delta, or a full snapshot every
 //! `state_interval`) and the window state, and finally the **manifest**
-//! `_eventide/checkpoints/<group>/<consumer>/manifest-<N>.json` listing all of them: writing
+//! `_eventide/checkpoints/<group>/manifest-<N>.json` listing all of them: writing
 //! the manifest (one atomic put) is the commit point. After it the staged files are moved into
 //! place and the entries read during the epoch are acked; then older manifests and blobs are
 //! pruned.
@@ -72,7 +72,7 @@ pub struct Totals {
     pub files: u64,
 }
 
-/// The checkpoints of one consumer.
+/// The checkpoints of one consumer group (one line, continued by each lease holder).
 #[derive(Debug, Clone)]
 pub struct Checkpoints {
     lake: Lake,
@@ -84,11 +84,12 @@ pub struct Checkpoints {
 
 impl Checkpoints {
     pub fn new(lake: Lake, group: &str, consumer: &str) -> Checkpoints {
-        let (g, c) = (sanitize_name(group), sanitize_name(consumer));
+        // Per group, not per consumer: the next lease holder continues the same line.
+        let g = sanitize_name(group);
         Checkpoints {
             lake,
-            root: format!("{INTERNAL_PREFIX}/checkpoints/{g}/{c}"),
-            staging: format!("{INTERNAL_PREFIX}/staging/{g}/{c}"),
+            root: format!("{INTERNAL_PREFIX}/checkpoints/{g}"),
+            staging: format!("{INTERNAL_PREFIX}/staging/{g}"),
             group: group.to_string(),
             consumer: consumer.to_string(),
         }
@@ -140,10 +141,18 @@ impl Checkpoints {
         Ok(Some(m))
     }
 
-    /// The commit point: writes the manifest in one atomic put.
+    /// The commit point: writes the manifest in one atomic, create-only put (an instance that
+    /// lost the group's lease cannot overwrite its successor's checkpoint).
     pub async fn commit(&self, m: &Manifest) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(m).map_err(|e| Error::Internal(e.to_string()))?;
-        self.lake.put_atomic(&self.manifest_path(m.epoch), PutPayload::from(bytes)).await
+        let path = self.manifest_path(m.epoch);
+        match self.lake.put_create(&path, PutPayload::from(bytes)).await {
+            Err(Error::ObjectStore(object_store::Error::AlreadyExists { .. })) => Err(Error::Fenced(format!(
+                "checkpoint {path} exists: another instance of group {:?} committed epoch {}",
+                self.group, m.epoch
+            ))),
+            other => other,
+        }
     }
 
     /// Moves the manifest's staged files into place (repeatable).

@@ -33,6 +33,9 @@ pub enum Error {
     Query { pipeline: String, message: String },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// Another instance took over the consumer group (lost lease, or a newer checkpoint).
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// A pipeline task stopped unexpectedly (a bug, or its own error was reported first).
     #[error("internal: {0}")]
     Internal(String),

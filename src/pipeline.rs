@@ -22,6 +22,8 @@ use crate::error::Result;
 use crate::metrics::{Registry, Stats};
 use crate::sink::archive::ArchiveOptions;
 use crate::source::SourceOptions;
+use crate::source::commands::Commands;
+use crate::source::lease::Lease;
 use crate::source::probe::{self, ProbeTarget};
 use crate::source::reader::{self, ReaderMsg};
 use process::Processor;
@@ -46,6 +48,8 @@ pub struct PipelineOptions {
     pub exit_when_idle: Option<Duration>,
     /// Bound on the final checkpoint after a shutdown request.
     pub shutdown_timeout: Duration,
+    /// The group lease's time to live (see [`crate::source::lease`]).
+    pub lease_ttl: Duration,
     pub progress_interval: Duration,
     /// Directory of pipeline files (`*.toml`); `None` or a missing directory: no windowed
     /// aggregations.
@@ -76,7 +80,20 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
         s.consumer = opts.source.consumer.clone();
         s.started = Some(started);
     });
-    let mut p = Processor::start(&opts).await?;
+    tokio::pin!(shutdown);
+    // One active instance per group: wait (standby) until this one holds the lease.
+    let mut lease_cmds = Commands::new(&opts.source.redis_url, opts.source.retry_timeout)?;
+    let (group, consumer) = (&opts.source.group, &opts.source.consumer);
+    let lease = tokio::select! {
+        l = Lease::acquire(&mut lease_cmds, group, consumer, opts.lease_ttl) => l?,
+        _ = &mut shutdown => {
+            tracing::info!("Shutdown requested while on standby.");
+            return Ok(RunSummary { stats: Stats::default(), durable_latency: Default::default(), dedup_ids: 0, elapsed: started.elapsed() });
+        }
+    };
+    tracing::info!(token = lease.token, "Holding the group's lease: this instance reads.");
+    let (lost_tx, mut lost_rx) = watch::channel::<Option<String>>(None);
+    let mut p = Processor::start(&opts, lost_rx.clone()).await?;
     registry.update(|s| s.lake_ok = true);
     let (tx, mut rx) = mpsc::channel(4);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -107,10 +124,10 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
     };
     let probe = tokio::spawn(probe::run(target, registry.clone(), opts.probe_interval, stop_rx.clone()));
     let lake_probe = tokio::spawn(probe_lake(p.lake().clone(), registry.clone(), opts.probe_interval, stop_rx.clone()));
+    let keeper = tokio::spawn(lease.clone().keep(lease_cmds, lost_tx, stop_rx.clone()));
     let reader = tokio::spawn(reader::run(opts.source.clone(), tx, stop_rx));
 
     let result = async {
-        tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_data = Instant::now();
@@ -121,6 +138,10 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
         loop {
             tokio::select! {
                 biased;
+                _ = lost_rx.changed() => {
+                    let why = lost_rx.borrow().clone().unwrap_or_default();
+                    return Err(crate::error::Error::Fenced(why));
+                }
                 _ = &mut shutdown => {
                     tracing::info!("Shutdown requested; committing.");
                     break;
@@ -211,7 +232,12 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
     if let Some(a) = api {
         let _ = a.await;
     }
+    let _ = keeper.await;
     finished?;
+    // Hand over at once (a standby need not wait for the lease to expire).
+    if let Err(e) = lease.release(&mut Commands::new(&opts.source.redis_url, opts.source.retry_timeout)?).await {
+        tracing::warn!(error = %e, "Could not release the group's lease; a standby takes over when it expires.");
+    }
     let summary = RunSummary {
         stats: p.stats.clone(),
         durable_latency: p.durable_exact.clone(),

@@ -78,6 +78,9 @@ pub struct RunArgs {
     pub http_token: Option<String>,
     #[arg(long, env = "EVENTIDE_PROBE_INTERVAL")]
     pub probe_interval: Option<Dur>,
+    /// One instance per group reads; others take over when its lease expires.
+    #[arg(long, env = "EVENTIDE_LEASE_TTL")]
+    pub lease_ttl: Option<Dur>,
 }
 
 macro_rules! set {
@@ -133,7 +136,8 @@ impl RunArgs {
             redis_retry_timeout,
             pipelines,
             http_addr,
-            probe_interval
+            probe_interval,
+            lease_ttl
         );
         if a.http_token.is_some() {
             cfg.http_token = a.http_token;

@@ -67,6 +67,9 @@ pub struct Config {
     /// On SIGTERM/SIGINT, how long the final checkpoint may take before the run gives up
     /// (exit 1, nothing uncommitted acked: a restart resumes from the last checkpoint).
     pub shutdown_timeout: Dur,
+    /// One instance per group reads; the others wait and take over when its lease (renewed
+    /// every third of this) expires.
+    pub lease_ttl: Dur,
     /// Interval of the progress log line.
     pub progress_interval: Dur,
     /// How long Redis commands retry a lost connection before the pipeline stops.
@@ -107,6 +110,7 @@ impl Default for Config {
             zstd_level: 1,
             exit_when_idle: None,
             shutdown_timeout: Dur::secs(30),
+            lease_ttl: Dur::secs(10),
             progress_interval: Dur::secs(10),
             redis_retry_timeout: Dur::secs(300),
             pipelines: "pipelines".into(),
@@ -215,6 +219,9 @@ impl Config {
                 format!("{:?} is not an address like 127.0.0.1:9750 (empty turns the server off)", self.http_addr),
             );
         }
+        if self.lease_ttl.0 < Duration::from_millis(300) {
+            bad("lease_ttl", "use at least 300ms (it is renewed every third of it)".into());
+        }
         if self.probe_interval.0 < Duration::from_millis(100) {
             bad("probe_interval", "use at least 100ms".into());
         }
@@ -265,6 +272,7 @@ impl Config {
             claim_interval: self.claim_interval.0,
             exit_when_idle: self.exit_when_idle.map(|d| d.0),
             shutdown_timeout: self.shutdown_timeout.0,
+            lease_ttl: self.lease_ttl.0,
             progress_interval: self.progress_interval.0,
             pipelines: (!self.pipelines.trim().is_empty()).then(|| self.pipelines.clone().into()),
             api: self.http_addr.parse().ok().map(|addr| crate::api::ApiOptions {

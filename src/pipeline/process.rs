@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use crate::ack::AckTracker;
 use crate::checkpoint::{self, Checkpoints, Manifest, Totals};
 use crate::decode::{Decoder, Rejection};
@@ -57,6 +59,8 @@ pub(super) struct Processor {
     totals: Totals,
     /// Source entries whose dead-letter entry a crashed run already wrote.
     dead_before: HashSet<(String, String)>,
+    /// Set when the group's lease was lost: no further checkpoint may commit.
+    lease_lost: watch::Receiver<Option<String>>,
     pub stats: Stats,
     /// Publish → durable at 1 ms resolution, for the run summary.
     pub durable_exact: crate::metrics::LatencyHistogram,
@@ -90,7 +94,7 @@ async fn first_checkpoint(cp: &Checkpoints, dedup: Dedup) -> Result<(Manifest, D
 impl Processor {
     /// Opens the lake, recovers from the latest checkpoint (or writes a first one), connects
     /// and creates the consumer groups.
-    pub async fn start(opts: &PipelineOptions) -> Result<Self> {
+    pub async fn start(opts: &PipelineOptions, lease_lost: watch::Receiver<Option<String>>) -> Result<Self> {
         let lake = match &opts.lake_store {
             Some(l) => l.clone(),
             None => Lake::open_with(&opts.lake, &opts.lake_options)?,
@@ -117,6 +121,16 @@ impl Processor {
         let created = group::ensure_groups(&mut cmds, &opts.source).await?;
         for s in created {
             tracing::info!(stream = %s, group = %opts.source.group, start = %opts.source.start_id, "Created consumer group.");
+        }
+        // The lease holder owns every pending entry of the group (earlier holders are gone):
+        // the reader re-reads them, in id order, before new entries.
+        let mut stats = Stats { streams: vec![Default::default(); opts.source.streams.len()], ..Stats::default() };
+        for stream in &opts.source.streams {
+            let (n, deleted) = group::claim_all_pending(&mut cmds, &opts.source, stream).await?;
+            (stats.claimed, stats.deleted_pending) = (stats.claimed + n, stats.deleted_pending + deleted);
+            if n > 0 {
+                tracing::info!(stream = %stream, entries = n, "Took over entries pending at other consumers (earlier lease holders).");
+            }
         }
         let mut pipelines = match &opts.pipelines {
             Some(dir) => Pipelines::load(dir).await?,
@@ -174,9 +188,10 @@ impl Processor {
             positions: BTreeMap::new(),
             totals: latest.as_ref().map(|m| m.totals.clone()).unwrap_or_default(),
             dead_before,
+            lease_lost,
             cp,
             durable_exact: Default::default(),
-            stats: Stats { streams: vec![Default::default(); opts.source.streams.len()], ..Stats::default() },
+            stats,
         })
     }
 
@@ -309,6 +324,9 @@ impl Processor {
         self.totals.files += (files.len() + tables.len()) as u64;
         m.totals = self.totals.clone();
         let t_state = t.elapsed();
+        if let Some(why) = self.lease_lost.borrow().clone() {
+            return Err(Error::Fenced(why));
+        }
         self.cp.commit(&m).await?;
         // Committed: from here on a crash rolls forward to this state.
         self.cp.publish(&m).await?;

@@ -178,6 +178,17 @@ impl Lake {
         }
     }
 
+    /// Writes `path` only if it does not exist (`AlreadyExists` otherwise). Stores without
+    /// conditional puts fall back to a plain atomic put.
+    pub async fn put_create(&self, path: &Path, payload: PutPayload) -> Result<()> {
+        let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
+        match self.store.put_opts(path, payload.clone(), opts).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotImplemented { .. }) => self.put_atomic(path, payload).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Reads `path`, or `None` when it does not exist.
     pub async fn get_opt(&self, path: &Path) -> Result<Option<Bytes>> {
         match self.store.get(path).await {

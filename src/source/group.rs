@@ -61,6 +61,45 @@ pub async fn claim_idle(cmds: &mut Commands, opts: &SourceOptions, stream: &str,
     }
 }
 
+/// `XPENDING <stream> <group>`: count, lowest id, highest id, per consumer (name, count).
+type PendingSummary = (u64, Value, Value, Option<Vec<(String, String)>>);
+
+/// Moves every entry pending at other consumers of `stream`'s group to this one
+/// (`XAUTOCLAIM … 0 JUSTID`, no delivery): the lease holder then re-reads them as its own.
+/// Returns (entries taken over, entries Redis dropped because they were deleted meanwhile).
+pub async fn claim_all_pending(cmds: &mut Commands, opts: &SourceOptions, stream: &str) -> Result<(u64, u64)> {
+    let mut summary = redis::cmd("XPENDING");
+    summary.arg(stream).arg(&opts.group);
+    let (_, _, _, consumers): PendingSummary = cmds.query(&summary).await?;
+    let others: u64 = consumers
+        .unwrap_or_default()
+        .iter()
+        .filter(|(c, _)| *c != opts.consumer)
+        .map(|(_, n)| n.parse::<u64>().unwrap_or(0))
+        .sum();
+    if others == 0 {
+        return Ok((0, 0));
+    }
+    let (mut start, mut deleted_n) = ("0-0".to_string(), 0u64);
+    loop {
+        let mut cmd = redis::cmd("XAUTOCLAIM");
+        cmd.arg(stream)
+            .arg(&opts.group)
+            .arg(&opts.consumer)
+            .arg(0)
+            .arg(&start)
+            .arg("COUNT")
+            .arg(CLAIM_COUNT)
+            .arg("JUSTID");
+        let (next, _ids, deleted): (String, Vec<String>, Vec<String>) = cmds.query(&cmd).await?;
+        deleted_n += deleted.len() as u64;
+        if next == "0-0" {
+            return Ok((others.saturating_sub(deleted_n), deleted_n));
+        }
+        start = next;
+    }
+}
+
 /// Acknowledges `ids` on `stream` (one round trip); returns how many Redis removed from the
 /// pending list.
 pub async fn ack(cmds: &mut Commands, group: &str, stream: &str, ids: &[EntryId]) -> Result<u64> {

@@ -5,12 +5,14 @@
 //! - [`commands`]: a second connection for everything else (`XACK`, DLQ `XADD`,
 //!   `XAUTOCLAIM`, `XGROUP`), retrying transient failures with backoff;
 //! - [`group`]: consumer-group setup, claiming from dead consumers, acknowledging;
+//! - [`lease`]: one active instance per group (standbys wait), with a fencing token;
 //! - [`reply`]: Redis replies → [`RawEntry`](crate::event::RawEntry)s;
 //! - [`probe`]: what Redis says about the streams and the group (lag, pending, trimmed), for ops.
 
 pub mod acker;
 pub mod commands;
 pub mod group;
+pub mod lease;
 pub mod probe;
 pub mod reader;
 pub mod reply;

@@ -7,6 +7,9 @@
 //! - every pipeline table and the late table equal an uninterrupted replay of the same
 //!   events (which `pipelines_e2e` checks against an independent computation);
 //! - a reader polling the archive during the drill never sees a partial file or a duplicate.
+//!
+//! Also: SIGTERM mid-stream (clean stop, then resume), and two instances in one group with
+//! the active one killed (the standby takes over).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -24,9 +27,13 @@ use redis::Value;
 use crate::support::{self, RedisServer, read_archive, table};
 
 fn eventide(redis: &str, lake: &Path, extra: &[&str]) -> Command {
+    eventide_as("c1", redis, lake, extra)
+}
+
+fn eventide_as(consumer: &str, redis: &str, lake: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_eventide"));
     c.args(["run", "--config", "/dev/null", "--http-addr", "", "--redis-url", redis])
-        .args(["--stream", "events", "--group", "analytics", "--consumer", "c1"])
+        .args(["--stream", "events", "--group", "analytics", "--consumer", consumer])
         .args(["--block", "50ms", "--roll-age", "200ms", "--claim-min-idle", "1s", "--max-entry-bytes", "64KiB"])
         .arg("--pipelines")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines"))
@@ -206,4 +213,55 @@ async fn sigterm_checkpoints_acks_and_resumes() {
     assert!(out.status.success(), "{log}");
     assert!(log.contains("Restored open windows"), "the restart did not restore windows:\n{log}");
     assert_exactly_once(&entries, &mut conn, lake.path(), "after a SIGTERM and a restart").await;
+}
+
+/// Two instances (consumers c1 and c2) in one group: one holds the lease and reads, the
+/// other waits; the active one is SIGKILLed mid-stream and the standby takes over its
+/// checkpoint and its pending entries. No event is counted twice or lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_in_one_group_the_active_one_killed() {
+    let redis = RedisServer::start();
+    let mut conn = support::connect(&redis.url()).await;
+    let entries: Vec<_> = Generator::new(GenOptions {
+        entries: 12_000,
+        duplicates: 0.05,
+        malformed: 0.005,
+        oversize_bytes: 70 * 1024,
+        jitter: Duration::from_secs(40),
+        spacing_us: 100_000,
+        start_us: 1_767_225_600_000_000,
+        seed: 17,
+        ..Default::default()
+    })
+    .collect();
+    let mut pub_conn = support::connect(&redis.url()).await;
+    let publisher = tokio::spawn({
+        let entries = entries.clone();
+        async move { publish(&mut pub_conn, "events", entries, 200, Some(4_000.0)).await }
+    });
+    let lake = tempfile::tempdir().unwrap();
+    let args = ["--lease-ttl", "1s", "--exit-when-idle", "2s"];
+    let spawn = |c: &str| eventide_as(c, &redis.url(), lake.path(), &args).stderr(Stdio::piped()).spawn().unwrap();
+    let mut children = vec![("c1", spawn("c1")), ("c2", spawn("c2"))];
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let holder: String = redis::cmd("GET").arg("eventide:lease:{analytics}").query_async(&mut conn).await.unwrap();
+    let active = holder.split('/').next().unwrap().to_string();
+    let i = children.iter().position(|(c, _)| *c == active).expect("a holder among the two");
+    let (_, mut killed) = children.remove(i);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    publisher.await.unwrap().unwrap();
+    let (survivor, child) = children.pop().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{survivor}: {log}");
+    assert!(log.contains("Standby"), "{survivor} was not on standby while {active} read:\n{log}");
+    assert!(log.contains("Recovered from checkpoint"), "{survivor} did not continue {active}'s checkpoints:\n{log}");
+    assert_exactly_once(
+        &entries,
+        &mut conn,
+        lake.path(),
+        &format!("after {active} was killed and {survivor} took over"),
+    )
+    .await;
 }
