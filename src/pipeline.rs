@@ -125,7 +125,7 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
     let probe = tokio::spawn(probe::run(target, registry.clone(), opts.probe_interval, stop_rx.clone()));
     let lake_probe = tokio::spawn(probe_lake(p.lake().clone(), registry.clone(), opts.probe_interval, stop_rx.clone()));
     let keeper = tokio::spawn(lease.clone().keep(lease_cmds, lost_tx, stop_rx.clone()));
-    let reader = tokio::spawn(reader::run(opts.source.clone(), tx, stop_rx));
+    let reader = tokio::spawn(reader::run(opts.source.clone(), p.read_after(), tx, stop_rx));
 
     let result = async {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -169,7 +169,7 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
                     if p.checkpoint_due(opts.roll_age) {
                         p.commit_all(false).await?;
                     }
-                    if last_claim.is_none_or(|t| t.elapsed() >= opts.claim_interval) {
+                    if !opts.source.noack && last_claim.is_none_or(|t| t.elapsed() >= opts.claim_interval) {
                         last_claim = Some(Instant::now());
                         p.claim().await?;
                     }

@@ -27,6 +27,9 @@ pub struct RunArgs {
     /// Where a new group starts: 0 (all history) or $ (new entries only).
     #[arg(long, env = "EVENTIDE_START_ID")]
     pub start_id: Option<String>,
+    /// `group` (XREADGROUP + XACK, default) or `noack` (XREAD from checkpointed positions).
+    #[arg(long, env = "EVENTIDE_READ_MODE")]
+    pub read_mode: Option<String>,
     /// Entry field holding the event JSON (default data).
     #[arg(long, env = "EVENTIDE_FIELD")]
     pub field: Option<String>,
@@ -118,6 +121,7 @@ impl RunArgs {
             group,
             consumer,
             start_id,
+            read_mode,
             field,
             batch_size,
             block,

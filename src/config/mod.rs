@@ -32,6 +32,10 @@ pub struct Config {
     pub consumer: String,
     /// Where a newly created group starts: `0` (all retained history) or `$` (new only).
     pub start_id: String,
+    /// `group` (default): XREADGROUP with a pending-entries list, XACK after each checkpoint;
+    /// works with any consumer. `noack`: XREAD from the checkpointed positions, no pending
+    /// list (cheaper for Redis); the group's position moves with each checkpoint.
+    pub read_mode: String,
     /// Entry field holding the event (Dapr: `data`).
     pub field: String,
     /// Entries per `XREADGROUP`.
@@ -92,6 +96,7 @@ impl Default for Config {
             group: "eventide".into(),
             consumer: default_consumer(),
             start_id: "0".into(),
+            read_mode: "group".into(),
             field: "data".into(),
             batch_size: 1000,
             block: Dur::secs(2),
@@ -177,6 +182,15 @@ impl Config {
         if self.consumer.trim().is_empty() {
             bad("consumer", "the consumer name is empty; use a name stable per instance".into());
         }
+        if !matches!(self.read_mode.as_str(), "group" | "noack") {
+            bad(
+                "read_mode",
+                format!(
+                    "{:?}: use \"group\" (pending list, XACK) or \"noack\" (XREAD from checkpoints)",
+                    self.read_mode
+                ),
+            );
+        }
         if self.start_id != "0" && self.start_id != "$" && self.start_id.parse::<crate::event::EntryId>().is_err() {
             bad("start_id", format!("{:?} is not `0`, `$` or a stream id like 1767268800000-0", self.start_id));
         }
@@ -245,6 +259,7 @@ impl Config {
                 group: self.group.clone(),
                 consumer: self.consumer.clone(),
                 start_id: self.start_id.clone(),
+                noack: self.read_mode == "noack",
                 batch_size: self.batch_size,
                 block: self.block.0,
                 claim_min_idle: self.claim_min_idle.0,

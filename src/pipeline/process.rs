@@ -61,9 +61,49 @@ pub(super) struct Processor {
     dead_before: HashSet<(String, String)>,
     /// Set when the group's lease was lost: no further checkpoint may commit.
     lease_lost: watch::Receiver<Option<String>>,
+    /// `noack` mode: per stream, the position to read after and the group's `entries-read`.
+    noack: Option<Vec<(EntryId, Option<u64>)>>,
     pub stats: Stats,
     /// Publish → durable at 1 ms resolution, for the run summary.
     pub durable_exact: crate::metrics::LatencyHistogram,
+}
+
+/// `noack` mode: where each stream's reading resumes (the checkpoint's position, else the
+/// group's) and the group's `entries-read`. Refuses a group with pending entries (left by
+/// `group` mode: drain them in that mode first, or they would never be acked).
+async fn noack_positions(
+    cmds: &mut Commands,
+    source: &crate::source::SourceOptions,
+    latest: &Manifest,
+) -> Result<Vec<(EntryId, Option<u64>)>> {
+    let mut out = Vec::new();
+    for stream in &source.streams {
+        let (delivered, read, pending) = group::position(cmds, stream, &source.group).await?;
+        if pending > 0 {
+            return Err(Error::Config(format!(
+                "read_mode = \"noack\": group {:?} has {pending} pending entries on {stream:?}; run once with \
+                 read_mode = \"group\" to process and ack them, then switch",
+                source.group
+            )));
+        }
+        let at = match latest.positions.get(stream) {
+            Some(id) => id.parse::<EntryId>().map_err(|_| Error::State {
+                path: "checkpoint positions".into(),
+                reason: format!("{stream}: {id:?} is not an entry id"),
+            })?,
+            None => delivered,
+        };
+        // A group that never read (at 0-0) has read nothing; a crash between a checkpoint and
+        // moving the group leaves the group behind it: count the entries in between.
+        let read = if delivered == EntryId::default() { Some(read.unwrap_or(0)) } else { read };
+        let read = match read {
+            Some(r) if at > delivered => Some(r + group::count_between(cmds, stream, delivered, at).await?),
+            Some(r) if at == delivered => Some(r),
+            _ => None,
+        };
+        out.push((at, read));
+    }
+    Ok(out)
 }
 
 /// The dedup state a checkpoint lists: its snapshot, then its deltas.
@@ -125,7 +165,11 @@ impl Processor {
         // The lease holder owns every pending entry of the group (earlier holders are gone):
         // the reader re-reads them, in id order, before new entries.
         let mut stats = Stats { streams: vec![Default::default(); opts.source.streams.len()], ..Stats::default() };
-        for stream in &opts.source.streams {
+        let mut noack = None;
+        if opts.source.noack {
+            noack = Some(noack_positions(&mut cmds, &opts.source, &latest).await?);
+        }
+        for stream in opts.source.streams.iter().filter(|_| !opts.source.noack) {
             let (n, deleted) = group::claim_all_pending(&mut cmds, &opts.source, stream).await?;
             (stats.claimed, stats.deleted_pending) = (stats.claimed + n, stats.deleted_pending + deleted);
             if n > 0 {
@@ -185,10 +229,15 @@ impl Processor {
             epoch_files: Vec::new(),
             snapshot: latest.as_ref().and_then(|m| m.dedup_snapshot.clone()),
             deltas: latest.as_ref().map(|m| m.dedup_deltas.clone()).unwrap_or_default(),
-            positions: BTreeMap::new(),
+            // Carried over, so a stream without entries in an epoch keeps its position.
+            positions: latest
+                .as_ref()
+                .map(|m| m.positions.iter().filter_map(|(s, id)| Some((s.clone(), id.parse().ok()?))).collect())
+                .unwrap_or_default(),
             totals: latest.as_ref().map(|m| m.totals.clone()).unwrap_or_default(),
             dead_before,
             lease_lost,
+            noack,
             cp,
             durable_exact: Default::default(),
             stats,
@@ -390,6 +439,20 @@ impl Processor {
         let mut n = 0;
         let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
         // Called right after a checkpoint: everything read so far is in it.
+        if let Some(positions) = self.noack.as_mut() {
+            // No pending list: move the group's position to what the checkpoint holds.
+            for (stream, ids) in self.acks.take_durable(None) {
+                let Some(&max) = ids.iter().max() else { continue };
+                let (at, read) = &mut positions[stream];
+                *at = (*at).max(max);
+                *read = read.map(|r| r + ids.len() as u64);
+                n += ids.len() as u64;
+                group::set_position(&mut self.cmds, &self.source.streams[stream], &self.source.group, *at, *read)
+                    .await?;
+            }
+            self.stats.acked += n;
+            return Ok(n);
+        }
         for (stream, ids) in self.acks.take_durable(None) {
             n += ids.len() as u64;
             for id in &ids {
@@ -455,6 +518,11 @@ impl Processor {
             s.last_commit_unix_ms = self.last_commit_unix_ms;
             s.pipelines = pipelines;
         });
+    }
+
+    /// `noack` mode: where the reader starts, per stream.
+    pub fn read_after(&self) -> Option<Vec<EntryId>> {
+        self.noack.as_ref().map(|p| p.iter().map(|(id, _)| *id).collect())
     }
 
     pub fn dedup_len(&self) -> usize {

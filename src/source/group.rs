@@ -61,6 +61,49 @@ pub async fn claim_idle(cmds: &mut Commands, opts: &SourceOptions, stream: &str,
     }
 }
 
+/// Where `stream`'s group stands: last-delivered id, `entries-read` (if known), pending count.
+pub async fn position(cmds: &mut Commands, stream: &str, group: &str) -> Result<(EntryId, Option<u64>, u64)> {
+    let mut cmd = redis::cmd("XINFO");
+    cmd.arg("GROUPS").arg(stream);
+    let v: Value = cmds.query(&cmd).await?;
+    let (id, read, pending) = super::probe::group_info(&v, group)
+        .ok_or_else(|| Error::Config(format!("stream {stream:?} has no group {group:?}")))?;
+    let id = id.parse::<EntryId>().map_err(|_| Error::Config(format!("group {group:?}: last-delivered id {id:?}")))?;
+    Ok((id, read, pending))
+}
+
+/// `noack` mode: moves the group to `id` (the last entry a committed checkpoint holds), with
+/// its `entries-read`, so `XINFO GROUPS` lag shows what is not checkpointed yet.
+pub async fn set_position(
+    cmds: &mut Commands,
+    stream: &str,
+    group: &str,
+    id: EntryId,
+    read: Option<u64>,
+) -> Result<()> {
+    let mut cmd = redis::cmd("XGROUP");
+    cmd.arg("SETID").arg(stream).arg(group).arg(id.to_string());
+    if let Some(n) = read {
+        cmd.arg("ENTRIESREAD").arg(n);
+    }
+    cmds.query::<(), _>(&cmd).await
+}
+
+/// Entries of `stream` with `after < id <= upto`.
+pub async fn count_between(cmds: &mut Commands, stream: &str, after: EntryId, upto: EntryId) -> Result<u64> {
+    let (mut from, mut n) = (after, 0u64);
+    loop {
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(stream).arg(format!("({from}")).arg(upto.to_string()).arg("COUNT").arg(CLAIM_COUNT);
+        let page: Vec<(String, Value)> = cmds.query(&cmd).await?;
+        n += page.len() as u64;
+        match page.last().and_then(|(id, _)| id.parse::<EntryId>().ok()) {
+            Some(last) if page.len() == CLAIM_COUNT => from = last,
+            _ => return Ok(n),
+        }
+    }
+}
+
 /// `XPENDING <stream> <group>`: count, lowest id, highest id, per consumer (name, count).
 type PendingSummary = (u64, Value, Value, Option<Vec<(String, String)>>);
 

@@ -29,6 +29,8 @@ pub struct SourceOptions {
     pub consumer: String,
     /// Where a newly created group starts (`0` = all retained history, `$` = new entries).
     pub start_id: String,
+    /// Read with XREAD from checkpointed positions instead of XREADGROUP (no pending list).
+    pub noack: bool,
     pub batch_size: usize,
     pub block: Duration,
     /// Entries pending longer than this at another consumer are claimed.

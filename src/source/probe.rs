@@ -132,6 +132,18 @@ pub async fn probe(conn: &mut MultiplexedConnection, t: &ProbeTarget) -> redis::
     Ok(out)
 }
 
+/// From an `XINFO GROUPS` reply: `group`'s last-delivered id, `entries-read` (nil before a
+/// first read) and pending count.
+pub fn group_info(groups: &Value, group: &str) -> Option<(String, Option<u64>, u64)> {
+    let Value::Array(gs) = groups else { return None };
+    let g = gs.iter().map(pairs).find(|g| text(field(g, "name")).as_deref() == Some(group))?;
+    Some((
+        text(field(&g, "last-delivered-id")).unwrap_or_default(),
+        int(field(&g, "entries-read")),
+        int(field(&g, "pending")).unwrap_or(0),
+    ))
+}
+
 /// Entries trimmed before the group read them, from the count of entries added and not read
 /// by the group (see the module docs).
 pub fn trimmed_unread(

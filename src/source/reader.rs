@@ -7,6 +7,9 @@
 //! with backoff and first re-reads its own pending entries *after the last id it passed on*:
 //! entries Redis delivered in a reply that was lost with the connection come back, and
 //! nothing already passed on is delivered twice.
+//!
+//! In `noack` mode it reads with `XREAD` after the checkpointed positions instead: no pending
+//! list; after an error it resumes after the last id it passed on.
 
 use std::time::Duration;
 
@@ -35,11 +38,18 @@ enum Position {
     Pending(EntryId),
     /// Reading new entries.
     New,
+    /// `noack` mode: reading with `XREAD` after this id.
+    After(EntryId),
 }
 
 /// Runs until `stop` turns true (after passing on the read in flight) or the receiver is
-/// dropped.
-pub async fn run(opts: SourceOptions, tx: mpsc::Sender<ReaderMsg>, mut stop: watch::Receiver<bool>) {
+/// dropped. `after`: in `noack` mode, each stream's checkpointed position.
+pub async fn run(
+    opts: SourceOptions,
+    after: Option<Vec<EntryId>>,
+    tx: mpsc::Sender<ReaderMsg>,
+    mut stop: watch::Receiver<bool>,
+) {
     let client = match Client::open(opts.redis_url.as_str()) {
         Ok(c) => c,
         Err(e) => {
@@ -47,7 +57,10 @@ pub async fn run(opts: SourceOptions, tx: mpsc::Sender<ReaderMsg>, mut stop: wat
             return;
         }
     };
-    let mut positions = vec![Position::Pending(EntryId::default()); opts.streams.len()];
+    let mut positions = match &after {
+        Some(ids) => ids.iter().map(|&id| Position::After(id)).collect(),
+        None => vec![Position::Pending(EntryId::default()); opts.streams.len()],
+    };
     // Highest id passed on per stream: where to resume pending re-reads after a reconnect.
     let mut passed_on = vec![EntryId::default(); opts.streams.len()];
     let mut conn: Option<MultiplexedConnection> = None;
@@ -91,7 +104,10 @@ pub async fn run(opts: SourceOptions, tx: mpsc::Sender<ReaderMsg>, mut stop: wat
             Err(e) => {
                 conn = None;
                 for (pos, last) in positions.iter_mut().zip(&passed_on) {
-                    *pos = Position::Pending(*last);
+                    *pos = match pos {
+                        Position::After(at) => Position::After((*at).max(*last)),
+                        _ => Position::Pending(*last),
+                    };
                 }
                 if tx.send(ReaderMsg::Disconnected(e)).await.is_err() {
                     return;
@@ -106,12 +122,20 @@ pub async fn run(opts: SourceOptions, tx: mpsc::Sender<ReaderMsg>, mut stop: wat
         for (i, pos) in positions.iter_mut().enumerate() {
             let key = opts.streams[i].as_bytes();
             let entries = streams.iter().position(|(k, _)| k == key);
-            if let Position::Pending(_) = pos {
+            match pos {
                 // A pending read returns every stream; an empty list means "drained".
-                *pos = match entries.and_then(|j| streams[j].1.last()) {
-                    Some(last) => Position::Pending(last.id),
-                    None => Position::New,
-                };
+                Position::Pending(_) => {
+                    *pos = match entries.and_then(|j| streams[j].1.last()) {
+                        Some(last) => Position::Pending(last.id),
+                        None => Position::New,
+                    }
+                }
+                Position::After(at) => {
+                    if let Some(last) = entries.and_then(|j| streams[j].1.last()) {
+                        *at = (*at).max(last.id);
+                    }
+                }
+                Position::New => {}
             }
         }
         for (key, entries) in streams {
@@ -134,10 +158,14 @@ pub async fn run(opts: SourceOptions, tx: mpsc::Sender<ReaderMsg>, mut stop: wat
 }
 
 fn read_command(opts: &SourceOptions, positions: &[Position]) -> redis::Cmd {
-    let mut cmd = redis::cmd("XREADGROUP");
-    cmd.arg("GROUP").arg(&opts.group).arg(&opts.consumer).arg("COUNT").arg(opts.batch_size);
+    let noack = positions.iter().any(|p| matches!(p, Position::After(_)));
+    let mut cmd = redis::cmd(if noack { "XREAD" } else { "XREADGROUP" });
+    if !noack {
+        cmd.arg("GROUP").arg(&opts.group).arg(&opts.consumer);
+    }
+    cmd.arg("COUNT").arg(opts.batch_size);
     // Pending re-reads return at once; block only when every stream reads new entries.
-    if positions.iter().all(|p| matches!(p, Position::New)) {
+    if positions.iter().all(|p| matches!(p, Position::New | Position::After(_))) {
         cmd.arg("BLOCK").arg(opts.block.as_millis() as u64);
     }
     cmd.arg("STREAMS");
@@ -146,7 +174,7 @@ fn read_command(opts: &SourceOptions, positions: &[Position]) -> redis::Cmd {
     }
     for p in positions {
         match p {
-            Position::Pending(id) => cmd.arg(id.to_string()),
+            Position::Pending(id) | Position::After(id) => cmd.arg(id.to_string()),
             Position::New => cmd.arg(">"),
         };
     }

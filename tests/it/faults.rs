@@ -48,6 +48,17 @@ fn eventide_as(consumer: &str, redis: &str, lake: &Path, extra: &[&str]) -> Comm
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_counts_every_event_exactly_once() {
     let kills: usize = std::env::var("EVENTIDE_FAULT_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    sigkill_drill(kills, &[]).await;
+}
+
+/// The same drill reading with `XREAD` from checkpointed positions (no pending list).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_noack_mode_counts_every_event_exactly_once() {
+    let kills: usize = std::env::var("EVENTIDE_FAULT_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    sigkill_drill(kills / 2, &["--read-mode", "noack"]).await;
+}
+
+async fn sigkill_drill(kills: usize, mode: &[&str]) {
     let redis = RedisServer::start();
     let mut conn = support::connect(&redis.url()).await;
     // 40 minutes of event time; jitter up to 40 s: beyond the 5 s watermark, so some events
@@ -87,20 +98,27 @@ async fn sigkill_at_random_points_counts_every_event_exactly_once() {
 
     let mut rng = rand::rngs::SmallRng::seed_from_u64(kills as u64);
     for _ in 0..kills {
-        let mut child = eventide(&redis.url(), lake.path(), &[]).spawn().unwrap();
+        let mut child = eventide(&redis.url(), lake.path(), mode).spawn().unwrap();
         // Anywhere: during start-up and recovery, mid-batch, mid-checkpoint (every 200 ms).
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..1200))).await;
         child.kill().unwrap(); // SIGKILL: no flush, no checkpoint, no ack
         child.wait().unwrap();
     }
     publisher.await.unwrap().unwrap();
-    let status = eventide(&redis.url(), lake.path(), &["--exit-when-idle", "1s"]).status().unwrap();
+    let status = eventide(&redis.url(), lake.path(), &[mode, &["--exit-when-idle", "1s"]].concat()).status().unwrap();
     assert!(status.success());
     stop.store(true, Ordering::Relaxed);
     poller.join().expect("the concurrent reader saw only whole files and no duplicate");
     eprintln!("{kills} kills; the concurrent reader polled the archive {} times", polls.load(Ordering::Relaxed));
 
-    assert_exactly_once(&entries, &mut conn, lake.path(), &format!("after {kills} SIGKILLs")).await;
+    assert_exactly_once(&entries, &mut conn, lake.path(), &format!("after {kills} SIGKILLs {mode:?}")).await;
+    if !mode.is_empty() {
+        // noack: the group's position followed the checkpoints, so its lag is 0 at the end.
+        let groups: redis::Value =
+            redis::cmd("XINFO").arg("GROUPS").arg("events").query_async(&mut conn).await.unwrap();
+        let (_, read, _) = eventide::source::probe::group_info(&groups, "analytics").unwrap();
+        assert_eq!(read, Some(entries.len() as u64), "entries-read follows the checkpoints");
+    }
 }
 
 /// The archive, the DLQ, every pipeline table and the late table hold each event exactly
