@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -146,7 +146,13 @@ impl Checkpoints {
     pub async fn commit(&self, m: &Manifest) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(m).map_err(|e| Error::Internal(e.to_string()))?;
         let path = self.manifest_path(m.epoch);
-        match self.lake.put_create(&path, PutPayload::from(bytes)).await {
+        match self.lake.put_create(&path, PutPayload::from(bytes.clone())).await {
+            // A retried put whose first attempt landed: ours.
+            Err(Error::ObjectStore(object_store::Error::AlreadyExists { .. }))
+                if self.lake.get_opt(&path).await?.is_some_and(|b| b[..] == bytes[..]) =>
+            {
+                Ok(())
+            }
             Err(Error::ObjectStore(object_store::Error::AlreadyExists { .. })) => Err(Error::Fenced(format!(
                 "checkpoint {path} exists: another instance of group {:?} committed epoch {}",
                 self.group, m.epoch
@@ -181,7 +187,7 @@ impl Checkpoints {
                 Some(e) if committed.is_some_and(|c| e <= c) => continue, // published at recovery
                 _ => {}
             }
-            self.lake.store().delete(&meta.location).await?;
+            self.lake.delete(&meta.location).await?;
             epochs.extend(epoch);
             n += 1;
         }
@@ -204,7 +210,7 @@ impl Checkpoints {
             let unreferenced_blob =
                 meta.location.filename().and_then(parse_manifest_name).is_none() && !keep.contains(loc);
             if old_manifest || unreferenced_blob {
-                self.lake.store().delete(&meta.location).await?;
+                self.lake.delete(&meta.location).await?;
                 if unreferenced_blob && let Some((dir, _)) = loc.rsplit_once('/') {
                     dirs.insert(dir.to_string());
                 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, PutPayload};
 
 use crate::dedup::Dedup;
 use crate::error::{Error, Result};
@@ -63,7 +63,7 @@ pub async fn save_dedup(lake: &Lake, group: &str, dedup: &mut Dedup) -> Result<(
     dedup.clear_delta();
     let deltas: Vec<_> = lake.store().list(Some(&delta_prefix(group))).try_collect().await?;
     for meta in deltas {
-        lake.store().delete(&meta.location).await?;
+        lake.delete(&meta.location).await?;
     }
     Ok(())
 }

@@ -23,6 +23,31 @@ use crate::error::{Error, Result};
 /// Prefix for eventide's own objects (state, staging); readers of the tables ignore it.
 pub const INTERNAL_PREFIX: &str = "_eventide";
 
+/// Attempts per store call: transient failures (network, timeouts, 5xx: object_store's
+/// `Generic` errors) are retried with backoff (50 ms doubling, ~1.5 s in all) on top of the
+/// HTTP stores' own retries; other errors (not found, exists, denied, …) return at once, and
+/// a failure that outlasts the retries stops the pipeline without acking.
+const STORE_ATTEMPTS: u32 = 6;
+
+async fn retry<T, F, Fut>(what: &str, path: &Path, mut op: F) -> object_store::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = object_store::Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Err(e @ object_store::Error::Generic { .. }) if attempt + 1 < STORE_ATTEMPTS => {
+                let wait = std::time::Duration::from_millis(50 << attempt);
+                tracing::warn!(op = what, path = %path, error = %e, attempt, "Object store call failed; retrying.");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Where a commit puts its files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
@@ -120,10 +145,10 @@ impl Lake {
         if self.local {
             let n = self.staged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let staging = Path::from(format!("{INTERNAL_PREFIX}/staging/{}-{n}.tmp", std::process::id()));
-            self.store.put(&staging, payload).await?;
-            self.store.rename(&staging, path).await?;
+            retry("put", &staging, || self.store.put(&staging, payload.clone())).await?;
+            retry("rename", path, || self.store.rename(&staging, path)).await?;
         } else {
-            self.store.put(path, payload).await?;
+            retry("put", path, || self.store.put(path, payload.clone())).await?;
         }
         Ok(())
     }
@@ -143,7 +168,7 @@ impl Lake {
             }
             Placement::Staged(prefix) => {
                 let staged = Path::from(format!("{prefix}/{target}"));
-                self.store.put(&staged, payload).await?;
+                retry("put", &staged, || self.store.put(&staged, payload.clone())).await?;
                 Ok(Some(staged.to_string()))
             }
         }
@@ -154,7 +179,7 @@ impl Lake {
     /// success, so a recovery can repeat it.
     pub async fn publish(&self, staged: &str, target: &str) -> Result<()> {
         let (from, to) = (Path::from(staged), Path::from(target));
-        match self.store.rename(&from, &to).await {
+        match retry("rename", &to, || self.store.rename(&from, &to)).await {
             Ok(()) => Ok(()),
             Err(object_store::Error::NotFound { .. }) if self.store.head(&to).await.is_ok() => Ok(()),
             Err(e) => Err(e.into()),
@@ -182,17 +207,26 @@ impl Lake {
     /// conditional puts fall back to a plain atomic put.
     pub async fn put_create(&self, path: &Path, payload: PutPayload) -> Result<()> {
         let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
-        match self.store.put_opts(path, payload.clone(), opts).await {
+        match retry("put", path, || self.store.put_opts(path, payload.clone(), opts.clone())).await {
             Ok(_) => Ok(()),
             Err(object_store::Error::NotImplemented { .. }) => self.put_atomic(path, payload).await,
             Err(e) => Err(e.into()),
         }
     }
 
+    /// Deletes `path` (already gone is fine).
+    pub async fn delete(&self, path: &Path) -> Result<()> {
+        match retry("delete", path, || self.store.delete(path)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Reads `path`, or `None` when it does not exist.
     pub async fn get_opt(&self, path: &Path) -> Result<Option<Bytes>> {
-        match self.store.get(path).await {
-            Ok(r) => Ok(Some(r.bytes().await?)),
+        let get = || async { self.store.get(path).await?.bytes().await };
+        match retry("get", path, get).await {
+            Ok(b) => Ok(Some(b)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }

@@ -3,7 +3,8 @@
 //! later ones fail. The run must stop with an error (no panic) having acked only what its
 //! committed checkpoints hold; a restart on a healthy store must then finish with exactly the
 //! result of a run that never failed: the archive, every pipeline table, the late table and
-//! the dead-letter stream.
+//! the dead-letter stream. A transient failure (one write failing once) is retried and the run
+//! goes on to the same result.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -27,7 +28,10 @@ fn pipelines_dir() -> std::path::PathBuf {
 /// returns whether the run succeeded and how many writes it attempted.
 async fn run(redis: &str, stream: &str, dir: &Path, fail_from: usize) -> (bool, usize) {
     let inner = Arc::new(LocalFileSystem::new_with_prefix(dir).unwrap());
-    let store = FaultyStore::new(inner, fail_from);
+    run_on(redis, stream, dir, FaultyStore::new(inner, fail_from)).await
+}
+
+async fn run_on(redis: &str, stream: &str, dir: &Path, store: Arc<FaultyStore>) -> (bool, usize) {
     let mut opts = support::options(redis, &[stream], dir.to_str().unwrap(), "c1");
     opts.lake_store = Some(Lake::from_store(store.clone()));
     opts.pipelines = Some(pipelines_dir());
@@ -108,4 +112,18 @@ async fn storage_failures_at_every_commit_step_lose_and_duplicate_nothing() {
         assert_eq!(support::pending(&mut conn, &stream).await, 0);
     }
     assert!(failed >= 20, "only {failed} runs hit an injected failure");
+
+    // Transient failures (one write fails once): retried, the run goes on, same result.
+    for k in (1..=writes).step_by((writes / 6).max(1)) {
+        let stream = format!("t{k}");
+        support::publish_generated(&mut conn, &stream, gen_opts(9)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let inner = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+        let (ok, _) = run_on(&redis.url(), &stream, dir.path(), FaultyStore::transient(inner, k)).await;
+        assert!(ok, "a transient failure of write {k} stopped the run");
+        let got = everything(dir.path(), &mut conn, &stream).await;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            support::assert_same_rows(g, w, &format!("transient failure of write {k}: part {i}"));
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! An object store wrapper that fails on demand: the n-th write-type operation (put, copy,
-//! rename, delete) and every one after it return an error, as a store that went away would.
-//! Reads and listings pass through, so a test can see what was written.
+//! rename, delete) and every one after it return an error, as a store that went away would
+//! (or, `transient`, only the n-th attempt fails, as a dropped request would). Reads and
+//! listings pass through, so a test can see what was written.
 
 use std::fmt;
 use std::sync::Arc;
@@ -21,16 +22,29 @@ pub struct FaultyStore {
     pub writes: AtomicUsize,
     /// The first failing write (1-based); `usize::MAX`: none.
     pub fail_from: AtomicUsize,
+    /// Only that one write fails.
+    pub transient: bool,
 }
 
 impl FaultyStore {
     pub fn new(inner: Arc<dyn ObjectStore>, fail_from: usize) -> Arc<FaultyStore> {
-        Arc::new(FaultyStore { inner, writes: AtomicUsize::new(0), fail_from: AtomicUsize::new(fail_from) })
+        Arc::new(FaultyStore {
+            inner,
+            writes: AtomicUsize::new(0),
+            fail_from: AtomicUsize::new(fail_from),
+            transient: false,
+        })
+    }
+
+    /// Fails only the `n`-th write.
+    pub fn transient(inner: Arc<dyn ObjectStore>, n: usize) -> Arc<FaultyStore> {
+        Arc::new(FaultyStore { inner, writes: AtomicUsize::new(0), fail_from: AtomicUsize::new(n), transient: true })
     }
 
     fn write(&self, op: &str, path: &Path) -> Result<()> {
         let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
-        if n >= self.fail_from.load(Ordering::SeqCst) {
+        let from = self.fail_from.load(Ordering::SeqCst);
+        if n == from || !self.transient && n > from {
             return Err(object_store::Error::Generic {
                 store: "faulty",
                 source: format!("injected failure of write #{n} ({op} {path})").into(),
