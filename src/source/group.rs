@@ -5,7 +5,7 @@ use redis::Value;
 
 use super::SourceOptions;
 use super::commands::Commands;
-use super::reply::{self, AutoClaim};
+use super::reply;
 use crate::error::{Error, Result};
 use crate::event::{EntryId, RawEntry};
 
@@ -37,28 +37,43 @@ pub struct Claimed {
     pub deleted: usize,
 }
 
-/// Claims up to `max` entries of `stream` idle longer than the configured minimum.
+/// Claims up to `max` entries of `stream` pending at *other* consumers and idle longer than
+/// the configured minimum (`XPENDING … IDLE` per consumer, then `XCLAIM`): entries a lost
+/// lease holder read after the takeover. This consumer's own pending entries are never
+/// claimed back (they wait for the next checkpoint; claiming would deliver them twice).
 pub async fn claim_idle(cmds: &mut Commands, opts: &SourceOptions, stream: &str, max: usize) -> Result<Claimed> {
-    let mut start = EntryId::default();
     let mut out = Claimed { entries: Vec::new(), deleted: 0 };
-    loop {
-        let mut cmd = redis::cmd("XAUTOCLAIM");
-        cmd.arg(stream)
-            .arg(&opts.group)
-            .arg(&opts.consumer)
-            .arg(opts.claim_min_idle.as_millis() as u64)
-            .arg(start.to_string())
-            .arg("COUNT")
-            .arg(CLAIM_COUNT);
-        let v: Value = cmds.query(&cmd).await?;
-        let AutoClaim { next, claimed, deleted } = reply::xautoclaim(v)?;
-        out.deleted += deleted.len();
-        out.entries.extend(claimed);
-        if next == EntryId::default() || out.entries.len() >= max {
-            return Ok(out);
+    let idle = opts.claim_min_idle.as_millis() as u64;
+    for other in other_consumers(cmds, opts, stream).await? {
+        let mut list = redis::cmd("XPENDING");
+        list.arg(stream).arg(&opts.group).arg("IDLE").arg(idle).arg("-").arg("+").arg(max).arg(&other);
+        let rows: Vec<(String, String, u64, u64)> = cmds.query(&list).await?;
+        if rows.is_empty() {
+            continue;
         }
-        start = next;
+        let mut claim = redis::cmd("XCLAIM");
+        claim.arg(stream).arg(&opts.group).arg(&opts.consumer).arg(idle);
+        for (id, ..) in &rows {
+            claim.arg(id);
+        }
+        let got = reply::entries(cmds.query::<Value, _>(&claim).await?, "XCLAIM")?;
+        // Entries deleted meanwhile are dropped from the pending list by XCLAIM.
+        out.deleted += rows.len().saturating_sub(got.len());
+        out.entries.extend(got);
+        if out.entries.len() >= max {
+            break;
+        }
     }
+    out.entries.sort_by_key(|e| e.id);
+    Ok(out)
+}
+
+/// Consumers other than this one with entries pending on `stream`.
+async fn other_consumers(cmds: &mut Commands, opts: &SourceOptions, stream: &str) -> Result<Vec<String>> {
+    let mut summary = redis::cmd("XPENDING");
+    summary.arg(stream).arg(&opts.group);
+    let (_, _, _, consumers): PendingSummary = cmds.query(&summary).await?;
+    Ok(consumers.unwrap_or_default().into_iter().filter(|(c, _)| *c != opts.consumer).map(|(c, _)| c).collect())
 }
 
 /// Where `stream`'s group stands: last-delivered id, `entries-read` (if known), pending count.

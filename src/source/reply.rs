@@ -77,28 +77,6 @@ pub fn xread(v: Value) -> Result<Vec<StreamEntries>, ReplyError> {
         .collect()
 }
 
-/// An `XAUTOCLAIM` reply: the next start id, the claimed entries, and the ids that were
-/// deleted or trimmed while pending (Redis removed them from the pending list).
-pub struct AutoClaim {
-    pub next: EntryId,
-    pub claimed: Vec<RawEntry>,
-    pub deleted: Vec<EntryId>,
-}
-
-pub fn xautoclaim(v: Value) -> Result<AutoClaim, ReplyError> {
-    const C: &str = "XAUTOCLAIM";
-    let mut parts = items(v).ok_or(bad(C, "not an array"))?.into_iter();
-    let next = parts.next().and_then(bytes).and_then(|b| EntryId::parse(&b)).ok_or(bad(C, "next id"))?;
-    let claimed = entries(parts.next().ok_or(bad(C, "no entries"))?, C)?;
-    let deleted = match parts.next() {
-        Some(d) => {
-            items(d).unwrap_or_default().into_iter().filter_map(|v| bytes(v).and_then(|b| EntryId::parse(&b))).collect()
-        }
-        None => Vec::new(),
-    };
-    Ok(AutoClaim { next, claimed, deleted })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,18 +101,5 @@ mod tests {
         assert!(r[0].1[1].is_deleted());
         assert!(xread(Value::Nil).unwrap().is_empty());
         assert!(xread(Value::Int(3)).is_err());
-    }
-
-    #[test]
-    fn parses_xautoclaim() {
-        let v = Value::Array(vec![
-            bs("0-0"),
-            Value::Array(vec![Value::Array(vec![bs("5-1"), Value::Array(vec![bs("a"), bs("b")])])]),
-            Value::Array(vec![bs("4-0")]),
-        ]);
-        let r = xautoclaim(v).unwrap();
-        assert_eq!(r.next, EntryId::default());
-        assert_eq!(r.claimed[0].id, EntryId { ms: 5, seq: 1 });
-        assert_eq!(r.deleted, vec![EntryId { ms: 4, seq: 0 }]);
     }
 }

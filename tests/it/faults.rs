@@ -96,6 +96,18 @@ async fn sigkill_drill(kills: usize, mode: &[&str]) {
         }
     });
 
+    // And analysts' tools: DuckDB over the archive, pyarrow over every pipeline table.
+    let stop_file = lake.path().join("stop-polling");
+    let tables = ["revenue_per_minute", "checkout_funnel", "customer_sessions", "payment_failure_rate"];
+    let py_poller = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/analyst/poll_lake.py"))
+        .arg(lake.path())
+        .arg(&stop_file)
+        .args(tables)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 on PATH");
+
     let mut rng = rand::rngs::SmallRng::seed_from_u64(kills as u64);
     for _ in 0..kills {
         let mut child = eventide(&redis.url(), lake.path(), mode).spawn().unwrap();
@@ -109,7 +121,17 @@ async fn sigkill_drill(kills: usize, mode: &[&str]) {
     assert!(status.success());
     stop.store(true, Ordering::Relaxed);
     poller.join().expect("the concurrent reader saw only whole files and no duplicate");
-    eprintln!("{kills} kills; the concurrent reader polled the archive {} times", polls.load(Ordering::Relaxed));
+    std::fs::write(&stop_file, b"").unwrap();
+    let py = py_poller.wait_with_output().unwrap();
+    let py_out = String::from_utf8_lossy(&py.stdout);
+    assert!(py.status.success(), "DuckDB/pyarrow reader: {py_out}");
+    let py_polls: u64 = py_out.trim().parse().unwrap_or(0);
+    assert!(py_polls > 0, "the DuckDB/pyarrow reader never completed a poll: {py_out}");
+    std::fs::remove_file(&stop_file).unwrap();
+    eprintln!(
+        "{kills} kills; concurrent readers polled {} (parquet crate) and {py_polls} (DuckDB + pyarrow) times",
+        polls.load(Ordering::Relaxed)
+    );
 
     assert_exactly_once(&entries, &mut conn, lake.path(), &format!("after {kills} SIGKILLs {mode:?}")).await;
     if !mode.is_empty() {
