@@ -58,6 +58,10 @@ pub struct Manifest {
     pub dedup_deltas: Vec<String>,
     /// Every pipeline's window state.
     pub windows: Option<String>,
+    /// Archive files kept open across checkpoints, with the blobs holding their rows so far.
+    pub open_files: Vec<crate::sink::archive::OpenFileState>,
+    /// Closed-window and late rows waiting for the next table file (Arrow IPC per table).
+    pub tables: Option<String>,
     /// Per stream, the last entry id processed (for ops; pending entries are re-read).
     pub positions: BTreeMap<String, String>,
     /// Running totals as of this checkpoint.
@@ -199,8 +203,16 @@ impl Checkpoints {
 
     /// Removes manifests before `m` and state blobs `m` does not reference.
     pub async fn prune(&self, m: &Manifest) -> Result<()> {
-        let keep: BTreeSet<&str> =
-            m.dedup_snapshot.iter().chain(&m.dedup_deltas).chain(&m.windows).map(String::as_str).collect();
+        let segments = m.open_files.iter().flat_map(|f| &f.segments);
+        let keep: BTreeSet<&str> = m
+            .dedup_snapshot
+            .iter()
+            .chain(&m.dedup_deltas)
+            .chain(&m.windows)
+            .chain(&m.tables)
+            .chain(segments)
+            .map(String::as_str)
+            .collect();
         let prefix = Path::from(self.root.as_str());
         let listed: Vec<_> = self.lake.store().list(Some(&prefix)).try_collect().await?;
         let mut dirs = BTreeSet::new();
@@ -255,7 +267,65 @@ pub fn manifest(cp: &Checkpoints, epoch: u64, started_ms: i64) -> Manifest {
         dedup_snapshot: None,
         dedup_deltas: Vec::new(),
         windows: None,
+        open_files: Vec::new(),
+        tables: None,
         positions: BTreeMap::new(),
         totals: Totals::default(),
     }
+}
+
+/// Batches of one schema as an Arrow IPC stream (a checkpoint blob).
+pub fn to_ipc(batches: &[arrow::array::RecordBatch]) -> Result<Vec<u8>> {
+    let Some(first) = batches.first() else { return Ok(Vec::new()) };
+    let mut buf = Vec::new();
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut buf, &first.schema())?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.finish()?;
+    drop(w);
+    Ok(buf)
+}
+
+/// Back from [`to_ipc`].
+pub fn from_ipc(bytes: &[u8]) -> Result<Vec<arrow::array::RecordBatch>> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+    Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
+}
+
+/// Named blobs in one: per entry, the name's length (u32 LE), the name, the blob's length
+/// (u64 LE), the blob.
+pub fn pack(parts: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, bytes) in parts {
+        out.extend((name.len() as u32).to_le_bytes());
+        out.extend(name.as_bytes());
+        out.extend((bytes.len() as u64).to_le_bytes());
+        out.extend(bytes);
+    }
+    out
+}
+
+/// Back from [`pack`].
+pub fn unpack(mut b: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
+    let bad = || Error::State { path: "packed blob".into(), reason: "truncated".into() };
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let take = |b: &mut &[u8], n: usize| -> Result<Vec<u8>> {
+            if b.len() < n {
+                return Err(bad());
+            }
+            let (h, t) = b.split_at(n);
+            *b = t;
+            Ok(h.to_vec())
+        };
+        let n = u32::from_le_bytes(take(&mut b, 4)?.try_into().map_err(|_| bad())?) as usize;
+        let name = String::from_utf8(take(&mut b, n)?).map_err(|_| bad())?;
+        let len = u64::from_le_bytes(take(&mut b, 8)?.try_into().map_err(|_| bad())?) as usize;
+        out.push((name, take(&mut b, len)?));
+    }
+    Ok(out)
 }

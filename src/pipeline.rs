@@ -42,6 +42,8 @@ pub struct PipelineOptions {
     pub dlq_stream: Option<String>,
     pub dedup_horizon: Duration,
     pub roll_age: Duration,
+    /// How often a checkpoint commits (at most `roll_age`).
+    pub checkpoint_interval: Duration,
     /// How often (at most) the dedup snapshot is saved at a commit; always at a clean stop.
     pub state_interval: Duration,
     pub claim_interval: Duration,
@@ -166,7 +168,7 @@ pub async fn run(opts: PipelineOptions, shutdown: impl Future<Output = ()>) -> R
                 _ = tick.tick() => {
                     p.pipelines.on_tick(Instant::now())?;
                     p.publish(&registry);
-                    if p.checkpoint_due(opts.roll_age) {
+                    if p.checkpoint_due(opts.checkpoint_interval, opts.roll_age) {
                         p.commit_all(false).await?;
                     }
                     if !opts.source.noack && last_claim.is_none_or(|t| t.elapsed() >= opts.claim_interval) {

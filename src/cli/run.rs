@@ -57,6 +57,9 @@ pub struct RunArgs {
     pub roll_bytes: Option<ByteSize>,
     #[arg(long, env = "EVENTIDE_ROLL_AGE")]
     pub roll_age: Option<Dur>,
+    /// How often a checkpoint commits and acks (files stay open until --roll-age).
+    #[arg(long, env = "EVENTIDE_CHECKPOINT_INTERVAL")]
+    pub checkpoint_interval: Option<Dur>,
     #[arg(long, env = "EVENTIDE_STATE_INTERVAL")]
     pub state_interval: Option<Dur>,
     #[arg(long, env = "EVENTIDE_MAX_BUFFERED_BYTES")]
@@ -133,6 +136,7 @@ impl RunArgs {
             lake,
             roll_bytes,
             roll_age,
+            checkpoint_interval,
             state_interval,
             max_buffered_bytes,
             zstd_level,

@@ -43,6 +43,7 @@ pub(super) struct Processor {
     acks: AckTracker,
     lake: Lake,
     state_interval: Duration,
+    roll_age: Duration,
     last_snapshot: Option<Instant>,
     last_commit_unix_ms: Option<i64>,
     cp: Checkpoints,
@@ -204,10 +205,27 @@ impl Processor {
                 "Recovered from checkpoint."
             );
         }
+        if let Some(path) = &latest.tables {
+            pipelines.restore_tables(checkpoint::unpack(&cp.get_blob(path).await?)?)?;
+        }
         let latest = Some(latest);
         let epoch = latest.as_ref().map_or(1, |m| m.epoch + 1);
         let mut archive = Archive::new(lake.clone(), opts.archive.clone())?;
         archive.placement = Placement::Staged(cp.staging_prefix(epoch));
+        for f in latest.iter().flat_map(|m| &m.open_files) {
+            let mut rows = Vec::new();
+            for seg in &f.segments {
+                rows.extend(checkpoint::from_ipc(&cp.get_blob(seg).await?)?);
+            }
+            archive.reopen(f, rows).await?;
+        }
+        if archive.open_rows() > 0 {
+            tracing::info!(
+                files = archive.open_files().len(),
+                rows = archive.open_rows(),
+                "Reopened archive files kept open across the last checkpoint."
+            );
+        }
         Ok(Processor {
             source: opts.source.clone(),
             dlq_keys,
@@ -221,6 +239,7 @@ impl Processor {
             acks: AckTracker::default(),
             lake,
             state_interval: opts.state_interval,
+            roll_age: opts.roll_age,
             last_snapshot: Some(Instant::now()),
             last_commit_unix_ms: None,
             epoch,
@@ -325,13 +344,13 @@ impl Processor {
         Ok(())
     }
 
-    /// Whether a checkpoint is due: the epoch is `interval` old and holds something.
-    pub fn checkpoint_due(&self, interval: Duration) -> bool {
+    /// Whether a checkpoint is due: the epoch is `interval` old and read something, or files
+    /// reached `roll_age` (they become visible at a checkpoint).
+    pub fn checkpoint_due(&self, interval: Duration, roll_age: Duration) -> bool {
+        let files_due = self.archive.oldest_age().is_some_and(|a| a >= roll_age)
+            || self.pipelines.pending_age().is_some_and(|a| a >= roll_age);
         self.epoch_started.elapsed() >= interval
-            && (self.archive.open_rows() > 0
-                || !self.epoch_files.is_empty()
-                || self.pipelines.pending_rows() > 0
-                || self.acks.pending_ids() > 0)
+            && (self.acks.pending_ids() > 0 || !self.epoch_files.is_empty() || files_due)
     }
 
     /// A checkpoint: stages every open archive file and pipeline table file, saves dedup
@@ -341,9 +360,19 @@ impl Processor {
     pub async fn commit_all(&mut self, final_stop: bool) -> Result<()> {
         let t = Instant::now();
         let mut files = std::mem::take(&mut self.epoch_files);
-        files.extend(self.archive.commit_all().await?);
+        // Files that reached their age (all at a stop) are finished; the others stay open and
+        // their new rows are saved with the checkpoint.
+        files.extend(match final_stop {
+            true => self.archive.commit_all().await?,
+            false => self.archive.commit_older(self.roll_age).await?,
+        });
         let placement = self.archive.placement.clone();
-        let tables = self.pipelines.commit_to(&self.lake, &self.writer, &placement).await?;
+        let tables = if final_stop || self.pipelines.pending_age().is_some_and(|a| a >= self.roll_age) {
+            self.pipelines.commit_to(&self.lake, &self.writer, &placement).await?
+        } else {
+            self.pipelines.process()?;
+            Vec::new()
+        };
         let t_files = t.elapsed();
         let nothing_new = files.is_empty() && tables.is_empty() && self.acks.pending_ids() == 0;
         if nothing_new {
@@ -351,6 +380,15 @@ impl Processor {
         }
         let epoch = self.epoch;
         let mut m: Manifest = checkpoint::manifest(&self.cp, epoch, self.epoch_started_ms);
+        for (n, (key, rows)) in self.archive.unsaved_rows().await?.into_iter().enumerate() {
+            let blob = self.cp.put_blob(epoch, &format!("open-{n}.arrow"), checkpoint::to_ipc(&rows)?).await?;
+            self.archive.saved(&key, blob);
+        }
+        m.open_files = self.archive.open_files();
+        let pending_tables = self.pipelines.save_tables()?;
+        if !pending_tables.is_empty() {
+            m.tables = Some(self.cp.put_blob(epoch, "tables.bin", checkpoint::pack(&pending_tables)).await?);
+        }
         m.files = checkpoint::file_entries(&files);
         m.files.extend(checkpoint::file_entries(&tables));
         let snapshot_due = self.last_snapshot.is_none_or(|s| s.elapsed() >= self.state_interval);

@@ -90,6 +90,25 @@ struct OpenFile {
     rows: u64,
     min_seq: u64,
     opened: Instant,
+    opened_ms: i64,
+    /// Where the file will be visible (fixed when it opens, so a recovery finishes the same file).
+    target: Path,
+    /// Rows encoded since the last checkpoint (saved by the next one as a segment).
+    captured: Vec<arrow::array::RecordBatch>,
+    /// Checkpoint blobs holding this file's earlier rows.
+    segments: Vec<String>,
+}
+
+/// An archive file kept open across checkpoints: where it goes and the checkpoint blobs
+/// (Arrow IPC) holding its rows so far.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OpenFileState {
+    pub day: i32,
+    pub event_type: String,
+    pub target: String,
+    pub opened_ms: i64,
+    pub rows: u64,
+    pub segments: Vec<String>,
 }
 
 impl OpenFile {
@@ -109,14 +128,19 @@ impl OpenFile {
     /// Hands the buffered rows to a blocking thread, so encoding and compression overlap with
     /// decoding the next entries. Waits for this file's previous encode first (backpressure).
     async fn encode_buffered(&mut self) -> Result<()> {
-        let mut w = self.writer().await?;
+        let w = self.writer().await?;
         self.encoded_size += self.columns.bytes / 4;
         let batch = self.columns.finish();
+        self.encode(w, batch);
+        Ok(())
+    }
+
+    fn encode(&mut self, mut w: Writer, batch: arrow::array::RecordBatch) {
+        self.captured.push(batch.clone());
         self.encoder = Encoder::Busy(tokio::task::spawn_blocking(move || {
             w.write(&batch)?;
             Ok(w)
         }));
-        Ok(())
     }
 
     /// Encodes what is left and returns the complete Parquet file.
@@ -169,6 +193,25 @@ impl Archive {
         Ok(Archive { opts, lake, props: props.build(), open: HashMap::new(), files: 0, placement: Placement::Direct })
     }
 
+    fn new_file(&mut self, key: &(i32, Box<str>), seq: u64, target: Option<Path>, opened_ms: i64) -> Result<OpenFile> {
+        let writer = ArrowWriter::try_new(Chunks::default(), archive_schema(), Some(self.props.clone()))?;
+        self.files += 1;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let age = Duration::from_millis((now_ms - opened_ms).max(0) as u64);
+        Ok(OpenFile {
+            columns: Columns::new(),
+            encoder: Encoder::Idle(Box::new(writer)),
+            encoded_size: 0,
+            rows: 0,
+            min_seq: seq,
+            opened: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            opened_ms,
+            target: target.unwrap_or_else(|| self.file_path(key, now_ms, self.files)),
+            captured: Vec::new(),
+            segments: Vec::new(),
+        })
+    }
+
     /// Appends one event belonging to batch `seq`.
     pub fn append(&mut self, ev: &Event<'_>, stream: &str, id: EntryId, ingest_us: i64, seq: u64) -> Result<()> {
         let day = ev.event_time_us.div_euclid(86_400_000_000) as i32;
@@ -176,16 +219,9 @@ impl Archive {
         let file = match self.open.get_mut(&key) {
             Some(f) => f,
             None => {
-                let writer = ArrowWriter::try_new(Chunks::default(), archive_schema(), Some(self.props.clone()))?;
-                let f = OpenFile {
-                    columns: Columns::new(),
-                    encoder: Encoder::Idle(Box::new(writer)),
-                    encoded_size: 0,
-                    rows: 0,
-                    min_seq: seq,
-                    opened: Instant::now(),
-                };
-                self.open.entry((day, ev.event_type.as_ref().into())).or_insert(f)
+                let k: (i32, Box<str>) = (day, ev.event_type.as_ref().into());
+                let f = self.new_file(&k, seq, None, chrono::Utc::now().timestamp_millis())?;
+                self.open.entry(k).or_insert(f)
             }
         };
         file.columns.append(ev, stream, id, ingest_us);
@@ -238,14 +274,76 @@ impl Archive {
         self.commit_keys(keys).await
     }
 
+    /// Commits the files open for at least `age`.
+    pub async fn commit_older(&mut self, age: Duration) -> Result<Vec<CommittedFile>> {
+        let keys: Vec<_> =
+            self.open.iter().filter(|(_, f)| f.opened.elapsed() >= age).map(|(k, _)| k.clone()).collect();
+        self.commit_keys(keys).await
+    }
+
+    /// For a checkpoint: every open file's rows since the last checkpoint (partial batches are
+    /// handed to the encoder first), by file; record the blob that saved them with
+    /// [`Archive::saved`].
+    pub async fn unsaved_rows(&mut self) -> Result<Vec<((i32, Box<str>), Vec<arrow::array::RecordBatch>)>> {
+        let mut out = Vec::new();
+        for (k, f) in self.open.iter_mut() {
+            if f.columns.rows > 0 {
+                f.encode_buffered().await?;
+            }
+            if !f.captured.is_empty() {
+                out.push((k.clone(), std::mem::take(&mut f.captured)));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Records that `segment` holds the rows [`Archive::unsaved_rows`] returned for `key`.
+    pub fn saved(&mut self, key: &(i32, Box<str>), segment: String) {
+        if let Some(f) = self.open.get_mut(key) {
+            f.segments.push(segment);
+        }
+    }
+
+    /// The open files, for the checkpoint manifest.
+    pub fn open_files(&self) -> Vec<OpenFileState> {
+        let mut v: Vec<OpenFileState> = self
+            .open
+            .iter()
+            .map(|((day, ty), f)| OpenFileState {
+                day: *day,
+                event_type: ty.to_string(),
+                target: f.target.to_string(),
+                opened_ms: f.opened_ms,
+                rows: f.rows,
+                segments: f.segments.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.target.cmp(&b.target));
+        v
+    }
+
+    /// Recovery: reopens a file from a checkpoint with its saved rows.
+    pub async fn reopen(&mut self, state: &OpenFileState, rows: Vec<arrow::array::RecordBatch>) -> Result<()> {
+        let key: (i32, Box<str>) = (state.day, state.event_type.as_str().into());
+        let mut f = self.new_file(&key, 0, Some(Path::from(state.target.as_str())), state.opened_ms)?;
+        for batch in rows {
+            f.rows += batch.num_rows() as u64;
+            let w = f.writer().await?;
+            f.encode(w, batch);
+        }
+        f.captured.clear();
+        f.segments = state.segments.clone();
+        self.open.insert(key, f);
+        Ok(())
+    }
+
     async fn commit_keys(&mut self, mut keys: Vec<(i32, Box<str>)>) -> Result<Vec<CommittedFile>> {
         keys.sort();
-        let stamp = chrono::Utc::now().timestamp_millis();
         let mut jobs = Vec::with_capacity(keys.len());
         for key in keys {
             let Some(file) = self.open.remove(&key) else { continue };
-            self.files += 1;
-            jobs.push((self.file_path(&key, stamp, self.files), file));
+            jobs.push((file.target.clone(), file));
         }
         // Files are finished (last pages, footer) on blocking threads and written concurrently.
         let (lake, placement) = (&self.lake, &self.placement);

@@ -33,15 +33,31 @@ pub struct TableBuffer {
     days: BTreeMap<i64, Vec<RecordBatch>>,
     rows: usize,
     files: u64,
+    /// When the oldest buffered row arrived.
+    since: Option<std::time::Instant>,
 }
 
 impl TableBuffer {
     pub fn new(prefix: String, schema: SchemaRef, date_column: usize) -> Self {
-        TableBuffer { prefix, schema, date_column, days: BTreeMap::new(), rows: 0, files: 0 }
+        TableBuffer { prefix, schema, date_column, days: BTreeMap::new(), rows: 0, files: 0, since: None }
     }
 
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// How long the oldest buffered row has waited.
+    pub fn age(&self) -> Option<std::time::Duration> {
+        self.since.map(|s| s.elapsed())
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// The table's path prefix (names it in checkpoints).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The rows waiting for the next commit.
@@ -56,6 +72,7 @@ impl TableBuffer {
             return Ok(());
         }
         self.rows += n;
+        self.since.get_or_insert_with(std::time::Instant::now);
         let col = batch.column(self.date_column).as_primitive::<TimestampMicrosecondType>();
         let day = |i: usize| col.value(i).div_euclid(DAY_US);
         let first = day(0);
@@ -93,6 +110,7 @@ impl TableBuffer {
             out.push(CommittedFile { path: path.to_string(), rows, bytes: len, staged });
         }
         self.rows = 0;
+        self.since = None;
         Ok(out)
     }
 }

@@ -188,6 +188,38 @@ impl Pipelines {
         Ok(Some((open, self.tables[i].buffered())))
     }
 
+    /// How long the oldest row waiting for a table file has waited.
+    pub fn pending_age(&self) -> Option<std::time::Duration> {
+        self.tables.iter().chain(&self.late).filter_map(TableBuffer::age).max()
+    }
+
+    /// Rows waiting for table files, for a checkpoint: (table prefix, Arrow IPC).
+    pub fn save_tables(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for t in self.tables.iter().chain(&self.late).filter(|t| t.rows() > 0) {
+            out.push((t.prefix().to_string(), crate::checkpoint::to_ipc(&t.buffered())?));
+        }
+        Ok(out)
+    }
+
+    /// Restores [`Pipelines::save_tables`] (tables that no longer exist are dropped).
+    pub fn restore_tables(&mut self, saved: Vec<(String, Vec<u8>)>) -> Result<()> {
+        for (prefix, bytes) in saved {
+            let Some(t) = self.tables.iter_mut().chain(&mut self.late).find(|t| t.prefix() == prefix) else {
+                tracing::warn!(table = %prefix, "Dropping saved rows of a table that no longer exists.");
+                continue;
+            };
+            for b in crate::checkpoint::from_ipc(&bytes)? {
+                if b.schema() == *t.schema() {
+                    t.push(b)?;
+                } else {
+                    tracing::warn!(table = %prefix, "Dropping saved rows: the table's columns changed.");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Rows waiting for a commit, per pipeline (its table and its late rows).
     pub fn pending_by_pipeline(&self) -> Vec<usize> {
         self.tables.iter().zip(&self.late).map(|(t, l)| t.rows() + l.rows()).collect()

@@ -71,6 +71,7 @@ async fn idle_entries_of_a_dead_consumer_are_claimed() {
     let lake = tempfile::tempdir().unwrap();
     let mut opts = support::options(&redis.url(), &["events"], lake.path().to_str().unwrap(), "alive");
     opts.roll_age = Duration::from_millis(100);
+    opts.checkpoint_interval = Duration::from_millis(100);
     opts.source.claim_min_idle = Duration::from_millis(300);
     opts.claim_interval = Duration::from_millis(200);
     opts.exit_when_idle = Some(Duration::from_secs(2));

@@ -61,6 +61,7 @@ async fn dashboard_renders_real_numbers_in_chromium() {
     opts.pipelines = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines").into());
     opts.exit_when_idle = None;
     opts.roll_age = Duration::from_millis(300);
+    opts.checkpoint_interval = Duration::from_millis(300);
     opts.probe_interval = Duration::from_millis(200);
     opts.api = Some(eventide::api::ApiOptions {
         addr: format!("127.0.0.1:{port}").parse().unwrap(),

@@ -26,6 +26,18 @@ use redis::Value;
 
 use crate::support::{self, RedisServer, read_archive, table};
 
+/// A child process killed if the test fails before it is collected.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn eventide(redis: &str, lake: &Path, extra: &[&str]) -> Command {
     eventide_as("c1", redis, lake, extra)
 }
@@ -34,7 +46,18 @@ fn eventide_as(consumer: &str, redis: &str, lake: &Path, extra: &[&str]) -> Comm
     let mut c = Command::new(env!("CARGO_BIN_EXE_eventide"));
     c.args(["run", "--config", "/dev/null", "--http-addr", "", "--redis-url", redis])
         .args(["--stream", "events", "--group", "analytics", "--consumer", consumer])
-        .args(["--block", "50ms", "--roll-age", "200ms", "--claim-min-idle", "1s", "--max-entry-bytes", "64KiB"])
+        .args([
+            "--block",
+            "50ms",
+            "--roll-age",
+            "1s",
+            "--checkpoint-interval",
+            "200ms",
+            "--claim-min-idle",
+            "2s",
+            "--max-entry-bytes",
+            "64KiB",
+        ])
         .arg("--pipelines")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines"))
         .arg("--lake")
@@ -99,14 +122,16 @@ async fn sigkill_drill(kills: usize, mode: &[&str]) {
     // And analysts' tools: DuckDB over the archive, pyarrow over every pipeline table.
     let stop_file = lake.path().join("stop-polling");
     let tables = ["revenue_per_minute", "checkout_funnel", "customer_sessions", "payment_failure_rate"];
-    let py_poller = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/analyst/poll_lake.py"))
-        .arg(lake.path())
-        .arg(&stop_file)
-        .args(tables)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 on PATH");
+    let mut py_poller = KillOnDrop(Some(
+        Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/analyst/poll_lake.py"))
+            .arg(lake.path())
+            .arg(&stop_file)
+            .args(tables)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 on PATH"),
+    ));
 
     let mut rng = rand::rngs::SmallRng::seed_from_u64(kills as u64);
     for _ in 0..kills {
@@ -122,7 +147,7 @@ async fn sigkill_drill(kills: usize, mode: &[&str]) {
     stop.store(true, Ordering::Relaxed);
     poller.join().expect("the concurrent reader saw only whole files and no duplicate");
     std::fs::write(&stop_file, b"").unwrap();
-    let py = py_poller.wait_with_output().unwrap();
+    let py = py_poller.0.take().unwrap().wait_with_output().unwrap();
     let py_out = String::from_utf8_lossy(&py.stdout);
     assert!(py.status.success(), "DuckDB/pyarrow reader: {py_out}");
     let py_polls: u64 = py_out.trim().parse().unwrap_or(0);

@@ -91,6 +91,7 @@ async fn metrics_count_exactly_and_pass_promtool() {
     opts.pipelines = Some(pipes);
     opts.exit_when_idle = None;
     opts.roll_age = Duration::from_millis(200);
+    opts.checkpoint_interval = Duration::from_millis(200);
     opts.probe_interval = Duration::from_millis(200);
     opts.api = Some(eventide::api::ApiOptions {
         addr: format!("127.0.0.1:{port}").parse().unwrap(),

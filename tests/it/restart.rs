@@ -48,6 +48,7 @@ async fn redis_restart_mid_stream_loses_nothing() {
     let mut opts = support::options(&url, &["events"], lake.path().to_str().unwrap(), "c1");
     opts.exit_when_idle = Some(Duration::from_secs(3));
     opts.roll_age = Duration::from_millis(300);
+    opts.checkpoint_interval = Duration::from_millis(300);
     let run = tokio::spawn(eventide::pipeline::run(opts, std::future::pending::<()>()));
 
     // Kill Redis while the pipeline is reading and committing, then bring it back.

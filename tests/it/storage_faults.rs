@@ -35,7 +35,8 @@ async fn run_on(redis: &str, stream: &str, dir: &Path, store: Arc<FaultyStore>) 
     let mut opts = support::options(redis, &[stream], dir.to_str().unwrap(), "c1");
     opts.lake_store = Some(Lake::from_store(store.clone()));
     opts.pipelines = Some(pipelines_dir());
-    opts.roll_age = Duration::from_millis(100);
+    opts.roll_age = Duration::from_millis(300);
+    opts.checkpoint_interval = Duration::from_millis(100);
     opts.state_interval = Duration::from_millis(250);
     opts.source.retry_timeout = Duration::from_secs(5);
     let res = tokio::time::timeout(Duration::from_secs(120), eventide::pipeline::run(opts, std::future::pending()))
