@@ -44,6 +44,8 @@ pub(super) struct Processor {
     lake: Lake,
     state_interval: Duration,
     roll_age: Duration,
+    /// Unsaved rows of open files that make a checkpoint due before its interval.
+    max_unsaved_bytes: usize,
     last_snapshot: Option<Instant>,
     last_commit_unix_ms: Option<i64>,
     cp: Checkpoints,
@@ -240,6 +242,7 @@ impl Processor {
             lake,
             state_interval: opts.state_interval,
             roll_age: opts.roll_age,
+            max_unsaved_bytes: opts.archive.max_buffered_bytes / 4,
             last_snapshot: Some(Instant::now()),
             last_commit_unix_ms: None,
             epoch,
@@ -349,7 +352,9 @@ impl Processor {
     pub fn checkpoint_due(&self, interval: Duration, roll_age: Duration) -> bool {
         let files_due = self.archive.oldest_age().is_some_and(|a| a >= roll_age)
             || self.pipelines.pending_age().is_some_and(|a| a >= roll_age);
-        self.epoch_started.elapsed() >= interval
+        // Rows kept for the next checkpoint's segments are bounded too.
+        let unsaved_full = self.archive.unsaved_bytes() >= self.max_unsaved_bytes;
+        (self.epoch_started.elapsed() >= interval || unsaved_full)
             && (self.acks.pending_ids() > 0 || !self.epoch_files.is_empty() || files_due)
     }
 

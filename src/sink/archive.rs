@@ -305,6 +305,11 @@ impl Archive {
         }
     }
 
+    /// Memory held by rows not saved by a checkpoint yet (a checkpoint is due when it grows).
+    pub fn unsaved_bytes(&self) -> usize {
+        self.open.values().flat_map(|f| &f.captured).map(|b| b.get_array_memory_size()).sum()
+    }
+
     /// The open files, for the checkpoint manifest.
     pub fn open_files(&self) -> Vec<OpenFileState> {
         let mut v: Vec<OpenFileState> = self
