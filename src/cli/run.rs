@@ -117,6 +117,9 @@ impl RunArgs {
         if a.exit_when_idle.is_some() {
             cfg.exit_when_idle = a.exit_when_idle;
         }
+        if a.checkpoint_interval.is_some() {
+            cfg.checkpoint_interval = a.checkpoint_interval;
+        }
         set!(
             cfg,
             a,
@@ -136,7 +139,6 @@ impl RunArgs {
             lake,
             roll_bytes,
             roll_age,
-            checkpoint_interval,
             state_interval,
             max_buffered_bytes,
             zstd_level,

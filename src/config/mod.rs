@@ -61,9 +61,10 @@ pub struct Config {
     pub roll_bytes: ByteSize,
     /// …or at this age (archive and pipeline table files): how long until rows are visible.
     pub roll_age: Dur,
-    /// How often a checkpoint commits (and entries are acked); files stay open across
-    /// checkpoints until `roll_age` / `roll_bytes`.
-    pub checkpoint_interval: Dur,
+    /// How often a checkpoint commits (and entries are acked); default: `roll_age`. Shorter:
+    /// files stay open across checkpoints until `roll_age` / `roll_bytes`, their new rows saved
+    /// with each checkpoint (costly: see BENCHMARKS.md).
+    pub checkpoint_interval: Option<Dur>,
     /// How often (at most) the dedup snapshot is saved after a commit; always at a clean stop.
     pub state_interval: Dur,
     /// Upper bound of archive data buffered in memory.
@@ -113,7 +114,7 @@ impl Default for Config {
             lake_options: Default::default(),
             roll_bytes: ByteSize(128 << 20),
             roll_age: Dur::secs(30),
-            checkpoint_interval: Dur::secs(5),
+            checkpoint_interval: None,
             state_interval: Dur::secs(60),
             max_buffered_bytes: ByteSize(512 << 20),
             zstd_level: 1,
@@ -287,7 +288,7 @@ impl Config {
             dlq_stream: self.dlq_stream.clone(),
             dedup_horizon: self.dedup_horizon.0,
             roll_age: self.roll_age.0,
-            checkpoint_interval: self.checkpoint_interval.0.min(self.roll_age.0),
+            checkpoint_interval: self.checkpoint_interval.map_or(self.roll_age.0, |c| c.0.min(self.roll_age.0)),
             state_interval: self.state_interval.0,
             claim_interval: self.claim_interval.0,
             exit_when_idle: self.exit_when_idle.map(|d| d.0),

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
 
 use crate::ack::AckTracker;
@@ -385,8 +386,19 @@ impl Processor {
         }
         let epoch = self.epoch;
         let mut m: Manifest = checkpoint::manifest(&self.cp, epoch, self.epoch_started_ms);
-        for (n, (key, rows)) in self.archive.unsaved_rows().await?.into_iter().enumerate() {
-            let blob = self.cp.put_blob(epoch, &format!("open-{n}.arrow"), checkpoint::to_ipc(&rows)?).await?;
+        // Rows of files kept open: encoded and compressed on blocking threads, written concurrently.
+        let cp = &self.cp;
+        let saved: Vec<_> = futures::stream::iter(self.archive.unsaved_rows().await?.into_iter().enumerate())
+            .map(|(n, (key, rows))| async move {
+                let bytes = tokio::task::spawn_blocking(move || checkpoint::to_ipc(&rows))
+                    .await
+                    .map_err(|e| Error::Internal(format!("segment encoder: {e}")))??;
+                Ok::<_, Error>((key, cp.put_blob(epoch, &format!("open-{n}.arrow"), bytes).await?))
+            })
+            .buffer_unordered(4)
+            .try_collect()
+            .await?;
+        for (key, blob) in saved {
             self.archive.saved(&key, blob);
         }
         m.open_files = self.archive.open_files();
