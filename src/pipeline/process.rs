@@ -215,6 +215,9 @@ impl Processor {
         let epoch = latest.as_ref().map_or(1, |m| m.epoch + 1);
         let mut archive = Archive::new(lake.clone(), opts.archive.clone())?;
         archive.placement = Placement::Staged(cp.staging_prefix(epoch));
+        // Files stay open across checkpoints only when checkpoints are more frequent than rolls
+        // (files a checkpoint kept open are reopened either way).
+        archive.keep_segments = opts.checkpoint_interval < opts.roll_age;
         for f in latest.iter().flat_map(|m| &m.open_files) {
             let mut rows = Vec::new();
             for seg in &f.segments {
@@ -354,7 +357,7 @@ impl Processor {
         let files_due = self.archive.oldest_age().is_some_and(|a| a >= roll_age)
             || self.pipelines.pending_age().is_some_and(|a| a >= roll_age);
         // Rows kept for the next checkpoint's segments are bounded too.
-        let unsaved_full = self.archive.unsaved_bytes() >= self.max_unsaved_bytes;
+        let unsaved_full = self.archive.keep_segments && self.archive.unsaved_bytes() >= self.max_unsaved_bytes;
         (self.epoch_started.elapsed() >= interval || unsaved_full)
             && (self.acks.pending_ids() > 0 || !self.epoch_files.is_empty() || files_due)
     }
@@ -368,12 +371,13 @@ impl Processor {
         let mut files = std::mem::take(&mut self.epoch_files);
         // Files that reached their age (all at a stop) are finished; the others stay open and
         // their new rows are saved with the checkpoint.
-        files.extend(match final_stop {
+        let finish_all = final_stop || !self.archive.keep_segments;
+        files.extend(match finish_all {
             true => self.archive.commit_all().await?,
             false => self.archive.commit_older(self.roll_age).await?,
         });
         let placement = self.archive.placement.clone();
-        let tables = if final_stop || self.pipelines.pending_age().is_some_and(|a| a >= self.roll_age) {
+        let tables = if finish_all || self.pipelines.pending_age().is_some_and(|a| a >= self.roll_age) {
             self.pipelines.commit_to(&self.lake, &self.writer, &placement).await?
         } else {
             self.pipelines.process()?;

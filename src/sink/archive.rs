@@ -97,6 +97,7 @@ struct OpenFile {
     captured: Vec<arrow::array::RecordBatch>,
     /// Checkpoint blobs holding this file's earlier rows.
     segments: Vec<String>,
+    keep_segments: bool,
 }
 
 /// An archive file kept open across checkpoints: where it goes and the checkpoint blobs
@@ -136,7 +137,9 @@ impl OpenFile {
     }
 
     fn encode(&mut self, mut w: Writer, batch: arrow::array::RecordBatch) {
-        self.captured.push(batch.clone());
+        if self.keep_segments {
+            self.captured.push(batch.clone());
+        }
         self.encoder = Encoder::Busy(tokio::task::spawn_blocking(move || {
             w.write(&batch)?;
             Ok(w)
@@ -171,6 +174,8 @@ pub struct Archive {
     files: u64,
     /// Where committed files go (set per checkpoint epoch).
     pub placement: Placement,
+    /// Files are kept open across checkpoints: keep their new rows for the next segment.
+    pub keep_segments: bool,
 }
 
 impl Archive {
@@ -190,7 +195,15 @@ impl Archive {
         for col in ["data", "metadata", "correlation_id", "traceparent", "stream_id"] {
             props = props.set_column_statistics_enabled(ColumnPath::from(col), EnabledStatistics::None);
         }
-        Ok(Archive { opts, lake, props: props.build(), open: HashMap::new(), files: 0, placement: Placement::Direct })
+        Ok(Archive {
+            opts,
+            lake,
+            props: props.build(),
+            open: HashMap::new(),
+            files: 0,
+            placement: Placement::Direct,
+            keep_segments: false,
+        })
     }
 
     fn new_file(&mut self, key: &(i32, Box<str>), seq: u64, target: Option<Path>, opened_ms: i64) -> Result<OpenFile> {
@@ -209,6 +222,7 @@ impl Archive {
             target: target.unwrap_or_else(|| self.file_path(key, now_ms, self.files)),
             captured: Vec::new(),
             segments: Vec::new(),
+            keep_segments: self.keep_segments,
         })
     }
 
