@@ -9,6 +9,7 @@
 //! `exit_when_idle`, or on an error (then without acking what is not durable).
 
 mod process;
+mod recovery;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use eventide::generator::{GenOptions, Generator, Kind, publish};
+use eventide::generator::{GenEntry, GenOptions, Generator, Kind, Published, publish};
 use eventide::sink::lake::Lake;
 use eventide::window::{Pipelines, check_dir};
 use rand::{Rng, SeedableRng};
@@ -36,6 +36,35 @@ impl Drop for KillOnDrop {
             let _ = c.wait();
         }
     }
+}
+
+/// The drills' input: `n` entries (5% duplicates, 0.5% malformed, 40 s of jitter: beyond the
+/// 5 s watermark, so some events are late, within revenue_per_minute's 30 s lateness or beyond),
+/// 100 ms of event time apart, and a task publishing them to `events` at `rate` entries/s.
+async fn drill_stream(
+    redis: &str,
+    n: u64,
+    seed: u64,
+    rate: f64,
+) -> (Vec<GenEntry>, tokio::task::JoinHandle<eventide::error::Result<Published>>) {
+    let entries: Vec<_> = Generator::new(GenOptions {
+        entries: n,
+        duplicates: 0.05,
+        malformed: 0.005,
+        oversize_bytes: 70 * 1024,
+        jitter: Duration::from_secs(40),
+        spacing_us: 100_000,
+        start_us: 1_767_225_600_000_000,
+        seed,
+        ..Default::default()
+    })
+    .collect();
+    let mut conn = support::connect(redis).await;
+    let publisher = tokio::spawn({
+        let entries = entries.clone();
+        async move { publish(&mut conn, "events", entries, 200, Some(rate)).await }
+    });
+    (entries, publisher)
 }
 
 fn eventide(redis: &str, lake: &Path, extra: &[&str]) -> Command {
@@ -84,25 +113,7 @@ async fn sigkill_in_noack_mode_counts_every_event_exactly_once() {
 async fn sigkill_drill(kills: usize, mode: &[&str]) {
     let redis = RedisServer::start();
     let mut conn = support::connect(&redis.url()).await;
-    // 40 minutes of event time; jitter up to 40 s: beyond the 5 s watermark, so some events
-    // are late (within revenue_per_minute's 30 s lateness or beyond it).
-    let entries: Vec<_> = Generator::new(GenOptions {
-        entries: 24_000,
-        duplicates: 0.05,
-        malformed: 0.005,
-        oversize_bytes: 70 * 1024,
-        jitter: Duration::from_secs(40),
-        spacing_us: 100_000,
-        start_us: 1_767_225_600_000_000,
-        seed: 15,
-        ..Default::default()
-    })
-    .collect();
-    let mut pub_conn = support::connect(&redis.url()).await;
-    let publisher = tokio::spawn({
-        let entries = entries.clone();
-        async move { publish(&mut pub_conn, "events", entries, 200, Some(2_000.0)).await }
-    });
+    let (entries, publisher) = drill_stream(&redis.url(), 24_000, 15, 2_000.0).await;
     let lake = tempfile::tempdir().unwrap();
 
     // A reader globbing the archive all along: never a partial file, never a duplicate row.
@@ -239,23 +250,7 @@ async fn query_rows(lake: &Lake, pipelines: &Pipelines, sql: &str) -> Vec<String
 async fn sigterm_checkpoints_acks_and_resumes() {
     let redis = RedisServer::start();
     let mut conn = support::connect(&redis.url()).await;
-    let entries: Vec<_> = Generator::new(GenOptions {
-        entries: 12_000,
-        duplicates: 0.05,
-        malformed: 0.005,
-        oversize_bytes: 70 * 1024,
-        jitter: Duration::from_secs(40),
-        spacing_us: 100_000,
-        start_us: 1_767_225_600_000_000,
-        seed: 16,
-        ..Default::default()
-    })
-    .collect();
-    let mut pub_conn = support::connect(&redis.url()).await;
-    let publisher = tokio::spawn({
-        let entries = entries.clone();
-        async move { publish(&mut pub_conn, "events", entries, 200, Some(4_000.0)).await }
-    });
+    let (entries, publisher) = drill_stream(&redis.url(), 12_000, 16, 4_000.0).await;
     let lake = tempfile::tempdir().unwrap();
     let child = eventide(&redis.url(), lake.path(), &[]).stderr(Stdio::piped()).spawn().unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -287,23 +282,7 @@ async fn sigterm_checkpoints_acks_and_resumes() {
 async fn two_instances_in_one_group_the_active_one_killed() {
     let redis = RedisServer::start();
     let mut conn = support::connect(&redis.url()).await;
-    let entries: Vec<_> = Generator::new(GenOptions {
-        entries: 12_000,
-        duplicates: 0.05,
-        malformed: 0.005,
-        oversize_bytes: 70 * 1024,
-        jitter: Duration::from_secs(40),
-        spacing_us: 100_000,
-        start_us: 1_767_225_600_000_000,
-        seed: 17,
-        ..Default::default()
-    })
-    .collect();
-    let mut pub_conn = support::connect(&redis.url()).await;
-    let publisher = tokio::spawn({
-        let entries = entries.clone();
-        async move { publish(&mut pub_conn, "events", entries, 200, Some(4_000.0)).await }
-    });
+    let (entries, publisher) = drill_stream(&redis.url(), 12_000, 17, 4_000.0).await;
     let lake = tempfile::tempdir().unwrap();
     let args = ["--lease-ttl", "1s", "--exit-when-idle", "2s"];
     let spawn = |c: &str| eventide_as(c, &redis.url(), lake.path(), &args).stderr(Stdio::piped()).spawn().unwrap();
