@@ -30,7 +30,7 @@ fn archive(c: &mut Criterion) {
                 for chunk in entries.chunks(1000) {
                     for e in chunk {
                         let ev = d.decode(e, now).unwrap();
-                        a.append(&ev, "events", e.id, now, 0).unwrap();
+                        a.append(&ev, "events", e.id, now).unwrap();
                     }
                     rt.block_on(a.encode_ready()).unwrap();
                 }

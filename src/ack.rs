@@ -1,44 +1,30 @@
-//! Ack tracking: which read entries are durable and may be `XACK`ed.
+//! Ack tracking: the entries read since the last checkpoint, per stream.
 //!
-//! Every batch of entries read gets a sequence number. Rows of a batch go to archive files
-//! that each remember the lowest sequence they hold; every batch below the lowest sequence
-//! still held by an open file is fully durable (its rows committed, its rejects in the DLQ,
-//! its duplicates covered by earlier committed rows). This is the invariant **ack after
-//! commit**.
-
-use std::collections::VecDeque;
+//! Entries are registered as their batch is processed and handed out all at once right after
+//! a checkpoint committed: at that point every one of them is durable (its archive row, window
+//! contribution and dedup id, or its DLQ entry, are in the checkpoint). This is the invariant
+//! **ack after checkpoint**.
 
 use crate::event::EntryId;
 
-struct Pending {
-    seq: u64,
-    stream: usize,
-    ids: Vec<EntryId>,
-}
-
-/// Batches read but not yet acked, in read order.
+/// Entries read but not yet acked, per stream, in read order.
 #[derive(Default)]
 pub struct AckTracker {
-    next: u64,
-    pending: VecDeque<Pending>,
+    pending: Vec<(usize, Vec<EntryId>)>,
     ids: usize,
 }
 
 impl AckTracker {
-    /// The sequence number the next registered batch will get.
-    pub fn next_seq(&self) -> u64 {
-        self.next
-    }
-
-    /// Registers a processed batch; returns its sequence number.
-    pub fn register(&mut self, stream: usize, ids: Vec<EntryId>) -> u64 {
-        let seq = self.next;
-        self.next += 1;
-        self.ids += ids.len();
-        if !ids.is_empty() {
-            self.pending.push_back(Pending { seq, stream, ids });
+    /// Registers the entries of a processed batch of `stream`.
+    pub fn register(&mut self, stream: usize, ids: Vec<EntryId>) {
+        if ids.is_empty() {
+            return;
         }
-        seq
+        self.ids += ids.len();
+        match self.pending.iter_mut().find(|(s, _)| *s == stream) {
+            Some((_, v)) => v.extend(ids),
+            None => self.pending.push((stream, ids)),
+        }
     }
 
     /// Entries read and not yet acked.
@@ -46,19 +32,10 @@ impl AckTracker {
         self.ids
     }
 
-    /// Removes and returns, per stream, the ids of every batch with `seq < frontier`.
-    pub fn take_durable(&mut self, frontier: Option<u64>) -> Vec<(usize, Vec<EntryId>)> {
-        let frontier = frontier.unwrap_or(u64::MAX);
-        let mut out: Vec<(usize, Vec<EntryId>)> = Vec::new();
-        while self.pending.front().is_some_and(|p| p.seq < frontier) {
-            let Some(p) = self.pending.pop_front() else { break };
-            self.ids -= p.ids.len();
-            match out.iter_mut().find(|(s, _)| *s == p.stream) {
-                Some((_, ids)) => ids.extend(p.ids),
-                None => out.push((p.stream, p.ids)),
-            }
-        }
-        out
+    /// Removes and returns every registered entry, per stream (call after a checkpoint).
+    pub fn take_all(&mut self) -> Vec<(usize, Vec<EntryId>)> {
+        self.ids = 0;
+        std::mem::take(&mut self.pending)
     }
 }
 
@@ -71,16 +48,15 @@ mod tests {
     }
 
     #[test]
-    fn only_batches_below_the_frontier_are_released() {
+    fn everything_registered_is_released_once_per_stream() {
         let mut t = AckTracker::default();
-        let a = t.register(0, vec![id(1), id(2)]);
-        let b = t.register(1, vec![id(3)]);
-        let c = t.register(0, vec![id(4)]);
-        assert_eq!((a, b, c), (0, 1, 2));
-        assert_eq!(t.take_durable(Some(0)), vec![]);
-        assert_eq!(t.take_durable(Some(2)), vec![(0, vec![id(1), id(2)]), (1, vec![id(3)])]);
-        assert_eq!(t.pending_ids(), 1);
-        assert_eq!(t.take_durable(None), vec![(0, vec![id(4)])]);
+        t.register(0, vec![id(1), id(2)]);
+        t.register(1, vec![id(3)]);
+        t.register(0, vec![id(4)]);
+        t.register(1, vec![]);
+        assert_eq!(t.pending_ids(), 4);
+        assert_eq!(t.take_all(), vec![(0, vec![id(1), id(2), id(4)]), (1, vec![id(3)])]);
         assert_eq!(t.pending_ids(), 0);
+        assert_eq!(t.take_all(), vec![]);
     }
 }

@@ -212,7 +212,6 @@ impl Processor {
     /// rolled and ack what is durable.
     pub async fn process(&mut self, batch: StreamBatch) -> Result<()> {
         let now_us = chrono::Utc::now().timestamp_micros();
-        let seq = self.acks.next_seq();
         let stream = self.source.streams[batch.stream].as_str();
         let mut rejects: Vec<(usize, Rejection)> = Vec::new();
         let mut deleted = Vec::new();
@@ -232,7 +231,7 @@ impl Processor {
                     Verdict::Duplicate => stats.duplicates += 1,
                     verdict => {
                         stats.beyond_horizon += u64::from(verdict == Verdict::BeyondHorizon);
-                        archive.append(&ev, stream, entry.id, now_us, seq)?;
+                        archive.append(&ev, stream, entry.id, now_us)?;
                         pipelines.append(&ev, stream, entry.id);
                         stats.accepted += 1;
                     }
@@ -438,7 +437,7 @@ impl Processor {
         // Called right after a checkpoint: everything read so far is in it.
         if let Some(positions) = self.noack.as_mut() {
             // No pending list: move the group's position to what the checkpoint holds.
-            for (stream, ids) in self.acks.take_durable(None) {
+            for (stream, ids) in self.acks.take_all() {
                 let Some(&max) = ids.iter().max() else { continue };
                 let (at, read) = &mut positions[stream];
                 *at = (*at).max(max);
@@ -450,7 +449,7 @@ impl Processor {
             self.stats.acked += n;
             return Ok(n);
         }
-        for (stream, ids) in self.acks.take_durable(None) {
+        for (stream, ids) in self.acks.take_all() {
             n += ids.len() as u64;
             for id in &ids {
                 let ms = now_ms.saturating_sub(id.ms);

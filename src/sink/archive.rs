@@ -2,10 +2,12 @@
 //! `events/event_date=YYYY-MM-DD/event_type=<type>/part-<ms>-<writer>-<n>.parquet`.
 //!
 //! Rows go straight from the decoder into per-partition column builders, then into an
-//! in-memory Parquet writer (zstd). A file is committed (made visible atomically, see
-//! [`Lake::put_atomic`]) when it reaches the roll size, when the buffered total exceeds its
-//! budget, or when the pipeline commits on age. Each open file remembers the lowest batch
-//! sequence number it holds, so the pipeline knows which entries are durable and may be acked.
+//! in-memory Parquet writer (zstd). A file is finished when it reaches the roll size, when the
+//! buffered total exceeds its budget, or at a checkpoint (when it reached `roll_age`, or at
+//! every checkpoint unless files are kept open); finished files are staged and published by
+//! the checkpoint that lists them ([`crate::checkpoint`]). A file kept open across a checkpoint
+//! hands the rows it got since the previous one to the checkpoint (segments) and can be
+//! reopened from them.
 
 use std::time::{Duration, Instant};
 
@@ -88,7 +90,6 @@ struct OpenFile {
     /// Encoded bytes as of the last finished encode, plus batches in flight (estimated).
     encoded_size: usize,
     rows: u64,
-    min_seq: u64,
     opened: Instant,
     opened_ms: i64,
     /// Where the file will be visible (fixed when it opens, so a recovery finishes the same file).
@@ -206,7 +207,7 @@ impl Archive {
         })
     }
 
-    fn new_file(&mut self, key: &(i32, Box<str>), seq: u64, target: Option<Path>, opened_ms: i64) -> Result<OpenFile> {
+    fn new_file(&mut self, key: &(i32, Box<str>), target: Option<Path>, opened_ms: i64) -> Result<OpenFile> {
         let writer = ArrowWriter::try_new(Chunks::default(), archive_schema(), Some(self.props.clone()))?;
         self.files += 1;
         let now_ms = chrono::Utc::now().timestamp_millis();
@@ -216,7 +217,6 @@ impl Archive {
             encoder: Encoder::Idle(Box::new(writer)),
             encoded_size: 0,
             rows: 0,
-            min_seq: seq,
             opened: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
             opened_ms,
             target: target.unwrap_or_else(|| self.file_path(key, now_ms, self.files)),
@@ -226,15 +226,15 @@ impl Archive {
         })
     }
 
-    /// Appends one event belonging to batch `seq`.
-    pub fn append(&mut self, ev: &Event<'_>, stream: &str, id: EntryId, ingest_us: i64, seq: u64) -> Result<()> {
+    /// Appends one event.
+    pub fn append(&mut self, ev: &Event<'_>, stream: &str, id: EntryId, ingest_us: i64) -> Result<()> {
         let day = ev.event_time_us.div_euclid(86_400_000_000) as i32;
         let key = KeyRef { day, event_type: &ev.event_type };
         let file = match self.open.get_mut(&key) {
             Some(f) => f,
             None => {
                 let k: (i32, Box<str>) = (day, ev.event_type.as_ref().into());
-                let f = self.new_file(&k, seq, None, chrono::Utc::now().timestamp_millis())?;
+                let f = self.new_file(&k, None, chrono::Utc::now().timestamp_millis())?;
                 self.open.entry(k).or_insert(f)
             }
         };
@@ -251,12 +251,6 @@ impl Archive {
             }
         }
         Ok(())
-    }
-
-    /// Lowest batch sequence number held by an open file (`None` when all is committed):
-    /// every batch below it is durable.
-    pub fn min_open_seq(&self) -> Option<u64> {
-        self.open.values().map(|f| f.min_seq).min()
     }
 
     /// Age of the oldest open file.
@@ -345,7 +339,7 @@ impl Archive {
     /// Recovery: reopens a file from a checkpoint with its saved rows.
     pub async fn reopen(&mut self, state: &OpenFileState, rows: Vec<arrow::array::RecordBatch>) -> Result<()> {
         let key: (i32, Box<str>) = (state.day, state.event_type.as_str().into());
-        let mut f = self.new_file(&key, 0, Some(Path::from(state.target.as_str())), state.opened_ms)?;
+        let mut f = self.new_file(&key, Some(Path::from(state.target.as_str())), state.opened_ms)?;
         for batch in rows {
             f.rows += batch.num_rows() as u64;
             let w = f.writer().await?;
