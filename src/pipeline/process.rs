@@ -430,7 +430,8 @@ impl Processor {
         }
     }
 
-    /// Hands every batch below the durable frontier to the acker; returns how many entries.
+    /// After a checkpoint: hands every entry read so far to the acker (or, `noack`, moves the
+    /// group); returns how many entries.
     async fn ack_durable(&mut self) -> Result<u64> {
         let mut n = 0;
         let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
