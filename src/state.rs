@@ -1,15 +1,11 @@
-//! Saved state for restarts: dedup, stored in the lake under `_eventide/state/<group>/`
-//! (a prefix table readers ignore): a full snapshot (`dedup.bin`), written at most every
-//! `state_interval` and at a clean stop, plus small deltas (`delta/*.bin`, 16 B per id)
-//! written after every commit. Both are written only right after every open archive file was
-//! committed, so they never remember an id whose row is not durable. Loading applies the
-//! snapshot and every delta (a set union, so order and repeats do not matter).
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! Dedup state saved by versions before checkpoints, under `_eventide/state/<group>/`: a
+//! full snapshot (`dedup.bin`) plus deltas (`delta/*.bin`). Read once, when a group has no
+//! checkpoint yet, and carried into its first checkpoint ([`crate::checkpoint`] owns saved
+//! state since). Loading applies the snapshot and every delta (a set union).
 
 use futures::TryStreamExt;
+use object_store::ObjectStore;
 use object_store::path::Path;
-use object_store::{ObjectStore, PutPayload};
 
 use crate::dedup::Dedup;
 use crate::error::{Error, Result};
@@ -40,30 +36,4 @@ pub async fn load_dedup(lake: &Lake, group: &str, horizon_secs: u64) -> Result<D
         }
     }
     Ok(dedup)
-}
-
-/// Saves the ids remembered since the last save, if any.
-pub async fn save_delta(lake: &Lake, group: &str, dedup: &mut Dedup) -> Result<()> {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let Some(bytes) = dedup.take_delta() else { return Ok(()) };
-    let name = format!(
-        "{}/{}-{}-{}.bin",
-        delta_prefix(group),
-        chrono::Utc::now().timestamp_millis(),
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    lake.put_atomic(&Path::from(name), PutPayload::from(bytes)).await
-}
-
-/// Saves the full snapshot (atomically replacing the previous one), then removes the deltas
-/// it covers.
-pub async fn save_dedup(lake: &Lake, group: &str, dedup: &mut Dedup) -> Result<()> {
-    lake.put_atomic(&dedup_path(group), PutPayload::from(dedup.to_bytes())).await?;
-    dedup.clear_delta();
-    let deltas: Vec<_> = lake.store().list(Some(&delta_prefix(group))).try_collect().await?;
-    for meta in deltas {
-        lake.delete(&meta.location).await?;
-    }
-    Ok(())
 }
