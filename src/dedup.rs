@@ -65,6 +65,11 @@ impl Dedup {
         }
     }
 
+    /// Makes room for `additional` more ids without growing.
+    pub fn reserve(&mut self, additional: usize) {
+        self.table.reserve(additional, |s| s.lo);
+    }
+
     /// Remembered ids.
     pub fn len(&self) -> usize {
         self.table.len()

@@ -68,6 +68,14 @@ impl Replayer {
 
     /// One JSON line; `at` is its file and line for the reject report.
     pub fn feed(&mut self, text: &str, at: impl FnOnce() -> (PathBuf, u64)) -> Result<()> {
+        let stream = std::mem::take(&mut self.stream);
+        let fed = self.feed_from(text, &stream, at);
+        self.stream = stream;
+        fed
+    }
+
+    /// [`Replayer::feed`] of an event read from `stream` (not the replay's own).
+    pub fn feed_from(&mut self, text: &str, stream: &str, at: impl FnOnce() -> (PathBuf, u64)) -> Result<()> {
         self.summary.lines += 1;
         let n = self.summary.lines;
         match self.decoder.decode_json(text, self.now_us) {
@@ -83,7 +91,7 @@ impl Replayer {
                 _ => {
                     self.summary.accepted += 1;
                     // The line number stands in for the stream id.
-                    self.pipelines.append(&ev, &self.stream, EntryId { ms: 0, seq: n });
+                    self.pipelines.append(&ev, stream, EntryId { ms: 0, seq: n });
                 }
             },
         }
@@ -131,13 +139,15 @@ pub fn input_files(input: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Bytes of input per chunk handed to a decoding thread.
-const CHUNK_BYTES: usize = 4 << 20;
+const CHUNK_BYTES: usize = 1 << 20;
 
 /// A run of whole lines of one file.
 struct Chunk {
     seq: u64,
     file: usize,
+    /// The lines are `data[..len]`.
     data: Vec<u8>,
+    len: usize,
 }
 
 /// A chunk decoded: per-pipeline `events` batches and what dedup needs per row.
@@ -155,8 +165,9 @@ struct Decoded {
 }
 
 /// Replays `inputs` through `pipelines` into `lake`. Lines are decoded and turned into Arrow
-/// columns on several threads, chunk by chunk; dedup and the windows then take the chunks
-/// in file order on one thread, so the result is the same as a line-by-line replay.
+/// columns on several threads, chunk by chunk; dedup then takes the chunks in file order on
+/// one thread and hands them to the windows on another, so the result is the same as a
+/// line-by-line replay.
 pub async fn run(
     inputs: &[PathBuf],
     pipelines: Pipelines,
@@ -179,17 +190,21 @@ pub async fn run(
 
 fn replay_blocking(
     inputs: &[PathBuf],
-    mut pipelines: Pipelines,
+    pipelines: Pipelines,
     dedup_horizon: Duration,
     stream: &str,
 ) -> Result<(Pipelines, ReplaySummary)> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
     let specs: Vec<PipelineSpec> = pipelines.queries().iter().map(|q| q.spec.clone()).collect();
     let schemas: Vec<SchemaRef> = pipelines.queries().iter().map(|q| q.input_schema()).collect();
+    let used = pipelines.used_base_columns();
     let now_us = chrono::Utc::now().timestamp_micros();
     let mut dedup = Dedup::new(dedup_horizon.as_secs().max(1));
+    // Sized for the input (~250 bytes per event or more) instead of growing by rehashing.
+    let bytes: u64 = inputs.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    dedup.reserve((bytes / 250).min(1 << 25) as usize);
     let mut summary = ReplaySummary::default();
-    std::thread::scope(|scope| -> Result<()> {
+    std::thread::scope(|scope| -> Result<Pipelines> {
         let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Chunk>(workers * 2);
         let chunk_rx = std::sync::Arc::new(std::sync::Mutex::new(chunk_rx));
         let (out_tx, out_rx) = std::sync::mpsc::sync_channel::<Result<Decoded>>(workers * 2);
@@ -197,12 +212,15 @@ fn replay_blocking(
         let reader = scope.spawn(move || read_chunks(inputs, chunk_tx, pool_rx));
         for _ in 0..workers {
             let (rx, tx, pool) = (chunk_rx.clone(), out_tx.clone(), pool_tx.clone());
-            let (specs, schemas) = (&specs, &schemas);
+            let (specs, schemas, used) = (&specs, &schemas, &used);
             scope.spawn(move || {
+                // Kept across chunks: the builders come back sized for a chunk.
+                let refs: Vec<&PipelineSpec> = specs.iter().collect();
+                let mut cols = EventColumns::new(&refs).only(used);
                 loop {
                     let next = rx.lock().map_err(|_| ()).and_then(|r| r.recv().map_err(|_| ()));
                     let Ok(chunk) = next else { break };
-                    let decoded = decode_chunk(&chunk, specs, schemas, stream, inputs, now_us);
+                    let decoded = decode_chunk(&chunk, &mut cols, schemas, stream, inputs, now_us);
                     let _ = pool.try_send(chunk.data);
                     if tx.send(decoded).is_err() {
                         break;
@@ -212,27 +230,43 @@ fn replay_blocking(
         }
         drop(out_tx);
         drop(pool_tx);
+        // The windows run on their own thread, fed in file order by this one (dedup).
+        let (win_tx, win_rx) = std::sync::mpsc::sync_channel::<Deduplicated>(2);
+        let windows = scope.spawn(move || -> Result<Pipelines> {
+            let mut pipelines = pipelines;
+            for (batches, keep) in win_rx {
+                pipelines.process_batches(&batches, keep.as_ref())?;
+            }
+            Ok(pipelines)
+        });
         // Chunks come back in any order; they are applied in file order.
         let mut waiting = std::collections::BTreeMap::new();
         let mut next = 0u64;
         let mut cursor: LineCursor = (0, 1);
-        for d in out_rx {
+        'chunks: for d in out_rx {
             let d = d?;
             waiting.insert(d.seq, d);
             while let Some(d) = waiting.remove(&next) {
                 next += 1;
-                apply(d, &mut dedup, &mut pipelines, &mut summary, &mut cursor, now_us)?;
+                if win_tx.send(apply(d, &mut dedup, &mut summary, &mut cursor, now_us)).is_err() {
+                    break 'chunks; // the window thread stopped: its error follows
+                }
             }
         }
+        drop(win_tx);
+        let pipelines = windows.join().map_err(|_| Error::Internal("replay windows panicked".into()))??;
         reader.join().map_err(|_| Error::Internal("replay reader panicked".into()))??;
-        Ok(())
-    })?;
-    Ok((pipelines, summary))
+        Ok(pipelines)
+    })
+    .map(|pipelines| (pipelines, summary))
 }
 
+/// A chunk's `events` batches and which rows are not duplicates (`None`: all).
+type Deduplicated = (Vec<RecordBatch>, Option<BooleanArray>);
+
 /// Splits the files into chunks of whole lines.
-/// Buffers come back from the decoding threads (`pool`) and are reused: fresh memory would
-/// cost a page fault and zeroing per 4 KiB.
+/// Buffers come back from the decoding threads (`pool`) and are reused without clearing:
+/// fresh memory would cost a page fault and zeroing per 4 KiB.
 fn read_chunks(
     inputs: &[PathBuf],
     tx: std::sync::mpsc::SyncSender<Chunk>,
@@ -244,27 +278,33 @@ fn read_chunks(
             std::fs::File::open(path).map_err(|e| Error::Config(format!("{}: cannot open: {e}", path.display())))?;
         let mut carry: Vec<u8> = Vec::new();
         loop {
-            let mut data = pool.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK_BYTES + (64 << 10)));
-            data.clear();
-            data.extend_from_slice(&carry);
-            carry.clear();
-            let start = data.len();
-            data.resize(start + CHUNK_BYTES, 0);
-            let n = read_full(&mut f, &mut data[start..])?;
-            data.truncate(start + n);
-            let eof = n == 0;
-            if !eof && let Some(cut) = data.iter().rposition(|&b| b == b'\n') {
-                carry.extend_from_slice(&data[cut + 1..]);
-                data.truncate(cut + 1);
-            } else if !eof {
-                // No newline yet (a line longer than a chunk): keep reading into it.
-                carry = data;
-                continue;
+            let mut data = pool.try_recv().unwrap_or_default();
+            let start = carry.len();
+            if data.len() < start + CHUNK_BYTES {
+                data.resize(start + CHUNK_BYTES, 0);
             }
-            if data.is_empty() {
+            data[..start].copy_from_slice(&carry);
+            carry.clear();
+            let n = read_full(&mut f, &mut data[start..start + CHUNK_BYTES])?;
+            let mut len = start + n;
+            let eof = n == 0;
+            if !eof {
+                match memchr::memrchr(b'\n', &data[..len]) {
+                    Some(cut) => {
+                        carry.extend_from_slice(&data[cut + 1..len]);
+                        len = cut + 1;
+                    }
+                    None => {
+                        // No newline yet (a line longer than a chunk): keep reading into it.
+                        carry.extend_from_slice(&data[..len]);
+                        continue;
+                    }
+                }
+            }
+            if len == 0 {
                 break;
             }
-            if tx.send(Chunk { seq, file, data }).is_err() {
+            if tx.send(Chunk { seq, file, data, len }).is_err() {
                 return Ok(());
             }
             seq += 1;
@@ -290,27 +330,39 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> Result<usize> {
 
 fn decode_chunk(
     chunk: &Chunk,
-    specs: &[PipelineSpec],
+    cols: &mut EventColumns,
     schemas: &[SchemaRef],
     stream: &str,
     inputs: &[PathBuf],
     now_us: i64,
 ) -> Result<Decoded> {
-    let refs: Vec<&PipelineSpec> = specs.iter().collect();
-    let mut cols = EventColumns::new(&refs);
     let mut dec = Decoder::new(DecodeOptions::default());
     let mut d = Decoded {
         seq: chunk.seq,
         file: chunk.file,
         batches: Vec::new(),
-        keys: Vec::new(),
+        keys: Vec::with_capacity(chunk.len / 200),
         lines: 0,
         newlines: 0,
         rejected: 0,
         rejects: Vec::new(),
     };
     let mut bad_utf8 = String::new();
-    for (i, raw) in chunk.data.split(|&b| b == b'\n').enumerate() {
+    let mut rest = Some(&chunk.data[..chunk.len]);
+    let lines = std::iter::from_fn(|| {
+        let r = rest?;
+        Some(match memchr::memchr(b'\n', r) {
+            Some(p) => {
+                rest = Some(&r[p + 1..]);
+                &r[..p]
+            }
+            None => {
+                rest = None;
+                r
+            }
+        })
+    });
+    for (i, raw) in lines.enumerate() {
         d.newlines = i as u64;
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         if raw.iter().all(u8::is_ascii_whitespace) {
@@ -352,15 +404,8 @@ fn decode_chunk(
 /// Where the next chunk starts: (file, 1-based line).
 type LineCursor = (usize, u64);
 
-/// Dedup (in file order) and the windows, for one decoded chunk.
-fn apply(
-    d: Decoded,
-    dedup: &mut Dedup,
-    pipelines: &mut Pipelines,
-    s: &mut ReplaySummary,
-    cursor: &mut LineCursor,
-    now_us: i64,
-) -> Result<()> {
+/// Dedup (in file order) of one decoded chunk, for the windows.
+fn apply(d: Decoded, dedup: &mut Dedup, s: &mut ReplaySummary, cursor: &mut LineCursor, now_us: i64) -> Deduplicated {
     if cursor.0 != d.file {
         *cursor = (d.file, 1);
     }
@@ -374,8 +419,10 @@ fn apply(
     cursor.1 += d.newlines;
     let keep: BooleanArray =
         d.keys.iter().map(|&(h, t)| Some(dedup.check_hashed(h, t, now_us) != Verdict::Duplicate)).collect();
+    // A replay keeps no checkpoints: nothing reads the ids added since the last one.
+    dedup.clear_delta();
     let dups = keep.false_count() as u64;
     s.duplicates += dups;
     s.accepted += d.keys.len() as u64 - dups;
-    pipelines.process_batches(&d.batches, (dups > 0).then_some(&keep))
+    (d.batches, (dups > 0).then_some(keep))
 }

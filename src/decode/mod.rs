@@ -14,6 +14,7 @@
 
 mod envelope;
 mod reason;
+pub(crate) mod scan;
 pub mod timestamp;
 mod validate;
 
@@ -23,7 +24,7 @@ pub use reason::{Reason, Rejection};
 pub use validate::{MAX_EVENT_ID_BYTES, MAX_EVENT_TYPE_BYTES, valid_event_id, valid_event_type};
 
 use crate::event::RawEntry;
-use envelope::{Meta, Wire, cow};
+use envelope::Wire;
 
 /// Decoding rules that come from the configuration.
 #[derive(Debug, Clone)]
@@ -114,6 +115,8 @@ pub(crate) struct Unchecked<'a> {
     pub version: Option<Cow<'a, str>>,
     pub data: Option<&'a str>,
     pub metadata: Option<&'a str>,
+    /// Raw `correlation_id` and `source` of `metadata`, when already found.
+    pub meta_fields: Option<envelope::MetaFields<'a>>,
     pub source: Option<Cow<'a, str>>,
     pub traceparent: Option<Cow<'a, str>>,
 }
@@ -126,21 +129,21 @@ fn decode_text<'a>(text: &'a str, scratch: &'a mut String) -> Result<Unchecked<'
     // A CloudEvents envelope: find the business event inside.
     let inner_text: Option<&'a str> = if let Some(b64) = &outer.data_base64 {
         scratch.clear();
-        let bytes = envelope::decode_base64(&b64.0)
+        let bytes = envelope::decode_base64(b64)
             .map_err(|e| Rejection::new(Reason::InvalidEnvelope, format!("data_base64: {e}")))?;
         let s = String::from_utf8(bytes)
             .map_err(|_| Rejection::new(Reason::InvalidEnvelope, "data_base64 does not decode to UTF-8 text"))?;
         *scratch = s;
         Some(scratch.as_str())
     } else if let Some(data) = outer.data {
-        if data.get().starts_with('"') {
+        if data.starts_with('"') {
             // `data` as a JSON string (text/plain publishes): it may hold the event as text.
-            let s: String = serde_json::from_str(data.get())
+            let s: String = serde_json::from_str(data)
                 .map_err(|e| Rejection::new(Reason::InvalidEnvelope, format!("data string: {e}")))?;
             *scratch = s;
             Some(scratch.as_str())
         } else {
-            Some(data.get())
+            Some(data)
         }
     } else {
         None
@@ -164,31 +167,33 @@ fn decode_text<'a>(text: &'a str, scratch: &'a mut String) -> Result<Unchecked<'
             event_type: None,
             timestamp: None,
             version: None,
-            data: outer.data.map(|d| d.get()),
+            data: outer.data,
             metadata: None,
+            meta_fields: None,
             source: None,
             traceparent: None,
         },
     };
-    event.event_id = event.event_id.or(cow(outer.id));
-    event.event_type = event.event_type.or(cow(outer.r#type));
-    event.timestamp = event.timestamp.or(cow(outer.time));
-    event.source = event.source.or(cow(outer.source));
-    event.traceparent = cow(outer.traceparent).filter(|t| !t.is_empty());
+    event.event_id = event.event_id.or(outer.id);
+    event.event_type = event.event_type.or(outer.r#type);
+    event.timestamp = event.timestamp.or(outer.time);
+    event.source = event.source.or(outer.source);
+    event.traceparent = outer.traceparent.filter(|t| !t.is_empty());
     Ok(event)
 }
 
 impl<'a> Wire<'a> {
     fn into_base(self) -> Unchecked<'a> {
         Unchecked {
-            event_id: cow(self.event_id),
-            event_type: cow(self.event_type),
-            timestamp: cow(self.timestamp),
+            event_id: self.event_id,
+            event_type: self.event_type,
+            timestamp: self.timestamp,
             version: self.version.and_then(envelope::scalar_text),
-            data: self.data.map(|d| d.get()),
-            metadata: self.metadata.map(|m| m.get()),
+            data: self.data,
+            metadata: self.metadata,
+            meta_fields: self.meta_fields,
             source: None,
-            traceparent: cow(self.traceparent).filter(|t| !t.is_empty()),
+            traceparent: self.traceparent.filter(|t| !t.is_empty()),
         }
     }
 }
@@ -199,10 +204,12 @@ pub(crate) fn metadata_fields(metadata: &str) -> (Option<Cow<'_, str>>, Option<C
     if !starts_object(metadata) {
         return (None, None);
     }
-    match serde_json::from_str::<Meta<'_>>(metadata) {
-        Ok(m) => (m.correlation_id.and_then(envelope::string_value), m.source.and_then(envelope::string_value)),
-        Err(_) => (None, None),
-    }
+    lifted_fields(envelope::meta_fields(metadata))
+}
+
+/// Raw `correlation_id` and `source` values → their string values.
+pub(crate) fn lifted_fields((c, s): envelope::MetaFields<'_>) -> (Option<Cow<'_, str>>, Option<Cow<'_, str>>) {
+    (c.and_then(envelope::string_value), s.and_then(envelope::string_value))
 }
 
 /// Whether JSON text starts with `{` (after ASCII whitespace, the only kind JSON allows).

@@ -173,3 +173,75 @@ fn reason_index_matches_all() {
         assert_eq!(r.index(), i, "{r}");
     }
 }
+
+/// Generated entries (base events, Dapr envelopes, every malformed class) and random
+/// mutations of them: wherever the one-pass scanner accepts, serde's parse gives the same
+/// fields; and the scanner accepts the unmutated valid events (it is the fast path).
+#[test]
+fn scanner_agrees_with_serde_on_generated_and_mutated_input() {
+    use crate::generator::{GenOptions, Generator};
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let mut texts: Vec<String> = Vec::new();
+    for dapr in [false, true] {
+        let opts = GenOptions { entries: 400, malformed: 0.1, duplicates: 0.05, dapr, ..Default::default() };
+        for e in Generator::new(opts) {
+            if let Some((_, v)) = e.fields.iter().find(|(k, _)| *k == "data") {
+                texts.push(String::from_utf8_lossy(v).into_owned());
+            }
+        }
+    }
+    texts.push(r#"{"event_id":"a\"b\u00e9","event_type":null,"version":[1],"data":"{\"x\":1}","id":1}"#.into());
+    texts.push(r#"{"event_id":"x","event_id":"y"}"#.into());
+    texts.push(r#"{"ev\u0065nt_id":"x"}"#.into());
+    let (mut fast, mut total) = (0, 0);
+    let originals = texts.len();
+    for (n, t) in texts.iter().enumerate() {
+        for round in 0..12 {
+            let mut b = t.clone().into_bytes();
+            if round > 0 && !b.is_empty() {
+                for _ in 0..rng.random_range(1..3) {
+                    if b.is_empty() {
+                        break;
+                    }
+                    let at = rng.random_range(0..b.len());
+                    match rng.random_range(0..4) {
+                        0 => {
+                            b.remove(at);
+                        }
+                        1 => b.insert(at, *b"\"\\{}[]:,0-e \t\x01".get(rng.random_range(0..15)).unwrap_or(&b' ')),
+                        2 => b.truncate(at),
+                        _ => {
+                            let end = (at + rng.random_range(1..20)).min(b.len());
+                            let piece = b[at..end].to_vec();
+                            b.splice(at..at, piece);
+                        }
+                    }
+                }
+            }
+            let Ok(text) = String::from_utf8(b) else { continue };
+            total += 1;
+            let slow = envelope::Wire::parse_serde(&text);
+            match envelope::Wire::scan(&text) {
+                Ok(mut w) => {
+                    fast += 1;
+                    let lifted = w.meta_fields.take();
+                    let slow = slow.unwrap_or_else(|e| panic!("serde rejects what the scanner accepts: {e:?}\n{text}"));
+                    assert!(w == slow, "fields differ for {text}");
+                    let (a, b) = (envelope::meta_fields_scan(w.metadata), envelope::meta_fields_serde(w.metadata));
+                    if let Some(a) = a {
+                        assert_eq!(a, b, "metadata fields differ for {text}");
+                    }
+                    if let Some(lifted) = lifted {
+                        assert_eq!(lifted, b, "metadata fields found in passing differ for {text}");
+                    }
+                }
+                Err(_) if round == 0 && n < originals - 3 && slow.is_ok() && !text.contains('\\') => {
+                    panic!("the scanner declined a generated event: {text}")
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    assert!(fast * 3 > total, "the scanner took only {fast} of {total}");
+}

@@ -1,7 +1,7 @@
 //! The validation rules an event must pass to be archived and aggregated.
 
 use super::timestamp::parse_rfc3339_us;
-use super::{Event, Reason, Rejection, Unchecked, metadata_fields};
+use super::{Event, Reason, Rejection, Unchecked, lifted_fields, metadata_fields};
 
 /// Longest accepted event id, in bytes.
 pub const MAX_EVENT_ID_BYTES: usize = 256;
@@ -82,9 +82,10 @@ pub(super) fn check(u: Unchecked<'_>, now_us: i64, max_future_us: i64) -> Result
             format!("timestamp is {} s ahead of ingest time", (event_time_us - now_us) / 1_000_000),
         ));
     }
-    let (correlation_id, meta_source) = match u.metadata {
-        Some(m) => metadata_fields(m),
-        None => (None, None),
+    let (correlation_id, meta_source) = match (u.meta_fields, u.metadata) {
+        (Some(found), _) => lifted_fields(found),
+        (None, Some(m)) => metadata_fields(m),
+        (None, None) => (None, None),
     };
     Ok(Event {
         event_id,

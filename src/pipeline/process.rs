@@ -129,6 +129,7 @@ impl Processor {
             let restored = pipelines.restore_state(&cp.get_blob(path).await?)?;
             tracing::info!(pipelines = ?restored, "Restored open windows.");
         }
+        pipelines.declare_streams(&opts.source.streams);
         let dlq_keys: Vec<String> =
             opts.source.streams.iter().map(|s| dlq::dlq_key(opts.dlq_stream.as_deref(), s)).collect();
         // Entries the last run read after this checkpoint began may have their dead-letter

@@ -17,6 +17,7 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use super::spec::{FieldSpec, FieldType, PipelineSpec};
 use crate::decode::Event;
+use crate::decode::scan::{Declined, Scan, Scanner, Token};
 use crate::decode::timestamp::parse_rfc3339_us;
 use crate::event::EntryId;
 
@@ -47,6 +48,16 @@ impl Node {
     fn child(&self, key: &str) -> Option<&Node> {
         self.children.iter().find(|(k, _)| k == key).map(|(_, n)| n)
     }
+
+    /// Sets every slot under this node to missing.
+    fn clear(&self, out: &mut [Val<'_>]) {
+        if let Some(s) = self.slot {
+            out[s] = Val::Missing;
+        }
+        for (_, c) in &self.children {
+            c.clear(out);
+        }
+    }
 }
 
 /// A scalar found at a field's path.
@@ -68,13 +79,14 @@ enum Builder {
 }
 
 impl Builder {
-    fn new(t: FieldType) -> Builder {
+    /// Sized for `rows` rows (and `bytes` of string data).
+    fn new(t: FieldType, rows: usize, bytes: usize) -> Builder {
         match t {
-            FieldType::String => Builder::Str(StringBuilder::new()),
-            FieldType::Double => Builder::F64(Float64Builder::new()),
-            FieldType::Int => Builder::I64(Int64Builder::new()),
-            FieldType::Bool => Builder::Bool(BooleanBuilder::new()),
-            FieldType::Timestamp => Builder::Ts(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
+            FieldType::String => Builder::Str(StringBuilder::with_capacity(rows, bytes)),
+            FieldType::Double => Builder::F64(Float64Builder::with_capacity(rows)),
+            FieldType::Int => Builder::I64(Int64Builder::with_capacity(rows)),
+            FieldType::Bool => Builder::Bool(BooleanBuilder::with_capacity(rows)),
+            FieldType::Timestamp => Builder::Ts(TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC")),
         }
     }
 
@@ -123,16 +135,20 @@ impl Builder {
     }
 }
 
+/// Base columns of `events` (see [`super::plan::events_schema`]): event_id, event_type,
+/// event_time, version, source, correlation_id, stream, stream_id.
+pub const BASE_COUNT: usize = 8;
+
+/// Base columns every pipeline reads whatever its SQL: event_id (late rows), event_type
+/// (selection), event_time, stream (selection) and stream_id (late rows).
+pub const ALWAYS_USED: [bool; BASE_COUNT] = [true, true, true, false, false, false, true, true];
+
 /// Column builders shared by every pipeline, and each pipeline's view of them.
 pub struct EventColumns {
-    event_id: StringBuilder,
-    event_type: StringBuilder,
+    /// The string base columns (all but event_time); `None` when no pipeline reads it
+    /// (it is then all NULL: only nullable columns are ever skipped).
+    strings: [Option<StringBuilder>; BASE_COUNT],
     event_time: TimestampMicrosecondBuilder,
-    version: StringBuilder,
-    source: StringBuilder,
-    correlation_id: StringBuilder,
-    stream: StringBuilder,
-    stream_id: StringBuilder,
     /// Distinct declared fields (by path and type).
     fields: Vec<(FieldSpec, Builder)>,
     data_paths: Node,
@@ -142,6 +158,14 @@ pub struct EventColumns {
     vals: Vec<Val<'static>>,
     rows: usize,
 }
+
+const EVENT_ID: usize = 0;
+const EVENT_TYPE: usize = 1;
+const VERSION: usize = 3;
+const SOURCE: usize = 4;
+const CORRELATION_ID: usize = 5;
+const STREAM: usize = 6;
+const STREAM_ID: usize = 7;
 
 impl EventColumns {
     pub fn new(specs: &[&PipelineSpec]) -> Self {
@@ -158,7 +182,7 @@ impl EventColumns {
                         let i = fields.len();
                         let root = if f.path[0] == "data" { &mut data_paths } else { &mut meta_paths };
                         root.insert(&f.path[1..], i);
-                        fields.push((f.clone(), Builder::new(f.ty)));
+                        fields.push((f.clone(), Builder::new(f.ty, 0, 0)));
                         i
                     }
                 };
@@ -168,14 +192,8 @@ impl EventColumns {
         }
         let n = fields.len();
         EventColumns {
-            event_id: StringBuilder::new(),
-            event_type: StringBuilder::new(),
+            strings: std::array::from_fn(|i| (i != 2).then(StringBuilder::new)),
             event_time: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
-            version: StringBuilder::new(),
-            source: StringBuilder::new(),
-            correlation_id: StringBuilder::new(),
-            stream: StringBuilder::new(),
-            stream_id: StringBuilder::new(),
             fields,
             data_paths,
             meta_paths,
@@ -183,6 +201,17 @@ impl EventColumns {
             vals: vec![Val::Missing; n],
             rows: 0,
         }
+    }
+
+    /// Builds only the base columns marked in `used` (and [`ALWAYS_USED`]); the others are
+    /// NULL in every batch.
+    pub fn only(mut self, used: &[bool; BASE_COUNT]) -> Self {
+        for (i, b) in self.strings.iter_mut().enumerate() {
+            if i != 2 && !used[i] && !ALWAYS_USED[i] {
+                *b = None;
+            }
+        }
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -195,17 +224,25 @@ impl EventColumns {
 
     /// Appends one accepted event.
     pub fn append(&mut self, ev: &Event<'_>, stream: &str, id: EntryId) {
-        self.event_id.append_value(&ev.event_id);
-        self.event_type.append_value(&ev.event_type);
+        let st = &mut self.strings;
+        let put = |b: &mut Option<StringBuilder>, v: Option<&str>| {
+            if let Some(b) = b {
+                b.append_option(v);
+            }
+        };
+        put(&mut st[EVENT_ID], Some(&ev.event_id));
+        put(&mut st[EVENT_TYPE], Some(&ev.event_type));
         self.event_time.append_value(ev.event_time_us);
-        self.version.append_option(ev.version.as_deref());
-        self.source.append_option(ev.source.as_deref());
-        self.correlation_id.append_option(ev.correlation_id.as_deref());
-        self.stream.append_value(stream);
-        let _ = self.stream_id.write_str(itoa::Buffer::new().format(id.ms));
-        let _ = self.stream_id.write_char('-');
-        let _ = self.stream_id.write_str(itoa::Buffer::new().format(id.seq));
-        self.stream_id.append_value("");
+        put(&mut st[VERSION], ev.version.as_deref());
+        put(&mut st[SOURCE], ev.source.as_deref());
+        put(&mut st[CORRELATION_ID], ev.correlation_id.as_deref());
+        put(&mut st[STREAM], Some(stream));
+        if let Some(b) = &mut st[STREAM_ID] {
+            let _ = b.write_str(itoa::Buffer::new().format(id.ms));
+            let _ = b.write_char('-');
+            let _ = b.write_str(itoa::Buffer::new().format(id.seq));
+            b.append_value("");
+        }
         self.rows += 1;
         if self.fields.is_empty() {
             return;
@@ -226,18 +263,36 @@ impl EventColumns {
     }
 
     /// Takes the rows as one batch per pipeline (in the order given to [`EventColumns::new`]).
+    /// The builders start again sized like this batch (fewer reallocations).
     pub fn finish(&mut self, schemas: &[arrow::datatypes::SchemaRef]) -> arrow::error::Result<Vec<RecordBatch>> {
-        let base: Vec<ArrayRef> = vec![
-            Arc::new(self.event_id.finish()),
-            Arc::new(self.event_type.finish()),
-            Arc::new(self.event_time.finish()),
-            Arc::new(self.version.finish()),
-            Arc::new(self.source.finish()),
-            Arc::new(self.correlation_id.finish()),
-            Arc::new(self.stream.finish()),
-            Arc::new(self.stream_id.finish()),
-        ];
-        let fields: Vec<ArrayRef> = self.fields.iter_mut().map(|(_, b)| b.finish()).collect();
+        let rows = self.rows;
+        let base: Vec<ArrayRef> = (0..BASE_COUNT)
+            .map(|i| -> ArrayRef {
+                if i == 2 {
+                    let a = Arc::new(self.event_time.finish());
+                    self.event_time = TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC");
+                    return a;
+                }
+                match &mut self.strings[i] {
+                    Some(b) => {
+                        let a = b.finish();
+                        *b = StringBuilder::with_capacity(rows, a.values().len());
+                        Arc::new(a)
+                    }
+                    None => arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, rows),
+                }
+            })
+            .collect();
+        let fields: Vec<ArrayRef> = self
+            .fields
+            .iter_mut()
+            .map(|(f, b)| {
+                let a = b.finish();
+                let bytes = a.as_any().downcast_ref::<arrow::array::StringArray>().map_or(0, |s| s.values().len());
+                *b = Builder::new(f.ty, rows, bytes);
+                a
+            })
+            .collect();
         self.rows = 0;
         self.views
             .iter()
@@ -254,8 +309,56 @@ impl EventColumns {
 /// Fills `out` from the JSON object `text` along the paths of `node`; bad JSON leaves
 /// the slots missing (the decoder already accepted the event's envelope).
 fn extract<'a>(text: &'a str, node: &Node, out: &mut [Val<'a>]) {
+    let mut sc = Scanner::new(text);
+    if scan_walk(&mut sc, node, out).and_then(|_| sc.end()).is_ok() {
+        return;
+    }
+    // The scanner declined (an escaped key, `-0`, …): serde's walk decides.
+    node.clear(out);
     let mut de = serde_json::Deserializer::from_str(text);
     let _ = Walk { node, out }.deserialize(&mut de);
+}
+
+/// [`Walk`] on the one-pass scanner.
+fn scan_walk<'a>(sc: &mut Scanner<'a>, node: &Node, out: &mut [Val<'a>]) -> Scan<()> {
+    if sc.peek()? != b'{' {
+        return sc.skip();
+    }
+    sc.object(|sc, key| match node.child(key) {
+        Some(child) if child.children.is_empty() => {
+            let v = scalar(sc.token()?)?;
+            if let Some(slot) = child.slot {
+                out[slot] = v;
+            }
+            Ok(())
+        }
+        Some(child) => {
+            if let Some(slot) = child.slot {
+                out[slot] = Val::Missing;
+            }
+            scan_walk(sc, child, out)
+        }
+        None => sc.skip(),
+    })
+}
+
+/// A token as [`Scalar`] reads it. Integers as serde_json types them (i64, else f64 for
+/// larger unsigned ones); decimals with Rust's correctly rounded parser.
+fn scalar(t: Token<'_>) -> Scan<Val<'_>> {
+    Ok(match t {
+        Token::Str { .. } => Val::Str(t.string().ok_or(Declined)?),
+        Token::Bool(b) => Val::Bool(b),
+        Token::Null | Token::Nested => Val::Missing,
+        Token::Num(n) if n.bytes().all(|c| c.is_ascii_digit()) => {
+            let v: u64 = n.parse().map_err(|_| Declined)?;
+            i64::try_from(v).map_or(Val::F64(v as f64), Val::I64)
+        }
+        Token::Num(n) if n.starts_with('-') && n[1..].bytes().all(|c| c.is_ascii_digit()) => match n.parse::<i64>() {
+            Ok(v) if v != 0 => Val::I64(v),
+            _ => return Err(Declined),
+        },
+        Token::Num(n) => Val::F64(n.parse().map_err(|_| Declined)?),
+    })
 }
 
 struct Walk<'n, 'o, 'a> {
@@ -394,6 +497,68 @@ mod tests {
         assert_eq!(out[1], Val::Str(Cow::Owned("c\"1".into())));
         assert_eq!(out[2], Val::Missing, "arrays are not scalars");
         assert_eq!(out[3], Val::Bool(true));
+    }
+
+    /// Random objects (nested paths, every scalar type, escapes, duplicates): the scanner's
+    /// walk gives serde's values wherever it does not decline, and declines rarely.
+    #[test]
+    fn scanner_walk_agrees_with_serde() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+        let n = node(&["amount", "customer_id", "c.id", "c.n.deep", "flag", "qty"]);
+        let keys = ["amount", "customer_id", "c", "id", "n", "deep", "flag", "qty", "other", r"x\u0041"];
+        let scalars = [
+            "12.5",
+            "-3",
+            "0",
+            "-0",
+            "1e3",
+            "18446744073709551615",
+            "9223372036854775808",
+            "-9223372036854775809",
+            r#""s""#,
+            r#""e\\s\"c\u00e9""#,
+            "true",
+            "false",
+            "null",
+            r#"[1,{"a":2}]"#,
+            "{}",
+            "0.1",
+            "123456789.123456789",
+            r#""""#,
+        ];
+        fn object(rng: &mut rand::rngs::SmallRng, keys: &[&str], scalars: &[&str], depth: u32) -> String {
+            let mut out = String::from("{");
+            for i in 0..rng.random_range(0..6) {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&format!("\"{}\":", keys[rng.random_range(0..keys.len())]));
+                if depth < 3 && rng.random_bool(0.3) {
+                    out.push_str(&object(rng, keys, scalars, depth + 1));
+                } else {
+                    out.push_str(scalars[rng.random_range(0..scalars.len())]);
+                }
+            }
+            out.push('}');
+            out
+        }
+        let (mut fast, total) = (0, 3000);
+        for _ in 0..total {
+            let text = object(&mut rng, &keys, &scalars, 0);
+            let mut slow = vec![Val::Missing; 6];
+            let _ = Walk { node: &n, out: &mut slow }.deserialize(&mut serde_json::Deserializer::from_str(&text));
+            let mut quick = vec![Val::Missing; 6];
+            let mut sc = Scanner::new(&text);
+            if scan_walk(&mut sc, &n, &mut quick).and_then(|_| sc.end()).is_ok() {
+                fast += 1;
+                assert_eq!(quick, slow, "{text}");
+            }
+            let mut both = vec![Val::Missing; 6];
+            extract(&text, &n, &mut both);
+            assert_eq!(both, slow, "{text}");
+        }
+        assert!(fast * 2 > total, "the scanner took only {fast} of {total}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod query;
 pub mod session;
 pub mod spec;
+pub mod watermark;
 
 use std::path::Path;
 use std::time::Instant;
@@ -80,7 +81,7 @@ impl Pipelines {
             queries.push(WindowedQuery::new(s, c).map_err(|e| query_error(&name, e))?);
         }
         let specs: Vec<&PipelineSpec> = queries.iter().map(|q| &q.spec).collect();
-        let columns = EventColumns::new(&specs);
+        let columns = EventColumns::new(&specs).only(&used_base_columns(&queries));
         let schemas = queries.iter().map(WindowedQuery::input_schema).collect();
         let tables = queries.iter().map(|q| TableBuffer::new(q.spec.name.clone(), q.output.clone(), 0)).collect();
         let late = queries
@@ -101,6 +102,18 @@ impl Pipelines {
 
     pub fn queries(&self) -> &[WindowedQuery] {
         &self.queries
+    }
+
+    /// Declares the run's streams to every pipeline (call after restoring state).
+    pub fn declare_streams(&mut self, streams: &[String]) {
+        for q in &mut self.queries {
+            q.declare_streams(streams);
+        }
+    }
+
+    /// Base columns of `events` some pipeline's SQL reads (see [`EventColumns::only`]).
+    pub fn used_base_columns(&self) -> [bool; columns::BASE_COUNT] {
+        used_base_columns(&self.queries)
     }
 
     /// Buffers one accepted (deduplicated) event.
@@ -239,6 +252,16 @@ impl Pipelines {
         }
         Ok(out)
     }
+}
+
+fn used_base_columns(queries: &[WindowedQuery]) -> [bool; columns::BASE_COUNT] {
+    let mut used = [false; columns::BASE_COUNT];
+    for q in queries {
+        for (u, q) in used.iter_mut().zip(q.used_columns()) {
+            *u |= q;
+        }
+    }
+    used
 }
 
 fn query_error(spec: &PipelineSpec, e: datafusion::error::DataFusionError) -> Error {

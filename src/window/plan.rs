@@ -102,6 +102,24 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// Which columns of the `events` batch the query's expressions read (by index).
+    pub fn used_columns(&self) -> Vec<bool> {
+        let mut used = vec![false; self.input.fields().len()];
+        let exprs = self
+            .filters
+            .iter()
+            .chain(&self.group_exprs)
+            .chain(self.aggregates.iter().flat_map(|a| a.args.iter().chain(a.filter.iter())));
+        for e in exprs {
+            for c in datafusion::physical_expr::utils::collect_columns(e) {
+                if let Some(u) = used.get_mut(c.index()) {
+                    *u = true;
+                }
+            }
+        }
+        used
+    }
+
     /// Applies HAVING and the SELECT list to a batch of group keys + aggregate values.
     pub fn finish(&self, batch: RecordBatch) -> datafusion::error::Result<RecordBatch> {
         let mut batch = batch;

@@ -2,10 +2,11 @@
 //! operator in sub-batches split where the watermark crosses a close boundary, and turns
 //! closed windows and late rows into output batches.
 //!
-//! Watermark = max event time seen by the pipeline − `watermark` (bounded out-of-orderness),
-//! or higher when forced: by the idle timeout in live runs (no input for `idle_timeout`
-//! moves it on by the processing time elapsed since the last event) and at the end of a
-//! bounded input (replay, `--exit-when-idle`), where every window closes.
+//! Watermark ([`super::watermark`]) = the lowest of the streams' highest event times −
+//! `watermark` (bounded out-of-orderness), a stream quiet for `idle_timeout` not counting;
+//! or higher when forced: when every stream is quiet for `idle_timeout` (live runs) it moves
+//! on by the processing time elapsed since the last event, and at the end of a bounded
+//! input (replay, `--exit-when-idle`) every window closes.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +23,7 @@ use super::operator::{Closed, FixedWindows, Late, as_mask, keep, key_converter};
 use super::plan::Compiled;
 use super::session::Sessions;
 use super::spec::{Emit, PipelineSpec, WindowKind};
+use super::watermark::Watermark;
 
 /// Column after `window_end` in `emit = "updates"` tables: 0 for a window's first rows, then
 /// one more for each correction.
@@ -70,8 +72,7 @@ pub struct WindowedQuery {
     plan: Compiled,
     conv: Option<RowConverter>,
     op: Op,
-    max_time: i64,
-    floor: i64,
+    clock: Watermark,
     last_arrival: Option<Instant>,
     /// window_start, window_end, then the SELECT list.
     pub output: SchemaRef,
@@ -84,6 +85,7 @@ pub struct WindowedQuery {
 
 impl WindowedQuery {
     pub fn new(spec: PipelineSpec, plan: Compiled) -> Result<Self> {
+        let out_of_orderness = spec.watermark_us;
         let conv = key_converter(&plan)?;
         let updates = spec.emit == Emit::Updates;
         let fixed = |size, slide| {
@@ -93,7 +95,7 @@ impl WindowedQuery {
         let op = match spec.window {
             WindowKind::Tumbling { size } => fixed(size, size),
             WindowKind::Hopping { size, slide } => fixed(size, slide),
-            WindowKind::Session { gap } => Op::Session(Sessions::new(gap, spec.allowed_lateness_us)),
+            WindowKind::Session { gap } => Op::Session(Sessions::new(&plan, gap, spec.allowed_lateness_us)?),
         };
         let mut fields = vec![Field::new("window_start", ts(), false), Field::new("window_end", ts(), false)];
         if updates {
@@ -105,8 +107,7 @@ impl WindowedQuery {
             plan,
             conv,
             op,
-            max_time: i64::MIN,
-            floor: i64::MIN,
+            clock: Watermark::new(out_of_orderness),
             last_arrival: None,
             output: Arc::new(Schema::new(fields)),
             ready: Vec::new(),
@@ -116,18 +117,27 @@ impl WindowedQuery {
         })
     }
 
+    /// The run's streams: those this pipeline selects hold its watermark until their first
+    /// event (see [`super::watermark`]).
+    pub fn declare_streams(&mut self, streams: &[String]) {
+        let now = Instant::now();
+        for s in streams.iter().filter(|s| self.spec.streams.is_empty() || self.spec.streams.contains(s)) {
+            self.clock.declare(s, now);
+        }
+    }
+
+    /// Which columns of its `events` batches the SQL reads.
+    pub fn used_columns(&self) -> Vec<bool> {
+        self.plan.used_columns()
+    }
+
     pub fn input_schema(&self) -> SchemaRef {
         self.plan.input.clone()
     }
 
     /// The current watermark (µs), `None` before the first event.
     pub fn watermark(&self) -> Option<i64> {
-        let wm = self.max_time.saturating_sub(self.spec.watermark_us).max(self.floor);
-        (wm != i64::MIN).then_some(wm)
-    }
-
-    fn wm_at(&self, max_time: i64) -> i64 {
-        max_time.saturating_sub(self.spec.watermark_us).max(self.floor)
+        self.clock.get()
     }
 
     pub fn open_windows(&self) -> usize {
@@ -165,7 +175,9 @@ impl WindowedQuery {
             return Ok(());
         }
         self.stats.input += n as u64;
-        self.last_arrival = Some(Instant::now());
+        let now = Instant::now();
+        self.last_arrival = Some(now);
+        let streams: &StringArray = sel.column(6).as_string();
         let times = sel.column(2).as_primitive::<TimestampMicrosecondType>().values().clone();
         let mut member: Option<BooleanArray> = None;
         for f in &self.plan.filters {
@@ -176,22 +188,26 @@ impl WindowedQuery {
             });
         }
         let mut start = 0;
-        let mut m = self.max_time;
-        let mut trigger = self.next_trigger();
+        // Fixed windows run in sub-batches cut where the watermark closes one; sessions
+        // take the whole batch and close row by row themselves.
+        let mut trigger = match self.op {
+            Op::Fixed(_) => self.next_trigger(),
+            Op::Session(_) => i64::MAX,
+        };
+        // Per row, the watermark after it: sessions decide lateness of a new session row by
+        // row, and late rows report the watermark as of their arrival.
+        let mut wms = Vec::with_capacity(n);
         for (i, &t) in times.iter().enumerate() {
-            m = m.max(t);
-            let wm = self.wm_at(m);
+            let wm = self.clock.observe(streams.value(i), t, now);
+            wms.push(wm);
             if wm >= trigger {
-                self.run_range(&sel, member.as_ref(), &times, start, i + 1)?;
-                self.max_time = m;
+                self.run_range(&sel, member.as_ref(), (&times, &wms), start, i + 1)?;
                 self.close(wm)?;
                 trigger = self.next_trigger();
                 start = i + 1;
             }
         }
-        self.run_range(&sel, member.as_ref(), &times, start, n)?;
-        self.max_time = m;
-        Ok(())
+        self.run_range(&sel, member.as_ref(), (&times, &wms), start, n)
     }
 
     /// Rows of the pipeline's streams and event types.
@@ -215,7 +231,7 @@ impl WindowedQuery {
         &mut self,
         sel: &RecordBatch,
         member: Option<&BooleanArray>,
-        times: &[i64],
+        (times, wms): (&[i64], &[i64]),
         start: usize,
         end: usize,
     ) -> Result<()> {
@@ -225,16 +241,24 @@ impl WindowedQuery {
         let len = end - start;
         let mut part = sel.slice(start, len);
         let mut part_times: Vec<i64> = times[start..end].to_vec();
-        // Per-row watermarks: sessions decide lateness of a new session row by row, and late
-        // rows report the watermark as of their arrival.
-        let mut m = self.max_time;
-        let mut wms: Vec<i64> = part_times
-            .iter()
-            .map(|&t| {
-                m = m.max(t);
-                self.wm_at(m)
-            })
-            .collect();
+        let mut wms: Vec<i64> = wms[start..end].to_vec();
+        if let Op::Session(s) = &mut self.op {
+            // Every row: the ones WHERE filters out still move the watermark row by row.
+            let mask = member.map(|m| m.slice(start, len));
+            let members = mask.as_ref().map_or(len, |m| m.true_count());
+            self.late.clear();
+            let mut closed = Vec::new();
+            let (plan, conv) = (&self.plan, self.conv.as_ref());
+            s.process(plan, conv, &part, (&part_times, &wms), mask.as_ref(), &mut self.late, &mut closed)?;
+            self.emit(closed)?;
+            self.stats.late += self.late.len() as u64;
+            self.stats.counted += (members - self.late.len()) as u64;
+            if !self.late.is_empty() {
+                let b = self.late_batch(&part, &wms)?;
+                self.late_ready.push(b);
+            }
+            return Ok(());
+        }
         if let Some(mask) = member {
             let mask = mask.slice(start, len);
             if mask.true_count() != len {
@@ -248,14 +272,9 @@ impl WindowedQuery {
             return Ok(());
         }
         self.late.clear();
-        let mut closed = Vec::new();
-        match &mut self.op {
-            Op::Fixed(f) => f.process(&self.plan, self.conv.as_ref(), &part, &part_times, &mut self.late)?,
-            Op::Session(s) => {
-                s.process(&self.plan, self.conv.as_ref(), &part, &part_times, &wms, &mut self.late, &mut closed)?
-            }
+        if let Op::Fixed(f) = &mut self.op {
+            f.process(&self.plan, self.conv.as_ref(), &part, &part_times, &mut self.late)?;
         }
-        self.emit(closed)?;
         // A row is counted nowhere when it missed every window it belongs to (one for
         // tumbling and session windows, size / slide for hopping ones).
         let k = match self.spec.window {
@@ -352,14 +371,20 @@ impl WindowedQuery {
     }
 
     /// Live runs: after `idle_timeout` without input, the watermark follows processing time.
+    /// A stream quiet for `idle_timeout` stops holding the watermark back; when all are.
     pub fn on_idle(&mut self, now: Instant) -> Result<()> {
-        let (Some(last), true) = (self.last_arrival, self.max_time != i64::MIN) else { return Ok(()) };
-        let idle = now.saturating_duration_since(last);
-        if idle < self.spec.idle_timeout {
-            return Ok(());
+        let Some(last) = self.last_arrival else { return Ok(()) };
+        let before = self.clock.get();
+        let all_quiet = self.clock.mark_idle(now, self.spec.idle_timeout);
+        if all_quiet {
+            let idle = now.saturating_duration_since(last);
+            let since = self.clock.max_time().saturating_sub(self.spec.watermark_us);
+            self.clock.raise(since.saturating_add(idle.as_micros().min(i64::MAX as u128) as i64));
         }
-        let advanced = self.wm_at(self.max_time).saturating_add(idle.as_micros().min(i64::MAX as u128) as i64);
-        self.advance(advanced)
+        match self.clock.get() {
+            Some(wm) if self.clock.get() != before => self.close(wm),
+            _ => Ok(()),
+        }
     }
 
     /// Forces the watermark to at least `wm` and closes what it passes.
@@ -367,13 +392,13 @@ impl WindowedQuery {
         if self.watermark().is_some_and(|cur| wm <= cur) {
             return Ok(());
         }
-        self.floor = self.floor.max(wm);
-        self.close(self.floor)
+        self.clock.raise(wm);
+        self.close(wm)
     }
 
     /// End of a bounded input: every window closes.
     pub fn flush(&mut self) -> Result<()> {
-        self.floor = i64::MAX;
+        self.clock.raise(i64::MAX);
         self.close(i64::MAX)
     }
 }
@@ -385,8 +410,13 @@ pub struct QueryState {
     /// What the state depends on: a pipeline whose window, fields, emit mode or SQL changed
     /// starts from empty windows.
     pub fingerprint: String,
+    /// Highest event time seen (any stream).
     max_time: i64,
+    /// The watermark.
     floor: i64,
+    /// Per stream read: its highest event time (absent in checkpoints of earlier versions).
+    #[serde(default)]
+    streams: Vec<(String, i64)>,
     op: OpState,
 }
 
@@ -411,15 +441,16 @@ impl WindowedQuery {
                 (OpState::Fixed(s), b)
             }
             Op::Session(s) => {
-                let (st, b) = s.save()?;
+                let (st, b) = s.save(&self.plan)?;
                 (OpState::Session(st), b)
             }
         };
         let state = QueryState {
             name: self.spec.name.clone(),
             fingerprint: self.fingerprint(),
-            max_time: self.max_time,
-            floor: self.floor,
+            max_time: self.clock.max_time(),
+            floor: self.clock.get().unwrap_or(i64::MIN),
+            streams: self.clock.save(),
             op,
         };
         Ok((state, batches))
@@ -433,8 +464,12 @@ impl WindowedQuery {
             (Op::Session(x), OpState::Session(s)) => x.restore(&self.plan, s, batches)?,
             _ => return Err(datafusion::error::DataFusionError::Internal("checkpoint: window kind differs".into())),
         }
-        self.max_time = state.max_time;
-        self.floor = state.floor;
+        // Earlier versions kept one clock and a floor under it.
+        let wm = match state.streams.is_empty() {
+            true => state.floor.max(state.max_time.saturating_sub(self.spec.watermark_us)),
+            false => state.floor,
+        };
+        self.clock.restore(&state.streams, wm, Instant::now());
         // The idle timeout counts from the restart.
         self.last_arrival = (state.max_time != i64::MIN).then(Instant::now);
         Ok(())

@@ -1,7 +1,15 @@
 //! Session windows: per group key, events less than `gap` apart form one session
 //! `[first, last + gap)`. A session closes when the watermark passes `last + gap +
 //! allowed_lateness`. An event that falls between two open sessions of its key bridges
-//! them: their partial states merge (DataFusion accumulators' `state` → `merge_batch`).
+//! them: their partial states merge.
+//!
+//! Every open session is one group of a DataFusion `GroupsAccumulator` per aggregate (a
+//! *slot*), so a micro-batch costs one `update_batch` per aggregate, whatever the number of
+//! sessions it touches. Rows are assigned to sessions one by one in arrival order (the
+//! watermark after each row closes sessions right there, so later rows see them closed);
+//! closing and bridging only change the bookkeeping, and at the end of the batch one
+//! *compaction* (intermediate `state` → `merge_batch` into fresh accumulators) folds merged
+//! slots together, evaluates the sessions that closed and drops their slots.
 //!
 //! Late data: an event that would touch a session already closed, or that would start a
 //! session the watermark has already passed, is reported late with that session's bounds.
@@ -13,25 +21,37 @@ use std::collections::{BTreeSet, BinaryHeap};
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Int64Array, RecordBatch, UInt32Array, UInt64Array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int64Array, RecordBatch, UInt32Array, UInt64Array,
+};
 use arrow::compute::take;
 use arrow::datatypes::{Field, Int64Type, Schema, UInt64Type};
 use arrow::row::RowConverter;
-use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::logical_expr::Accumulator;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use hashbrown::HashMap;
 
 use super::groups::Inputs;
 use super::operator::{Closed, Late};
 use super::plan::Compiled;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Its partial state is in `slot`.
+    Open { slot: u32 },
+    /// Closed by the watermark; its values are evaluated at the next compaction.
+    Closing { slot: u32 },
+    /// Emitted; only the bounds are kept (for lateness).
+    Closed,
+}
+
 struct Session {
     key: Box<[u8]>,
     start: i64,
     last: i64,
-    /// `None` once closed (only the bounds are kept).
-    accs: Option<Vec<Box<dyn Accumulator>>>,
+    state: State,
+    /// Past the time its bounds matter, while still waiting to be emitted.
+    expired: bool,
 }
 
 /// Session windows of one pipeline.
@@ -48,11 +68,19 @@ pub struct Sessions {
     touching: Vec<u64>,
     /// Closed sessions by the time their bounds stop mattering.
     expiring: BTreeSet<(i64, u64)>,
+    /// One groups accumulator per aggregate; group `g` is slot `g`.
+    accs: Vec<Box<dyn GroupsAccumulator>>,
+    /// Per slot: the session it was created for (see `merged`).
+    slot_owner: Vec<u64>,
+    /// Sessions bridged into another since the last compaction → that session.
+    merged: HashMap<u64, u64>,
+    /// Sessions closed since the last compaction, in close order.
+    pending: Vec<u64>,
 }
 
 impl Sessions {
-    pub fn new(gap: i64, lateness: i64) -> Self {
-        Sessions {
+    pub fn new(plan: &Compiled, gap: i64, lateness: i64) -> Result<Self> {
+        Ok(Sessions {
             gap,
             lateness,
             by_key: HashMap::new(),
@@ -62,7 +90,11 @@ impl Sessions {
             open: 0,
             touching: Vec::new(),
             expiring: BTreeSet::new(),
-        }
+            accs: fresh(plan)?,
+            slot_owner: Vec::new(),
+            merged: HashMap::new(),
+            pending: Vec::new(),
+        })
     }
 
     fn close_at(&self, last: i64) -> i64 {
@@ -71,7 +103,7 @@ impl Sessions {
 
     /// Whether a closing entry is current (its session open with that close time).
     fn current(&self, at: i64, id: u64) -> bool {
-        self.sessions.get(&id).is_some_and(|s| s.accs.is_some() && self.close_at(s.last) == at)
+        self.sessions.get(&id).is_some_and(|s| matches!(s.state, State::Open { .. }) && self.close_at(s.last) == at)
     }
 
     /// The watermark at which the next session closes.
@@ -90,23 +122,24 @@ impl Sessions {
     }
 
     pub fn state_bytes(&self) -> usize {
-        self.sessions
-            .values()
-            .map(|s| 64 + s.key.len() + s.accs.as_ref().map_or(0, |a| a.iter().map(|a| a.size()).sum()))
-            .sum()
+        self.sessions.values().map(|s| 64 + s.key.len()).sum::<usize>()
+            + self.accs.iter().map(|a| a.size()).sum::<usize>()
+            + self.slot_owner.len() * 8
     }
 
-    /// Assigns each row to a session (creating, extending or merging sessions) and updates
-    /// the sessions' accumulators. `watermarks[i]` is the watermark once row `i` arrived:
-    /// sessions it passes close right there (into `out`), before the next row.
+    /// Assigns each row to a session (creating, extending or bridging sessions), then
+    /// updates the accumulators once for the batch. `watermarks[i]` is the watermark once
+    /// row `i` arrived: sessions it passes close right there, before the next row. Rows
+    /// where `member` is false (WHERE) only move the watermark. Sessions that closed are
+    /// evaluated into `out` at the end.
     #[allow(clippy::too_many_arguments)]
     pub fn process(
         &mut self,
         plan: &Compiled,
         conv: Option<&RowConverter>,
         batch: &RecordBatch,
-        times: &[i64],
-        watermarks: &[i64],
+        (times, watermarks): (&[i64], &[i64]),
+        member: Option<&BooleanArray>,
         late: &mut Vec<Late>,
         out: &mut Vec<Closed>,
     ) -> Result<()> {
@@ -115,155 +148,267 @@ impl Sessions {
             return Ok(());
         }
         let inputs = Inputs::evaluate(plan, conv, batch)?;
-        let mut assigned: Vec<(u64, u32)> = Vec::with_capacity(n);
-        let mut redirect: HashMap<u64, u64> = HashMap::new();
+        let mut rows: Vec<u32> = Vec::with_capacity(n);
+        let mut slots: Vec<usize> = Vec::with_capacity(n);
         for i in 0..n {
-            let key: &[u8] = inputs.keys.as_ref().map_or(&[], |k| k.row(i).data());
-            let t = times[i];
-            let ids = self.by_key.get(key).map(Vec::as_slice).unwrap_or(&[]);
-            let mut touching = std::mem::take(&mut self.touching);
-            touching.clear();
-            touching.extend(ids.iter().copied().filter(|id| {
-                let s = &self.sessions[id];
-                s.start < t.saturating_add(self.gap) && t < s.last.saturating_add(self.gap)
-            }));
-            if let Some(closed) = touching.iter().map(|id| &self.sessions[id]).find(|s| s.accs.is_none()) {
-                let end = closed.last.saturating_add(self.gap);
-                late.push(Late { row: i as u32, window_start: closed.start, window_end: end });
-                self.touching = touching;
-                continue;
+            if member.is_none_or(|m| m.is_valid(i) && m.value(i)) {
+                let key: &[u8] = inputs.keys.as_ref().map_or(&[], |k| k.row(i).data());
+                if let Some(slot) = self.assign(key, i, times[i], watermarks[i], late) {
+                    rows.push(i as u32);
+                    slots.push(slot);
+                }
             }
-            let id = match touching.split_first() {
-                None => {
-                    if self.close_at(t) <= watermarks[i] {
-                        late.push(Late { row: i as u32, window_start: t, window_end: t.saturating_add(self.gap) });
-                        self.touching = touching;
-                        continue;
-                    }
-                    let id = self.next_id;
-                    self.next_id += 1;
-                    let accs =
-                        plan.aggregates.iter().map(|a| a.expr.create_accumulator()).collect::<Result<Vec<_>>>()?;
-                    self.sessions.insert(id, Session { key: key.into(), start: t, last: t, accs: Some(accs) });
-                    self.by_key.entry_ref(key).or_default().push(id);
-                    self.closing.push(Reverse((self.close_at(t), id)));
-                    self.open += 1;
-                    id
-                }
-                Some((&target, others)) => {
-                    let (mut start, mut last, was_last) = {
-                        let s = &self.sessions[&target];
-                        (s.start.min(t), s.last.max(t), s.last)
-                    };
-                    for &o in others {
-                        let Some(other) = self.sessions.remove(&o) else { continue };
-                        self.open -= 1;
-                        start = start.min(other.start);
-                        last = last.max(other.last);
-                        if let Some(list) = self.by_key.get_mut(key) {
-                            list.retain(|&x| x != o);
-                        }
-                        redirect.insert(o, target);
-                        let (Some(mut from), Some(into)) =
-                            (other.accs, self.sessions.get_mut(&target).and_then(|s| s.accs.as_mut()))
-                        else {
-                            continue;
-                        };
-                        for (a, b) in into.iter_mut().zip(from.iter_mut()) {
-                            merge_into(a.as_mut(), b.as_mut())?;
-                        }
-                    }
-                    if let Some(s) = self.sessions.get_mut(&target) {
-                        s.start = start;
-                        s.last = last;
-                    }
-                    if last != was_last {
-                        self.closing.push(Reverse((self.close_at(last), target)));
-                    }
-                    target
-                }
-            };
-            self.touching = touching;
-            assigned.push((id, i as u32));
             if watermarks[i] >= self.next_trigger() {
-                self.apply(&inputs, std::mem::take(&mut assigned), &redirect)?;
-                redirect.clear();
-                self.close(plan, conv, watermarks[i], out)?;
+                self.close_sessions(watermarks[i]);
             }
         }
-        self.apply(&inputs, assigned, &redirect)
+        self.update(&inputs, &rows, &slots)?;
+        self.emit(plan, conv, out)
     }
 
-    /// Updates the accumulators of the sessions rows were assigned to.
-    fn apply(&mut self, inputs: &Inputs, assigned: Vec<(u64, u32)>, redirect: &HashMap<u64, u64>) -> Result<()> {
-        // Rows of sessions merged later in the batch follow their session.
-        let resolve = |mut id: u64| {
-            while let Some(&to) = redirect.get(&id) {
-                id = to;
+    /// The slot row `i` (of `key`, at `t`) goes to, or `None` when it is late.
+    fn assign(&mut self, key: &[u8], i: usize, t: i64, wm: i64, late: &mut Vec<Late>) -> Option<usize> {
+        let ids = self.by_key.get(key).map(Vec::as_slice).unwrap_or(&[]);
+        let mut touching = std::mem::take(&mut self.touching);
+        touching.clear();
+        touching.extend(ids.iter().copied().filter(|id| {
+            let s = &self.sessions[id];
+            s.start < t.saturating_add(self.gap) && t < s.last.saturating_add(self.gap)
+        }));
+        let slot = self.assign_touching(key, i, t, wm, &touching, late);
+        self.touching = touching;
+        slot
+    }
+
+    fn assign_touching(
+        &mut self,
+        key: &[u8],
+        i: usize,
+        t: i64,
+        wm: i64,
+        touching: &[u64],
+        late: &mut Vec<Late>,
+    ) -> Option<usize> {
+        let sessions = &self.sessions;
+        if let Some(closed) = touching.iter().map(|id| &sessions[id]).find(|s| !matches!(s.state, State::Open { .. })) {
+            let end = closed.last.saturating_add(self.gap);
+            late.push(Late { row: i as u32, window_start: closed.start, window_end: end });
+            return None;
+        }
+        let Some((&target, others)) = touching.split_first() else {
+            if self.close_at(t) <= wm {
+                late.push(Late { row: i as u32, window_start: t, window_end: t.saturating_add(self.gap) });
+                return None;
             }
-            id
+            let id = self.next_id;
+            self.next_id += 1;
+            let slot = self.slot_owner.len();
+            self.slot_owner.push(id);
+            let state = State::Open { slot: slot as u32 };
+            self.sessions.insert(id, Session { key: key.into(), start: t, last: t, state, expired: false });
+            self.by_key.entry_ref(key).or_default().push(id);
+            self.closing.push(Reverse((self.close_at(t), id)));
+            self.open += 1;
+            return Some(slot);
         };
-        // Rows ordered by session: each argument array is permuted (and filtered) once for the
-        // whole batch, and each session gets zero-copy slices of it.
-        let mut rows: Vec<(u64, u32)> = assigned.into_iter().map(|(id, row)| (resolve(id), row)).collect();
+        let (mut start, mut last, was_last) = {
+            let s = &self.sessions[&target];
+            (s.start.min(t), s.last.max(t), s.last)
+        };
+        for &o in others {
+            // Bridged: `o`'s slot is folded into `target`'s at the next compaction.
+            let Some(other) = self.sessions.remove(&o) else { continue };
+            self.open -= 1;
+            start = start.min(other.start);
+            last = last.max(other.last);
+            if let Some(list) = self.by_key.get_mut(key) {
+                list.retain(|&x| x != o);
+            }
+            self.merged.insert(o, target);
+        }
+        let s = self.sessions.get_mut(&target)?;
+        s.start = start;
+        s.last = last;
+        let State::Open { slot } = s.state else { return None };
+        if last != was_last {
+            self.closing.push(Reverse((self.close_at(last), target)));
+        }
+        Some(slot as usize)
+    }
+
+    /// Updates the accumulators: row `rows[k]` of the batch into slot `slots[k]`.
+    fn update(&mut self, inputs: &Inputs, rows: &[u32], slots: &[usize]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        rows.sort_unstable();
-        let perm = UInt32Array::from_iter_values(rows.iter().map(|&(_, r)| r));
-        // Session runs: (id, first position, length).
-        let mut runs: Vec<(u64, usize, usize)> = Vec::new();
-        for (i, &(id, _)) in rows.iter().enumerate() {
-            match runs.last_mut() {
-                Some((last, _, len)) if *last == id => *len += 1,
-                _ => runs.push((id, i, 1)),
-            }
-        }
-        for (a, (vals, filter)) in inputs.args.iter().enumerate() {
-            let mut vals = vals.iter().map(|v| take(v, &perm, None)).collect::<Result<Vec<_>, _>>()?;
-            // Accumulators have no filter argument: drop the filtered-out rows, and find each
-            // session's run in what is left.
-            let mut a_runs = runs.clone();
-            if let Some(f) = filter {
-                let mask = super::operator::as_mask(take(f, &perm, None)?)?;
-                vals = vals.iter().map(|v| arrow::compute::filter(v, &mask)).collect::<Result<Vec<_>, _>>()?;
-                let mut at = 0;
-                for r in &mut a_runs {
-                    let kept = (r.1..r.1 + r.2).filter(|&i| mask.is_valid(i) && mask.value(i)).count();
-                    (r.1, r.2) = (at, kept);
-                    at += kept;
+        let total = self.slot_owner.len();
+        let idx = (rows.len() != inputs.rows).then(|| UInt32Array::from(rows.to_vec()));
+        for (acc, (vals, filter)) in self.accs.iter_mut().zip(&inputs.args) {
+            match &idx {
+                None => acc.update_batch(vals, slots, filter.as_ref(), total)?,
+                Some(idx) => {
+                    let vals = vals.iter().map(|v| take(v, idx, None)).collect::<Result<Vec<_>, _>>()?;
+                    let filter = match filter {
+                        Some(f) => Some(super::operator::as_mask(take(f, idx, None)?)?),
+                        None => None,
+                    };
+                    acc.update_batch(&vals, slots, filter.as_ref(), total)?;
                 }
-            }
-            for &(id, start, len) in &a_runs {
-                if len == 0 {
-                    continue;
-                }
-                let Some(accs) = self.sessions.get_mut(&id).and_then(|s| s.accs.as_mut()) else { continue };
-                let slices: Vec<ArrayRef> = vals.iter().map(|v| v.slice(start, len)).collect();
-                accs[a].update_batch(&slices)?;
             }
         }
         Ok(())
     }
 
+    /// Closes (in the bookkeeping) every session whose close time `wm` has reached, and
+    /// forgets the bounds of closed sessions no event can touch any more.
+    fn close_sessions(&mut self, wm: i64) {
+        while let Some(&Reverse((at, id))) = self.closing.peek() {
+            if at > wm {
+                break;
+            }
+            self.closing.pop();
+            if !self.current(at, id) {
+                continue;
+            }
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            let State::Open { slot } = s.state else { continue };
+            s.state = State::Closing { slot };
+            self.open -= 1;
+            self.pending.push(id);
+            self.expiring.insert((s.last.saturating_add(2 * self.gap).saturating_add(self.lateness), id));
+        }
+        while let Some(&(at, id)) = self.expiring.first() {
+            if at > wm {
+                break;
+            }
+            self.expiring.pop_first();
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            if let Some(list) = self.by_key.get_mut(&s.key) {
+                list.retain(|&x| x != id);
+                if list.is_empty() {
+                    self.by_key.remove(&s.key);
+                }
+            }
+            match s.state {
+                State::Closing { .. } => s.expired = true, // removed once emitted
+                _ => {
+                    self.sessions.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Evaluates the sessions closed since the last compaction into `out`.
+    fn emit(&mut self, plan: &Compiled, conv: Option<&RowConverter>, out: &mut Vec<Closed>) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let values = self.compact(plan, true)?;
+        let pending = std::mem::take(&mut self.pending);
+        for (k, id) in pending.into_iter().enumerate() {
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            s.state = State::Closed;
+            let vals: Vec<ArrayRef> = values.iter().map(|v| v.slice(k, 1)).collect();
+            out.push(session_row(plan, conv, s, self.gap, vals)?);
+            if s.expired {
+                self.sessions.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the accumulators with one slot per open session (bridged slots folded into
+    /// their session's). With `evaluate`, returns the values of the `pending` sessions (one
+    /// row each, in order) and drops their slots; else they keep slots.
+    fn compact(&mut self, plan: &Compiled, evaluate: bool) -> Result<Vec<ArrayRef>> {
+        let states = self.accs.iter_mut().map(|a| a.state(EmitTo::All)).collect::<Result<Vec<_>>>()?;
+        let emit_at: HashMap<u64, usize> = match evaluate {
+            true => self.pending.iter().enumerate().map(|(k, &id)| (id, k)).collect(),
+            false => HashMap::new(),
+        };
+        let mut owners: Vec<u64> = Vec::with_capacity(self.open + self.pending.len());
+        let mut new_slot: HashMap<u64, usize> = HashMap::with_capacity(self.open + self.pending.len());
+        let (mut keep_rows, mut keep_idx, mut emit_rows, mut emit_idx) = (vec![], vec![], vec![], vec![]);
+        for (slot, &first) in self.slot_owner.iter().enumerate() {
+            let mut id = first;
+            while let Some(&to) = self.merged.get(&id) {
+                id = to;
+            }
+            let Some(s) = self.sessions.get(&id) else { continue };
+            match (s.state, emit_at.get(&id)) {
+                (State::Closing { .. }, Some(&k)) => {
+                    emit_rows.push(slot as u32);
+                    emit_idx.push(k);
+                }
+                (State::Open { .. } | State::Closing { .. }, _) => {
+                    let g = *new_slot.entry(id).or_insert_with(|| {
+                        owners.push(id);
+                        owners.len() - 1
+                    });
+                    keep_rows.push(slot as u32);
+                    keep_idx.push(g);
+                }
+                (State::Closed, _) => {}
+            }
+        }
+        let pick = |rows: Vec<u32>| -> Result<Vec<Vec<ArrayRef>>> {
+            let idx = UInt32Array::from(rows);
+            states.iter().map(|st| st.iter().map(|c| Ok(take(c, &idx, None)?)).collect()).collect()
+        };
+        let mut accs = fresh(plan)?;
+        if !keep_rows.is_empty() {
+            for (acc, st) in accs.iter_mut().zip(pick(keep_rows)?) {
+                acc.merge_batch(&st, &keep_idx, owners.len())?;
+            }
+        }
+        let mut values = Vec::new();
+        if evaluate {
+            let mut closing = fresh(plan)?;
+            let states = pick(emit_rows)?;
+            for (acc, st) in closing.iter_mut().zip(states) {
+                acc.merge_batch(&st, &emit_idx, self.pending.len())?;
+                values.push(acc.evaluate(EmitTo::All)?);
+            }
+        }
+        for (g, id) in owners.iter().enumerate() {
+            if let Some(s) = self.sessions.get_mut(id) {
+                s.state = match s.state {
+                    State::Open { .. } => State::Open { slot: g as u32 },
+                    _ => State::Closing { slot: g as u32 },
+                };
+            }
+        }
+        self.accs = accs;
+        self.slot_owner = owners;
+        self.merged.clear();
+        Ok(values)
+    }
+
     /// The current values of every open session (a live view; the sessions are unchanged).
     pub fn peek(&mut self, plan: &Compiled, conv: Option<&RowConverter>) -> Result<Vec<Closed>> {
-        let mut out = Vec::new();
-        let mut open: Vec<(i64, u64)> =
-            self.sessions.iter().filter(|(_, s)| s.accs.is_some()).map(|(&id, s)| (s.start, id)).collect();
-        open.sort_unstable();
-        let open: Vec<u64> = open.into_iter().map(|(_, id)| id).collect();
-        for id in open {
-            let Some(s) = self.sessions.get_mut(&id) else { continue };
-            let Some(accs) = s.accs.as_mut() else { continue };
-            // Evaluate a copy (state → fresh accumulator): evaluating may consume state.
-            let mut values = Vec::with_capacity(accs.len());
-            for (a, agg) in accs.iter_mut().zip(&plan.aggregates) {
-                let mut copy = agg.expr.create_accumulator()?;
-                merge_into(copy.as_mut(), a.as_mut())?;
-                values.push(copy.evaluate()?.to_array()?);
+        self.compact(plan, false)?;
+        // Evaluate a copy (state → fresh accumulators): evaluating consumes the groups.
+        let states = self.accs.iter_mut().map(|a| a.state(EmitTo::All)).collect::<Result<Vec<_>>>()?;
+        let all: Vec<usize> = (0..self.slot_owner.len()).collect();
+        let (mut accs, mut view) = (fresh(plan)?, fresh(plan)?);
+        let mut values = Vec::new();
+        for ((acc, v), st) in accs.iter_mut().zip(view.iter_mut()).zip(&states) {
+            acc.merge_batch(st, &all, all.len())?;
+            v.merge_batch(st, &all, all.len())?;
+            values.push(v.evaluate(EmitTo::All)?);
+        }
+        self.accs = accs;
+        let mut open: Vec<(i64, usize)> = Vec::new();
+        for (slot, id) in self.slot_owner.iter().enumerate() {
+            if let Some(s) = self.sessions.get(id).filter(|s| matches!(s.state, State::Open { .. })) {
+                open.push((s.start, slot));
             }
-            out.push(session_row(plan, conv, s, self.gap, values)?);
+        }
+        open.sort_unstable();
+        let mut out = Vec::with_capacity(open.len());
+        for (_, slot) in open {
+            let s = &self.sessions[&self.slot_owner[slot]];
+            out.push(session_row(plan, conv, s, self.gap, values.iter().map(|v| v.slice(slot, 1)).collect())?);
         }
         Ok(out)
     }
@@ -276,43 +421,14 @@ impl Sessions {
         wm: i64,
         out: &mut Vec<Closed>,
     ) -> Result<()> {
-        while let Some(&Reverse((at, id))) = self.closing.peek() {
-            if at > wm {
-                break;
-            }
-            self.closing.pop();
-            if !self.current(at, id) {
-                continue;
-            }
-            let Some(s) = self.sessions.get_mut(&id) else { continue };
-            let Some(mut accs) = s.accs.take() else { continue };
-            self.open -= 1;
-            let values = accs.iter_mut().map(|a| a.evaluate()?.to_array()).collect::<Result<Vec<_>>>()?;
-            out.push(session_row(plan, conv, s, self.gap, values)?);
-            self.expiring.insert((s.last.saturating_add(2 * self.gap).saturating_add(self.lateness), id));
-        }
-        while let Some(&(at, id)) = self.expiring.first() {
-            if at > wm {
-                break;
-            }
-            self.expiring.pop_first();
-            if let Some(s) = self.sessions.remove(&id)
-                && let Some(list) = self.by_key.get_mut(&s.key)
-            {
-                list.retain(|&x| x != id);
-                if list.is_empty() {
-                    self.by_key.remove(&s.key);
-                }
-            }
-        }
-        Ok(())
+        self.close_sessions(wm);
+        self.emit(plan, conv, out)
     }
 }
 
-/// Adds `from`'s state to `into` (DataFusion's `state` → `merge_batch`).
-fn merge_into(into: &mut dyn Accumulator, from: &mut dyn Accumulator) -> Result<()> {
-    let state = from.state()?.iter().map(ScalarValue::to_array).collect::<Result<Vec<ArrayRef>>>()?;
-    into.merge_batch(&state)
+/// Fresh groups accumulators, one per aggregate.
+fn fresh(plan: &Compiled) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
+    plan.aggregates.iter().map(|a| a.groups_accumulator()).collect()
 }
 
 /// One session's output row: its key columns, then the aggregate `values`.
@@ -342,24 +458,19 @@ pub struct SessionState {
 }
 
 impl Sessions {
-    pub fn save(&mut self) -> Result<(SessionState, Vec<RecordBatch>)> {
-        let mut ids: Vec<u64> = self.sessions.keys().copied().collect();
-        ids.sort_unstable();
-        let mut open_rows: Vec<u64> = Vec::new();
-        let mut states: Vec<Vec<ScalarValue>> = Vec::new();
-        let mut widths = Vec::new();
-        for &id in &ids {
-            let Some(accs) = self.sessions.get_mut(&id).and_then(|s| s.accs.as_mut()) else { continue };
-            let mut row = Vec::new();
-            widths.clear();
-            for a in accs.iter_mut() {
-                let st = a.state()?;
-                widths.push(st.len());
-                row.extend(st);
-            }
-            open_rows.push(id);
-            states.push(row);
+    pub fn save(&mut self, plan: &Compiled) -> Result<(SessionState, Vec<RecordBatch>)> {
+        self.compact(plan, false)?;
+        let states = self.accs.iter_mut().map(|a| a.state(EmitTo::All)).collect::<Result<Vec<_>>>()?;
+        let all: Vec<usize> = (0..self.slot_owner.len()).collect();
+        let mut accs = fresh(plan)?;
+        for (acc, st) in accs.iter_mut().zip(&states) {
+            acc.merge_batch(st, &all, all.len())?;
         }
+        self.accs = accs;
+        let widths: Vec<usize> = states.iter().map(Vec::len).collect();
+        // Open sessions (closing ones too: restored, the watermark closes them again), in
+        // slot order, which is the state columns' row order.
+        let open_ids: Vec<u64> = self.slot_owner.clone();
         let bounds = |which: &[u64]| -> Result<Vec<ArrayRef>> {
             let s = which.iter().map(|id| &self.sessions[id]);
             Ok(vec![
@@ -369,14 +480,13 @@ impl Sessions {
                 Arc::new(Int64Array::from_iter_values(s.map(|s| s.last))),
             ])
         };
-        let mut open_cols = bounds(&open_rows)?;
-        let width: usize = widths.iter().sum();
-        for j in 0..width {
-            if !states.is_empty() {
-                open_cols.push(ScalarValue::iter_to_array(states.iter().map(|r| r[j].clone()))?);
-            }
+        let mut open_cols = bounds(&open_ids)?;
+        if !open_ids.is_empty() {
+            open_cols.extend(states.into_iter().flatten());
         }
-        let closed_ids: Vec<u64> = ids.into_iter().filter(|id| self.sessions[id].accs.is_none()).collect();
+        let mut closed_ids: Vec<u64> =
+            self.sessions.iter().filter(|(_, s)| s.state == State::Closed).map(|(&id, _)| id).collect();
+        closed_ids.sort_unstable();
         let batches = vec![as_batch(open_cols)?, as_batch(bounds(&closed_ids)?)?];
         Ok((SessionState { next_id: self.next_id, widths }, batches))
     }
@@ -394,32 +504,31 @@ impl Sessions {
             let ids = b.column(1).as_primitive_opt::<UInt64Type>().ok_or_else(bad)?;
             let starts = b.column(2).as_primitive_opt::<Int64Type>().ok_or_else(bad)?;
             let lasts = b.column(3).as_primitive_opt::<Int64Type>().ok_or_else(bad)?;
-            if is_open
-                && (b.num_columns() != 4 + state.widths.iter().sum::<usize>()
-                    || state.widths.len() != plan.aggregates.len())
-            {
-                return Err(bad());
+            if is_open {
+                if b.num_columns() != 4 + state.widths.iter().sum::<usize>()
+                    || state.widths.len() != plan.aggregates.len()
+                {
+                    return Err(bad());
+                }
+                let all: Vec<usize> = (0..b.num_rows()).collect();
+                let mut at = 4;
+                for (acc, &w) in self.accs.iter_mut().zip(&state.widths) {
+                    acc.merge_batch(&b.columns()[at..at + w], &all, all.len())?;
+                    at += w;
+                }
             }
             for i in 0..b.num_rows() {
                 let (id, key, start, last) = (ids.value(i), keys.value(i), starts.value(i), lasts.value(i));
-                let accs = if is_open {
-                    let mut accs = Vec::with_capacity(plan.aggregates.len());
-                    let mut at = 4;
-                    for (agg, &w) in plan.aggregates.iter().zip(&state.widths) {
-                        let mut acc = agg.expr.create_accumulator()?;
-                        let cols: Vec<ArrayRef> = b.columns()[at..at + w].iter().map(|c| c.slice(i, 1)).collect();
-                        acc.merge_batch(&cols)?;
-                        at += w;
-                        accs.push(acc);
-                    }
+                let state = if is_open {
                     self.closing.push(Reverse((self.close_at(last), id)));
                     self.open += 1;
-                    Some(accs)
+                    self.slot_owner.push(id);
+                    State::Open { slot: i as u32 }
                 } else {
                     self.expiring.insert((last.saturating_add(2 * self.gap).saturating_add(self.lateness), id));
-                    None
+                    State::Closed
                 };
-                self.sessions.insert(id, Session { key: key.into(), start, last, accs });
+                self.sessions.insert(id, Session { key: key.into(), start, last, state, expired: false });
                 self.by_key.entry_ref(key).or_default().push(id);
             }
         }

@@ -5,9 +5,10 @@
 //! batch, one batch, and with a restart from saved window state at each `---`.
 //!
 //! Format: sections `pipeline:` (TOML), `input:`, `output:` and `late:` (CSV, header first,
-//! compared as sorted lines). Input lines are `<id> <type> <time> [k=v …]` (time `HH:MM:SS`
-//! after 2026-01-01T00:00:00Z; `k=v` go to `data`, numbers stay numbers), `---` (end of a
-//! micro-batch) or `idle <duration>` (that much processing time passes with no input).
+//! compared as sorted lines). Input lines are `[@<stream>] <id> <type> <time> [k=v …]` (time
+//! `HH:MM:SS` after 2026-01-01T00:00:00Z; `k=v` go to `data`, numbers stay numbers; the
+//! stream is `events` unless given), `---` (end of a micro-batch) or `idle <duration>` (that
+//! much processing time passes with no input).
 //! Times in the output print the same way, negative before the base.
 
 use std::path::Path;
@@ -137,6 +138,16 @@ async fn run_case(path: &Path, cuts: Cuts) {
     let compiled = plan::compile(&spec).await.unwrap_or_else(|p| panic!("{p}"));
     let pipelines = Pipelines::new(vec![(spec.clone(), compiled)]).unwrap();
     let tables = pipelines.output_schemas();
+    // The streams the input reads, declared as a live run declares its configured streams.
+    let mut streams: Vec<String> = Vec::new();
+    for l in case.input.iter().filter(|l| *l != "---" && !l.starts_with("idle ")) {
+        let s = l.strip_prefix('@').and_then(|l| l.split_once(' ')).map_or("events", |(s, _)| s);
+        if !streams.iter().any(|x| x == s) {
+            streams.push(s.to_string());
+        }
+    }
+    let mut pipelines = pipelines;
+    pipelines.declare_streams(&streams);
     let mut r = Replayer::new(pipelines, Duration::from_secs(3600), "events");
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
@@ -150,12 +161,18 @@ async fn run_case(path: &Path, cuts: Cuts) {
                 let state = r.pipelines.save_state().unwrap();
                 let mut fresh = Pipelines::new(vec![(spec.clone(), plan::compile(&spec).await.unwrap())]).unwrap();
                 assert_eq!(fresh.restore_state(&state).unwrap(), vec![spec.name.clone()]);
+                fresh.declare_streams(&streams);
                 r.pipelines = fresh;
             }
         } else if let Some(d) = line.strip_prefix("idle ") {
             r.end_batch().unwrap();
             let d = eventide::config::Dur::parse(d).unwrap().0;
             r.pipelines.on_tick(Instant::now() + d).unwrap();
+        } else if let Some((stream, line)) = line.strip_prefix('@').and_then(|l| l.split_once(' ')) {
+            r.feed_from(&event_json(line), stream, || (file.clone(), 0)).unwrap();
+            if matches!(cuts, Cuts::EachEvent) {
+                r.end_batch().unwrap();
+            }
         } else {
             r.feed(&event_json(line), || (file.clone(), 0)).unwrap();
             if matches!(cuts, Cuts::EachEvent) {
