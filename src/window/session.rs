@@ -61,8 +61,9 @@ pub struct Sessions {
     by_key: HashMap<Box<[u8]>, Vec<u64>>,
     sessions: HashMap<u64, Session>,
     next_id: u64,
-    /// Open sessions by close time, lazily: an entry whose session was extended or merged
-    /// away is skipped when it comes up (no O(log n) removal per event).
+    /// One entry per open session, at or before its close time (lazily: a session extended
+    /// since gets its entry moved to its new close time when the entry comes up; one merged
+    /// away is dropped then), so extending a session costs nothing here.
     closing: BinaryHeap<Reverse<(i64, u64)>>,
     open: usize,
     touching: Vec<u64>,
@@ -112,9 +113,21 @@ impl Sessions {
             if self.current(at, id) {
                 return at;
             }
-            self.closing.pop();
+            self.fix_top(at, id);
         }
         i64::MAX
+    }
+
+    /// The top entry `(at, id)` is out of date: move it to the session's close time, or drop
+    /// it when the session is no longer open.
+    fn fix_top(&mut self, at: i64, id: u64) {
+        self.closing.pop();
+        if let Some(s) = self.sessions.get(&id).filter(|s| matches!(s.state, State::Open { .. })) {
+            let now = self.close_at(s.last);
+            if now > at {
+                self.closing.push(Reverse((now, id)));
+            }
+        }
     }
 
     pub fn open_windows(&self) -> usize {
@@ -211,9 +224,9 @@ impl Sessions {
             self.open += 1;
             return Some(slot);
         };
-        let (mut start, mut last, was_last) = {
+        let (mut start, mut last) = {
             let s = &self.sessions[&target];
-            (s.start.min(t), s.last.max(t), s.last)
+            (s.start.min(t), s.last.max(t))
         };
         for &o in others {
             // Bridged: `o`'s slot is folded into `target`'s at the next compaction.
@@ -230,9 +243,6 @@ impl Sessions {
         s.start = start;
         s.last = last;
         let State::Open { slot } = s.state else { return None };
-        if last != was_last {
-            self.closing.push(Reverse((self.close_at(last), target)));
-        }
         Some(slot as usize)
     }
 
@@ -266,10 +276,11 @@ impl Sessions {
             if at > wm {
                 break;
             }
-            self.closing.pop();
             if !self.current(at, id) {
+                self.fix_top(at, id);
                 continue;
             }
+            self.closing.pop();
             let Some(s) = self.sessions.get_mut(&id) else { continue };
             let State::Open { slot } = s.state else { continue };
             s.state = State::Closing { slot };
