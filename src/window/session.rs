@@ -107,15 +107,17 @@ impl Sessions {
         self.sessions.get(&id).is_some_and(|s| matches!(s.state, State::Open { .. }) && self.close_at(s.last) == at)
     }
 
-    /// The watermark at which the next session closes.
+    /// The watermark at which the next session closes, or the bounds of a closed one stop
+    /// mattering (so what is remembered depends only on the watermark, not on other keys).
     pub fn next_trigger(&mut self) -> i64 {
+        let expiry = self.expiring.first().map_or(i64::MAX, |&(at, _)| at);
         while let Some(&Reverse((at, id))) = self.closing.peek() {
             if self.current(at, id) {
-                return at;
+                return at.min(expiry);
             }
             self.fix_top(at, id);
         }
-        i64::MAX
+        expiry
     }
 
     /// The top entry `(at, id)` is out of date: move it to the session's close time, or drop

@@ -15,5 +15,6 @@ mod metrics;
 mod pipelines_e2e;
 mod restart;
 mod s3;
+mod session_property;
 mod storage_faults;
 mod window_property;
