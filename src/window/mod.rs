@@ -10,6 +10,7 @@
 
 mod checkpoint;
 pub mod columns;
+mod extract;
 mod groups;
 pub mod operator;
 pub mod plan;
