@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{ArrayRef, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::array::{Array, ArrayRef, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::decode::Event;
@@ -101,25 +101,38 @@ impl Columns {
             + ev.traceparent.as_deref().map_or(0, str::len);
     }
 
-    /// Takes the buffered rows as a batch and resets the builders.
+    /// Takes the buffered rows as a batch; the builders start again sized like it (no
+    /// regrowth and copying as the next batch fills them).
     pub fn finish(&mut self) -> RecordBatch {
         let cols: Vec<ArrayRef> = vec![
-            Arc::new(self.event_id.finish()),
-            Arc::new(self.event_type.finish()),
-            Arc::new(self.event_time.finish()),
-            Arc::new(self.version.finish()),
-            Arc::new(self.data.finish()),
-            Arc::new(self.metadata.finish()),
-            Arc::new(self.correlation_id.finish()),
-            Arc::new(self.source.finish()),
-            Arc::new(self.traceparent.finish()),
-            Arc::new(self.stream.finish()),
-            Arc::new(self.stream_id.finish()),
-            Arc::new(self.ingest_time.finish()),
+            take_str(&mut self.event_id),
+            take_str(&mut self.event_type),
+            take_ts(&mut self.event_time),
+            take_str(&mut self.version),
+            take_str(&mut self.data),
+            take_str(&mut self.metadata),
+            take_str(&mut self.correlation_id),
+            take_str(&mut self.source),
+            take_str(&mut self.traceparent),
+            take_str(&mut self.stream),
+            take_str(&mut self.stream_id),
+            take_ts(&mut self.ingest_time),
         ];
         self.rows = 0;
         self.bytes = 0;
         // The columns match the schema by construction; `try_new` only re-checks lengths.
         RecordBatch::try_new(archive_schema(), cols).expect("archive columns match the schema")
     }
+}
+
+fn take_str(b: &mut StringBuilder) -> ArrayRef {
+    let a = b.finish();
+    *b = StringBuilder::with_capacity(a.len(), a.values().len());
+    Arc::new(a)
+}
+
+fn take_ts(b: &mut TimestampMicrosecondBuilder) -> ArrayRef {
+    let a = b.finish();
+    *b = TimestampMicrosecondBuilder::with_capacity(a.len()).with_timezone("UTC");
+    Arc::new(a)
 }
