@@ -35,6 +35,8 @@ pub struct Closed {
     /// 0, or the window's n-th correction in `emit = "updates"` mode.
     pub revision: u32,
     pub rows: RecordBatch,
+    /// Per row `(start, end)` instead of `start`/`end` (sessions: many windows in one batch).
+    pub bounds: Option<(Vec<i64>, Vec<i64>)>,
 }
 
 /// `floor(a / b)` for a positive `b`.
@@ -244,7 +246,7 @@ impl FixedWindows {
                 {
                     let rows = p.evaluate(conv, &plan.aggregate_schema)?;
                     if rows.num_rows() > 0 {
-                        out.push(Closed { start: e - self.size, end: e, revision, rows });
+                        out.push(Closed { start: e - self.size, end: e, revision, rows, bounds: None });
                     }
                 }
                 continue;
@@ -360,6 +362,7 @@ impl FixedWindows {
             end: e,
             revision: 0,
             rows: window.evaluate(conv, &plan.aggregate_schema)?,
+            bounds: None,
         }))
     }
 }

@@ -122,7 +122,16 @@ impl Compiled {
 
     /// Applies HAVING and the SELECT list to a batch of group keys + aggregate values.
     pub fn finish(&self, batch: RecordBatch) -> datafusion::error::Result<RecordBatch> {
+        self.finish_rows(batch).map(|(b, _)| b)
+    }
+
+    /// [`Compiled::finish`], and which input rows HAVING kept (`None`: all, in order).
+    pub fn finish_rows(
+        &self,
+        batch: RecordBatch,
+    ) -> datafusion::error::Result<(RecordBatch, Option<arrow::array::UInt32Array>)> {
         let mut batch = batch;
+        let mut kept: Option<arrow::array::UInt32Array> = None;
         for step in &self.post {
             batch = match step {
                 Post::Filter(p) => {
@@ -131,6 +140,10 @@ impl Compiled {
                         .as_any()
                         .downcast_ref::<BooleanArray>()
                         .ok_or_else(|| DataFusionError::Internal("HAVING is not boolean".into()))?;
+                    let rows = kept.take().unwrap_or_else(|| (0..batch.num_rows() as u32).collect());
+                    let rows: arrow::array::UInt32Array =
+                        rows.iter().zip(mask.iter()).filter(|(_, m)| *m == Some(true)).map(|(r, _)| r).collect();
+                    kept = Some(rows);
                     arrow::compute::filter_record_batch(&batch, mask)?
                 }
                 Post::Project(exprs, schema) => {
@@ -142,7 +155,7 @@ impl Compiled {
                 }
             };
         }
-        Ok(batch)
+        Ok((batch, kept))
     }
 }
 

@@ -326,11 +326,15 @@ impl WindowedQuery {
     fn emit(&mut self, closed: Vec<Closed>) -> Result<()> {
         let now_ms = chrono::Utc::now().timestamp_millis();
         for c in closed {
-            if c.revision == 0 {
-                self.stats.emit_latency.record((now_ms - c.end.div_euclid(1000)).max(0) as u64);
+            let latency = |end: i64| (now_ms - end.div_euclid(1000)).max(0) as u64;
+            match &c.bounds {
+                Some((_, ends)) => ends.iter().for_each(|&e| self.stats.emit_latency.record(latency(e))),
+                None if c.revision == 0 => self.stats.emit_latency.record(latency(c.end)),
+                None => {}
             }
+            let windows = c.bounds.as_ref().map_or(1, |(s, _)| s.len() as u64);
             if let Some(rows) = self.table_rows(c)? {
-                self.stats.windows += 1;
+                self.stats.windows += windows;
                 self.stats.rows += rows.num_rows() as u64;
                 self.ready.push(rows);
             }
@@ -341,14 +345,24 @@ impl WindowedQuery {
     /// A window's aggregate rows through HAVING / SELECT, with the window columns in front
     /// (`None` when HAVING left nothing).
     fn table_rows(&self, c: Closed) -> Result<Option<RecordBatch>> {
-        let rows = self.plan.finish(c.rows)?;
+        let (rows, kept) = self.plan.finish_rows(c.rows)?;
         let n = rows.num_rows();
         if n == 0 {
             return Ok(None);
         }
+        let (starts, ends) = match c.bounds {
+            Some((s, e)) => match kept {
+                Some(k) => (
+                    k.values().iter().map(|&i| s[i as usize]).collect(),
+                    k.values().iter().map(|&i| e[i as usize]).collect(),
+                ),
+                None => (s, e),
+            },
+            None => (vec![c.start; n], vec![c.end; n]),
+        };
         let mut cols: Vec<ArrayRef> = vec![
-            Arc::new(TimestampMicrosecondArray::from(vec![c.start; n]).with_timezone("UTC")),
-            Arc::new(TimestampMicrosecondArray::from(vec![c.end; n]).with_timezone("UTC")),
+            Arc::new(TimestampMicrosecondArray::from(starts).with_timezone("UTC")),
+            Arc::new(TimestampMicrosecondArray::from(ends).with_timezone("UTC")),
         ];
         if self.spec.emit == Emit::Updates {
             cols.push(Arc::new(UInt32Array::from(vec![c.revision; n])));

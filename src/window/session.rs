@@ -316,16 +316,53 @@ impl Sessions {
         }
         let values = self.compact(plan, true)?;
         let pending = std::mem::take(&mut self.pending);
-        for (k, id) in pending.into_iter().enumerate() {
+        // One batch for all of them, each row with its own bounds.
+        let rows: Vec<(usize, u64)> = pending.into_iter().enumerate().collect();
+        out.extend(self.session_rows(plan, conv, &rows, &values)?);
+        for (_, id) in rows {
             let Some(s) = self.sessions.get_mut(&id) else { continue };
             s.state = State::Closed;
-            let vals: Vec<ArrayRef> = values.iter().map(|v| v.slice(k, 1)).collect();
-            out.push(session_row(plan, conv, s, self.gap, vals)?);
             if s.expired {
                 self.sessions.remove(&id);
             }
         }
         Ok(())
+    }
+
+    /// The sessions `rows` (value row, session id) as one batch of key + aggregate columns,
+    /// with per-row bounds.
+    fn session_rows(
+        &self,
+        plan: &Compiled,
+        conv: Option<&RowConverter>,
+        rows: &[(usize, u64)],
+        values: &[ArrayRef],
+    ) -> Result<Option<Closed>> {
+        let found: Vec<(usize, &Session)> =
+            rows.iter().filter_map(|&(k, id)| Some((k, self.sessions.get(&id)?))).collect();
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let idx = UInt32Array::from_iter_values(found.iter().map(|&(k, _)| k as u32));
+        let mut cols: Vec<ArrayRef> = match conv {
+            Some(c) => {
+                let parser = c.parser();
+                c.convert_rows(found.iter().map(|(_, s)| parser.parse(&s.key)))?
+            }
+            None => Vec::new(),
+        };
+        for v in values {
+            cols.push(take(v, &idx, None)?);
+        }
+        let starts: Vec<i64> = found.iter().map(|(_, s)| s.start).collect();
+        let ends: Vec<i64> = found.iter().map(|(_, s)| s.last.saturating_add(self.gap)).collect();
+        Ok(Some(Closed {
+            start: starts[0],
+            end: ends[0],
+            revision: 0,
+            rows: RecordBatch::try_new(plan.aggregate_schema.clone(), cols)?,
+            bounds: Some((starts, ends)),
+        }))
     }
 
     /// Rebuilds the accumulators with one slot per open session (bridged slots folded into
@@ -416,12 +453,8 @@ impl Sessions {
             }
         }
         open.sort_unstable();
-        let mut out = Vec::with_capacity(open.len());
-        for (_, slot) in open {
-            let s = &self.sessions[&self.slot_owner[slot]];
-            out.push(session_row(plan, conv, s, self.gap, values.iter().map(|v| v.slice(slot, 1)).collect())?);
-        }
-        Ok(out)
+        let rows: Vec<(usize, u64)> = open.into_iter().map(|(_, slot)| (slot, self.slot_owner[slot])).collect();
+        Ok(self.session_rows(plan, conv, &rows, &values)?.into_iter().collect())
     }
 
     /// Emits every session whose close time the watermark `wm` has reached.
@@ -440,21 +473,4 @@ impl Sessions {
 /// Fresh groups accumulators, one per aggregate.
 fn fresh(plan: &Compiled) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
     plan.aggregates.iter().map(|a| a.groups_accumulator()).collect()
-}
-
-/// One session's output row: its key columns, then the aggregate `values`.
-fn session_row(
-    plan: &Compiled,
-    conv: Option<&RowConverter>,
-    s: &Session,
-    gap: i64,
-    values: Vec<ArrayRef>,
-) -> Result<Closed> {
-    let mut cols: Vec<ArrayRef> = match conv {
-        Some(c) => c.convert_rows(std::iter::once(c.parser().parse(&s.key)))?,
-        None => Vec::new(),
-    };
-    cols.extend(values);
-    let rows = RecordBatch::try_new(plan.aggregate_schema.clone(), cols)?;
-    Ok(Closed { start: s.start, end: s.last.saturating_add(gap), revision: 0, rows })
 }
