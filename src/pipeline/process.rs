@@ -253,7 +253,7 @@ impl Processor {
         // Events go to the windows in micro-batches of up to 8,192 rows (fewer, larger DataFusion
         // calls; results do not depend on batch boundaries); the tick and commits flush the rest.
         if self.pipelines.buffered() >= crate::replay::BATCH_ROWS {
-            self.pipelines.process()?;
+            self.pipelines.process_in_background()?;
         }
         let now_ms = (now_us / 1000).max(0) as u64;
         for e in &batch.entries {

@@ -40,6 +40,9 @@ pub const LATE_TABLE: &str = "late_events";
 /// Every pipeline of a run, fed from one stream of accepted events.
 pub struct Pipelines {
     queries: Vec<WindowedQuery>,
+    /// A micro-batch being aggregated on its own thread ([`Pipelines::process_in_background`]);
+    /// `queries` is with it until [`Pipelines::settle`].
+    in_flight: Option<std::thread::JoinHandle<(Vec<WindowedQuery>, Result<()>)>>,
     columns: EventColumns,
     schemas: Vec<SchemaRef>,
     tables: Vec<TableBuffer>,
@@ -89,11 +92,11 @@ impl Pipelines {
             .iter()
             .map(|q| TableBuffer::new(format!("{LATE_TABLE}/pipeline={}", q.spec.name), late_schema(), 0))
             .collect();
-        Ok(Pipelines { queries, columns, schemas, tables, late })
+        Ok(Pipelines { queries, in_flight: None, columns, schemas, tables, late })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queries.is_empty()
+        self.schemas.is_empty()
     }
 
     /// Each pipeline's spec and output table schema.
@@ -101,6 +104,8 @@ impl Pipelines {
         self.queries.iter().map(|q| (q.spec.clone(), q.output.clone())).collect()
     }
 
+    /// The pipelines (empty while a batch is in flight: call after [`Pipelines::settle`] or
+    /// anything that settles, e.g. [`Pipelines::on_tick`] or a commit).
     pub fn queries(&self) -> &[WindowedQuery] {
         &self.queries
     }
@@ -119,7 +124,7 @@ impl Pipelines {
 
     /// Buffers one accepted (deduplicated) event.
     pub fn append(&mut self, ev: &Event<'_>, stream: &str, id: EntryId) {
-        if !self.queries.is_empty() {
+        if !self.schemas.is_empty() {
             self.columns.append(ev, stream, id);
         }
     }
@@ -129,8 +134,46 @@ impl Pipelines {
         self.columns.len()
     }
 
+    /// Waits for the micro-batch aggregating in the background, if any, and collects its
+    /// output. Everything that reads or changes the windows calls it first, so batches are
+    /// applied in order and the results do not depend on it.
+    pub fn settle(&mut self) -> Result<()> {
+        let Some(job) = self.in_flight.take() else { return Ok(()) };
+        let (queries, result) = job.join().map_err(|_| Error::Internal("a window thread panicked".into()))?;
+        self.queries = queries;
+        result?;
+        self.collect()
+    }
+
+    /// [`Pipelines::process`] on another thread: the caller goes on decoding and buffering
+    /// the next events meanwhile (live runs; one batch in flight at a time).
+    pub fn process_in_background(&mut self) -> Result<()> {
+        self.settle()?;
+        if self.columns.is_empty() {
+            return Ok(());
+        }
+        let batches = self.columns.finish(&self.schemas)?;
+        let mut queries = std::mem::take(&mut self.queries);
+        let job = std::thread::Builder::new()
+            .name("eventide-windows".into())
+            .spawn(move || {
+                let mut result = Ok(());
+                for (q, b) in queries.iter_mut().zip(&batches) {
+                    if let Err(e) = q.process(b) {
+                        result = Err(query_error(&q.spec, e));
+                        break;
+                    }
+                }
+                (queries, result)
+            })
+            .map_err(|e| Error::Internal(format!("cannot start a window thread: {e}")))?;
+        self.in_flight = Some(job);
+        Ok(())
+    }
+
     /// Runs the buffered events through every pipeline.
     pub fn process(&mut self) -> Result<()> {
+        self.settle()?;
         if self.columns.is_empty() {
             return Ok(());
         }
@@ -148,6 +191,7 @@ impl Pipelines {
         batches: &[arrow::array::RecordBatch],
         keep: Option<&arrow::array::BooleanArray>,
     ) -> Result<()> {
+        self.settle()?;
         for (q, b) in self.queries.iter_mut().zip(batches) {
             q.process_masked(b, keep).map_err(|e| query_error(&q.spec, e))?;
         }
@@ -195,6 +239,7 @@ impl Pipelines {
         &mut self,
         name: &str,
     ) -> Result<Option<(Vec<arrow::array::RecordBatch>, Vec<arrow::array::RecordBatch>)>> {
+        self.settle()?;
         let Some(i) = self.queries.iter().position(|q| q.spec.name == name) else { return Ok(None) };
         self.process()?;
         let q = &mut self.queries[i];
