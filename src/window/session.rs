@@ -432,20 +432,30 @@ impl Sessions {
         Ok(values)
     }
 
-    /// The current values of every open session (a live view; the sessions are unchanged).
-    pub fn peek(&mut self, plan: &Compiled, conv: Option<&RowConverter>) -> Result<Vec<Closed>> {
+    /// Every slot's intermediate state (one row per slot, bridged slots folded), leaving
+    /// the sessions as they were.
+    fn states(&mut self, plan: &Compiled) -> Result<Vec<Vec<ArrayRef>>> {
         self.compact(plan, false)?;
-        // Evaluate a copy (state → fresh accumulators): evaluating consumes the groups.
         let states = self.accs.iter_mut().map(|a| a.state(EmitTo::All)).collect::<Result<Vec<_>>>()?;
         let all: Vec<usize> = (0..self.slot_owner.len()).collect();
-        let (mut accs, mut view) = (fresh(plan)?, fresh(plan)?);
-        let mut values = Vec::new();
-        for ((acc, v), st) in accs.iter_mut().zip(view.iter_mut()).zip(&states) {
+        let mut accs = fresh(plan)?;
+        for (acc, st) in accs.iter_mut().zip(&states) {
             acc.merge_batch(st, &all, all.len())?;
+        }
+        self.accs = accs;
+        Ok(states)
+    }
+
+    /// The current values of every open session (a live view; the sessions are unchanged).
+    pub fn peek(&mut self, plan: &Compiled, conv: Option<&RowConverter>) -> Result<Vec<Closed>> {
+        // Evaluate a copy (state → fresh accumulators): evaluating consumes the groups.
+        let states = self.states(plan)?;
+        let all: Vec<usize> = (0..self.slot_owner.len()).collect();
+        let mut values = Vec::new();
+        for (v, st) in fresh(plan)?.iter_mut().zip(&states) {
             v.merge_batch(st, &all, all.len())?;
             values.push(v.evaluate(EmitTo::All)?);
         }
-        self.accs = accs;
         let mut open: Vec<(i64, usize)> = Vec::new();
         for (slot, id) in self.slot_owner.iter().enumerate() {
             if let Some(s) = self.sessions.get(id).filter(|s| matches!(s.state, State::Open { .. })) {

@@ -7,9 +7,8 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, AsArray, BinaryArray, Int64Array, RecordBatch, UInt64Array};
 use arrow::datatypes::{Field, Int64Type, Schema, UInt64Type};
 use datafusion::error::{DataFusionError, Result};
-use datafusion::logical_expr::EmitTo;
 
-use super::{Session, Sessions, State, fresh};
+use super::{Session, Sessions, State};
 use crate::window::plan::Compiled;
 
 /// A checkpoint of [`Sessions`]: two batches follow it, the open sessions (`key`, `id`,
@@ -23,14 +22,7 @@ pub struct SessionState {
 
 impl Sessions {
     pub fn save(&mut self, plan: &Compiled) -> Result<(SessionState, Vec<RecordBatch>)> {
-        self.compact(plan, false)?;
-        let states = self.accs.iter_mut().map(|a| a.state(EmitTo::All)).collect::<Result<Vec<_>>>()?;
-        let all: Vec<usize> = (0..self.slot_owner.len()).collect();
-        let mut accs = fresh(plan)?;
-        for (acc, st) in accs.iter_mut().zip(&states) {
-            acc.merge_batch(st, &all, all.len())?;
-        }
-        self.accs = accs;
+        let states = self.states(plan)?;
         let widths: Vec<usize> = states.iter().map(Vec::len).collect();
         // Open sessions (closing ones too: restored, the watermark closes them again), in
         // slot order, which is the state columns' row order.
