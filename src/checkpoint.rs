@@ -66,6 +66,17 @@ pub struct Manifest {
     pub positions: BTreeMap<String, String>,
     /// Running totals as of this checkpoint.
     pub totals: Totals,
+    /// The fencing token of the lease under which it was written (0: before fencing).
+    #[serde(default)]
+    pub token: u64,
+    /// Wall-clock estimate (unix ms) of when that lease could have lapsed, as the writer knew
+    /// it at the commit: `created_ms` is always before it (a check of the time-based fence).
+    #[serde(default)]
+    pub lease_deadline_ms: Option<i64>,
+    /// Written by a new lease holder to take the checkpoint line over: the previous state
+    /// again, under the next epoch, so the previous holder can commit nothing more.
+    #[serde(default)]
+    pub takeover: bool,
 }
 
 /// Counts as of a checkpoint (they survive restarts in the manifest).
@@ -174,8 +185,8 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// Deletes staged files of epochs after `committed` (work a crash left unfinished);
-    /// returns how many.
+    /// Deletes staged files of epochs after `committed` (work a crash, or a holder that lost
+    /// its lease, left unfinished; `None`: every staged file); returns how many.
     pub async fn abort_uncommitted(&self, committed: Option<u64>) -> Result<usize> {
         let prefix = Path::from(self.staging.as_str());
         let staged: Vec<_> = self.lake.store().list(Some(&prefix)).try_collect().await?;
@@ -271,6 +282,28 @@ pub fn manifest(cp: &Checkpoints, epoch: u64, started_ms: i64) -> Manifest {
         tables: None,
         positions: BTreeMap::new(),
         totals: Totals::default(),
+        token: 0,
+        lease_deadline_ms: None,
+        takeover: false,
+    }
+}
+
+/// The takeover manifest of `latest`'s line: its state again, as the next epoch, with no
+/// files of its own (the caller published `latest`'s first). Committing it (create-only)
+/// before touching anything makes sure the previous holder can no longer commit: its next
+/// manifest would be this epoch's.
+pub fn takeover(cp: &Checkpoints, latest: &Manifest, token: u64, lease_deadline_ms: i64) -> Manifest {
+    let now = chrono::Utc::now().timestamp_millis();
+    Manifest {
+        epoch: latest.epoch + 1,
+        consumer: cp.consumer.clone(),
+        started_ms: now,
+        created_ms: now,
+        files: Vec::new(),
+        token,
+        lease_deadline_ms: Some(lease_deadline_ms),
+        takeover: true,
+        ..latest.clone()
     }
 }
 

@@ -36,6 +36,9 @@ pub enum Error {
     /// Another instance took over the consumer group (lost lease, or a newer checkpoint).
     #[error("fenced: {0}")]
     Fenced(String),
+    /// A bounded resource is in use (a request may be retried).
+    #[error("busy: {0}")]
+    Busy(String),
     /// A pipeline task stopped unexpectedly (a bug, or its own error was reported first).
     #[error("internal: {0}")]
     Internal(String),

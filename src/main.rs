@@ -14,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     no_transparent_huge_pages();
+    open_files_up_to_the_hard_limit();
     let args = cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("EVENTIDE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log));
@@ -42,6 +43,21 @@ fn no_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's memory map; no pointers.
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+/// The soft open-files limit raised to the hard one (as Go and the JVM do): the HTTP server's
+/// connection cap, Redis connections and Parquet files share it; the cap, not the limit, is
+/// what bounds the server.
+fn open_files_up_to_the_hard_limit() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: getrlimit/setrlimit on a local struct; no other memory is touched.
+    unsafe {
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
     }
 }
 

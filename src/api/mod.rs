@@ -3,23 +3,31 @@
 //! `/api/status` (the snapshot as JSON, for `eventide status`), the live dashboard at `/`
 //! (`dashboard.html`, plain JavaScript polling the JSON APIs), and the aggregates API for
 //! dashboards ([`windows`]: `/api/pipelines`, `/api/pipelines/{name}/windows`). Bound to
-//! loopback by default; an optional bearer token guards every path but `/healthz`.
+//! loopback by default; an optional bearer token (compared in constant time) guards every
+//! path but `/healthz` and the static page.
 //!
-//! It sits beside the pipeline: it only reads the [`Registry`] the processor and the Redis
-//! probe publish to, so a slow scrape never slows the data path.
+//! It runs from process start, on standby too (`/healthz` 200 while alive, `/readyz` says
+//! `standby`, `recovering`, `reading` or what is broken), on hyper with bounded connections,
+//! head and body sizes and timeouts ([`http`]). It sits beside the pipeline: it only reads
+//! the [`Registry`] the processor and the Redis probe publish to, so a slow scrape never
+//! slows the data path; live windows are asked of the processor with a bounded wait.
 
 pub mod http;
 pub mod windows;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 use crate::error::Result;
 use crate::metrics::{Registry, Snapshot, prometheus};
-use http::{Request, Response};
+pub use http::Limits;
+use http::{Request, Response, ServerStats};
 
 /// The live dashboard (`/`): one static page, no build step.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -32,6 +40,7 @@ pub struct ApiOptions {
     pub token: Option<String>,
     /// `/readyz` fails when the processor or the probe has not reported for this long.
     pub stall_after: Duration,
+    pub limits: Limits,
 }
 
 /// Binds `opts.addr` (port 0 picks a free port) and returns the bound address.
@@ -47,33 +56,31 @@ pub async fn bind(opts: &ApiOptions) -> Result<(TcpListener, SocketAddr)> {
 pub struct ApiContext {
     pub opts: ApiOptions,
     pub registry: Registry,
-    pub windows: Option<windows::WindowsSource>,
+    /// Filled while this process holds the group's lease and has pipelines.
+    pub windows: windows::WindowsSlot,
+    pub server: Arc<ServerStats>,
 }
 
-/// Serves until `shutdown` completes.
-pub async fn serve(listener: TcpListener, ctx: ApiContext, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            acc = listener.accept() => {
-                let Ok((mut stream, _)) = acc else { continue };
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    let req = match tokio::time::timeout(Duration::from_secs(10), http::read_request(&mut stream)).await {
-                        Ok(Ok(Some(r))) => r,
-                        Ok(Ok(None)) => {
-                            let _ = http::write_response(&mut stream, &Response::text(400, "bad request\n"), false).await;
-                            return;
-                        }
-                        _ => return,
-                    };
-                    let resp = route(&req, &ctx).await;
-                    let _ = http::write_response(&mut stream, &resp, req.method == "HEAD").await;
-                });
-            }
-        }
+impl ApiContext {
+    pub fn new(opts: ApiOptions, registry: Registry, windows: windows::WindowsSlot) -> Self {
+        ApiContext { opts, registry, windows, server: Default::default() }
     }
+}
+
+/// Serves until `shutdown` completes (then requests in flight finish).
+pub async fn serve(listener: TcpListener, ctx: ApiContext, shutdown: impl Future<Output = ()>) {
+    let (limits, stats) = (ctx.opts.limits.clone(), ctx.server.clone());
+    let ctx = Arc::new(ctx);
+    let handler = move |req: Request| {
+        let ctx = ctx.clone();
+        async move { route(&req, &ctx).await }
+    };
+    http::serve(listener, limits, stats, handler, shutdown).await;
+}
+
+/// Whether `given` is the configured token, in time independent of where they differ.
+fn token_matches(given: Option<&str>, token: &str) -> bool {
+    given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(token.as_bytes())))
 }
 
 /// Answers one request.
@@ -91,7 +98,7 @@ pub async fn route(req: &Request, ctx: &ApiContext) -> Response {
     }
     if let Some(token) = &opts.token {
         let given = req.header("authorization").and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
+        if !token_matches(given, token) {
             return Response::text(401, "missing or wrong bearer token\n");
         }
     }
@@ -101,19 +108,44 @@ pub async fn route(req: &Request, ctx: &ApiContext) -> Response {
         "/metrics" => Response::new(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            prometheus::render(&snap, now, chrono::Utc::now().timestamp_millis()),
+            prometheus::render_with(&snap, now, chrono::Utc::now().timestamp_millis(), |o| {
+                server_metrics(o, &ctx.server)
+            }),
         ),
         "/readyz" => match snap.readiness(now, opts.stall_after) {
-            Ok(()) => Response::text(200, "ready\n"),
+            Ok(role) => Response::text(200, format!("ready: {}\n", role.as_str())),
             Err(why) => Response::text(503, format!("not ready: {}\n", why.join("; "))),
         },
         "/api/status" => Response::new(200, "application/json", status_json(&snap, now).to_string()),
-        path if path == "/api/pipelines" || path.starts_with("/api/pipelines/") => match &ctx.windows {
+        path if path == "/api/pipelines" || path.starts_with("/api/pipelines/") => match ctx.windows.get() {
             Some(w) => w.handle(req).await,
-            None => Response::text(404, "no pipelines in this process\n"),
+            None if snap.role == crate::metrics::Role::Reading => Response::text(404, "no pipelines in this process\n"),
+            None => Response::text(
+                503,
+                format!("{}: this instance does not hold the group's lease; ask the reader\n", snap.role.as_str()),
+            ),
         },
         _ => Response::text(404, "not found; try /metrics, /healthz, /readyz, /api/status, /api/pipelines\n"),
     }
+}
+
+/// The HTTP server's own families.
+fn server_metrics(o: &mut prometheus::Out, s: &ServerStats) {
+    let get = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    o.one(prometheus::HTTP_OPEN, "gauge", "Open connections to the ops HTTP server.", get(&s.open));
+    o.one(prometheus::HTTP_ACCEPTED, "counter", "Connections accepted by the ops HTTP server.", get(&s.accepted));
+    o.one(
+        prometheus::HTTP_REFUSED,
+        "counter",
+        "Connections refused at the connection cap (every connection busy).",
+        get(&s.refused),
+    );
+    o.one(
+        prometheus::HTTP_EVICTED,
+        "counter",
+        "Idle connections closed to make room at the connection cap.",
+        get(&s.evicted),
+    );
 }
 
 /// The snapshot as JSON (`eventide status` reads it).
@@ -123,6 +155,8 @@ pub fn status_json(s: &Snapshot, now: Instant) -> serde_json::Value {
     serde_json::json!({
         "group": s.group,
         "consumer": s.consumer,
+        "role": s.role.as_str(),
+        "holder": s.holder,
         "uptime_seconds": uptime,
         "read": s.stats.read,
         "accepted": s.stats.accepted,
@@ -162,6 +196,7 @@ pub fn status_json(s: &Snapshot, now: Instant) -> serde_json::Value {
             "watermark_lag_seconds": p.watermark_us.map(|w| (now_us - w) as f64 / 1e6),
             "open_windows": p.open_windows,
             "pending_rows": p.pending_rows,
+            "failed": p.failed,
         })).collect::<Vec<_>>(),
         "probe_error": s.probe.error,
     })

@@ -10,7 +10,10 @@
 //!   `Accept: text/csv` / `application/vnd.apache.arrow.stream`.
 //!
 //! Open windows are computed by the processor, which owns the window state: a request goes
-//! to it over a channel and waits (bounded) for the answer.
+//! to it over a bounded channel (full: `503`, never a queue that grows) and waits at most
+//! [`LIVE_WAIT`] for the answer; at most [`MAX_CONCURRENT`] window requests run at once. The
+//! lake's query context is opened once and reused (opened again only until every table has
+//! data to register).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,14 +44,55 @@ pub struct LiveRequest {
 /// Where window rows come from.
 #[derive(Clone)]
 pub struct WindowsSource {
-    pub lake: Lake,
-    pub tables: Vec<(PipelineSpec, SchemaRef)>,
-    pub live: mpsc::Sender<LiveRequest>,
+    lake: Lake,
+    tables: Vec<(PipelineSpec, SchemaRef)>,
+    live: mpsc::Sender<LiveRequest>,
+    query: Arc<tokio::sync::Mutex<Option<Arc<LakeQuery>>>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// The windows API of whichever term of this process holds the lease (`None`: on standby).
+#[derive(Clone, Default)]
+pub struct WindowsSlot(Arc<std::sync::RwLock<Option<WindowsSource>>>);
+
+impl WindowsSlot {
+    pub fn set(&self, source: Option<WindowsSource>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = source;
+    }
+
+    pub fn get(&self) -> Option<WindowsSource> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 const MAX_LIMIT: usize = 100_000;
+/// How long a request waits for the processor's live rows.
+pub const LIVE_WAIT: Duration = Duration::from_secs(2);
+/// Window requests served at once; more wait for a turn (at most [`LIVE_WAIT`]).
+pub const MAX_CONCURRENT: usize = 4;
 
 impl WindowsSource {
+    pub fn new(lake: Lake, tables: Vec<(PipelineSpec, SchemaRef)>, live: mpsc::Sender<LiveRequest>) -> Self {
+        WindowsSource {
+            lake,
+            tables,
+            live,
+            query: Default::default(),
+            permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT)),
+        }
+    }
+
+    /// The lake's query context, opened once (again while `table` has no data registered).
+    async fn lake_query(&self, table: &str) -> Result<Arc<LakeQuery>> {
+        let mut q = self.query.lock().await;
+        if let Some(open) = q.as_ref().filter(|q| q.tables.iter().any(|t| t.name == table && t.registered)) {
+            return Ok(open.clone());
+        }
+        let open = Arc::new(LakeQuery::open(&self.lake, &self.tables).await?);
+        *q = Some(open.clone());
+        Ok(open)
+    }
+
     pub async fn handle(&self, req: &Request) -> Response {
         let rest = req.path.trim_start_matches("/api/pipelines").trim_start_matches('/');
         if rest.is_empty() {
@@ -57,8 +101,12 @@ impl WindowsSource {
         let Some(name) = rest.strip_suffix("/windows") else {
             return Response::text(404, "use /api/pipelines/{name}/windows\n");
         };
+        let Ok(Ok(_permit)) = tokio::time::timeout(LIVE_WAIT, self.permits.acquire()).await else {
+            return Response::text(503, "busy: too many window requests at once; retry\n");
+        };
         match self.windows(name, req).await {
             Ok(r) => r,
+            Err(Error::Busy(m)) => Response::text(503, format!("{m}\n")),
             Err(Error::Config(m)) => Response::text(400, format!("{m}\n")),
             Err(e) => Response::text(500, format!("{e}\n")),
         }
@@ -105,7 +153,7 @@ impl WindowsSource {
         .min(MAX_LIMIT);
 
         // Committed rows.
-        let q = LakeQuery::open(&self.lake, &self.tables).await?;
+        let q = self.lake_query(name).await?;
         let mut cond = Vec::new();
         if let Some(f) = from {
             cond.push(format!("window_start >= to_timestamp_micros({f})"));
@@ -124,13 +172,13 @@ impl WindowsSource {
 
         // Rows only the processor has.
         let (reply, answer) = oneshot::channel();
-        self.live
-            .send(LiveRequest { pipeline: name.to_string(), reply })
+        self.live.try_send(LiveRequest { pipeline: name.to_string(), reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::Busy("busy: the processor has live requests queued".into()),
+            mpsc::error::TrySendError::Closed(_) => Error::Busy("the pipeline has stopped (standby)".into()),
+        })?;
+        let (open, pending) = tokio::time::timeout(LIVE_WAIT, answer)
             .await
-            .map_err(|_| Error::Internal("the pipeline has stopped".into()))?;
-        let (open, pending) = tokio::time::timeout(Duration::from_secs(10), answer)
-            .await
-            .map_err(|_| Error::Internal("the pipeline did not answer in 10s".into()))?
+            .map_err(|_| Error::Busy(format!("busy: the processor did not answer within {LIVE_WAIT:?}")))?
             .map_err(|_| Error::Internal("the pipeline has stopped".into()))??
             .unwrap_or_default();
 

@@ -14,8 +14,25 @@ pub struct RunArgs {
     /// Config file (default: ./eventide.toml when present).
     #[arg(long, short, env = "EVENTIDE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Redis URL: redis://host:port, rediss://[user@]host:port for TLS (no password in it:
+    /// use EVENTIDE_REDIS_PASSWORD or --redis-password-file).
     #[arg(long, env = "EVENTIDE_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// The Redis password, from the environment only (kept off the command line).
+    #[arg(long, env = "EVENTIDE_REDIS_PASSWORD", hide_env_values = true, hide = true)]
+    pub redis_password: Option<String>,
+    /// File holding the Redis password.
+    #[arg(long, env = "EVENTIDE_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<String>,
+    /// PEM CA bundle that signed the Redis server's certificate (rediss://).
+    #[arg(long, env = "EVENTIDE_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<String>,
+    /// PEM client certificate for mutual TLS (with --redis-client-key).
+    #[arg(long, env = "EVENTIDE_REDIS_CLIENT_CERT")]
+    pub redis_client_cert: Option<String>,
+    /// PEM private key of the client certificate.
+    #[arg(long, env = "EVENTIDE_REDIS_CLIENT_KEY")]
+    pub redis_client_key: Option<String>,
     /// Stream key to read (repeatable; the variable takes a comma-separated list).
     #[arg(long = "stream", env = "EVENTIDE_STREAM", value_delimiter = ',')]
     pub streams: Vec<String>,
@@ -44,12 +61,21 @@ pub struct RunArgs {
     /// Dead-letter stream (default <stream>:dlq).
     #[arg(long, env = "EVENTIDE_DLQ_STREAM")]
     pub dlq_stream: Option<String>,
+    /// Original bytes kept per dead letter (default 1MiB; the rest cut, dlq_truncated set).
+    #[arg(long, env = "EVENTIDE_DLQ_MAX_ENTRY_BYTES")]
+    pub dlq_max_entry_bytes: Option<ByteSize>,
+    /// MAXLEN ~ of each dead-letter stream (default 100000; 0: unbounded).
+    #[arg(long, env = "EVENTIDE_DLQ_MAXLEN")]
+    pub dlq_maxlen: Option<u64>,
     #[arg(long, env = "EVENTIDE_MAX_ENTRY_BYTES")]
     pub max_entry_bytes: Option<ByteSize>,
     #[arg(long, env = "EVENTIDE_MAX_FUTURE")]
     pub max_future: Option<Dur>,
     #[arg(long, env = "EVENTIDE_DEDUP_HORIZON")]
     pub dedup_horizon: Option<Dur>,
+    /// How far ahead of the wall clock an event may move a pipeline's watermark (default 0s).
+    #[arg(long, env = "EVENTIDE_MAX_CLOCK_SKEW")]
+    pub max_clock_skew: Option<Dur>,
     /// Lake: a directory, file://, s3://, gs://, az:// or memory://.
     #[arg(long, env = "EVENTIDE_LAKE")]
     pub lake: Option<String>,
@@ -82,6 +108,9 @@ pub struct RunArgs {
     /// Bearer token for the HTTP server (all paths but /healthz).
     #[arg(long, env = "EVENTIDE_HTTP_TOKEN", hide_env_values = true)]
     pub http_token: Option<String>,
+    /// File holding the bearer token (keeps it off the command line).
+    #[arg(long, env = "EVENTIDE_HTTP_TOKEN_FILE")]
+    pub http_token_file: Option<String>,
     #[arg(long, env = "EVENTIDE_PROBE_INTERVAL")]
     pub probe_interval: Option<Dur>,
     /// One instance per group reads; others take over when its lease expires.
@@ -133,9 +162,12 @@ impl RunArgs {
             block,
             claim_interval,
             claim_min_idle,
+            dlq_max_entry_bytes,
+            dlq_maxlen,
             max_entry_bytes,
             max_future,
             dedup_horizon,
+            max_clock_skew,
             lake,
             roll_bytes,
             roll_age,
@@ -152,6 +184,18 @@ impl RunArgs {
         if a.http_token.is_some() {
             cfg.http_token = a.http_token;
         }
+        for (to, from) in [
+            (&mut cfg.redis_password, a.redis_password),
+            (&mut cfg.redis_password_file, a.redis_password_file),
+            (&mut cfg.redis_ca_file, a.redis_ca_file),
+            (&mut cfg.redis_client_cert, a.redis_client_cert),
+            (&mut cfg.redis_client_key, a.redis_client_key),
+            (&mut cfg.http_token_file, a.http_token_file),
+        ] {
+            if from.is_some() {
+                *to = from;
+            }
+        }
         Ok((cfg, source))
     }
 }
@@ -160,7 +204,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
     let (cfg, _) = args.config()?;
     let opts = cfg.pipeline_options()?;
     tracing::info!(
-        redis = %redact(&cfg.redis_url), streams = ?cfg.streams, group = %cfg.group, consumer = %cfg.consumer,
+        redis = %eventide::source::connect::redact(&cfg.redis_url), streams = ?cfg.streams, group = %cfg.group, consumer = %cfg.consumer,
         lake = %cfg.lake, "Starting pipeline."
     );
     let summary = eventide::pipeline::run(opts, shutdown).await?;
@@ -258,17 +302,6 @@ async fn validate_pipelines(dir: &str) -> bool {
             }
             false
         }
-    }
-}
-
-/// Hides a password in a Redis URL for logs.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
     }
 }
 

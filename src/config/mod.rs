@@ -17,13 +17,25 @@ use crate::error::{Error, Result};
 use crate::pipeline::PipelineOptions;
 use crate::sink::archive::{ArchiveOptions, sanitize_name};
 use crate::source::SourceOptions;
+use crate::source::connect::{RedisConnect, TlsFiles};
 
 /// Settings of `eventide run`. Every key is optional; defaults suit a local setup.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Redis URL (`redis://[user:pass@]host:port[/db]`, `rediss://` for TLS).
+    /// Redis URL (`redis://[user[:pass]@]host:port[/db]`, `rediss://` for TLS).
     pub redis_url: String,
+    /// File holding the Redis password (trailing newline ignored), so that it is neither in
+    /// the URL nor on a command line; `EVENTIDE_REDIS_PASSWORD` works too.
+    pub redis_password_file: Option<String>,
+    /// The password from `EVENTIDE_REDIS_PASSWORD` (never read from the config file).
+    #[serde(skip)]
+    pub redis_password: Option<String>,
+    /// PEM CA bundle for `rediss://` (a private CA; default: the system's roots).
+    pub redis_ca_file: Option<String>,
+    /// PEM client certificate and key for mutual TLS.
+    pub redis_client_cert: Option<String>,
+    pub redis_client_key: Option<String>,
     /// Stream keys to read.
     pub streams: Vec<String>,
     /// Consumer group (give the pipeline its own, e.g. `analytics`).
@@ -48,11 +60,21 @@ pub struct Config {
     pub claim_min_idle: Dur,
     /// Dead-letter stream key (default: `<stream>:dlq` per stream).
     pub dlq_stream: Option<String>,
+    /// Original bytes kept per dead letter (the rest cut, `dlq_truncated` set).
+    pub dlq_max_entry_bytes: ByteSize,
+    /// `MAXLEN ~` of each dead-letter stream (0: unbounded).
+    pub dlq_maxlen: u64,
     pub max_entry_bytes: ByteSize,
     /// Events further than this ahead of ingest time are rejected.
     pub max_future: Dur,
     /// Event-time horizon of exact dedup by event_id.
     pub dedup_horizon: Dur,
+    /// How far ahead of the wall clock an event may move a pipeline's watermark (producers'
+    /// clock skew): the watermark stays at most `now + max_clock_skew − watermark`. Events
+    /// stamped further ahead wait in their windows until the clock gets there. Default 0:
+    /// a future-stamped event moves it no further than an honest event stamped now would;
+    /// more closes windows sooner for fast producers but can make honest events late.
+    pub max_clock_skew: Dur,
     /// Lake location: a path, `file://`, `s3://`, `gs://`, `az://` or `memory://`.
     pub lake: String,
     /// Object store options on top of the environment (`aws_endpoint`, `aws_region`, …).
@@ -88,6 +110,8 @@ pub struct Config {
     pub http_addr: String,
     /// Bearer token required by the HTTP server (except `/healthz`).
     pub http_token: Option<String>,
+    /// File holding the bearer token (instead of `http_token`).
+    pub http_token_file: Option<String>,
     /// How often Redis is probed for lag, pending and trimmed entries.
     pub probe_interval: Dur,
 }
@@ -96,6 +120,11 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_password_file: None,
+            redis_password: None,
+            redis_ca_file: None,
+            redis_client_cert: None,
+            redis_client_key: None,
             streams: vec!["events".into()],
             group: "eventide".into(),
             consumer: default_consumer(),
@@ -107,9 +136,12 @@ impl Default for Config {
             claim_interval: Dur::secs(30),
             claim_min_idle: Dur::secs(120),
             dlq_stream: None,
+            dlq_max_entry_bytes: ByteSize(1 << 20),
+            dlq_maxlen: 100_000,
             max_entry_bytes: ByteSize(1 << 20),
             max_future: Dur::secs(3600),
             dedup_horizon: Dur::secs(3600),
+            max_clock_skew: Dur::secs(0),
             lake: "./lake".into(),
             lake_options: Default::default(),
             roll_bytes: ByteSize(128 << 20),
@@ -126,6 +158,7 @@ impl Default for Config {
             pipelines: "pipelines".into(),
             http_addr: "127.0.0.1:9750".into(),
             http_token: None,
+            http_token_file: None,
             probe_interval: Dur::secs(5),
         }
     }
@@ -167,7 +200,30 @@ impl Config {
         let mut p = Vec::new();
         let mut bad = |key: &'static str, message: String| p.push(Problem { key, message });
         if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
-            bad("redis_url", format!("{e}; expected redis://host:port"));
+            bad("redis_url", format!("{e}; expected redis://host:port or rediss://host:port"));
+        }
+        for (key, file) in [
+            ("redis_password_file", &self.redis_password_file),
+            ("redis_ca_file", &self.redis_ca_file),
+            ("redis_client_cert", &self.redis_client_cert),
+            ("redis_client_key", &self.redis_client_key),
+            ("http_token_file", &self.http_token_file),
+        ] {
+            if let Some(f) = file
+                && let Err(e) = std::fs::metadata(f)
+            {
+                bad(key, format!("cannot read {f}: {e}"));
+            }
+        }
+        let tls = self.redis_ca_file.is_some() || self.redis_client_cert.is_some() || self.redis_client_key.is_some();
+        if tls && !self.redis_url.starts_with("rediss://") {
+            bad("redis_url", "TLS files are set: use a rediss:// URL".into());
+        }
+        if self.redis_client_cert.is_some() != self.redis_client_key.is_some() {
+            bad("redis_client_cert", "set redis_client_cert and redis_client_key together (mutual TLS)".into());
+        }
+        if self.http_token.is_some() && self.http_token_file.is_some() {
+            bad("http_token_file", "set http_token or http_token_file, not both".into());
         }
         if self.streams.is_empty() {
             bad("streams", "no stream to read; list at least one stream key".into());
@@ -257,9 +313,10 @@ impl Config {
             let list: Vec<String> = problems.iter().map(|p| format!("{}: {}", p.key, p.message)).collect();
             return Err(Error::Config(list.join("\n")));
         }
+        let token = self.http_token()?;
         Ok(PipelineOptions {
             source: SourceOptions {
-                redis_url: self.redis_url.clone(),
+                redis: self.redis_connect()?,
                 streams: self.streams.clone(),
                 group: self.group.clone(),
                 consumer: self.consumer.clone(),
@@ -286,7 +343,12 @@ impl Config {
             lake_options: self.lake_options.clone(),
             lake_store: None,
             dlq_stream: self.dlq_stream.clone(),
+            dlq: crate::sink::dlq::DlqOptions {
+                max_entry_bytes: self.dlq_max_entry_bytes.0 as usize,
+                maxlen: self.dlq_maxlen,
+            },
             dedup_horizon: self.dedup_horizon.0,
+            max_clock_skew: self.max_clock_skew.0,
             roll_age: self.roll_age.0,
             checkpoint_interval: self.checkpoint_interval.map_or(self.roll_age.0, |c| c.0.min(self.roll_age.0)),
             state_interval: self.state_interval.0,
@@ -298,12 +360,48 @@ impl Config {
             pipelines: (!self.pipelines.trim().is_empty()).then(|| self.pipelines.clone().into()),
             api: self.http_addr.parse().ok().map(|addr| crate::api::ApiOptions {
                 addr,
-                token: self.http_token.clone(),
+                token: token.clone(),
                 stall_after: Duration::from_secs(30).max(self.probe_interval.0 * 3),
+                limits: Default::default(),
             }),
             probe_interval: self.probe_interval.0,
         })
     }
+}
+
+impl Config {
+    /// How to reach Redis: the URL, the password from the environment or its file, TLS files.
+    pub fn redis_connect(&self) -> Result<RedisConnect> {
+        let password = match (&self.redis_password, &self.redis_password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(f)) => Some(read_secret("redis_password_file", f)?),
+            (None, None) => None,
+        };
+        let tls = TlsFiles {
+            ca: self.redis_ca_file.as_ref().map(Into::into),
+            client_cert: self.redis_client_cert.as_ref().map(Into::into),
+            client_key: self.redis_client_key.as_ref().map(Into::into),
+        };
+        RedisConnect::new(&self.redis_url, password, &tls)
+    }
+
+    /// The HTTP bearer token, given directly or in its file.
+    fn http_token(&self) -> Result<Option<String>> {
+        match &self.http_token_file {
+            Some(f) => Ok(Some(read_secret("http_token_file", f)?)),
+            None => Ok(self.http_token.clone().filter(|t| !t.is_empty())),
+        }
+    }
+}
+
+/// A secret from a file (a trailing newline is not part of it).
+fn read_secret(key: &str, file: &str) -> Result<String> {
+    let text = std::fs::read_to_string(file).map_err(|e| Error::Config(format!("{key}: cannot read {file}: {e}")))?;
+    let secret = text.trim_end_matches(['\r', '\n']).to_string();
+    if secret.is_empty() {
+        return Err(Error::Config(format!("{key}: {file} is empty")));
+    }
+    Ok(secret)
 }
 
 /// The 1-based line where `key` is set in a TOML text, for pointing at a problem.

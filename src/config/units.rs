@@ -6,6 +6,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+/// The longest duration a setting takes (100 years): beyond it, timers and clocks overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
+/// The largest size a setting takes (1 PiB).
+pub const MAX_BYTES: u64 = 1 << 50;
+
 /// A duration written with units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub Duration);
@@ -38,7 +43,9 @@ impl Dur {
                 "" => return Err(format!("{text:?} has no unit; write e.g. \"{num}s\" or \"{num}ms\"")),
                 u => return Err(format!("{text:?}: unknown unit {u:?} (use ms, s, m, h, d)")),
             };
-            total += Duration::from_secs_f64(secs);
+            let too_large = || format!("{text:?} is too large (at most 36500d)");
+            let part = Duration::try_from_secs_f64(secs).map_err(|_| too_large())?;
+            total = total.checked_add(part).filter(|t| *t <= MAX_DURATION).ok_or_else(too_large)?;
             rest = next;
         }
         Ok(Dur(total))
@@ -92,7 +99,10 @@ impl ByteSize {
             "gib" | "g" => 1 << 30,
             u => return Err(format!("{text:?}: unknown unit {u:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
         };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("{text:?} is too large"))
+        n.checked_mul(mult)
+            .filter(|b| *b <= MAX_BYTES)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{text:?} is too large (at most 1PiB)"))
     }
 }
 
@@ -112,7 +122,8 @@ impl<'de> Deserialize<'de> for ByteSize {
             S(String),
         }
         match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::N(n) if n <= MAX_BYTES => Ok(ByteSize(n)),
+            Raw::N(n) => Err(serde::de::Error::custom(format!("{n} is too large (at most 1PiB)"))),
             Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
         }
     }
@@ -130,6 +141,11 @@ mod tests {
         assert!(Dur::parse("5").unwrap_err().contains("no unit"));
         assert!(Dur::parse("5 weeks").is_err());
         assert!(Dur::parse("").is_err());
+        // Huge values are errors, never a panic or an overflow later.
+        for huge in ["99999999999999999999999999d", "36501d", "36500d1s", "1.8e19s", "99999999999999999999h"] {
+            assert!(Dur::parse(huge).is_err(), "{huge}");
+        }
+        assert_eq!(Dur::parse("36500d").unwrap().0, MAX_DURATION);
     }
 
     #[test]
@@ -138,5 +154,7 @@ mod tests {
         assert_eq!(ByteSize::parse("4096").unwrap().0, 4096);
         assert_eq!(ByteSize::parse("1GB").unwrap().0, 1_000_000_000);
         assert!(ByteSize::parse("12 parsecs").is_err());
+        assert!(ByteSize::parse("18446744073709551615").is_err());
+        assert!(ByteSize::parse("99999999999GiB").unwrap_err().contains("too large"));
     }
 }

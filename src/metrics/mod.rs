@@ -3,11 +3,12 @@
 //! times a second) read them. Label values are bounded: per stream, per pipeline and per
 //! rejection [`Reason`], never per event.
 
+pub mod process;
 pub mod prometheus;
 mod snapshot;
 
 use crate::decode::Reason;
-pub use snapshot::{PipelineMetrics, Probe, Registry, Snapshot, StreamProbe};
+pub use snapshot::{PipelineMetrics, Probe, Registry, Role, Snapshot, StreamProbe};
 
 /// Counters of one stream.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

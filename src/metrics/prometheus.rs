@@ -45,15 +45,29 @@ pub const OPEN_WINDOWS: &str = "eventide_pipeline_open_windows";
 pub const STATE_BYTES: &str = "eventide_pipeline_state_bytes";
 pub const EMIT_LATENCY: &str = "eventide_pipeline_window_end_to_emit_seconds";
 pub const UP: &str = "eventide_up";
+pub const PIPELINE_FAILED: &str = "eventide_pipeline_failed";
+pub const ROLE: &str = "eventide_role";
+pub const BUILD_INFO: &str = "eventide_build_info";
+pub const RESIDENT: &str = "process_resident_memory_bytes";
+pub const VIRTUAL: &str = "process_virtual_memory_bytes";
+pub const CPU: &str = "process_cpu_seconds_total";
+pub const OPEN_FDS: &str = "process_open_fds";
+pub const MAX_FDS: &str = "process_max_fds";
+pub const START_TIME: &str = "process_start_time_seconds";
+pub const HTTP_OPEN: &str = "eventide_http_connections_open";
+pub const HTTP_ACCEPTED: &str = "eventide_http_connections_accepted_total";
+pub const HTTP_REFUSED: &str = "eventide_http_connections_refused_total";
+pub const HTTP_EVICTED: &str = "eventide_http_connections_evicted_total";
 
-struct Out(String);
+/// An exposition being written (the API adds its own families with it).
+pub struct Out(String);
 
 impl Out {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
         self.0.push_str(name);
         if !labels.is_empty() {
             self.0.push('{');
@@ -68,7 +82,7 @@ impl Out {
         let _ = writeln!(self.0, " {value}");
     }
 
-    fn one(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    pub fn one(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
         self.family(name, kind, help);
         self.sample(name, &[], value);
     }
@@ -96,9 +110,36 @@ fn escape(v: &str) -> String {
 
 /// Renders the snapshot; `now_unix_ms` is the wall clock (for watermark lag).
 pub fn render(s: &Snapshot, now: Instant, now_unix_ms: i64) -> String {
+    render_with(s, now, now_unix_ms, |_| {})
+}
+
+/// [`render`], then `more` adds families of its own (the HTTP server's).
+pub fn render_with(s: &Snapshot, now: Instant, now_unix_ms: i64, more: impl FnOnce(&mut Out)) -> String {
     let mut o = Out(String::with_capacity(16 * 1024));
     let g = s.group.as_str();
     o.one(UP, "gauge", "1 while the eventide process serves metrics.", 1);
+    o.family(BUILD_INFO, "gauge", "Always 1; the labels say which build runs.");
+    o.sample(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))], 1);
+    o.family(
+        ROLE,
+        "gauge",
+        "1 for this instance's current role in its group (standby, recovering, reading, stopping).",
+    );
+    for r in super::Role::ALL {
+        o.sample(ROLE, &[("group", g), ("role", r.as_str())], u8::from(s.role == r));
+    }
+    if let Some(p) = super::process::read() {
+        o.one(RESIDENT, "gauge", "Resident memory size in bytes.", p.resident_bytes);
+        o.one(VIRTUAL, "gauge", "Virtual memory size in bytes.", p.virtual_bytes);
+        o.one(CPU, "counter", "User and system CPU time spent, in seconds.", p.cpu_seconds);
+        o.one(OPEN_FDS, "gauge", "Open file descriptors.", p.open_fds);
+        if let Some(m) = p.max_fds {
+            o.one(MAX_FDS, "gauge", "Maximum number of open file descriptors.", m);
+        }
+        if let Some(t) = p.start_time_seconds {
+            o.one(START_TIME, "gauge", "Start time of the process since the unix epoch, in seconds.", t);
+        }
+    }
 
     let per_stream = |o: &mut Out, name: &str, help: &str, f: &dyn Fn(&super::StreamCounters) -> u64| {
         o.family(name, "counter", help);
@@ -227,6 +268,9 @@ pub fn render(s: &Snapshot, now: Instant, now_unix_ms: i64) -> String {
     });
     per_pipeline(&mut o, PIPELINE_WINDOWS, "counter", "Windows closed and emitted.", &|p| p.stats.windows);
     per_pipeline(&mut o, PIPELINE_ROWS, "counter", "Rows emitted to the pipeline's table.", &|p| p.stats.rows);
+    per_pipeline(&mut o, PIPELINE_FAILED, "gauge", "1 once the pipeline failed at run time (see the log).", &|p| {
+        u64::from(p.failed.is_some())
+    });
     per_pipeline(&mut o, OPEN_WINDOWS, "gauge", "Windows (or sessions) open.", &|p| p.open_windows as u64);
     per_pipeline(&mut o, STATE_BYTES, "gauge", "Memory of the pipeline's window state.", &|p| p.state_bytes as u64);
     o.family(WATERMARK_LAG, "gauge", "Wall clock minus the pipeline's watermark.");
@@ -240,5 +284,6 @@ pub fn render(s: &Snapshot, now: Instant, now_unix_ms: i64) -> String {
     for p in &s.pipelines {
         o.histogram(EMIT_LATENCY, &[("pipeline", &p.name)], &p.stats.emit_latency);
     }
+    more(&mut o);
     o.0
 }

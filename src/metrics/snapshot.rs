@@ -19,6 +19,8 @@ pub struct PipelineMetrics {
     pub state_bytes: usize,
     /// Rows of closed windows waiting for the next commit.
     pub pending_rows: usize,
+    /// The run-time error that stopped the pipeline (the others go on).
+    pub failed: Option<String>,
 }
 
 /// What Redis says about one stream and the group.
@@ -45,6 +47,33 @@ pub struct Probe {
     pub streams: Vec<StreamProbe>,
 }
 
+/// What this instance is doing in its group (`eventide_role`, `/readyz`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Waiting for the group's lease (another instance reads).
+    #[default]
+    Standby,
+    /// Holding the lease, taking the checkpoint line over.
+    Recovering,
+    /// Holding the lease and reading.
+    Reading,
+    /// Stopping: the final checkpoint.
+    Stopping,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Standby, Role::Recovering, Role::Reading, Role::Stopping];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Standby => "standby",
+            Role::Recovering => "recovering",
+            Role::Reading => "reading",
+            Role::Stopping => "stopping",
+        }
+    }
+}
+
 /// Everything the endpoints report.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -66,6 +95,11 @@ pub struct Snapshot {
     pub probe: Probe,
     /// The lake answered the last readiness check.
     pub lake_ok: bool,
+    pub role: Role,
+    /// The lease holder as a standby last saw it (`<consumer>/<token>`).
+    pub holder: Option<String>,
+    /// A standby's last lease poll (it reached Redis then).
+    pub standby_polled: Option<Instant>,
 }
 
 impl Snapshot {
@@ -74,10 +108,25 @@ impl Snapshot {
         self.stream_names.iter().map(String::as_str).zip(&self.stats.streams)
     }
 
-    /// Whether the process is ready: Redis probed recently without error, the lake
-    /// reachable, and the processor not stalled. The reasons when not.
-    pub fn readiness(&self, now: Instant, stall_after: Duration) -> Result<(), Vec<String>> {
+    /// Whether the process is ready, and as what: a standby that reaches Redis is ready (a
+    /// rollout must not wait for it to hold the lease); a reader when Redis was probed
+    /// recently without error, the lake is reachable and the processor is not stalled; not
+    /// while it recovers. The reasons when not.
+    pub fn readiness(&self, now: Instant, stall_after: Duration) -> Result<Role, Vec<String>> {
         let mut why = Vec::new();
+        match self.role {
+            Role::Standby => {
+                return match self.standby_polled {
+                    Some(at) if now.saturating_duration_since(at) <= stall_after => Ok(Role::Standby),
+                    Some(at) => {
+                        Err(vec![format!("standby: Redis not reached for {:?}", now.saturating_duration_since(at))])
+                    }
+                    None => Err(vec!["standby: Redis not reached yet".into()]),
+                };
+            }
+            Role::Recovering => return Err(vec!["recovering: taking the group's checkpoint over".into()]),
+            Role::Reading | Role::Stopping => {}
+        }
         match (&self.probe.at, &self.probe.error) {
             (None, _) => why.push("Redis not probed yet".to_string()),
             (Some(_), Some(e)) => why.push(format!("Redis: {e}")),
@@ -89,6 +138,11 @@ impl Snapshot {
         if !self.lake_ok {
             why.push("the lake did not answer".into());
         }
+        for p in &self.pipelines {
+            if let Some(e) = &p.failed {
+                why.push(format!("pipeline {} failed: {e}", p.name));
+            }
+        }
         match self.updated {
             None => why.push("the processor has not started".into()),
             Some(u) if now.saturating_duration_since(u) > stall_after => {
@@ -96,7 +150,7 @@ impl Snapshot {
             }
             _ => {}
         }
-        if why.is_empty() { Ok(()) } else { Err(why) }
+        if why.is_empty() { Ok(self.role) } else { Err(why) }
     }
 }
 

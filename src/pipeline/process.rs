@@ -2,11 +2,10 @@
 //! to the DLQ; every output file is staged, and a checkpoint ([`crate::checkpoint`]) commits
 //! an epoch's files and state at once, publishes the files, then acks the epoch's entries.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use tokio::sync::watch;
 
 use crate::ack::AckTracker;
 use crate::checkpoint::{self, Checkpoints, Manifest, Totals};
@@ -16,17 +15,17 @@ use crate::error::{Error, Result};
 use crate::event::{EntryId, StreamBatch};
 use crate::metrics::Stats;
 use crate::sink::archive::{Archive, CommittedFile};
-use crate::sink::dlq;
+use crate::sink::dlq::{self, DlqOptions};
 use crate::sink::lake::{Lake, Placement};
 use crate::source::SourceOptions;
 use crate::source::acker::Acker;
 use crate::source::commands::Commands;
 use crate::source::group;
-use crate::state;
+use crate::source::lease::Fence;
 use crate::window::Pipelines;
 
 use super::PipelineOptions;
-use super::recovery::{first_checkpoint, load_dedup, noack_positions};
+use super::recovery::{noack_positions, take_over};
 
 /// Claimed entries processed per stream per claim round.
 const CLAIM_MAX: usize = 10_000;
@@ -62,10 +61,10 @@ pub(super) struct Processor {
     deltas: Vec<String>,
     positions: BTreeMap<String, EntryId>,
     totals: Totals,
-    /// Source entries whose dead-letter entry a crashed run already wrote.
-    dead_before: HashSet<(String, String)>,
-    /// Set when the group's lease was lost: no further checkpoint may commit.
-    lease_lost: watch::Receiver<Option<String>>,
+    dlq: DlqOptions,
+    /// Until when the group's lease is surely held: every side effect checks it first.
+    fence: Fence,
+    token: u64,
     /// `noack` mode: per stream, the position to read after and the group's `entries-read`.
     noack: Option<Vec<(EntryId, Option<u64>)>>,
     pub stats: Stats,
@@ -76,30 +75,16 @@ pub(super) struct Processor {
 impl Processor {
     /// Opens the lake, recovers from the latest checkpoint (or writes a first one), connects
     /// and creates the consumer groups.
-    pub async fn start(opts: &PipelineOptions, lease_lost: watch::Receiver<Option<String>>) -> Result<Self> {
+    pub async fn start(opts: &PipelineOptions, fence: Fence, token: u64) -> Result<Self> {
         let lake = match &opts.lake_store {
             Some(l) => l.clone(),
             None => Lake::open_with(&opts.lake, &opts.lake_options)?,
         };
         let cp = Checkpoints::new(lake.clone(), &opts.source.group, &opts.source.consumer);
         let horizon = opts.dedup_horizon.as_secs();
-        let latest = cp.latest().await?;
-        let aborted = cp.abort_uncommitted(latest.as_ref().map(|m| m.epoch)).await?;
-        if aborted > 0 {
-            tracing::info!(files = aborted, "Deleted staged files of an epoch that never committed.");
-        }
-        let recovered = latest.is_some();
-        let (latest, mut dedup) = match latest {
-            Some(m) => {
-                // Roll forward: the checkpoint committed, its files may not all be in place.
-                cp.publish(&m).await?;
-                let dedup = load_dedup(&cp, &m, horizon).await?;
-                (m, dedup)
-            }
-            None => first_checkpoint(&cp, state::load_dedup(&lake, &opts.source.group, horizon).await?).await?,
-        };
+        let (latest, mut dedup, recovered) = take_over(&cp, &lake, &fence, token, horizon).await?;
         dedup.clear_delta();
-        let mut cmds = Commands::new(&opts.source.redis_url, opts.source.retry_timeout)?;
+        let mut cmds = Commands::new(&opts.source.redis, opts.source.retry_timeout)?;
         let created = group::ensure_groups(&mut cmds, &opts.source).await?;
         for s in created {
             tracing::info!(stream = %s, group = %opts.source.group, start = %opts.source.start_id, "Created consumer group.");
@@ -130,20 +115,15 @@ impl Processor {
             tracing::info!(pipelines = ?restored, "Restored open windows.");
         }
         pipelines.declare_streams(&opts.source.streams);
+        pipelines.bound_watermarks(opts.max_clock_skew);
+        pipelines.isolate_failures();
         let dlq_keys: Vec<String> =
             opts.source.streams.iter().map(|s| dlq::dlq_key(opts.dlq_stream.as_deref(), s)).collect();
-        // Entries the last run read after this checkpoint began may have their dead-letter
-        // entry already (written before it stopped; they are still pending).
-        let mut dead_before = HashSet::new();
-        for key in dlq_keys.iter().collect::<std::collections::BTreeSet<_>>() {
-            dead_before.extend(dlq::written_since(&mut cmds, key, latest.started_ms - 60_000).await?);
-        }
         if recovered {
             tracing::info!(
                 epoch = latest.epoch,
                 files = latest.files.len(),
                 dedup_ids = dedup.len(),
-                dead_letters_seen = dead_before.len(),
                 "Recovered from checkpoint."
             );
         }
@@ -175,7 +155,7 @@ impl Processor {
             source: opts.source.clone(),
             dlq_keys,
             cmds,
-            acker: Some(Acker::start(&opts.source)?),
+            acker: Some(Acker::start(&opts.source, fence.clone())?),
             decoder: Decoder::new(opts.decode.clone()),
             dedup,
             archive,
@@ -200,8 +180,9 @@ impl Processor {
                 .map(|m| m.positions.iter().filter_map(|(s, id)| Some((s.clone(), id.parse().ok()?))).collect())
                 .unwrap_or_default(),
             totals: latest.as_ref().map(|m| m.totals.clone()).unwrap_or_default(),
-            dead_before,
-            lease_lost,
+            dlq: opts.dlq.clone(),
+            fence,
+            token,
             noack,
             cp,
             durable_exact: Default::default(),
@@ -260,16 +241,13 @@ impl Processor {
             self.stats.process_latency.record(now_ms.saturating_sub(e.id.ms));
         }
         self.archive.encode_ready().await?;
-        if !self.dead_before.is_empty() {
-            // After a crash: entries whose dead-letter entry was written but not acked.
-            rejects.retain(|(i, _)| !self.dead_before.remove(&(stream.to_string(), batch.entries[*i].id.to_string())));
-        }
         if !rejects.is_empty() {
+            // Written once per source entry, however often this is retried or re-read.
             let mut pipe = redis::pipe();
             for (i, r) in &rejects {
-                dlq::add_to_pipeline(&mut pipe, &self.dlq_keys[batch.stream], stream, &batch.entries[*i], r);
+                dlq::add_to_pipeline(&mut pipe, &self.dlq, &self.dlq_keys[batch.stream], stream, &batch.entries[*i], r);
             }
-            self.cmds.query::<(), _>(&pipe).await?;
+            self.fence.guard(self.cmds.query::<(), _>(&pipe)).await?;
         }
         if let Some(last) = batch.entries.iter().map(|e| e.id).max() {
             let p = self.positions.entry(stream.to_string()).or_insert(last);
@@ -278,7 +256,7 @@ impl Processor {
         if !deleted.is_empty() {
             // Nothing to make durable. Counted by what XACK removed: an XAUTOCLAIM may have
             // dropped (and counted) the same ids already.
-            let removed = group::ack(&mut self.cmds, &self.source.group, stream, &deleted).await?;
+            let removed = self.fence.guard(group::ack(&mut self.cmds, &self.source.group, stream, &deleted)).await?;
             self.stats.deleted_pending += removed;
         }
         self.acks.register(batch.stream, batch.entries.iter().filter(|e| !e.is_deleted()).map(|e| e.id).collect());
@@ -370,16 +348,15 @@ impl Processor {
         self.totals.files += (files.len() + tables.len()) as u64;
         m.totals = self.totals.clone();
         let t_state = t.elapsed();
-        if let Some(why) = self.lease_lost.borrow().clone() {
-            return Err(Error::Fenced(why));
-        }
-        self.cp.commit(&m).await?;
-        // Committed: from here on a crash rolls forward to this state.
-        self.cp.publish(&m).await?;
+        (m.token, m.lease_deadline_ms) = (self.token, Some(self.fence.deadline_unix_ms()));
+        m.created_ms = chrono::Utc::now().timestamp_millis();
+        self.fence.guard(self.cp.commit(&m)).await?;
+        // Committed: from here on a crash (or a successor's recovery) rolls forward to this state.
+        self.fence.guard(self.cp.publish(&m)).await?;
         self.committed(&files, true);
         self.committed(&tables, false);
         let acked = self.ack_durable().await?;
-        self.cp.prune(&m).await?;
+        self.fence.guard(self.cp.prune(&m)).await?;
         self.epoch += 1;
         self.epoch_started = Instant::now();
         self.epoch_started_ms = m.created_ms;
@@ -406,7 +383,7 @@ impl Processor {
     pub async fn claim(&mut self) -> Result<()> {
         for stream in 0..self.source.streams.len() {
             let name = self.source.streams[stream].clone();
-            let claimed = group::claim_idle(&mut self.cmds, &self.source, &name, CLAIM_MAX).await?;
+            let claimed = self.fence.guard(group::claim_idle(&mut self.cmds, &self.source, &name, CLAIM_MAX)).await?;
             self.stats.deleted_pending += claimed.deleted as u64;
             if !claimed.entries.is_empty() {
                 tracing::info!(stream = %name, entries = claimed.entries.len(), "Claimed idle entries from other consumers.");
@@ -445,8 +422,8 @@ impl Processor {
                 *at = (*at).max(max);
                 *read = read.map(|r| r + ids.len() as u64);
                 n += ids.len() as u64;
-                group::set_position(&mut self.cmds, &self.source.streams[stream], &self.source.group, *at, *read)
-                    .await?;
+                let (name, g) = (&self.source.streams[stream], &self.source.group);
+                self.fence.guard(group::set_position(&mut self.cmds, name, g, *at, *read)).await?;
             }
             self.stats.acked += n;
             return Ok(n);
@@ -503,6 +480,7 @@ impl Processor {
                 open_windows: q.open_windows(),
                 state_bytes: q.state_bytes(),
                 pending_rows,
+                failed: q.failed.clone(),
             })
             .collect();
         registry.update(|s| {

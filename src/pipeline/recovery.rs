@@ -1,12 +1,73 @@
-//! Recovery helpers of the processor (pipeline → **checkpoint** → recovery): the dedup state
-//! a checkpoint lists, the first checkpoint of a group, and where `noack` reading resumes.
+//! Recovery helpers of the processor (pipeline → **checkpoint** → recovery): taking the
+//! group's checkpoint line over, the dedup state a checkpoint lists, the first checkpoint of a
+//! group, and where `noack` reading resumes.
 
 use crate::checkpoint::{self, Checkpoints, Manifest};
 use crate::dedup::Dedup;
 use crate::error::{Error, Result};
 use crate::event::EntryId;
+use crate::sink::lake::Lake;
 use crate::source::commands::Commands;
 use crate::source::group;
+use crate::source::lease::Fence;
+use crate::state;
+
+/// How often a takeover is tried again when another holder's manifest appeared meanwhile.
+const TAKEOVER_ATTEMPTS: usize = 5;
+
+/// Takes the group's checkpoint line over as the new lease holder: publishes the latest
+/// checkpoint's files (roll forward), commits its takeover manifest (create-only, the next
+/// epoch: from then on the previous holder's commits all fail), and only then deletes every
+/// staged file no checkpoint will publish. A manifest that appears meanwhile (the previous
+/// holder committed while its lease was still valid) is read and taken over instead. Returns
+/// the manifest to continue from, its dedup state, and whether there was one before.
+pub(super) async fn take_over(
+    cp: &Checkpoints,
+    lake: &Lake,
+    fence: &Fence,
+    token: u64,
+    horizon: u64,
+) -> Result<(Manifest, Dedup, bool)> {
+    for _ in 0..TAKEOVER_ATTEMPTS {
+        fence.check()?;
+        let Some(latest) = cp.latest().await? else {
+            let legacy = state::load_dedup(lake, &cp.group, horizon).await?;
+            let (m, dedup) = match first_checkpoint(cp, legacy, token, fence).await {
+                Err(Error::Fenced(_)) => continue,
+                other => other?,
+            };
+            abort(cp).await?;
+            return Ok((m, dedup, false));
+        };
+        // Roll forward: the checkpoint committed, its files may not all be in place.
+        cp.publish(&latest).await?;
+        let m = checkpoint::takeover(cp, &latest, token, fence.deadline_unix_ms());
+        fence.check()?;
+        match cp.commit(&m).await {
+            Err(Error::Fenced(why)) => {
+                tracing::info!(reason = %why, "A newer checkpoint appeared while taking over; taking that one over.");
+                continue;
+            }
+            other => other?,
+        }
+        abort(cp).await?;
+        let dedup = load_dedup(cp, &m, horizon).await?;
+        return Ok((m, dedup, true));
+    }
+    Err(Error::Fenced(format!(
+        "another instance keeps committing group {:?}'s checkpoints while this one holds the lease",
+        cp.group
+    )))
+}
+
+/// Deletes every staged file: after a takeover none belongs to a checkpoint that will publish it.
+async fn abort(cp: &Checkpoints) -> Result<()> {
+    let aborted = cp.abort_uncommitted(None).await?;
+    if aborted > 0 {
+        tracing::info!(files = aborted, "Deleted staged files of an epoch that never committed.");
+    }
+    Ok(())
+}
 
 /// `noack` mode: where each stream's reading resumes (the checkpoint's position, else the
 /// group's) and the group's `entries-read`. Refuses a group with pending entries (left by
@@ -59,14 +120,15 @@ pub(super) async fn load_dedup(cp: &Checkpoints, m: &Manifest, horizon: u64) -> 
     Ok(d)
 }
 
-/// Epoch 0, committed before anything is read: a crash in the first epoch then recovers
-/// knowing when it began (for the dead-letter check), and dedup state of a version before
-/// checkpoints is carried over.
-pub(super) async fn first_checkpoint(cp: &Checkpoints, dedup: Dedup) -> Result<(Manifest, Dedup)> {
+/// Epoch 0, committed (create-only) before anything is read: the group's line starts here,
+/// and dedup state of a version before checkpoints is carried over.
+async fn first_checkpoint(cp: &Checkpoints, dedup: Dedup, token: u64, fence: &Fence) -> Result<(Manifest, Dedup)> {
     let mut m = checkpoint::manifest(cp, 0, chrono::Utc::now().timestamp_millis());
     if !dedup.is_empty() {
         m.dedup_snapshot = Some(cp.put_blob(0, "dedup.bin", dedup.to_bytes()).await?);
     }
+    (m.token, m.lease_deadline_ms) = (token, Some(fence.deadline_unix_ms()));
+    fence.check()?;
     cp.commit(&m).await?;
     Ok((m, dedup))
 }

@@ -8,6 +8,7 @@ use tokio::task::JoinHandle;
 use super::SourceOptions;
 use super::commands::Commands;
 use super::group;
+use super::lease::Fence;
 use crate::error::Result;
 use crate::event::EntryId;
 
@@ -18,15 +19,16 @@ pub struct Acker {
 }
 
 impl Acker {
-    pub fn start(opts: &SourceOptions) -> Result<Acker> {
-        let mut cmds = Commands::new(&opts.redis_url, opts.retry_timeout)?;
+    /// Starts the task; it acks only while `fence` says the group's lease is held.
+    pub fn start(opts: &SourceOptions, fence: Fence) -> Result<Acker> {
+        let mut cmds = Commands::new(&opts.redis, opts.retry_timeout)?;
         let (tx, mut rx) = mpsc::channel::<(usize, Vec<EntryId>)>(64);
         let (group_name, streams) = (opts.group.clone(), opts.streams.clone());
         let task = tokio::spawn(async move {
             let mut acked = 0;
             while let Some((stream, ids)) = rx.recv().await {
                 acked += ids.len() as u64;
-                group::ack(&mut cmds, &group_name, &streams[stream], &ids).await?;
+                fence.guard(group::ack(&mut cmds, &group_name, &streams[stream], &ids)).await?;
             }
             Ok(acked)
         });

@@ -7,7 +7,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, RedisResult, RetryMethod};
 
 use super::backoff;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Something that can be sent on a connection: a command or a pipeline.
 pub trait Request {
@@ -34,8 +34,8 @@ pub struct Commands {
 }
 
 impl Commands {
-    pub fn new(redis_url: &str, retry_timeout: Duration) -> Result<Self> {
-        Ok(Commands { client: Client::open(redis_url)?, conn: None, retry_timeout })
+    pub fn new(redis: &super::connect::RedisConnect, retry_timeout: Duration) -> Result<Self> {
+        Ok(Commands { client: redis.client()?, conn: None, retry_timeout })
     }
 
     async fn connection(&mut self) -> RedisResult<&mut MultiplexedConnection> {
@@ -61,6 +61,8 @@ impl Commands {
             };
             match res {
                 Ok(v) => return Ok(v),
+                // A certificate problem does not heal by retrying.
+                Err(e) if let Some(why) = super::connect::explain(&e) => return Err(Error::Config(why)),
                 Err(e) if matches!(e.retry_method(), RetryMethod::NoRetry) || start.elapsed() >= self.retry_timeout => {
                     return Err(e.into());
                 }

@@ -2,6 +2,7 @@
 //!
 //! - [`reader`]: a task that owns a dedicated connection for blocking `XREADGROUP`s
 //!   (first this consumer's own pending entries, then new ones), reconnecting with backoff;
+//! - [`connect`]: the URL, credentials and TLS every connection is made with;
 //! - [`commands`]: a second connection for everything else (`XACK`, DLQ `XADD`,
 //!   `XAUTOCLAIM`, `XGROUP`), retrying transient failures with backoff;
 //! - [`group`]: consumer-group setup, claiming from dead consumers, acknowledging;
@@ -11,6 +12,7 @@
 
 pub mod acker;
 pub mod commands;
+pub mod connect;
 pub mod group;
 pub mod lease;
 pub mod probe;
@@ -22,7 +24,8 @@ use std::time::Duration;
 /// Settings of the Redis source.
 #[derive(Debug, Clone)]
 pub struct SourceOptions {
-    pub redis_url: String,
+    /// How to reach Redis (URL, credentials, TLS).
+    pub redis: connect::RedisConnect,
     pub streams: Vec<String>,
     pub group: String,
     /// Stable per instance: this consumer's pending entries are re-read after a restart.

@@ -25,7 +25,7 @@ use crate::metrics::{Probe, Registry, StreamProbe};
 /// What to probe.
 #[derive(Debug, Clone)]
 pub struct ProbeTarget {
-    pub redis_url: String,
+    pub redis: super::connect::RedisConnect,
     pub group: String,
     /// (stream, its DLQ stream).
     pub streams: Vec<(String, String)>,
@@ -58,7 +58,9 @@ pub async fn run(target: ProbeTarget, registry: Registry, interval: Duration, mu
     loop {
         let result = async {
             if conn.is_none() {
-                let client = redis::Client::open(target.redis_url.as_str())?;
+                let client = target.redis.client().map_err(|e| {
+                    redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "client", e.to_string()))
+                })?;
                 let cfg = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(Duration::from_secs(2)))
                     .set_response_timeout(Some(Duration::from_secs(5)));

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Value};
+use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::{mpsc, watch};
 
 use super::{SourceOptions, backoff, reply};
@@ -50,7 +50,7 @@ pub async fn run(
     tx: mpsc::Sender<ReaderMsg>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let client = match Client::open(opts.redis_url.as_str()) {
+    let client = match opts.redis.client() {
         Ok(c) => c,
         Err(e) => {
             let _ = tx.send(ReaderMsg::Disconnected(e.to_string())).await;

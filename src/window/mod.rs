@@ -47,6 +47,9 @@ pub struct Pipelines {
     schemas: Vec<SchemaRef>,
     tables: Vec<TableBuffer>,
     late: Vec<TableBuffer>,
+    /// Live runs: a pipeline whose query fails at run time is marked failed and skipped,
+    /// the others go on (else the error stops the caller).
+    isolate: bool,
 }
 
 impl std::fmt::Debug for Pipelines {
@@ -92,7 +95,15 @@ impl Pipelines {
             .iter()
             .map(|q| TableBuffer::new(format!("{LATE_TABLE}/pipeline={}", q.spec.name), late_schema(), 0))
             .collect();
-        Ok(Pipelines { queries, in_flight: None, columns, schemas, tables, late })
+        Ok(Pipelines { queries, in_flight: None, columns, schemas, tables, late, isolate: false })
+    }
+
+    /// Live runs: a runtime error in one pipeline's SQL (a division by zero, a strict cast)
+    /// marks that pipeline failed (logged with the file and the error, exported as a metric
+    /// and on `/readyz`) and the archive and the other pipelines go on. A restart, after the
+    /// file is fixed, resumes it from its checkpointed windows (a changed query starts empty).
+    pub fn isolate_failures(&mut self) {
+        self.isolate = true;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -154,13 +165,14 @@ impl Pipelines {
         }
         let batches = self.columns.finish(&self.schemas)?;
         let mut queries = std::mem::take(&mut self.queries);
+        let isolate = self.isolate;
         let job = std::thread::Builder::new()
             .name("eventide-windows".into())
             .spawn(move || {
                 let mut result = Ok(());
                 for (q, b) in queries.iter_mut().zip(&batches) {
-                    if let Err(e) = q.process(b) {
-                        result = Err(query_error(&q.spec, e));
+                    if let Err(e) = run_one(q, isolate, |q| q.process(b)) {
+                        result = Err(e);
                         break;
                     }
                 }
@@ -179,7 +191,7 @@ impl Pipelines {
         }
         let batches = self.columns.finish(&self.schemas)?;
         for (q, b) in self.queries.iter_mut().zip(&batches) {
-            q.process(b).map_err(|e| query_error(&q.spec, e))?;
+            run_one(q, self.isolate, |q| q.process(b))?;
         }
         self.collect()
     }
@@ -193,16 +205,24 @@ impl Pipelines {
     ) -> Result<()> {
         self.settle()?;
         for (q, b) in self.queries.iter_mut().zip(batches) {
-            q.process_masked(b, keep).map_err(|e| query_error(&q.spec, e))?;
+            run_one(q, self.isolate, |q| q.process_masked(b, keep))?;
         }
         self.collect()
+    }
+
+    /// Live runs: every pipeline's watermark stays at most `skew` ahead of the wall clock.
+    pub fn bound_watermarks(&mut self, skew: std::time::Duration) {
+        let skew_us = skew.as_micros().min(i64::MAX as u128) as i64;
+        for q in &mut self.queries {
+            q.bound_watermark(skew_us);
+        }
     }
 
     /// Applies the idle timeouts (live runs).
     pub fn on_tick(&mut self, now: Instant) -> Result<()> {
         self.process()?;
         for q in &mut self.queries {
-            q.on_idle(now).map_err(|e| query_error(&q.spec, e))?;
+            run_one(q, self.isolate, |q| q.on_idle(now))?;
         }
         self.collect()
     }
@@ -211,7 +231,7 @@ impl Pipelines {
     pub fn flush(&mut self) -> Result<()> {
         self.process()?;
         for q in &mut self.queries {
-            q.flush().map_err(|e| query_error(&q.spec, e))?;
+            run_one(q, self.isolate, WindowedQuery::flush)?;
         }
         self.collect()
     }
@@ -243,6 +263,9 @@ impl Pipelines {
         let Some(i) = self.queries.iter().position(|q| q.spec.name == name) else { return Ok(None) };
         self.process()?;
         let q = &mut self.queries[i];
+        if let Some(why) = &q.failed {
+            return Err(Error::Query { pipeline: q.spec.name.clone(), message: format!("failed: {why}") });
+        }
         let open = q.peek().map_err(|e| query_error(&q.spec, e))?;
         Ok(Some((open, self.tables[i].buffered())))
     }
@@ -308,6 +331,34 @@ fn used_base_columns(queries: &[WindowedQuery]) -> [bool; columns::BASE_COUNT] {
         }
     }
     used
+}
+
+/// Runs `f` on `q` unless it failed before. A failure of its own marks it failed when
+/// `isolate` (logged once, with the pipeline's file and the SQL error), else it is returned.
+fn run_one(
+    q: &mut WindowedQuery,
+    isolate: bool,
+    f: impl FnOnce(&mut WindowedQuery) -> datafusion::error::Result<()>,
+) -> Result<()> {
+    if q.failed.is_some() {
+        return Ok(());
+    }
+    match f(q) {
+        Ok(()) => Ok(()),
+        Err(e) if isolate => {
+            let message = e.strip_backtrace();
+            tracing::error!(
+                pipeline = %q.spec.name,
+                file = %q.spec.file.display(),
+                error = %message,
+                "Pipeline failed at run time: it stops here, the archive and the other pipelines go on. Fix the \
+                 file and restart to resume it (its windows from the last checkpoint)."
+            );
+            q.failed = Some(message);
+            Ok(())
+        }
+        Err(e) => Err(query_error(&q.spec, e)),
+    }
 }
 
 fn query_error(spec: &PipelineSpec, e: datafusion::error::DataFusionError) -> Error {

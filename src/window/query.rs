@@ -73,6 +73,8 @@ pub struct WindowedQuery {
     conv: Option<RowConverter>,
     op: Op,
     clock: Watermark,
+    /// Whether the watermark is bounded by the wall clock (live runs).
+    clock_bound: bool,
     last_arrival: Option<Instant>,
     /// window_start, window_end, then the SELECT list.
     pub output: SchemaRef,
@@ -81,6 +83,8 @@ pub struct WindowedQuery {
     pub late_ready: Vec<RecordBatch>,
     pub stats: QueryStats,
     late: Vec<Late>,
+    /// Set when the query failed at run time (live runs go on without it).
+    pub failed: Option<String>,
 }
 
 impl WindowedQuery {
@@ -108,13 +112,22 @@ impl WindowedQuery {
             conv,
             op,
             clock: Watermark::new(out_of_orderness),
+            clock_bound: false,
             last_arrival: None,
             output: Arc::new(Schema::new(fields)),
             ready: Vec::new(),
             late_ready: Vec::new(),
             stats: QueryStats::default(),
             late: Vec::new(),
+            failed: None,
         })
+    }
+
+    /// Live runs: the watermark stays at most `skew_us` ahead of the wall clock (see
+    /// [`super::watermark`]).
+    pub fn bound_watermark(&mut self, skew_us: i64) {
+        self.clock.bound_by_clock(skew_us, chrono::Utc::now().timestamp_micros());
+        self.clock_bound = true;
     }
 
     /// The run's streams: those this pipeline selects hold its watermark until their first
@@ -176,6 +189,9 @@ impl WindowedQuery {
         }
         self.stats.input += n as u64;
         let now = Instant::now();
+        if self.clock_bound {
+            self.clock.set_clock(chrono::Utc::now().timestamp_micros());
+        }
         self.last_arrival = Some(now);
         let streams: &StringArray = sel.column(6).as_string();
         let times = sel.column(2).as_primitive::<TimestampMicrosecondType>().values().clone();
@@ -389,6 +405,9 @@ impl WindowedQuery {
     pub fn on_idle(&mut self, now: Instant) -> Result<()> {
         let Some(last) = self.last_arrival else { return Ok(()) };
         let before = self.clock.get();
+        if self.clock_bound {
+            self.clock.set_clock(chrono::Utc::now().timestamp_micros());
+        }
         let all_quiet = self.clock.mark_idle(now, self.spec.idle_timeout);
         if all_quiet {
             let idle = now.saturating_duration_since(last);
@@ -412,7 +431,7 @@ impl WindowedQuery {
 
     /// End of a bounded input: every window closes.
     pub fn flush(&mut self) -> Result<()> {
-        self.clock.raise(i64::MAX);
+        self.clock.finish();
         self.close(i64::MAX)
     }
 }

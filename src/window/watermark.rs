@@ -14,6 +14,15 @@
 //! outside: by the idle advance when every stream is quiet, and to the end of time at the
 //! end of a bounded input. With one stream (every replay) it is simply
 //! `max event time − out-of-orderness`.
+//!
+//! **Bounded by the clock (live runs).** With [`Watermark::bound_by_clock`], an event counts
+//! for the watermark as if stamped at most a clock-skew allowance ahead of processing time
+//! (the wall clock, [`Watermark::set_clock`]): the watermark stays at most
+//! `now + skew − out-of-orderness`, never more than `skew` ahead of the clock, which is where
+//! a live stream with honest clocks would put it. One event stamped far ahead (or a producer
+//! whose clock runs fast) cannot close windows early and make the real events after it
+//! late; it waits in its open window until the clock gets there. Replays are not bounded
+//! (their input is history; its end closes every window).
 
 use std::time::{Duration, Instant};
 
@@ -33,11 +42,48 @@ pub struct Watermark {
     current: i64,
     /// Index of the last source seen (rows of a batch mostly share their stream).
     last: usize,
+    /// Live runs: (clock-skew allowance, the wall clock now), both µs.
+    ceiling: Option<(i64, i64)>,
+    /// A raise that the ceiling held back (the idle advance), applied as the clock moves.
+    raised: i64,
 }
 
 impl Watermark {
     pub fn new(out_of_orderness_us: i64) -> Self {
-        Watermark { out_of_orderness: out_of_orderness_us, sources: Vec::new(), current: i64::MIN, last: 0 }
+        Watermark {
+            out_of_orderness: out_of_orderness_us,
+            sources: Vec::new(),
+            current: i64::MIN,
+            last: 0,
+            ceiling: None,
+            raised: i64::MIN,
+        }
+    }
+
+    /// From now on the watermark stays at most `skew_us` ahead of the clock given to
+    /// [`Watermark::set_clock`] (`now_us`: the wall clock now).
+    pub fn bound_by_clock(&mut self, skew_us: i64, now_us: i64) {
+        self.ceiling = Some((skew_us.max(0), now_us));
+    }
+
+    /// The wall clock moved on (bounded watermarks follow it); the watermark after it.
+    pub fn set_clock(&mut self, now_us: i64) -> i64 {
+        if let Some((_, now)) = &mut self.ceiling
+            && now_us > *now
+        {
+            *now = now_us;
+            self.recompute();
+        }
+        self.current
+    }
+
+    /// `wm`, held below the clock's ceiling (if bounded), never below the current watermark.
+    fn bounded(&self, wm: i64) -> i64 {
+        let wm = match self.ceiling {
+            Some((skew, now)) => wm.min(now.saturating_add(skew).saturating_sub(self.out_of_orderness)),
+            None => wm,
+        };
+        self.current.max(wm)
     }
 
     /// The watermark, `None` before the first event.
@@ -82,9 +128,9 @@ impl Watermark {
     }
 
     fn recompute(&mut self) {
-        if let Some(low) = self.sources.iter().filter(|s| !s.idle).map(|s| s.max).min() {
-            self.current = self.current.max(low.saturating_sub(self.out_of_orderness));
-        }
+        let low = self.sources.iter().filter(|s| !s.idle).map(|s| s.max).min();
+        let target = low.map_or(i64::MIN, |l| l.saturating_sub(self.out_of_orderness)).max(self.raised);
+        self.current = self.bounded(target);
     }
 
     /// Streams quiet for `timeout` at `now` stop holding the watermark back. Returns whether
@@ -103,9 +149,17 @@ impl Watermark {
         !self.sources.is_empty() && self.sources.iter().all(|s| s.idle)
     }
 
-    /// Raises the watermark to at least `wm`.
+    /// Raises the watermark to at least `wm` (held below the clock's ceiling, if bounded,
+    /// until the clock gets there).
     pub fn raise(&mut self, wm: i64) {
-        self.current = self.current.max(wm);
+        self.raised = self.raised.max(wm);
+        self.current = self.bounded(wm);
+    }
+
+    /// End of a bounded input: the end of time, whatever the clock.
+    pub fn finish(&mut self) {
+        self.raised = i64::MAX;
+        self.current = i64::MAX;
     }
 
     /// Per stream: its highest event time (for checkpoints).
@@ -120,6 +174,7 @@ impl Watermark {
             .map(|(name, max)| Source { name: name.as_str().into(), max: *max, last_arrival: now, idle: false })
             .collect();
         self.current = current;
+        self.raised = current;
         self.last = 0;
     }
 }
@@ -172,6 +227,30 @@ mod tests {
         q.observe("a", 100, t0 + Duration::from_secs(29));
         assert!(!q.mark_idle(t0 + Duration::from_secs(30), Duration::from_secs(30)));
         assert_eq!(q.get(), Some(95));
+    }
+
+    #[test]
+    fn bounded_by_the_clock_one_event_from_the_future_closes_nothing_early() {
+        let now = Instant::now();
+        let (min, clock) = (60_000_000, 1_000_000_000_000);
+        let mut w = Watermark::new(5_000_000);
+        w.bound_by_clock(10_000_000, clock);
+        assert_eq!(w.observe("a", clock - min, now), clock - min - 5_000_000);
+        // 50 minutes ahead: counts as if stamped at clock + skew.
+        assert_eq!(w.observe("a", clock + 50 * min, now), clock + 5_000_000);
+        // The real events after it are not behind a runaway watermark.
+        assert_eq!(w.observe("a", clock + 1_000_000, now), clock + 5_000_000);
+        // As the clock moves, the watermark follows it, up to what the events allow.
+        assert_eq!(w.set_clock(clock + min), clock + min + 5_000_000);
+        assert_eq!(w.set_clock(clock + 100 * min), clock + 50 * min - 5_000_000);
+        // An idle raise is held back the same way.
+        let mut i = Watermark::new(0);
+        i.bound_by_clock(0, clock);
+        i.raise(clock + min);
+        assert_eq!(i.get(), Some(clock));
+        assert_eq!(i.set_clock(clock + 2 * min), clock + min);
+        i.finish();
+        assert_eq!(i.get(), Some(i64::MAX));
     }
 
     #[test]

@@ -67,6 +67,7 @@ async fn dashboard_renders_real_numbers_in_chromium() {
         addr: format!("127.0.0.1:{port}").parse().unwrap(),
         token: Some("t0k".into()),
         stall_after: Duration::from_secs(30),
+        limits: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(eventide::pipeline::run(opts, async move {

@@ -20,7 +20,7 @@ fn free_port() -> u16 {
 async fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n").as_bytes()).await.unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
     let status = buf[9..12].parse().unwrap();
@@ -39,7 +39,7 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
 /// Probe target: stream `shop` (DLQ `shop:dlq`), group `analytics`.
 fn shop_target(redis_url: &str) -> ProbeTarget {
     ProbeTarget {
-        redis_url: redis_url.into(),
+        redis: eventide::source::connect::RedisConnect::url(redis_url),
         group: "analytics".into(),
         streams: vec![("shop".into(), "shop:dlq".into())],
     }
@@ -97,6 +97,7 @@ async fn metrics_count_exactly_and_pass_promtool() {
         addr: format!("127.0.0.1:{port}").parse().unwrap(),
         token: Some("s3cret".into()),
         stall_after: Duration::from_secs(30),
+        limits: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(eventide::pipeline::run(opts, async move {
@@ -163,7 +164,7 @@ async fn metrics_count_exactly_and_pass_promtool() {
     assert_eq!(get(port, "/metrics", None).await.0, 401);
     assert_eq!(get(port, "/metrics", Some("wrong")).await.0, 401);
     let (status, body) = get(port, "/readyz", Some("s3cret")).await;
-    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    assert_eq!((status, body.as_str()), (200, "ready: reading\n"));
     let (status, body) = get(port, "/api/status", Some("s3cret")).await;
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -195,8 +196,14 @@ async fn metrics_count_exactly_and_pass_promtool() {
     let (_, body) = get(port, &format!("/api/pipelines/orders/windows?from={from}&format=csv"), Some("s3cret")).await;
     assert_eq!(body.lines().next(), Some("window_start,window_end,n,final"));
     assert_eq!(body.lines().count(), 3, "header and the two newest windows: {body}");
+    // The same instant with a UTC offset, `+` unencoded as browsers and curl send it.
+    let utc = chrono::NaiveDateTime::parse_from_str(from.trim_end_matches('Z'), "%Y-%m-%dT%H:%M:%S").unwrap();
+    let plus_one = (utc + chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%S+01:00").to_string();
+    let (status, same) =
+        get(port, &format!("/api/pipelines/orders/windows?from={plus_one}&format=csv"), Some("s3cret")).await;
+    assert_eq!((status, same), (200, body.clone()), "from={plus_one}");
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(b"GET /api/pipelines/orders/windows HTTP/1.1\r\nAuthorization: Bearer s3cret\r\nAccept: application/vnd.apache.arrow.stream\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /api/pipelines/orders/windows HTTP/1.1\r\nConnection: close\r\nAuthorization: Bearer s3cret\r\nAccept: application/vnd.apache.arrow.stream\r\n\r\n").await.unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.unwrap();
     let body_at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;

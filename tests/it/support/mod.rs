@@ -2,6 +2,7 @@
 
 pub mod faulty;
 pub mod lake;
+pub mod proxy;
 pub mod redis_server;
 
 use std::time::Duration;

@@ -1,0 +1,197 @@
+//! One term as the group's lease holder: wait for the lease (standby), take the checkpoint
+//! line over (recovering), read and checkpoint (reading) until a stop, then the final
+//! checkpoint (stopping). A lease that may have lapsed ends the term with `Error::Fenced`
+//! before any further commit; [`super::run`] then goes back to standby.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use super::process::Processor;
+use super::{PipelineOptions, RunSummary, probe_lake};
+use crate::api::windows::{LiveRequest, WindowsSlot, WindowsSource};
+use crate::error::{Error, Result};
+use crate::metrics::{Registry, Role, Stats};
+use crate::source::commands::Commands;
+use crate::source::lease::Lease;
+use crate::source::probe::{self, ProbeTarget};
+use crate::source::reader::{self, ReaderMsg};
+
+/// Waits for the lease, then runs as its holder until a stop; see the module docs.
+pub(super) async fn lead<S: Future<Output = ()>>(
+    opts: &PipelineOptions,
+    registry: &Registry,
+    windows: &WindowsSlot,
+    started: Instant,
+    shutdown: &mut Pin<&mut S>,
+) -> Result<RunSummary> {
+    // One active instance per group: wait (standby) until this one holds the lease.
+    let mut lease_cmds = Commands::new(&opts.source.redis, opts.source.retry_timeout)?;
+    let (group, consumer) = (&opts.source.group, &opts.source.consumer);
+    let on_poll = |holder: Option<&str>| {
+        registry.update(|s| {
+            s.holder = holder.map(str::to_string);
+            s.standby_polled = Some(Instant::now());
+        })
+    };
+    let lease = tokio::select! {
+        l = Lease::acquire(&mut lease_cmds, group, consumer, opts.lease_ttl, on_poll) => l?,
+        _ = shutdown.as_mut() => {
+            tracing::info!("Shutdown requested while on standby.");
+            return Ok(RunSummary { stats: Stats::default(), durable_latency: Default::default(), dedup_ids: 0, elapsed: started.elapsed() });
+        }
+    };
+    tracing::info!(token = lease.token, "Holding the group's lease: this instance reads.");
+    registry.update(|s| (s.role, s.holder) = (Role::Recovering, Some(format!("{consumer}/{}", lease.token))));
+    let (lost_tx, mut lost_rx) = watch::channel::<Option<String>>(None);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Renewed from now on: recovery may take longer than the lease's TTL.
+    let keeper = tokio::spawn(lease.clone().keep(lease_cmds, lost_tx, stop_rx.clone()));
+    let started_term = tokio::select! {
+        p = Processor::start(opts, lease.fence(), lease.token) => p,
+        _ = lost_rx.changed() => Err(Error::Fenced(lost_rx.borrow().clone().unwrap_or_default())),
+    };
+    let mut p = match started_term {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = stop_tx.send(true);
+            let _ = keeper.await;
+            return Err(e);
+        }
+    };
+    registry.update(|s| (s.lake_ok, s.role) = (true, Role::Reading));
+    let (tx, mut rx) = mpsc::channel(4);
+    let (live_tx, mut live_rx) = mpsc::channel::<LiveRequest>(8);
+    if !p.pipelines.is_empty() {
+        windows.set(Some(WindowsSource::new(p.lake().clone(), p.pipelines.output_schemas(), live_tx.clone())));
+    }
+    drop(live_tx);
+    let target = ProbeTarget {
+        redis: opts.source.redis.clone(),
+        group: opts.source.group.clone(),
+        streams: opts.source.streams.iter().cloned().zip(p.dlq_keys().iter().cloned()).collect(),
+    };
+    let probe = tokio::spawn(probe::run(target, registry.clone(), opts.probe_interval, stop_rx.clone()));
+    let lake_probe = tokio::spawn(probe_lake(p.lake().clone(), registry.clone(), opts.probe_interval, stop_rx.clone()));
+    let reader = tokio::spawn(reader::run(opts.source.clone(), p.read_after(), tx, stop_rx));
+
+    let result = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_data = Instant::now();
+        let mut drained = false;
+        let mut last_claim: Option<Instant> = None;
+        let mut last_progress = Instant::now();
+        let mut bounded_input_done = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = lost_rx.changed() => {
+                    let why = lost_rx.borrow().clone().unwrap_or_default();
+                    return Err(Error::Fenced(why));
+                }
+                _ = shutdown.as_mut() => {
+                    tracing::info!("Shutdown requested; committing.");
+                    break;
+                }
+                msg = rx.recv() => match msg {
+                    Some(ReaderMsg::Batch(batch)) => {
+                        last_data = Instant::now();
+                        drained = false;
+                        p.process(batch).await?;
+                    }
+                    Some(ReaderMsg::Idle) => drained = true,
+                    Some(ReaderMsg::Disconnected(e)) => {
+                        drained = false;
+                        p.stats.disconnects += 1;
+                        tracing::warn!(error = %e, "Reader lost Redis; reconnecting.");
+                    }
+                    None => break,
+                },
+                Some(req) = live_rx.recv() => {
+                    let _ = req.reply.send(p.pipelines.live_rows(&req.pipeline));
+                }
+                _ = tick.tick() => {
+                    p.pipelines.on_tick(Instant::now())?;
+                    p.publish(registry);
+                    if p.checkpoint_due(opts.checkpoint_interval, opts.roll_age) {
+                        p.commit_all(false).await?;
+                    }
+                    if !opts.source.noack && last_claim.is_none_or(|t| t.elapsed() >= opts.claim_interval) {
+                        last_claim = Some(Instant::now());
+                        p.claim().await?;
+                    }
+                    if last_progress.elapsed() >= opts.progress_interval {
+                        last_progress = Instant::now();
+                        p.log_progress(started.elapsed());
+                    }
+                    if opts.exit_when_idle.is_some_and(|d| drained && last_data.elapsed() >= d) {
+                        tracing::info!("Streams drained and idle; closing every window, committing and exiting.");
+                        bounded_input_done = true;
+                        break;
+                    }
+                }
+            }
+        }
+        registry.update(|s| s.role = Role::Stopping);
+        // Stop reading; process what the reader still passes on (its read in flight).
+        let _ = stop_tx.send(true);
+        while let Some(msg) = rx.recv().await {
+            if let ReaderMsg::Batch(batch) = msg {
+                p.process(batch).await?;
+            }
+        }
+        if bounded_input_done {
+            p.pipelines.flush()?;
+        }
+        Ok::<(), Error>(())
+    }
+    .await;
+
+    drop(rx);
+    let shutdown_timeout = opts.shutdown_timeout;
+    let finished = async {
+        result?;
+        let last = async {
+            p.commit_all(true).await?;
+            p.finish_acks().await
+        };
+        tokio::time::timeout(shutdown_timeout, last).await.map_err(|_| {
+            Error::Internal(format!(
+                "the final checkpoint did not finish within {shutdown_timeout:?}; nothing after the last \
+                 committed checkpoint was acked (a restart resumes from it)"
+            ))
+        })??;
+        tracing::info!(
+            epoch = p.stats.checkpoint_epoch,
+            archived_rows = p.stats.rows_committed,
+            table_rows = p.stats.table_rows_committed,
+            acked = p.stats.acked,
+            open_windows = p.pipelines.queries().iter().map(|q| q.open_windows()).sum::<usize>(),
+            "Stopped cleanly: everything read is in a committed checkpoint (open windows included) and acked."
+        );
+        Ok::<(), Error>(())
+    }
+    .await;
+    p.publish(registry);
+    let _ = stop_tx.send(true);
+    let _ = reader.await;
+    let _ = probe.await;
+    let _ = lake_probe.await;
+    let _ = keeper.await;
+    finished?;
+    // Hand over at once (a standby need not wait for the lease to expire).
+    if let Err(e) = lease.release(&mut Commands::new(&opts.source.redis, opts.source.retry_timeout)?).await {
+        tracing::warn!(error = %e, "Could not release the group's lease; a standby takes over when it expires.");
+    }
+    let summary = RunSummary {
+        stats: p.stats.clone(),
+        durable_latency: p.durable_exact.clone(),
+        dedup_ids: p.dedup_len(),
+        elapsed: started.elapsed(),
+    };
+    p.log_progress(summary.elapsed);
+    Ok(summary)
+}

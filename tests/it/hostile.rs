@@ -1,0 +1,157 @@
+//! Hostile but valid input in a live run: an event stamped far ahead of the clock.
+
+use std::time::Duration;
+
+use eventide::generator::{GenOptions, Generator, Kind, publish};
+use eventide::sink::lake::Lake;
+use eventide::window::{Pipelines, check_dir};
+
+use crate::support::{self, RedisServer};
+
+/// One valid event 50 minutes ahead of the clock (within `max_future`) in the middle of a
+/// live stream: the events after it are counted in their windows, none is late, and the
+/// future event itself is counted in its own window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_from_the_future_makes_no_event_late() {
+    let redis = RedisServer::start();
+    let mut conn = support::connect(&redis.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipes = dir.path().join("pipes");
+    std::fs::create_dir(&pipes).unwrap();
+    std::fs::write(
+        pipes.join("per_second.toml"),
+        "window = { kind = \"tumbling\", size = \"1s\" }\nwatermark = \"1s\"\nallowed_lateness = \"0s\"\n\
+         sql = \"SELECT count(*) AS n FROM events\"\n",
+    )
+    .unwrap();
+    let now = chrono::Utc::now().timestamp_micros();
+    // Stamped as they are published: 2,000 events over 4 s.
+    let mut entries: Vec<_> =
+        Generator::new(GenOptions { entries: 2_000, start_us: now, spacing_us: 2_000, seed: 41, ..Default::default() })
+            .filter(|e| e.kind == Kind::Event)
+            .collect();
+    let future = chrono::DateTime::from_timestamp_micros(now + 50 * 60 * 1_000_000).unwrap();
+    let mut hostile = entries[0].clone();
+    hostile.event_id = Some("from-the-future".into());
+    hostile.fields = vec![(
+        "data",
+        format!(
+            r#"{{"event_id":"from-the-future","event_type":"order.created","timestamp":"{}","version":"1","data":{{}}}}"#,
+            future.to_rfc3339()
+        )
+        .into_bytes(),
+    )];
+    entries.insert(entries.len() / 4, hostile);
+    let n = entries.len();
+
+    let mut opts = support::options(&redis.url(), &["live"], dir.path().join("lake").to_str().unwrap(), "c1");
+    opts.pipelines = Some(pipes.clone());
+    opts.exit_when_idle = Some(Duration::from_secs(2));
+    opts.checkpoint_interval = Duration::from_millis(500);
+    opts.roll_age = Duration::from_millis(500);
+    let run = tokio::spawn(support::run_until_idle(opts));
+    publish(&mut conn, "live", entries, 20, Some(500.0)).await.unwrap();
+    let summary = run.await.unwrap();
+    assert_eq!(summary.stats.accepted, n as u64);
+
+    let lake = Lake::open(dir.path().join("lake").to_str().unwrap()).unwrap();
+    let pipelines = Pipelines::new(check_dir(&pipes).await.unwrap()).unwrap();
+    let q = eventide::query::LakeQuery::open(&lake, &pipelines.output_schemas()).await.unwrap();
+    // No late row at all: the late table was never even written.
+    let late_dir = dir.path().join("lake").join(eventide::window::LATE_TABLE);
+    let late_files = walk(&late_dir);
+    assert!(late_files.is_empty(), "late rows written: {late_files:?}");
+    let counted = support::text_rows(&q.sql("SELECT sum(n) FROM per_second").await.unwrap().1);
+    assert_eq!(counted, vec![n.to_string()], "every event counted once, the future one included");
+    let ahead =
+        format!("SELECT n FROM per_second WHERE window_start > to_timestamp_micros({})", now + 40 * 60 * 1_000_000);
+    assert_eq!(support::text_rows(&q.sql(&ahead).await.unwrap().1), vec!["1".to_string()]);
+}
+
+/// One pipeline divides by zero on some rows: it is marked failed (log, `/readyz`,
+/// `eventide_pipeline_failed`), the archive and the other pipeline count every event, and
+/// the run goes on (no crash loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_that_divides_by_zero_fails_alone() {
+    let redis = RedisServer::start();
+    let mut conn = support::connect(&redis.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipes = dir.path().join("pipes");
+    std::fs::create_dir(&pipes).unwrap();
+    let window = "window = { kind = \"tumbling\", size = \"1m\" }\n";
+    std::fs::write(pipes.join("counts.toml"), format!("{window}sql = \"SELECT count(*) AS n FROM events\"\n")).unwrap();
+    // `order.created` has 13 letters: its rows divide by zero.
+    std::fs::write(
+        pipes.join("divides.toml"),
+        format!("{window}sql = \"SELECT count(*) AS n FROM events WHERE 100 / (length(event_type) - 13) > 0\"\n"),
+    )
+    .unwrap();
+    let entries: Vec<_> = Generator::new(GenOptions { entries: 3_000, seed: 43, ..Default::default() }).collect();
+    let events = entries.iter().filter(|e| e.kind == Kind::Event).count();
+    assert!(entries.iter().any(|e| e.event_type == Some("order.created")));
+    publish(&mut conn, "shop", entries, 200, None).await.unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut opts = support::options(&redis.url(), &["shop"], dir.path().join("lake").to_str().unwrap(), "c1");
+    opts.pipelines = Some(pipes.clone());
+    opts.exit_when_idle = None;
+    opts.probe_interval = Duration::from_millis(200);
+    opts.api = Some(eventide::api::ApiOptions {
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        token: None,
+        stall_after: Duration::from_secs(30),
+        limits: Default::default(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(eventide::pipeline::run(opts, async move {
+        let _ = stop_rx.await;
+    }));
+    let get = async |path: &str| -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.unwrap();
+        (buf[9..12].parse().unwrap(), buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the failure never showed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(("127.0.0.1", port))).await
+        else {
+            continue;
+        };
+        let (_, text) = get("/metrics").await;
+        let counted = format!("eventide_pipeline_input_events_total{{pipeline=\"counts\"}} {events}");
+        if text.contains("eventide_pipeline_failed{pipeline=\"divides\"} 1") && text.contains(&counted) {
+            assert!(text.contains("eventide_pipeline_failed{pipeline=\"counts\"} 0"), "{text}");
+            break;
+        }
+    }
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("pipeline divides failed") && body.contains("Divide by zero"), "{body}");
+    // The healthy pipeline counted every event (committed and open windows together).
+    let (status, body) = get("/api/pipelines/counts/windows?limit=100000").await;
+    assert_eq!(status, 200, "{body}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(rows.iter().map(|r| r["n"].as_u64().unwrap()).sum::<u64>(), events as u64);
+    let (status, body) = get("/api/pipelines/divides/windows").await;
+    assert!(status >= 500 && body.contains("failed"), "{status} {body}");
+    let _ = stop_tx.send(());
+    let summary = run.await.unwrap().expect("the run stops cleanly, not on the pipeline's error");
+    assert_eq!(summary.stats.accepted, events as u64);
+    assert_eq!(support::read_archive(&dir.path().join("lake")).len(), events);
+}
+
+/// Every file below `dir` (none when it does not exist).
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}
