@@ -22,6 +22,7 @@ fn archive(c: &mut Criterion) {
                     prefix: "events".into(),
                     roll_bytes: 1 << 30,
                     max_buffered_bytes: 1 << 30,
+                    max_open_files: 1000,
                     zstd_level: level,
                     writer: "bench".into(),
                 };

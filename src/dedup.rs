@@ -10,6 +10,14 @@
 //!
 //! An event older than `watermark - horizon` can no longer be checked: it is accepted and
 //! counted as [`Verdict::BeyondHorizon`] so operators see it.
+//!
+//! **A memory cap** ([`Dedup::with_max_bytes`]): a flood of unique ids within the horizon
+//! would otherwise grow the table without bound. At the cap the oldest quarter of the ids
+//! is forgotten and the horizon shrinks to what remains (logged, and exported as the
+//! effective horizon and the ids forgotten early); events older than that are accepted
+//! unchecked (`BeyondHorizon`), as beyond the configured horizon. The horizon grows back as
+//! event time moves on. Snapshots are written in parts ([`Dedup::to_parts`]) so that no
+//! single object outgrows what a store takes in one put.
 
 use hashbrown::HashTable;
 use xxhash_rust::xxh3::xxh3_128;
@@ -51,7 +59,17 @@ pub struct Dedup {
     swept_at: i64,
     /// Ids remembered since the last [`Dedup::take_delta`] (16 B each).
     delta: Vec<Slot>,
+    /// Most ids remembered at once (from the memory cap).
+    max_ids: usize,
+    /// Ids of events before this second were forgotten early (the cap): not checkable.
+    floor: i64,
+    /// Ids forgotten early to honour the cap.
+    pub evicted: u64,
 }
+
+/// Worst-case table bytes per id: 17 B per slot at a load factor of 7/8 right after the
+/// table doubled (half empty).
+const WORST_BYTES_PER_ID: usize = 40;
 
 impl Dedup {
     /// A dedup remembering ids for `horizon_secs` of event time (at least one second).
@@ -62,6 +80,23 @@ impl Dedup {
             watermark: i64::MIN,
             swept_at: i64::MIN,
             delta: Vec::new(),
+            max_ids: usize::MAX,
+            floor: i64::MIN,
+            evicted: 0,
+        }
+    }
+
+    /// Caps the table at about `bytes` (see the module docs).
+    pub fn with_max_bytes(mut self, bytes: usize) -> Self {
+        self.max_ids = (bytes / WORST_BYTES_PER_ID).max(1024);
+        self
+    }
+
+    /// The horizon in force: the configured one, or less while the memory cap holds it.
+    pub fn effective_horizon_secs(&self) -> i64 {
+        match self.watermark {
+            i64::MIN => self.horizon_secs,
+            w => self.horizon_secs.min(w.saturating_sub(self.floor)),
         }
     }
 
@@ -108,13 +143,40 @@ impl Dedup {
         if self.table.find(lo, |s| s.lo == lo && s.hi == hi).is_some() {
             return Verdict::Duplicate;
         }
-        if secs < self.watermark - self.horizon_secs {
+        if secs < self.watermark - self.horizon_secs || secs < self.floor {
             return Verdict::BeyondHorizon;
         }
         let slot = Slot { lo, hi, secs: to_u32_secs(secs) };
         self.table.insert_unique(lo, slot, |s| s.lo);
         self.delta.push(slot);
+        if self.table.len() > self.max_ids {
+            self.forget_oldest();
+        }
         Verdict::New
+    }
+
+    /// At the cap: forgets the oldest quarter of the ids and raises the floor to match.
+    fn forget_oldest(&mut self) {
+        let mut secs: Vec<u32> = self.table.iter().map(|s| s.secs).collect();
+        let quarter = secs.len() / 4;
+        let cut = *secs.select_nth_unstable(quarter).1;
+        // Everything before `cut` goes; when that is too little (many ids share a second),
+        // that second too, so the next cap is far off.
+        let below = secs.iter().filter(|&&s| s < cut).count();
+        let cut = if below < quarter / 2 { cut.saturating_add(1) } else { cut };
+        drop(secs);
+        let before = self.table.len();
+        self.table.retain(|s| s.secs >= cut);
+        self.evicted += (before - self.table.len()) as u64;
+        self.floor = self.floor.max(i64::from(cut));
+        tracing::warn!(
+            remembered = self.table.len(),
+            forgotten = before - self.table.len(),
+            horizon_secs = self.horizon_secs,
+            effective_horizon_secs = self.effective_horizon_secs(),
+            "Dedup reached its memory cap (dedup_max_bytes): forgot the oldest ids; the dedup horizon is \
+             shorter until event time moves on (older events are accepted unchecked, counted as beyond the horizon)."
+        );
     }
 
     fn advance(&mut self, secs: i64) {
@@ -137,6 +199,19 @@ impl Dedup {
     /// Serialises the whole state (for a restart): a header, then 16 bytes per id.
     pub fn to_bytes(&self) -> Vec<u8> {
         encode(MAGIC, self.horizon_secs, self.watermark, self.table.len(), self.table.iter())
+    }
+
+    /// The whole state in parts of at most `max_part_bytes`: a snapshot ([`Dedup::from_bytes`])
+    /// of the first ids, then deltas ([`Dedup::apply_delta`]) with the rest.
+    pub fn to_parts(&self, max_part_bytes: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let per_part = (max_part_bytes.saturating_sub(32) / 16).max(1);
+        let slots: Vec<&Slot> = self.table.iter().collect();
+        let mut chunks = slots.chunks(per_part);
+        let (h, w) = (self.horizon_secs, self.watermark);
+        let first = chunks.next().unwrap_or_default();
+        let snapshot = encode(MAGIC, h, w, first.len(), first.iter().copied());
+        let rest = chunks.map(|c| encode(DELTA_MAGIC, h, w, c.len(), c.iter().copied())).collect();
+        (snapshot, rest)
     }
 
     /// Restores a state saved by [`Dedup::to_bytes`]; the current horizon setting wins.
@@ -289,6 +364,42 @@ mod tests {
         assert_eq!(r.check("id-new", 999 * S, i64::MAX), Verdict::New);
         assert!(Dedup::from_bytes(&bytes[..bytes.len() - 1], 3600).is_err());
         assert!(Dedup::from_bytes(b"garbage", 3600).is_err());
+    }
+
+    #[test]
+    fn the_memory_cap_forgets_the_oldest_and_shortens_the_horizon() {
+        let mut d = Dedup::new(3600).with_max_bytes(1024 * WORST_BYTES_PER_ID);
+        for i in 0..5000 {
+            assert_eq!(d.check(&format!("id-{i}"), i * S, i64::MAX), Verdict::New);
+            assert!(d.len() <= 1024, "capped at {}", d.len());
+        }
+        assert!(d.evicted >= 5000 - 1024, "{}", d.evicted);
+        assert!(d.effective_horizon_secs() < 1024, "{}", d.effective_horizon_secs());
+        // The newest are still checked; the forgotten ones are beyond the shrunk horizon.
+        assert_eq!(d.check("id-4999", 4999 * S, i64::MAX), Verdict::Duplicate);
+        assert_eq!(d.check("id-3000", 3000 * S, i64::MAX), Verdict::BeyondHorizon, "within 1h, below the floor");
+        // As event time moves on past the floor + horizon, the configured horizon is back.
+        d.check("late", 9_000 * S, i64::MAX);
+        assert_eq!(d.effective_horizon_secs(), 3600);
+    }
+
+    #[test]
+    fn snapshots_in_parts_restore_everything() {
+        let mut d = Dedup::new(3600);
+        for i in 0..1000 {
+            d.check(&format!("id-{i}"), i * S, i64::MAX);
+        }
+        let (first, rest) = d.to_parts(32 + 16 * 300);
+        assert_eq!(rest.len(), 3, "1000 ids in parts of 300");
+        assert!(std::iter::once(&first).chain(&rest).all(|p| p.len() <= 32 + 16 * 300));
+        let mut r = Dedup::from_bytes(&first, 3600).unwrap();
+        for p in &rest {
+            r.apply_delta(p).unwrap();
+        }
+        assert_eq!(r.len(), 1000);
+        for i in [0, 299, 300, 999] {
+            assert_eq!(r.check(&format!("id-{i}"), 999 * S, i64::MAX), Verdict::Duplicate);
+        }
     }
 
     #[test]

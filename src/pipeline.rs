@@ -42,6 +42,10 @@ pub struct PipelineOptions {
     pub dlq_stream: Option<String>,
     pub dlq: crate::sink::dlq::DlqOptions,
     pub dedup_horizon: Duration,
+    /// Memory cap of the dedup table.
+    pub dedup_max_bytes: usize,
+    /// Window state of one pipeline beyond which it fails (the others go on).
+    pub pipeline_max_state_bytes: usize,
     /// How far a pipeline's watermark may run ahead of the wall clock (producer clock skew).
     pub max_clock_skew: Duration,
     pub roll_age: Duration,

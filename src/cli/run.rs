@@ -52,6 +52,9 @@ pub struct RunArgs {
     pub field: Option<String>,
     #[arg(long, env = "EVENTIDE_BATCH_SIZE")]
     pub batch_size: Option<usize>,
+    /// Byte budget of one read (default 16MiB): COUNT is lowered for large entries.
+    #[arg(long, env = "EVENTIDE_READ_MAX_BYTES")]
+    pub read_max_bytes: Option<ByteSize>,
     #[arg(long, env = "EVENTIDE_BLOCK")]
     pub block: Option<Dur>,
     #[arg(long, env = "EVENTIDE_CLAIM_INTERVAL")]
@@ -73,6 +76,12 @@ pub struct RunArgs {
     pub max_future: Option<Dur>,
     #[arg(long, env = "EVENTIDE_DEDUP_HORIZON")]
     pub dedup_horizon: Option<Dur>,
+    /// Memory cap of the dedup table (default 2GiB); at it the horizon shrinks.
+    #[arg(long, env = "EVENTIDE_DEDUP_MAX_BYTES")]
+    pub dedup_max_bytes: Option<ByteSize>,
+    /// Window state of one pipeline beyond which it fails (default 512MiB).
+    #[arg(long, env = "EVENTIDE_PIPELINE_MAX_STATE_BYTES")]
+    pub pipeline_max_state_bytes: Option<ByteSize>,
     /// How far ahead of the wall clock an event may move a pipeline's watermark (default 0s).
     #[arg(long, env = "EVENTIDE_MAX_CLOCK_SKEW")]
     pub max_clock_skew: Option<Dur>,
@@ -88,8 +97,12 @@ pub struct RunArgs {
     pub checkpoint_interval: Option<Dur>,
     #[arg(long, env = "EVENTIDE_STATE_INTERVAL")]
     pub state_interval: Option<Dur>,
+    /// Memory of open archive files (default 512MiB): over it the oldest finish early.
     #[arg(long, env = "EVENTIDE_MAX_BUFFERED_BYTES")]
     pub max_buffered_bytes: Option<ByteSize>,
+    /// Archive partitions open at once (default 1000): more finish the oldest early.
+    #[arg(long, env = "EVENTIDE_MAX_OPEN_FILES")]
+    pub max_open_files: Option<usize>,
     #[arg(long, env = "EVENTIDE_ZSTD_LEVEL")]
     pub zstd_level: Option<i32>,
     /// Stop once the streams are drained and idle this long (everything committed).
@@ -159,6 +172,7 @@ impl RunArgs {
             read_mode,
             field,
             batch_size,
+            read_max_bytes,
             block,
             claim_interval,
             claim_min_idle,
@@ -167,12 +181,15 @@ impl RunArgs {
             max_entry_bytes,
             max_future,
             dedup_horizon,
+            dedup_max_bytes,
+            pipeline_max_state_bytes,
             max_clock_skew,
             lake,
             roll_bytes,
             roll_age,
             state_interval,
             max_buffered_bytes,
+            max_open_files,
             zstd_level,
             progress_interval,
             redis_retry_timeout,

@@ -50,8 +50,10 @@ pub struct Config {
     pub read_mode: String,
     /// Entry field holding the event (Dapr: `data`).
     pub field: String,
-    /// Entries per `XREADGROUP`.
+    /// Most entries per `XREADGROUP` (`COUNT`).
     pub batch_size: usize,
+    /// Byte budget of one read: `COUNT` is lowered when entries are large.
+    pub read_max_bytes: ByteSize,
     /// `BLOCK` time of a read.
     pub block: Dur,
     /// How often to claim entries from dead consumers.
@@ -69,6 +71,10 @@ pub struct Config {
     pub max_future: Dur,
     /// Event-time horizon of exact dedup by event_id.
     pub dedup_horizon: Dur,
+    /// Memory cap of the dedup table; at it the horizon shrinks (logged, `/metrics`).
+    pub dedup_max_bytes: ByteSize,
+    /// Window state of one pipeline beyond which it fails (freed; the others go on).
+    pub pipeline_max_state_bytes: ByteSize,
     /// How far ahead of the wall clock an event may move a pipeline's watermark (producers'
     /// clock skew): the watermark stays at most `now + max_clock_skew − watermark`. Events
     /// stamped further ahead wait in their windows until the clock gets there. Default 0:
@@ -89,8 +95,11 @@ pub struct Config {
     pub checkpoint_interval: Option<Dur>,
     /// How often (at most) the dedup snapshot is saved after a commit; always at a clean stop.
     pub state_interval: Dur,
-    /// Upper bound of archive data buffered in memory.
+    /// Memory of open archive files (rows, encoded bytes, per-file overhead); over it the
+    /// oldest are finished early.
     pub max_buffered_bytes: ByteSize,
+    /// Archive partitions (date × event type) open at once; more finish the oldest early.
+    pub max_open_files: usize,
     pub zstd_level: i32,
     /// Stop once the streams are drained and idle this long, with everything committed.
     pub exit_when_idle: Option<Dur>,
@@ -132,6 +141,7 @@ impl Default for Config {
             read_mode: "group".into(),
             field: "data".into(),
             batch_size: 1000,
+            read_max_bytes: ByteSize(16 << 20),
             block: Dur::secs(2),
             claim_interval: Dur::secs(30),
             claim_min_idle: Dur::secs(120),
@@ -141,6 +151,8 @@ impl Default for Config {
             max_entry_bytes: ByteSize(1 << 20),
             max_future: Dur::secs(3600),
             dedup_horizon: Dur::secs(3600),
+            dedup_max_bytes: ByteSize(2 << 30),
+            pipeline_max_state_bytes: ByteSize(512 << 20),
             max_clock_skew: Dur::secs(0),
             lake: "./lake".into(),
             lake_options: Default::default(),
@@ -149,6 +161,7 @@ impl Default for Config {
             checkpoint_interval: None,
             state_interval: Dur::secs(60),
             max_buffered_bytes: ByteSize(512 << 20),
+            max_open_files: 1000,
             zstd_level: 1,
             exit_when_idle: None,
             shutdown_timeout: Dur::secs(30),
@@ -258,6 +271,9 @@ impl Config {
         if self.field.is_empty() {
             bad("field", "the entry field name is empty (Dapr uses `data`)".into());
         }
+        if self.read_max_bytes.0 < 64 * 1024 {
+            bad("read_max_bytes", "use at least 64KiB".into());
+        }
         if !(1..=100_000).contains(&self.batch_size) {
             bad("batch_size", format!("{} is outside 1..=100000", self.batch_size));
         }
@@ -273,6 +289,9 @@ impl Config {
                 ),
             );
         }
+        if self.dedup_max_bytes.0 < 1 << 20 {
+            bad("dedup_max_bytes", "use at least 1MiB".into());
+        }
         if self.dedup_horizon.0 < Duration::from_secs(1) {
             bad("dedup_horizon", "use at least 1s".into());
         }
@@ -281,6 +300,9 @@ impl Config {
         }
         if self.max_buffered_bytes.0 < self.roll_bytes.0 {
             bad("max_buffered_bytes", "must be at least roll_bytes".into());
+        }
+        if !(1..=1_000_000).contains(&self.max_open_files) {
+            bad("max_open_files", format!("{} is outside 1..=1000000", self.max_open_files));
         }
         if self.roll_age.0 < Duration::from_millis(10) {
             bad("roll_age", "use at least 10ms".into());
@@ -323,6 +345,7 @@ impl Config {
                 start_id: self.start_id.clone(),
                 noack: self.read_mode == "noack",
                 batch_size: self.batch_size,
+                read_max_bytes: self.read_max_bytes.0 as usize,
                 block: self.block.0,
                 claim_min_idle: self.claim_min_idle.0,
                 retry_timeout: self.redis_retry_timeout.0,
@@ -336,6 +359,7 @@ impl Config {
                 prefix: "events".into(),
                 roll_bytes: self.roll_bytes.0 as usize,
                 max_buffered_bytes: self.max_buffered_bytes.0 as usize,
+                max_open_files: self.max_open_files,
                 zstd_level: self.zstd_level,
                 writer: sanitize_name(&self.consumer),
             },
@@ -348,6 +372,8 @@ impl Config {
                 maxlen: self.dlq_maxlen,
             },
             dedup_horizon: self.dedup_horizon.0,
+            dedup_max_bytes: self.dedup_max_bytes.0 as usize,
+            pipeline_max_state_bytes: self.pipeline_max_state_bytes.0 as usize,
             max_clock_skew: self.max_clock_skew.0,
             roll_age: self.roll_age.0,
             checkpoint_interval: self.checkpoint_interval.map_or(self.roll_age.0, |c| c.0.min(self.roll_age.0)),

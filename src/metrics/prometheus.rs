@@ -46,6 +46,13 @@ pub const STATE_BYTES: &str = "eventide_pipeline_state_bytes";
 pub const EMIT_LATENCY: &str = "eventide_pipeline_window_end_to_emit_seconds";
 pub const UP: &str = "eventide_up";
 pub const PIPELINE_FAILED: &str = "eventide_pipeline_failed";
+pub const ARCHIVE_OPEN_FILES: &str = "eventide_archive_open_files";
+pub const ARCHIVE_MEMORY: &str = "eventide_archive_memory_bytes";
+pub const ARCHIVE_EARLY: &str = "eventide_archive_files_finished_early_total";
+pub const READ_COUNT: &str = "eventide_read_entries_limit";
+pub const READ_BYTES: &str = "eventide_read_bytes_total";
+pub const DEDUP_HORIZON: &str = "eventide_dedup_horizon_seconds";
+pub const DEDUP_EVICTED: &str = "eventide_dedup_evicted_total";
 pub const ROLE: &str = "eventide_role";
 pub const BUILD_INFO: &str = "eventide_build_info";
 pub const RESIDENT: &str = "process_resident_memory_bytes";
@@ -212,6 +219,41 @@ pub fn render_with(s: &Snapshot, now: Instant, now_unix_ms: i64, more: impl FnOn
     o.one(DEDUP_IDS, "gauge", "Event ids remembered by dedup.", s.dedup_ids);
     o.one(DEDUP_BYTES, "gauge", "Memory of the dedup table.", s.dedup_bytes);
     o.one(UNACKED, "gauge", "Entries read and not yet acknowledged (waiting for a commit).", s.unacked);
+    let b = &s.bounds;
+    o.one(
+        ARCHIVE_OPEN_FILES,
+        "gauge",
+        "Archive files open (partitions: date x event type), at most max_open_files.",
+        b.archive_open_files,
+    );
+    o.one(
+        ARCHIVE_MEMORY,
+        "gauge",
+        "Estimated memory of open archive files, bounded by max_buffered_bytes.",
+        b.archive_memory_bytes,
+    );
+    o.family(ARCHIVE_EARLY, "counter", "Archive files finished before their size or age, by the bound that made them.");
+    o.sample(ARCHIVE_EARLY, &[("reason", "max_open_files")], b.archive_early_open_files);
+    o.sample(ARCHIVE_EARLY, &[("reason", "max_buffered_bytes")], b.archive_early_memory);
+    o.one(
+        READ_COUNT,
+        "gauge",
+        "COUNT of the last read, adapted to entry sizes to stay near read_max_bytes.",
+        s.read_count,
+    );
+    o.one(READ_BYTES, "counter", "Bytes of stream entries read (field names and values).", b.read_bytes);
+    o.one(
+        DEDUP_HORIZON,
+        "gauge",
+        "Dedup horizon in force (shorter than dedup_horizon while dedup_max_bytes holds it).",
+        b.dedup_horizon_secs,
+    );
+    o.one(
+        DEDUP_EVICTED,
+        "counter",
+        "Ids forgotten before their horizon to stay within dedup_max_bytes.",
+        b.dedup_evicted,
+    );
 
     // From the Redis probe.
     let probed = s.probe.at.is_some() && s.probe.error.is_none();

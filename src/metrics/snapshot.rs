@@ -47,6 +47,23 @@ pub struct Probe {
     pub streams: Vec<StreamProbe>,
 }
 
+/// The memory bounds an operator sets, and what they did (for `/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bounds {
+    pub archive_open_files: u64,
+    pub archive_memory_bytes: u64,
+    /// Archive files finished early: too many partitions open / over the memory budget.
+    pub archive_early_open_files: u64,
+    pub archive_early_memory: u64,
+    /// Entry bytes read from Redis.
+    pub read_bytes: u64,
+    pub dedup_max_ids: u64,
+    /// The dedup horizon in force (shorter than configured while the memory cap holds it).
+    pub dedup_horizon_secs: u64,
+    /// Ids forgotten early to honour the dedup memory cap.
+    pub dedup_evicted: u64,
+}
+
 /// What this instance is doing in its group (`eventide_role`, `/readyz`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Role {
@@ -91,6 +108,10 @@ pub struct Snapshot {
     pub dedup_bytes: u64,
     pub unacked: u64,
     pub open_archive_rows: u64,
+    /// What the memory bounds are doing.
+    pub bounds: Bounds,
+    /// `COUNT` of the reader's last read.
+    pub read_count: u64,
     pub pipelines: Vec<PipelineMetrics>,
     pub probe: Probe,
     /// The lake answered the last readiness check.

@@ -29,6 +29,8 @@ use super::recovery::{noack_positions, take_over};
 
 /// Claimed entries processed per stream per claim round.
 const CLAIM_MAX: usize = 10_000;
+/// Largest object of a dedup snapshot (S3 takes at most 5 GB in one put).
+const SNAPSHOT_PART_BYTES: usize = 256 << 20;
 
 pub(super) struct Processor {
     source: SourceOptions,
@@ -67,6 +69,9 @@ pub(super) struct Processor {
     token: u64,
     /// `noack` mode: per stream, the position to read after and the group's `entries-read`.
     noack: Option<Vec<(EntryId, Option<u64>)>>,
+    /// Entry bytes read from Redis.
+    read_bytes: u64,
+    dedup_max_ids: u64,
     pub stats: Stats,
     /// Publish → durable at 1 ms resolution, for the run summary.
     pub durable_exact: crate::metrics::LatencyHistogram,
@@ -82,7 +87,8 @@ impl Processor {
         };
         let cp = Checkpoints::new(lake.clone(), &opts.source.group, &opts.source.consumer);
         let horizon = opts.dedup_horizon.as_secs();
-        let (latest, mut dedup, recovered) = take_over(&cp, &lake, &fence, token, horizon).await?;
+        let (latest, dedup, recovered) = take_over(&cp, &lake, &fence, token, horizon).await?;
+        let mut dedup = dedup.with_max_bytes(opts.dedup_max_bytes);
         dedup.clear_delta();
         let mut cmds = Commands::new(&opts.source.redis, opts.source.retry_timeout)?;
         let created = group::ensure_groups(&mut cmds, &opts.source).await?;
@@ -117,6 +123,7 @@ impl Processor {
         pipelines.declare_streams(&opts.source.streams);
         pipelines.bound_watermarks(opts.max_clock_skew);
         pipelines.isolate_failures();
+        pipelines.bound_state(opts.pipeline_max_state_bytes);
         let dlq_keys: Vec<String> =
             opts.source.streams.iter().map(|s| dlq::dlq_key(opts.dlq_stream.as_deref(), s)).collect();
         if recovered {
@@ -186,6 +193,8 @@ impl Processor {
             noack,
             cp,
             durable_exact: Default::default(),
+            read_bytes: 0,
+            dedup_max_ids: (opts.dedup_max_bytes / 40) as u64,
             stats,
         })
     }
@@ -221,6 +230,7 @@ impl Processor {
             }
         }
         stats.read += batch.entries.len() as u64;
+        self.read_bytes += batch.entries.iter().map(crate::event::RawEntry::size).sum::<usize>() as u64;
         if stats.streams.len() <= batch.stream {
             stats.streams.resize(batch.stream + 1, Default::default());
         }
@@ -330,9 +340,14 @@ impl Processor {
         m.files.extend(checkpoint::file_entries(&tables));
         let snapshot_due = self.last_snapshot.is_none_or(|s| s.elapsed() >= self.state_interval);
         if self.snapshot.is_none() || final_stop || snapshot_due {
-            self.snapshot = Some(self.cp.put_blob(epoch, "dedup.bin", self.dedup.to_bytes()).await?);
+            // In parts: no single object outgrows what a store takes in one put.
+            let (first, rest) = self.dedup.to_parts(SNAPSHOT_PART_BYTES);
+            self.snapshot = Some(self.cp.put_blob(epoch, "dedup.bin", first).await?);
             self.dedup.clear_delta();
             self.deltas.clear();
+            for (i, part) in rest.into_iter().enumerate() {
+                self.deltas.push(self.cp.put_blob(epoch, &format!("dedup-part-{}.bin", i + 1), part).await?);
+            }
             self.last_snapshot = Some(Instant::now());
         } else if let Some(delta) = self.dedup.take_delta() {
             self.deltas.push(self.cp.put_blob(epoch, "dedup-delta.bin", delta).await?);
@@ -491,6 +506,17 @@ impl Processor {
             s.dedup_bytes = self.dedup.memory_bytes() as u64;
             s.unacked = self.acks.pending_ids() as u64;
             s.open_archive_rows = self.archive.open_rows();
+            let a = self.archive.bounds();
+            s.bounds = crate::metrics::Bounds {
+                archive_open_files: a.open_files as u64,
+                archive_memory_bytes: a.memory_bytes as u64,
+                archive_early_open_files: a.early_open_files,
+                archive_early_memory: a.early_memory,
+                read_bytes: self.read_bytes,
+                dedup_max_ids: self.dedup_max_ids,
+                dedup_horizon_secs: self.dedup.effective_horizon_secs().max(0) as u64,
+                dedup_evicted: self.dedup.evicted,
+            };
             s.last_commit_unix_ms = self.last_commit_unix_ms;
             s.pipelines = pipelines;
         });

@@ -75,7 +75,12 @@ pub(super) async fn lead<S: Future<Output = ()>>(
     };
     let probe = tokio::spawn(probe::run(target, registry.clone(), opts.probe_interval, stop_rx.clone()));
     let lake_probe = tokio::spawn(probe_lake(p.lake().clone(), registry.clone(), opts.probe_interval, stop_rx.clone()));
-    let reader = tokio::spawn(reader::run(opts.source.clone(), p.read_after(), tx, stop_rx));
+    let read_count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = tokio::spawn(reader::run(opts.source.clone(), p.read_after(), tx, stop_rx, read_count.clone()));
+    let publish = |p: &Processor| {
+        p.publish(registry);
+        registry.update(|s| s.read_count = read_count.load(std::sync::atomic::Ordering::Relaxed));
+    };
 
     let result = async {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -115,7 +120,7 @@ pub(super) async fn lead<S: Future<Output = ()>>(
                 }
                 _ = tick.tick() => {
                     p.pipelines.on_tick(Instant::now())?;
-                    p.publish(registry);
+                    publish(&p);
                     if p.checkpoint_due(opts.checkpoint_interval, opts.roll_age) {
                         p.commit_all(false).await?;
                     }
@@ -175,7 +180,7 @@ pub(super) async fn lead<S: Future<Output = ()>>(
         Ok::<(), Error>(())
     }
     .await;
-    p.publish(registry);
+    publish(&p);
     let _ = stop_tx.send(true);
     let _ = reader.await;
     let _ = probe.await;

@@ -8,6 +8,13 @@
 //! the checkpoint that lists them ([`crate::checkpoint`]). A file kept open across a checkpoint
 //! hands the rows it got since the previous one to the checkpoint (segments) and can be
 //! reopened from them.
+//!
+//! **Memory is bounded by settings, whatever the input.** Every open file counts its encoded
+//! bytes, its builders' bytes and a fixed overhead ([`FILE_OVERHEAD`]: the writer and its
+//! builders' first allocations) against `max_buffered_bytes`; at most `max_open_files`
+//! partitions are open (a flood of distinct event types or dates). Over either bound the
+//! oldest files are finished early (staged, published by the next checkpoint): data is never
+//! refused, files just get smaller. [`Archive::bounds`] counts what happened, for metrics.
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +43,9 @@ const ENCODE_ROWS: usize = 8192;
 const ROW_GROUP_ROWS: usize = 122_880;
 /// Files finished and written at once during a commit.
 const COMMIT_CONCURRENCY: usize = 4;
+/// Memory of an open file beyond its rows: the Parquet writer (12 column writers) and the
+/// builders' first allocations. Measured: 20,000 one-row partitions (BENCHMARKS.md).
+pub const FILE_OVERHEAD: usize = 96 * 1024;
 
 /// Archive settings.
 #[derive(Debug, Clone)]
@@ -44,8 +54,11 @@ pub struct ArchiveOptions {
     pub prefix: String,
     /// A file is committed once its encoded size reaches this.
     pub roll_bytes: usize,
-    /// All open files are committed once the buffered total reaches this.
+    /// Memory of all open files (rows, encoded bytes, per-file overhead): over it, the oldest
+    /// files are finished early.
     pub max_buffered_bytes: usize,
+    /// Partitions (date, event type) open at once: over it, the oldest are finished early.
+    pub max_open_files: usize,
     pub zstd_level: i32,
     /// Writer name in file names (the consumer name, sanitised): keeps names unique per instance.
     pub writer: String,
@@ -164,6 +177,23 @@ impl OpenFile {
     fn size(&self) -> usize {
         self.encoded_size + self.columns.bytes / 4
     }
+
+    /// Memory held: encoded bytes, buffered rows and the writer's own overhead.
+    fn memory(&self) -> usize {
+        self.encoded_size + self.columns.bytes + FILE_OVERHEAD
+    }
+}
+
+/// What the archive's bounds did (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArchiveBounds {
+    pub open_files: usize,
+    /// Estimated memory of the open files.
+    pub memory_bytes: usize,
+    /// Files finished before their size or age: too many partitions open.
+    pub early_open_files: u64,
+    /// … or over `max_buffered_bytes`.
+    pub early_memory: u64,
 }
 
 /// The archive writer.
@@ -177,6 +207,8 @@ pub struct Archive {
     pub placement: Placement,
     /// Files are kept open across checkpoints: keep their new rows for the next segment.
     pub keep_segments: bool,
+    early_open_files: u64,
+    early_memory: u64,
 }
 
 impl Archive {
@@ -204,6 +236,8 @@ impl Archive {
             files: 0,
             placement: Placement::Direct,
             keep_segments: false,
+            early_open_files: 0,
+            early_memory: 0,
         })
     }
 
@@ -263,17 +297,53 @@ impl Archive {
         self.open.values().map(|f| f.rows).sum()
     }
 
-    /// Commits the files that reached the roll size, or all of them when the buffered total
-    /// is over budget.
+    /// Commits the files that reached the roll size, and (oldest first) as many others as
+    /// bring the open files back within `max_open_files` and to three quarters of
+    /// `max_buffered_bytes` when either is exceeded.
     pub async fn commit_rolled(&mut self) -> Result<Vec<CommittedFile>> {
-        let sizes: Vec<((i32, Box<str>), usize)> = self.open.iter().map(|(k, f)| (k.clone(), f.size())).collect();
-        let total: usize = sizes.iter().map(|(_, s)| s).sum();
-        let keys: Vec<_> = if total >= self.opts.max_buffered_bytes {
-            sizes.into_iter().map(|(k, _)| k).collect()
-        } else {
-            sizes.into_iter().filter(|(_, s)| *s >= self.opts.roll_bytes).map(|(k, _)| k).collect()
-        };
+        // (partition, file size, memory, opened)
+        type Open = ((i32, Box<str>), usize, usize, Instant);
+        let mut files: Vec<Open> = self.open.iter().map(|(k, f)| (k.clone(), f.size(), f.memory(), f.opened)).collect();
+        let mut keys: Vec<(i32, Box<str>)> = Vec::new();
+        files.retain(|(k, size, _, _)| {
+            let rolled = *size >= self.opts.roll_bytes;
+            if rolled {
+                keys.push(k.clone());
+            }
+            !rolled
+        });
+        let mut memory: usize = files.iter().map(|f| f.2).sum();
+        let over_count = files.len() > self.opts.max_open_files.max(1);
+        let over_memory = memory >= self.opts.max_buffered_bytes;
+        if over_count || over_memory {
+            files.sort_by_key(|f| f.3);
+            let (count_to, memory_to) = (self.opts.max_open_files.max(1), self.opts.max_buffered_bytes / 4 * 3);
+            let mut left = files.len();
+            for (k, _, m, _) in files {
+                if left <= count_to && (!over_memory || memory <= memory_to) {
+                    break;
+                }
+                if left > count_to {
+                    self.early_open_files += 1;
+                } else {
+                    self.early_memory += 1;
+                }
+                (left, memory) = (left - 1, memory - m);
+                keys.push(k);
+            }
+            tracing::debug!(files = keys.len(), over_count, over_memory, "Finishing archive files early (bounds).");
+        }
         self.commit_keys(keys).await
+    }
+
+    /// The open files against their bounds, and how often the bounds finished files early.
+    pub fn bounds(&self) -> ArchiveBounds {
+        ArchiveBounds {
+            open_files: self.open.len(),
+            memory_bytes: self.open.values().map(OpenFile::memory).sum(),
+            early_open_files: self.early_open_files,
+            early_memory: self.early_memory,
+        }
     }
 
     /// Commits every open file.

@@ -34,7 +34,10 @@ pub struct SourceOptions {
     pub start_id: String,
     /// Read with XREAD from checkpointed positions instead of XREADGROUP (no pending list).
     pub noack: bool,
+    /// Most entries per read (`COUNT`), lowered to keep a read near `read_max_bytes`.
     pub batch_size: usize,
+    /// Byte budget of one read (all streams).
+    pub read_max_bytes: usize,
     pub block: Duration,
     /// Entries pending longer than this at another consumer are claimed.
     pub claim_min_idle: Duration,

@@ -10,7 +10,13 @@
 //!
 //! In `noack` mode it reads with `XREAD` after the checkpointed positions instead: no pending
 //! list; after an error it resumes after the last id it passed on.
+//!
+//! Each read's `COUNT` adapts to the entries' sizes so that a read stays near
+//! `read_max_bytes` ([`ReadBudget`]); with the bounded channel to the processor that bounds
+//! the memory reads take, whatever the producers write.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -18,7 +24,7 @@ use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::{mpsc, watch};
 
 use super::{SourceOptions, backoff, reply};
-use crate::event::{EntryId, StreamBatch};
+use crate::event::{EntryId, RawEntry, StreamBatch};
 
 /// What the reader tells the pipeline.
 #[derive(Debug)]
@@ -49,7 +55,9 @@ pub async fn run(
     after: Option<Vec<EntryId>>,
     tx: mpsc::Sender<ReaderMsg>,
     mut stop: watch::Receiver<bool>,
+    count_gauge: Arc<AtomicU64>,
 ) {
+    let mut budget = ReadBudget::new(&opts);
     let client = match opts.redis.client() {
         Ok(c) => c,
         Err(e) => {
@@ -83,7 +91,9 @@ pub async fn run(
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        let cmd = read_command(&opts, &positions);
+        let count = budget.count();
+        count_gauge.store(count as u64, Ordering::Relaxed);
+        let cmd = read_command(&opts, &positions, count);
         // A stop request lets the read in flight finish (at most `block`): its entries are
         // delivered to this consumer already, so they are passed on and processed.
         let res = cmd.query_async::<Value>(c).await;
@@ -118,6 +128,7 @@ pub async fn run(
             }
         };
         attempt = 0;
+        budget.observe(streams.iter().flat_map(|(_, e)| e.iter().map(RawEntry::size)));
         let mut any = false;
         for (i, pos) in positions.iter_mut().enumerate() {
             let key = opts.streams[i].as_bytes();
@@ -157,13 +168,42 @@ pub async fn run(
     }
 }
 
-fn read_command(opts: &SourceOptions, positions: &[Position]) -> redis::Cmd {
+/// `COUNT` per read, adapted so that a read stays near `read_max_bytes` whatever the entries'
+/// sizes: the budget (per stream) over the largest entry seen lately (a larger entry raises
+/// the estimate at once, it halves with each read), within 1..=`batch_size`. A stream whose entries
+/// jump from small to huge costs at most one read at the old `COUNT`.
+struct ReadBudget {
+    per_stream: usize,
+    max: usize,
+    /// Largest entry lately (bytes).
+    estimate: f64,
+}
+
+impl ReadBudget {
+    fn new(opts: &SourceOptions) -> Self {
+        let per_stream = (opts.read_max_bytes / opts.streams.len().max(1)).max(1);
+        // Before the first read: as if entries were 1 MiB (the default max_entry_bytes), so a
+        // first read of huge entries stays small; small entries raise COUNT within a few reads.
+        ReadBudget { per_stream, max: opts.batch_size.max(1), estimate: (1 << 20) as f64 }
+    }
+
+    fn count(&self) -> usize {
+        ((self.per_stream as f64 / self.estimate.max(1.0)) as usize).clamp(1, self.max)
+    }
+
+    fn observe(&mut self, sizes: impl Iterator<Item = usize>) {
+        let Some(largest) = sizes.max() else { return };
+        self.estimate = (largest as f64).max(self.estimate * 0.5).max(64.0);
+    }
+}
+
+fn read_command(opts: &SourceOptions, positions: &[Position], count: usize) -> redis::Cmd {
     let noack = positions.iter().any(|p| matches!(p, Position::After(_)));
     let mut cmd = redis::cmd(if noack { "XREAD" } else { "XREADGROUP" });
     if !noack {
         cmd.arg("GROUP").arg(&opts.group).arg(&opts.consumer);
     }
-    cmd.arg("COUNT").arg(opts.batch_size);
+    cmd.arg("COUNT").arg(count);
     // Pending re-reads return at once; block only when every stream reads new entries.
     if positions.iter().all(|p| matches!(p, Position::New | Position::After(_))) {
         cmd.arg("BLOCK").arg(opts.block.as_millis() as u64);

@@ -50,6 +50,8 @@ pub struct Pipelines {
     /// Live runs: a pipeline whose query fails at run time is marked failed and skipped,
     /// the others go on (else the error stops the caller).
     isolate: bool,
+    /// Window state per pipeline beyond which it fails (checked on every tick).
+    max_state_bytes: usize,
 }
 
 impl std::fmt::Debug for Pipelines {
@@ -95,7 +97,16 @@ impl Pipelines {
             .iter()
             .map(|q| TableBuffer::new(format!("{LATE_TABLE}/pipeline={}", q.spec.name), late_schema(), 0))
             .collect();
-        Ok(Pipelines { queries, in_flight: None, columns, schemas, tables, late, isolate: false })
+        Ok(Pipelines {
+            queries,
+            in_flight: None,
+            columns,
+            schemas,
+            tables,
+            late,
+            isolate: false,
+            max_state_bytes: usize::MAX,
+        })
     }
 
     /// Live runs: a runtime error in one pipeline's SQL (a division by zero, a strict cast)
@@ -104,6 +115,11 @@ impl Pipelines {
     /// file is fixed, resumes it from its checkpointed windows (a changed query starts empty).
     pub fn isolate_failures(&mut self) {
         self.isolate = true;
+    }
+
+    /// Live runs: a pipeline whose window state grows past `bytes` fails (its state freed).
+    pub fn bound_state(&mut self, bytes: usize) {
+        self.max_state_bytes = bytes;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -221,8 +237,12 @@ impl Pipelines {
     /// Applies the idle timeouts (live runs).
     pub fn on_tick(&mut self, now: Instant) -> Result<()> {
         self.process()?;
+        let max = self.max_state_bytes;
         for q in &mut self.queries {
-            run_one(q, self.isolate, |q| q.on_idle(now))?;
+            run_one(q, self.isolate, |q| {
+                q.on_idle(now)?;
+                q.check_state_bound(max)
+            })?;
         }
         self.collect()
     }

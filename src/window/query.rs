@@ -92,15 +92,7 @@ impl WindowedQuery {
         let out_of_orderness = spec.watermark_us;
         let conv = key_converter(&plan)?;
         let updates = spec.emit == Emit::Updates;
-        let fixed = |size, slide| {
-            let f = FixedWindows::new(size, slide, spec.allowed_lateness_us);
-            Op::Fixed(if updates { f.with_updates() } else { f })
-        };
-        let op = match spec.window {
-            WindowKind::Tumbling { size } => fixed(size, size),
-            WindowKind::Hopping { size, slide } => fixed(size, slide),
-            WindowKind::Session { gap } => Op::Session(Sessions::new(&plan, gap, spec.allowed_lateness_us)?),
-        };
+        let op = make_op(&spec, &plan)?;
         let mut fields = vec![Field::new("window_start", ts(), false), Field::new("window_end", ts(), false)];
         if updates {
             fields.push(Field::new(REVISION_COLUMN, DataType::UInt32, false));
@@ -121,6 +113,21 @@ impl WindowedQuery {
             late: Vec::new(),
             failed: None,
         })
+    }
+
+    /// Fails (and frees the window state) when the state outgrew `max_bytes`: a key of
+    /// unbounded cardinality, or `count(DISTINCT)` over one, must not take the process's memory.
+    pub fn check_state_bound(&mut self, max_bytes: usize) -> Result<()> {
+        let bytes = self.state_bytes();
+        if bytes <= max_bytes {
+            return Ok(());
+        }
+        self.op = make_op(&self.spec, &self.plan)?;
+        Err(datafusion::error::DataFusionError::ResourcesExhausted(format!(
+            "the window state grew to {bytes} bytes, over pipeline_max_state_bytes ({max_bytes}): group by a key of \
+             bounded cardinality, shorten the window, or raise the bound (its windows were dropped; the archive \
+             keeps the events)"
+        )))
     }
 
     /// Live runs: the watermark stays at most `skew_us` ahead of the wall clock (see
@@ -434,6 +441,20 @@ impl WindowedQuery {
         self.clock.finish();
         self.close(i64::MAX)
     }
+}
+
+/// The window operator of `spec`, empty.
+fn make_op(spec: &PipelineSpec, plan: &Compiled) -> Result<Op> {
+    let updates = spec.emit == Emit::Updates;
+    let fixed = |size, slide| {
+        let f = FixedWindows::new(size, slide, spec.allowed_lateness_us);
+        Op::Fixed(if updates { f.with_updates() } else { f })
+    };
+    Ok(match spec.window {
+        WindowKind::Tumbling { size } => fixed(size, size),
+        WindowKind::Hopping { size, slide } => fixed(size, slide),
+        WindowKind::Session { gap } => Op::Session(Sessions::new(plan, gap, spec.allowed_lateness_us)?),
+    })
 }
 
 /// A checkpoint of one pipeline's window state (its batches travel beside it).

@@ -1,5 +1,6 @@
 //! Hostile but valid input in a live run: an event stamped far ahead of the clock.
 
+use std::path::Path;
 use std::time::Duration;
 
 use eventide::generator::{GenOptions, Generator, Kind, publish};
@@ -154,4 +155,165 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
     }
     out
+}
+
+/// `eventide run` as a process with the ops API on a free port; `extra` flags on top.
+fn spawn_run(redis: &str, lake: &std::path::Path, port: u16, extra: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_eventide"))
+        .args(["run", "--config", "/dev/null", "--redis-url", redis, "--stream", "flood", "--group", "analytics"])
+        .args(["--consumer", "c1", "--block", "100ms", "--http-addr", &format!("127.0.0.1:{port}")])
+        .args(if extra.contains(&"--pipelines") { None } else { Some("--pipelines") })
+        .args(if extra.contains(&"--pipelines") {
+            None
+        } else {
+            Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines"))
+        })
+        .arg("--lake")
+        .arg(lake)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// `/metrics` of the process on `port` (`None` while it does not answer).
+async fn metrics(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").await.ok()?;
+    let mut buf = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut buf)).await.ok()?.ok()?;
+    Some(buf)
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Polls `/metrics` until `done` holds; returns that exposition.
+async fn metrics_until(port: u16, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        if let Some(text) = metrics(port).await
+            && done(&text)
+        {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// SIGTERM, then the run summary's peak RSS (MiB).
+fn stop_and_peak_rss(child: std::process::Child) -> u64 {
+    let term = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let at = stdout.find("peak RSS ").expect("a run summary");
+    stdout[at + 9..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// 20,000 distinct valid event types (20,000 archive partitions) with default settings:
+/// every event archived, at most `max_open_files` files open, peak RSS under 1 GiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_event_types_stay_within_the_default_bounds() {
+    let redis = RedisServer::start();
+    let mut conn = support::connect(&redis.url()).await;
+    let lake = tempfile::tempdir().unwrap();
+    let now = chrono::Utc::now();
+    let n = 20_000;
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        let event = format!(
+            r#"{{"event_id":"e-{i}","event_type":"kind_{i}.created","timestamp":"{}","version":"1","data":{{"i":{i}}}}}"#,
+            now.to_rfc3339()
+        );
+        pipe.cmd("XADD").arg("flood").arg("*").arg("data").arg(event).ignore();
+        if i % 1000 == 999 {
+            pipe.query_async::<()>(&mut conn).await.unwrap();
+            pipe = redis::pipe();
+        }
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = spawn_run(&redis.url(), lake.path(), port, &[]);
+    let text = metrics_until(port, "every event archived", |t| {
+        metric(t, "eventide_parquet_rows_total{kind=\"archive\"}") == Some(n as f64)
+    })
+    .await;
+    let early = metric(&text, "eventide_archive_files_finished_early_total{reason=\"max_open_files\"}").unwrap();
+    assert!(early >= (n - 1000) as f64, "files finished early by the open-files bound: {early}");
+    let peak = stop_and_peak_rss(child);
+    assert!(peak < 1024, "peak RSS {peak} MiB with default settings");
+    let archived = support::read_archive(lake.path());
+    assert_eq!(archived.len(), n, "every event archived once");
+    eprintln!("20,000 event types: peak RSS {peak} MiB, {early} files finished early");
+}
+
+/// Entries of 8 MiB: reads shrink to a few entries each (`read_max_bytes`), every entry is
+/// dead-lettered (over `max_entry_bytes`) with its original cut to `dlq_max_entry_bytes`
+/// and flagged; memory stays bounded and the run goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_mib_entries_keep_reads_and_dead_letters_bounded() {
+    let redis = RedisServer::start();
+    let mut conn = support::connect(&redis.url()).await;
+    let lake = tempfile::tempdir().unwrap();
+    let n = 48;
+    let big = vec![b'x'; 8 << 20];
+    for _ in 0..n {
+        let _: String =
+            redis::cmd("XADD").arg("flood").arg("*").arg("data").arg(&big).query_async(&mut conn).await.unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = spawn_run(&redis.url(), lake.path(), port, &[]);
+    let text = metrics_until(port, "every entry dead-lettered", |t| {
+        metric(t, "eventide_events_invalid_total{stream=\"flood\",reason=\"entry_too_large\"}") == Some(n as f64)
+    })
+    .await;
+    assert!(metric(&text, "eventide_read_entries_limit").unwrap() <= 2.0, "COUNT adapted to 8 MiB entries");
+    assert!(metric(&text, "eventide_read_bytes_total").unwrap() >= (n * (8 << 20)) as f64);
+    let peak = stop_and_peak_rss(child);
+    assert!(peak < 512, "peak RSS {peak} MiB reading {n} entries of 8 MiB");
+    let dlq = eventide::source::reply::entries(
+        redis::cmd("XRANGE").arg("flood:dlq").arg("-").arg("+").query_async::<redis::Value>(&mut conn).await.unwrap(),
+        "XRANGE",
+    )
+    .unwrap();
+    assert_eq!(dlq.len(), n);
+    for d in &dlq {
+        assert_eq!(d.field(b"dlq_reason"), Some(&b"entry_too_large"[..]));
+        let original_size = ((8 << 20) + 4).to_string();
+        assert_eq!(d.field(b"dlq_truncated"), Some(original_size.as_bytes()), "flagged with the original size");
+        assert!(d.field(b"data").is_some_and(|v| v.len() < 1 << 20), "the original is cut to 1 MiB");
+    }
+    eprintln!("{n} entries of 8 MiB: peak RSS {peak} MiB");
+}
+
+/// A flood of unique ids with a small dedup cap: the table stays within it, the horizon
+/// shrinks (metric), every event is archived, the run goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unique_ids_meets_the_dedup_cap() {
+    let redis = RedisServer::start();
+    let mut conn = support::connect(&redis.url()).await;
+    let lake = tempfile::tempdir().unwrap();
+    let entries: Vec<_> =
+        Generator::new(GenOptions { entries: 60_000, seed: 47, spacing_us: 10_000, ..Default::default() })
+            .filter(|e| e.kind == Kind::Event)
+            .collect();
+    let n = entries.len();
+    publish(&mut conn, "flood", entries, 500, None).await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = spawn_run(&redis.url(), lake.path(), port, &["--dedup-max-bytes", "1MiB", "--pipelines", ""]);
+    let text = metrics_until(port, "every event archived", |t| {
+        metric(t, "eventide_parquet_rows_total{kind=\"archive\"}") == Some(n as f64)
+    })
+    .await;
+    let max_ids = (1 << 20) / 40;
+    assert!(metric(&text, "eventide_dedup_ids").unwrap() <= max_ids as f64);
+    assert!(metric(&text, "eventide_dedup_evicted_total").unwrap() > 0.0);
+    assert!(metric(&text, "eventide_dedup_horizon_seconds").unwrap() < 3600.0, "the horizon shrank");
+    stop_and_peak_rss(child);
+    assert_eq!(support::read_archive(lake.path()).len(), n);
 }
