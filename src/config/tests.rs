@@ -27,3 +27,10 @@ fn semantic_problems_name_the_key() {
     assert!(c.pipeline_options().is_err());
     assert_eq!(line_of("a = 1\n  streams = []\n", "streams"), Some(2));
 }
+
+#[test]
+fn the_example_file_parses_to_the_defaults() {
+    let text = include_str!("../../eventide.example.toml");
+    let cfg = Config::from_toml(text, Path::new("eventide.example.toml")).unwrap();
+    assert_eq!(cfg, Config::default(), "eventide.example.toml shows every default");
+}
