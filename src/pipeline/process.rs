@@ -27,6 +27,8 @@ use crate::window::Pipelines;
 use super::PipelineOptions;
 use super::recovery::{noack_positions, take_over};
 
+mod report;
+
 /// Claimed entries processed per stream per claim round.
 const CLAIM_MAX: usize = 10_000;
 /// Largest object of a dedup snapshot (S3 takes at most 5 GB in one put).
@@ -481,47 +483,6 @@ impl Processor {
         &self.dlq_keys
     }
 
-    /// Publishes the counters for the HTTP endpoints.
-    pub fn publish(&self, registry: &crate::metrics::Registry) {
-        let pipelines: Vec<crate::metrics::PipelineMetrics> = self
-            .pipelines
-            .queries()
-            .iter()
-            .zip(self.pipelines.pending_by_pipeline())
-            .map(|(q, pending_rows)| crate::metrics::PipelineMetrics {
-                name: q.spec.name.clone(),
-                stats: q.stats.clone(),
-                watermark_us: q.watermark(),
-                open_windows: q.open_windows(),
-                state_bytes: q.state_bytes(),
-                pending_rows,
-                failed: q.failed.clone(),
-            })
-            .collect();
-        registry.update(|s| {
-            s.stats = self.stats.clone();
-            s.stream_names.clone_from(&self.source.streams);
-            s.updated = Some(Instant::now());
-            s.dedup_ids = self.dedup.len() as u64;
-            s.dedup_bytes = self.dedup.memory_bytes() as u64;
-            s.unacked = self.acks.pending_ids() as u64;
-            s.open_archive_rows = self.archive.open_rows();
-            let a = self.archive.bounds();
-            s.bounds = crate::metrics::Bounds {
-                archive_open_files: a.open_files as u64,
-                archive_memory_bytes: a.memory_bytes as u64,
-                archive_early_open_files: a.early_open_files,
-                archive_early_memory: a.early_memory,
-                read_bytes: self.read_bytes,
-                dedup_max_ids: self.dedup_max_ids,
-                dedup_horizon_secs: self.dedup.effective_horizon_secs().max(0) as u64,
-                dedup_evicted: self.dedup.evicted,
-            };
-            s.last_commit_unix_ms = self.last_commit_unix_ms;
-            s.pipelines = pipelines;
-        });
-    }
-
     /// `noack` mode: where the reader starts, per stream.
     pub fn read_after(&self) -> Option<Vec<EntryId>> {
         self.noack.as_ref().map(|p| p.iter().map(|(id, _)| *id).collect())
@@ -529,23 +490,5 @@ impl Processor {
 
     pub fn dedup_len(&self) -> usize {
         self.dedup.len()
-    }
-
-    pub fn log_progress(&self, elapsed: Duration) {
-        let s = &self.stats;
-        let rate = s.read as f64 / elapsed.as_secs_f64().max(1e-3);
-        tracing::info!(
-            read = s.read,
-            rate = rate as u64,
-            accepted = s.accepted,
-            duplicates = s.duplicates,
-            invalid = s.invalid_total(),
-            committed_rows = s.rows_committed,
-            files = s.files_committed,
-            open_rows = self.archive.open_rows(),
-            unacked = self.acks.pending_ids(),
-            dedup_ids = self.dedup.len(),
-            "Progress."
-        );
     }
 }

@@ -1,0 +1,67 @@
+//! What the processor tells ops: the metrics snapshot it publishes on every tick, and the
+//! progress line.
+
+use std::time::{Duration, Instant};
+
+use super::Processor;
+
+impl Processor {
+    /// Publishes the counters for the HTTP endpoints.
+    pub fn publish(&self, registry: &crate::metrics::Registry) {
+        let pipelines: Vec<crate::metrics::PipelineMetrics> = self
+            .pipelines
+            .queries()
+            .iter()
+            .zip(self.pipelines.pending_by_pipeline())
+            .map(|(q, pending_rows)| crate::metrics::PipelineMetrics {
+                name: q.spec.name.clone(),
+                stats: q.stats.clone(),
+                watermark_us: q.watermark(),
+                open_windows: q.open_windows(),
+                state_bytes: q.state_bytes(),
+                pending_rows,
+                failed: q.failed.clone(),
+            })
+            .collect();
+        registry.update(|s| {
+            s.stats = self.stats.clone();
+            s.stream_names.clone_from(&self.source.streams);
+            s.updated = Some(Instant::now());
+            s.dedup_ids = self.dedup.len() as u64;
+            s.dedup_bytes = self.dedup.memory_bytes() as u64;
+            s.unacked = self.acks.pending_ids() as u64;
+            s.open_archive_rows = self.archive.open_rows();
+            let a = self.archive.bounds();
+            s.bounds = crate::metrics::Bounds {
+                archive_open_files: a.open_files as u64,
+                archive_memory_bytes: a.memory_bytes as u64,
+                archive_early_open_files: a.early_open_files,
+                archive_early_memory: a.early_memory,
+                read_bytes: self.read_bytes,
+                dedup_max_ids: self.dedup_max_ids,
+                dedup_horizon_secs: self.dedup.effective_horizon_secs().max(0) as u64,
+                dedup_evicted: self.dedup.evicted,
+            };
+            s.last_commit_unix_ms = self.last_commit_unix_ms;
+            s.pipelines = pipelines;
+        });
+    }
+
+    pub fn log_progress(&self, elapsed: Duration) {
+        let s = &self.stats;
+        let rate = s.read as f64 / elapsed.as_secs_f64().max(1e-3);
+        tracing::info!(
+            read = s.read,
+            rate = rate as u64,
+            accepted = s.accepted,
+            duplicates = s.duplicates,
+            invalid = s.invalid_total(),
+            committed_rows = s.rows_committed,
+            files = s.files_committed,
+            open_rows = self.archive.open_rows(),
+            unacked = self.acks.pending_ids(),
+            dedup_ids = self.dedup.len(),
+            "Progress."
+        );
+    }
+}
