@@ -57,7 +57,6 @@ pub struct Bounds {
     pub archive_early_memory: u64,
     /// Entry bytes read from Redis.
     pub read_bytes: u64,
-    pub dedup_max_ids: u64,
     /// The dedup horizon in force (shorter than configured while the memory cap holds it).
     pub dedup_horizon_secs: u64,
     /// Ids forgotten early to honour the dedup memory cap.

@@ -73,7 +73,6 @@ pub(super) struct Processor {
     noack: Option<Vec<(EntryId, Option<u64>)>>,
     /// Entry bytes read from Redis.
     read_bytes: u64,
-    dedup_max_ids: u64,
     pub stats: Stats,
     /// Publish → durable at 1 ms resolution, for the run summary.
     pub durable_exact: crate::metrics::LatencyHistogram,
@@ -196,7 +195,6 @@ impl Processor {
             cp,
             durable_exact: Default::default(),
             read_bytes: 0,
-            dedup_max_ids: (opts.dedup_max_bytes / 40) as u64,
             stats,
         })
     }

@@ -38,7 +38,6 @@ impl Processor {
                 archive_early_open_files: a.early_open_files,
                 archive_early_memory: a.early_memory,
                 read_bytes: self.read_bytes,
-                dedup_max_ids: self.dedup_max_ids,
                 dedup_horizon_secs: self.dedup.effective_horizon_secs().max(0) as u64,
                 dedup_evicted: self.dedup.evicted,
             };
