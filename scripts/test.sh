@@ -2,13 +2,15 @@
 # Runs the test suite on a fresh machine: installs what the tests use when it is missing
 # (redis-server; DuckDB and pyarrow for the analyst test; moto_server, a local S3-compatible
 # server, for the S3 test; promtool from Debian's prometheus package, unpacked under
-# /opt/prom without installing the service; Chromium for the dashboard's browser test), then
+# /opt/prom without installing the service; Chromium for the dashboard's browser test; openssl
+# for the TLS tests' certificates), then
 # `cargo test --locked`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # the TLS tests make their certificates
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi
