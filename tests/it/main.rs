@@ -14,6 +14,7 @@ mod golden;
 mod hostile;
 mod http;
 mod metrics;
+mod partition;
 mod pipelines_e2e;
 mod restart;
 mod s3;
