@@ -6,7 +6,7 @@
 //!                                        └──────── XACK ◀──────────┘ (only durable batches)
 //! ```
 //! [`run`] serves the ops API from the start and cycles through the instance's roles in its
-//! group: standby (waiting for the lease), then one term as the lease holder ([`term`]:
+//! group: standby (waiting for the lease), then one term as the lease holder (`term`:
 //! recovery, reading, checkpoints) until the shutdown future, `exit_when_idle` or an error
 //! stops it (then without acking what is not durable). A holder whose lease may have lapsed
 //! (see [`crate::source::lease`]) stops committing and goes back to standby.

@@ -12,7 +12,7 @@
 //! list; after an error it resumes after the last id it passed on.
 //!
 //! Each read's `COUNT` adapts to the entries' sizes so that a read stays near
-//! `read_max_bytes` ([`ReadBudget`]); with the bounded channel to the processor that bounds
+//! `read_max_bytes` (`ReadBudget`); with the bounded channel to the processor that bounds
 //! the memory reads take, whatever the producers write.
 
 use std::sync::Arc;
