@@ -182,6 +182,14 @@ pub(super) async fn lead<S: Future<Output = ()>>(
     .await;
     publish(&p);
     let _ = stop_tx.send(true);
+    if matches!(finished, Err(Error::Fenced(_))) {
+        // Fenced: nothing of theirs matters any more, and a cut-off connection would hold
+        // the reader's read (or a renewal) until its response timeout.
+        for task in [&reader, &probe, &lake_probe] {
+            task.abort();
+        }
+        keeper.abort();
+    }
     let _ = reader.await;
     let _ = probe.await;
     let _ = lake_probe.await;
