@@ -179,10 +179,20 @@ impl Checkpoints {
     /// Moves the manifest's staged files into place (repeatable).
     pub async fn publish(&self, m: &Manifest) -> Result<()> {
         for f in &m.files {
-            self.lake.publish(&f.staged, &f.target).await?;
+            self.publish_file(f).await?;
         }
-        self.lake.remove_local_dirs(&self.staging_prefix(m.epoch));
+        self.published(m);
         Ok(())
+    }
+
+    /// Moves one staged file into place (repeatable).
+    pub async fn publish_file(&self, f: &FileEntry) -> Result<()> {
+        self.lake.publish(&f.staged, &f.target).await
+    }
+
+    /// After every file of `m` is in place: removes its empty staging directories.
+    pub fn published(&self, m: &Manifest) {
+        self.lake.remove_local_dirs(&self.staging_prefix(m.epoch));
     }
 
     /// Deletes staged files of epochs after `committed` (work a crash, or a holder that lost

@@ -367,7 +367,12 @@ impl Processor {
         m.created_ms = chrono::Utc::now().timestamp_millis();
         self.fence.guard(self.cp.commit(&m)).await?;
         // Committed: from here on a crash (or a successor's recovery) rolls forward to this state.
-        self.fence.guard(self.cp.publish(&m)).await?;
+        // File by file, each inside the lease (renewed meanwhile): an epoch of large files on
+        // an object store may take longer than one lease to copy into place.
+        for f in &m.files {
+            self.fence.guard(self.cp.publish_file(f)).await?;
+        }
+        self.cp.published(&m);
         self.committed(&files, true);
         self.committed(&tables, false);
         let acked = self.ack_durable().await?;

@@ -47,8 +47,10 @@ pub(super) async fn lead<S: Future<Output = ()>>(
     registry.update(|s| (s.role, s.holder) = (Role::Recovering, Some(format!("{consumer}/{}", lease.token))));
     let (lost_tx, mut lost_rx) = watch::channel::<Option<String>>(None);
     let (stop_tx, stop_rx) = watch::channel(false);
-    // Renewed from now on: recovery may take longer than the lease's TTL.
-    let keeper = tokio::spawn(lease.clone().keep(lease_cmds, lost_tx, stop_rx.clone()));
+    // Renewed from now on (recovery may take longer than the lease's TTL) until the term's
+    // last commit is done: the keeper has a stop of its own, after the final checkpoint.
+    let (keeper_stop, keeper_stop_rx) = watch::channel(false);
+    let keeper = tokio::spawn(lease.clone().keep(lease_cmds, lost_tx, keeper_stop_rx));
     let started_term = tokio::select! {
         p = Processor::start(opts, lease.fence(), lease.token) => p,
         _ = lost_rx.changed() => Err(Error::Fenced(lost_rx.borrow().clone().unwrap_or_default())),
@@ -56,7 +58,7 @@ pub(super) async fn lead<S: Future<Output = ()>>(
     let mut p = match started_term {
         Ok(p) => p,
         Err(e) => {
-            let _ = stop_tx.send(true);
+            let _ = keeper_stop.send(true);
             let _ = keeper.await;
             return Err(e);
         }
@@ -193,6 +195,7 @@ pub(super) async fn lead<S: Future<Output = ()>>(
     let _ = reader.await;
     let _ = probe.await;
     let _ = lake_probe.await;
+    let _ = keeper_stop.send(true);
     let _ = keeper.await;
     finished?;
     // Hand over at once (a standby need not wait for the lease to expire).

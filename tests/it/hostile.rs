@@ -317,3 +317,26 @@ async fn a_flood_of_unique_ids_meets_the_dedup_cap() {
     stop_and_peak_rss(child);
     assert_eq!(support::read_archive(lake.path()).len(), n);
 }
+
+/// A final checkpoint far longer than the lease's TTL (2,000 archive files against 300 ms):
+/// the lease is renewed until the term's last commit is done, so it commits once, not fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_checkpoint_longer_than_the_lease_still_commits() {
+    let redis = RedisServer::start();
+    let mut conn = support::connect(&redis.url()).await;
+    let lake = tempfile::tempdir().unwrap();
+    let now = chrono::Utc::now().to_rfc3339();
+    let mut pipe = redis::pipe();
+    for i in 0..2_000 {
+        let event =
+            format!(r#"{{"event_id":"e-{i}","event_type":"kind_{i}.created","timestamp":"{now}","data":{{}}}}"#);
+        pipe.cmd("XADD").arg("many").arg("*").arg("data").arg(event).ignore();
+    }
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+    let mut opts = support::options(&redis.url(), &["many"], lake.path().to_str().unwrap(), "c1");
+    opts.lease_ttl = Duration::from_millis(300);
+    let summary = support::run_until_idle(opts).await;
+    assert_eq!(summary.stats.accepted, 2_000);
+    assert_eq!(summary.stats.checkpoints, 1, "one checkpoint, by the one term");
+    assert_eq!(support::read_archive(lake.path()).len(), 2_000);
+}
