@@ -7,6 +7,7 @@ use eventide::generator::{GenOptions, Generator, Kind, publish};
 use eventide::sink::lake::Lake;
 use eventide::window::{Pipelines, check_dir};
 
+use crate::support::http::{free_port, metric, request};
 use crate::support::{self, RedisServer};
 
 /// One valid event 50 minutes ahead of the clock (within `max_future`) in the middle of a
@@ -92,7 +93,7 @@ async fn a_pipeline_that_divides_by_zero_fails_alone() {
     assert!(entries.iter().any(|e| e.event_type == Some("order.created")));
     publish(&mut conn, "shop", entries, 200, None).await.unwrap();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let mut opts = support::options(&redis.url(), &["shop"], dir.path().join("lake").to_str().unwrap(), "c1");
     opts.pipelines = Some(pipes.clone());
     opts.exit_when_idle = None;
@@ -107,24 +108,12 @@ async fn a_pipeline_that_divides_by_zero_fails_alone() {
     let run = tokio::spawn(eventide::pipeline::run(opts, async move {
         let _ = stop_rx.await;
     }));
-    let get = async |path: &str| -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.unwrap();
-        (buf[9..12].parse().unwrap(), buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
-    };
+    let get = async |path: &str| request(port, path, None).await.expect("the API answers");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         assert!(std::time::Instant::now() < deadline, "the failure never showed");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let Ok(Ok(_)) =
-            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(("127.0.0.1", port))).await
-        else {
-            continue;
-        };
-        let (_, text) = get("/metrics").await;
+        let Some((_, text)) = request(port, "/metrics", None).await else { continue };
         let counted = format!("eventide_pipeline_input_events_total{{pipeline=\"counts\"}} {events}");
         if text.contains("eventide_pipeline_failed{pipeline=\"divides\"} 1") && text.contains(&counted) {
             assert!(text.contains("eventide_pipeline_failed{pipeline=\"counts\"} 0"), "{text}");
@@ -177,26 +166,12 @@ fn spawn_run(redis: &str, lake: &std::path::Path, port: u16, extra: &[&str]) -> 
         .unwrap()
 }
 
-/// `/metrics` of the process on `port` (`None` while it does not answer).
-async fn metrics(port: u16) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").await.ok()?;
-    let mut buf = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut buf)).await.ok()?.ok()?;
-    Some(buf)
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// Polls `/metrics` until `done` holds; returns that exposition.
 async fn metrics_until(port: u16, what: &str, done: impl Fn(&str) -> bool) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     loop {
         assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        if let Some(text) = metrics(port).await
+        if let Some((200, text)) = request(port, "/metrics", None).await
             && done(&text)
         {
             return text;
@@ -237,7 +212,7 @@ async fn twenty_thousand_event_types_stay_within_the_default_bounds() {
             pipe = redis::pipe();
         }
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let child = spawn_run(&redis.url(), lake.path(), port, &[]);
     let text = metrics_until(port, "every event archived", |t| {
         metric(t, "eventide_parquet_rows_total{kind=\"archive\"}") == Some(n as f64)
@@ -266,7 +241,7 @@ async fn eight_mib_entries_keep_reads_and_dead_letters_bounded() {
         let _: String =
             redis::cmd("XADD").arg("flood").arg("*").arg("data").arg(&big).query_async(&mut conn).await.unwrap();
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let child = spawn_run(&redis.url(), lake.path(), port, &[]);
     let text = metrics_until(port, "every entry dead-lettered", |t| {
         metric(t, "eventide_events_invalid_total{stream=\"flood\",reason=\"entry_too_large\"}") == Some(n as f64)
@@ -304,7 +279,7 @@ async fn a_flood_of_unique_ids_meets_the_dedup_cap() {
             .collect();
     let n = entries.len();
     publish(&mut conn, "flood", entries, 500, None).await.unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let child = spawn_run(&redis.url(), lake.path(), port, &["--dedup-max-bytes", "1MiB", "--pipelines", ""]);
     let text = metrics_until(port, "every event archived", |t| {
         metric(t, "eventide_parquet_rows_total{kind=\"archive\"}") == Some(n as f64)

@@ -10,22 +10,12 @@ use eventide::generator::{GenOptions, Kind};
 use eventide::source::probe::{ProbeTarget, TrimTracker, probe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::support::http::{free_port, request};
 use crate::support::{self, RedisServer};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// GET `path`; (status, body).
 async fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n").as_bytes()).await.unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let status = buf[9..12].parse().unwrap();
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    request(port, path, token).await.expect("the API answers")
 }
 
 /// `name{labels} value` lines → map.

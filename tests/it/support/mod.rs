@@ -1,6 +1,7 @@
 //! Test fixtures: a private Redis server, pipeline options, archive readers.
 
 pub mod faulty;
+pub mod http;
 pub mod lake;
 pub mod proxy;
 pub mod redis_server;
