@@ -82,12 +82,6 @@ impl Fence {
         f
     }
 
-    /// A fence that never lapses (a process without a lease: tests, replays).
-    pub fn unbounded() -> Fence {
-        let far = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
-        Fence { inner: Arc::new(Mutex::new(FenceState { deadline: far, deadline_unix_ms: i64::MAX, lost: None })) }
-    }
-
     fn state(&self) -> std::sync::MutexGuard<'_, FenceState> {
         // A poisoned lock only means a panic elsewhere; the state itself is always whole.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())

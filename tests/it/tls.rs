@@ -104,7 +104,7 @@ struct TlsRedis {
 impl TlsRedis {
     fn start(certs: &Certs) -> TlsRedis {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = support::http::free_port();
         let child = Command::new("redis-server")
             .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1 127.0.0.2"])
             .arg("--tls-cert-file")
