@@ -1,6 +1,6 @@
 //! Shared bench input: realistic generated entries, as the pipeline receives them.
 
-use eventide::event::{EntryId, RawEntry};
+use eventide::entry::{EntryId, RawEntry};
 use eventide::generator::{GenOptions, Generator};
 
 #[allow(dead_code)] // not every bench decodes entries

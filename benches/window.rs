@@ -8,7 +8,7 @@ use std::path::Path;
 use arrow::array::RecordBatch;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eventide::decode::{DecodeOptions, Decoder};
-use eventide::event::EntryId;
+use eventide::entry::EntryId;
 use eventide::window::columns::EventColumns;
 use eventide::window::{WindowedQuery, plan, spec};
 

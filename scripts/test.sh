@@ -24,4 +24,5 @@ if ! command -v promtool >/dev/null 2>&1 && [ ! -x /opt/prom/usr/bin/promtool ];
   rm -rf "$tmp"
 fi
 export PATH="$PATH:/opt/prom/usr/bin"
+python3 scripts/module-cycles.py src   # no import cycle between src/'s top-level modules
 exec cargo test --locked "$@"

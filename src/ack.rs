@@ -5,7 +5,7 @@
 //! contribution and dedup id, or its DLQ entry, are in the checkpoint). This is the invariant
 //! **ack after checkpoint**.
 
-use crate::event::EntryId;
+use crate::entry::EntryId;
 
 /// Entries read but not yet acked, per stream, in read order.
 #[derive(Default)]

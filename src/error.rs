@@ -15,8 +15,8 @@ pub enum Error {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     /// Redis answered with a reply of an unexpected shape.
-    #[error(transparent)]
-    Reply(#[from] crate::source::reply::ReplyError),
+    #[error("unexpected {command} reply: {what}")]
+    Reply { command: &'static str, what: &'static str },
     /// The object store (the lake) failed.
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),

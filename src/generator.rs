@@ -339,7 +339,7 @@ pub async fn publish(
 mod tests {
     use super::*;
     use crate::decode::{DecodeOptions, Decoder};
-    use crate::event::{EntryId, RawEntry};
+    use crate::entry::{EntryId, RawEntry};
 
     #[test]
     fn every_generated_entry_decodes_as_intended() {

@@ -4,42 +4,50 @@
 //! once, deduplicated by `event_id`, archived as Parquet on object storage.
 //!
 //! # Layout
-//! The modules follow the data flow:
+//! The modules follow the data flow; each imports only those below it in this list
+//! (ARCHITECTURE.md, "Layers"):
 //!
 //! ```text
-//! source ──▶ decode ──▶ dedup ──▶ sink::archive ──▶ lake (object_store)
-//!   │           └─ rejects ──▶ sink::dlq (Redis stream)
-//!   └─◀── ack (XACK only for durable batches) ◀── pipeline
+//! source ──▶ ingest: decode ──▶ dedup ──▶ fan-out ──▶ sink::archive ──▶ lake (object_store)
+//!   │                  └─ rejects ──▶ sink::dlq           └──▶ window (pipelines) ──▶ tables
+//!   └─◀── ack (XACK only for durable batches) ◀── worker (checkpoints)
 //! ```
-//! - [`source`]: Redis consumer groups (reader task, commands, claims, acks);
-//! - [`decode`]: entry → validated [`decode::Event`] (base events and Dapr CloudEvents);
-//! - [`dedup`]: exact dedup by `event_id` over an event-time horizon;
-//! - [`sink`]: the lake, the Parquet event archive, the dead-letter stream;
-//! - [`ack`]: which entries are durable; [`state`]: dedup snapshot for restarts;
+//! - [`app`]: one process, the ops [`api`] beside a [`worker`] ([`run`] starts it);
+//! - [`worker`]: standby and lease-holder terms, the processor, checkpoints, recovery;
+//! - [`lake_sql`]: SQL over the lake; [`replay`]: the same path over JSON-lines files;
+//! - [`ingest`]: decode → dedup → fan-out, the one per-event path;
 //! - [`window`]: event-time windowed aggregations on DataFusion (`pipelines/*.toml`);
-//! - [`replay`]: the same path over JSON-lines files; [`query`]: SQL over the lake;
-//! - [`pipeline`]: wires the stages; [`config`]: settings; [`metrics`]: counters;
-//! - [`api`]: the ops HTTP server (`/metrics`, `/healthz`, `/readyz`, `/api/status`);
+//! - [`checkpoint`]: manifests, staging and publishing, recovery;
+//! - [`sink`]: the lake, the Parquet event archive, table files, the dead-letter stream;
+//! - [`source`]: Redis consumer groups (reader task, commands, claims, acks, lease);
+//! - [`ack`]: which entries are durable; [`dedup`]: exact dedup by `event_id`;
+//! - [`decode`]: entry → validated [`decode::Event`] (base events and Dapr CloudEvents);
+//! - [`events`]: the `events` columns, once; [`metrics`]: counters and the snapshot;
+//! - [`config`]: settings and the option structs; [`entry`], [`names`], [`error`]: leaves;
 //! - [`generator`]: a load generator of realistic events (also used by tests and benchmarks).
 //!
-//! The library never touches signals: [`pipeline::run`] takes a shutdown future.
+//! The library never touches signals: [`run`] takes a shutdown future.
 
 pub mod ack;
 pub mod api;
+pub mod app;
 pub mod checkpoint;
 pub mod config;
 pub mod decode;
 pub mod dedup;
+pub mod entry;
 pub mod error;
-pub mod event;
+pub mod events;
 pub mod generator;
+pub mod ingest;
+pub mod lake_sql;
 pub mod metrics;
-pub mod pipeline;
-pub mod query;
+pub mod names;
 pub mod replay;
 pub mod sink;
 pub mod source;
-pub mod state;
 pub mod window;
+pub mod worker;
 
+pub use app::run;
 pub use error::{Error, Result};

@@ -3,6 +3,10 @@
 //! file order, which is the arrival order the watermark sees. At the end of the input every
 //! window closes and the tables are written, so a replay of what a live run read produces
 //! the same rows (idle timeouts, which follow processing time, do not apply to files).
+//!
+//! [`Replayer`] takes one line at a time through [`crate::ingest::Ingest`] (the golden and
+//! property tests drive it); [`run`] decodes chunks of lines on every core and takes the
+//! dedup decisions through the same `Ingest` in file order.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,16 +15,14 @@ use arrow::array::{BooleanArray, RecordBatch};
 use arrow::datatypes::SchemaRef;
 
 use crate::decode::{DecodeOptions, Decoder, Reason};
-use crate::dedup::{Dedup, Verdict, id_hash};
+use crate::dedup::{Dedup, id_hash};
+use crate::entry::EntryId;
 use crate::error::{Error, Result};
-use crate::event::EntryId;
+use crate::ingest::{Admitted, Ingest};
 use crate::sink::archive::CommittedFile;
 use crate::sink::lake::Lake;
 use crate::window::columns::EventColumns;
-use crate::window::{PipelineSpec, Pipelines};
-
-/// Rows per micro-batch handed to the pipelines.
-pub const BATCH_ROWS: usize = 8192;
+use crate::window::{BATCH_ROWS, PipelineSpec, Pipelines};
 
 /// A rejected line: where, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +48,7 @@ pub struct ReplaySummary {
 
 /// Feeds events to the pipelines one line at a time (also the harness of the golden tests).
 pub struct Replayer {
-    decoder: Decoder,
-    dedup: Dedup,
+    ingest: Ingest,
     pub pipelines: Pipelines,
     stream: String,
     now_us: i64,
@@ -57,8 +58,7 @@ pub struct Replayer {
 impl Replayer {
     pub fn new(pipelines: Pipelines, dedup_horizon: Duration, stream: &str) -> Self {
         Replayer {
-            decoder: Decoder::new(DecodeOptions::default()),
-            dedup: Dedup::new(dedup_horizon.as_secs().max(1)),
+            ingest: Ingest::new(Decoder::new(DecodeOptions::default()), Dedup::new(dedup_horizon.as_secs().max(1))),
             pipelines,
             stream: stream.to_string(),
             now_us: chrono::Utc::now().timestamp_micros(),
@@ -78,22 +78,17 @@ impl Replayer {
     pub fn feed_from(&mut self, text: &str, stream: &str, at: impl FnOnce() -> (PathBuf, u64)) -> Result<()> {
         self.summary.lines += 1;
         let n = self.summary.lines;
-        match self.decoder.decode_json(text, self.now_us) {
-            Err(r) => {
+        // The line number stands in for the stream id.
+        match self.ingest.json(text, stream, EntryId { ms: 0, seq: n }, self.now_us, &mut self.pipelines)? {
+            Admitted::Rejected(r) => {
                 self.summary.rejected += 1;
                 if self.summary.first_rejects.len() < 100 {
                     let (file, line) = at();
                     self.summary.first_rejects.push(Rejected { file, line, reason: r.reason, detail: r.detail });
                 }
             }
-            Ok(ev) => match self.dedup.check(&ev.event_id, ev.event_time_us, self.now_us) {
-                Verdict::Duplicate => self.summary.duplicates += 1,
-                _ => {
-                    self.summary.accepted += 1;
-                    // The line number stands in for the stream id.
-                    self.pipelines.append(&ev, stream, EntryId { ms: 0, seq: n });
-                }
-            },
+            Admitted::Duplicate => self.summary.duplicates += 1,
+            Admitted::New { .. } => self.summary.accepted += 1,
         }
         if self.pipelines.buffered() >= BATCH_ROWS {
             self.pipelines.process()?;
@@ -203,6 +198,8 @@ fn replay_blocking(
     // Sized for the input (~250 bytes per event or more) instead of growing by rehashing.
     let bytes: u64 = inputs.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
     dedup.reserve((bytes / 250).min(1 << 25) as usize);
+    // Decoding happens on the chunk threads; this one only takes the dedup decisions.
+    let mut dedup = Ingest::new(Decoder::new(DecodeOptions::default()), dedup);
     let mut summary = ReplaySummary::default();
     std::thread::scope(|scope| -> Result<Pipelines> {
         let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Chunk>(workers * 2);
@@ -405,7 +402,7 @@ fn decode_chunk(
 type LineCursor = (usize, u64);
 
 /// Dedup (in file order) of one decoded chunk, for the windows.
-fn apply(d: Decoded, dedup: &mut Dedup, s: &mut ReplaySummary, cursor: &mut LineCursor, now_us: i64) -> Deduplicated {
+fn apply(d: Decoded, dedup: &mut Ingest, s: &mut ReplaySummary, cursor: &mut LineCursor, now_us: i64) -> Deduplicated {
     if cursor.0 != d.file {
         *cursor = (d.file, 1);
     }
@@ -417,10 +414,9 @@ fn apply(d: Decoded, dedup: &mut Dedup, s: &mut ReplaySummary, cursor: &mut Line
         r
     }));
     cursor.1 += d.newlines;
-    let keep: BooleanArray =
-        d.keys.iter().map(|&(h, t)| Some(dedup.check_hashed(h, t, now_us) != Verdict::Duplicate)).collect();
+    let keep: BooleanArray = d.keys.iter().map(|&(h, t)| Some(dedup.admit(h, t, now_us))).collect();
     // A replay keeps no checkpoints: nothing reads the ids added since the last one.
-    dedup.clear_delta();
+    dedup.dedup.clear_delta();
     let dups = keep.false_count() as u64;
     s.duplicates += dups;
     s.accepted += d.keys.len() as u64 - dups;

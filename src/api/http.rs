@@ -3,11 +3,11 @@
 //! router is tested in-process without sockets).
 //!
 //! - keep-alive, and per-connection limits: request head at most
-//!   [`Limits::max_head_bytes`] (`431` beyond), no body accepted beyond
-//!   [`Limits::max_body_bytes`] (`413`; the API reads none), the head within
-//!   [`Limits::header_read_timeout`], and every write making progress within
-//!   [`Limits::write_timeout`] (a reader that stops reading is cut off);
-//! - at most [`Limits::max_connections`] connections: at the cap the oldest connection not
+//!   [`HttpLimits::max_head_bytes`] (`431` beyond), no body accepted beyond
+//!   [`HttpLimits::max_body_bytes`] (`413`; the API reads none), the head within
+//!   [`HttpLimits::header_read_timeout`], and every write making progress within
+//!   [`HttpLimits::write_timeout`] (a reader that stops reading is cut off);
+//! - at most [`HttpLimits::max_connections`] connections: at the cap the oldest connection not
 //!   in a request is closed to make room (idle keep-alive or slow-header connections cannot
 //!   lock the probes out); when every connection is busy, a new one is answered `503` and
 //!   closed. An accept error (out of file descriptors) backs off instead of spinning;
@@ -29,6 +29,8 @@ use percent_encoding::percent_decode_str;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
+
+pub use crate::config::HttpLimits;
 
 /// A parsed request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,29 +79,6 @@ impl Response {
 
     pub fn text(status: u16, body: impl Into<String>) -> Self {
         Response::new(status, "text/plain; charset=utf-8", body.into())
-    }
-}
-
-/// The server's bounds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    pub max_connections: usize,
-    /// Largest request head (at least 8 KiB, hyper's minimum).
-    pub max_head_bytes: usize,
-    pub max_body_bytes: u64,
-    pub header_read_timeout: Duration,
-    pub write_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: 512,
-            max_head_bytes: 16 * 1024,
-            max_body_bytes: 64 * 1024,
-            header_read_timeout: Duration::from_secs(10),
-            write_timeout: Duration::from_secs(10),
-        }
     }
 }
 
@@ -157,7 +136,7 @@ impl Conns {
 /// request in flight (bounded by the write timeout).
 pub async fn serve<H, F>(
     listener: TcpListener,
-    limits: Limits,
+    limits: HttpLimits,
     stats: Arc<ServerStats>,
     handler: H,
     shutdown: impl Future<Output = ()>,
@@ -237,7 +216,7 @@ pub async fn serve<H, F>(
 /// Turns a hyper request into ours, runs the handler, and the answer back.
 async fn respond<H, F>(
     req: hyper::Request<hyper::body::Incoming>,
-    limits: &Limits,
+    limits: &HttpLimits,
     handler: H,
 ) -> hyper::Response<Full<Bytes>>
 where

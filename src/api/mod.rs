@@ -19,29 +19,19 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
+pub use crate::config::ApiOptions;
 use crate::error::Result;
 use crate::metrics::{Registry, Snapshot, prometheus};
-pub use http::Limits;
+use crate::window::live::LiveSlot;
 use http::{Request, Response, ServerStats};
 
 /// The live dashboard (`/`): one static page, no build step.
 const DASHBOARD: &str = include_str!("dashboard.html");
-
-/// Server settings.
-#[derive(Debug, Clone)]
-pub struct ApiOptions {
-    pub addr: SocketAddr,
-    /// Required as `Authorization: Bearer <token>` when set.
-    pub token: Option<String>,
-    /// `/readyz` fails when the processor or the probe has not reported for this long.
-    pub stall_after: Duration,
-    pub limits: Limits,
-}
 
 /// Binds `opts.addr` (port 0 picks a free port) and returns the bound address.
 pub async fn bind(opts: &ApiOptions) -> Result<(TcpListener, SocketAddr)> {
@@ -56,14 +46,14 @@ pub async fn bind(opts: &ApiOptions) -> Result<(TcpListener, SocketAddr)> {
 pub struct ApiContext {
     pub opts: ApiOptions,
     pub registry: Registry,
-    /// Filled while this process holds the group's lease and has pipelines.
-    pub windows: windows::WindowsSlot,
+    /// The live windows of the term holding the lease in this process, if any.
+    pub windows: windows::Windows,
     pub server: Arc<ServerStats>,
 }
 
 impl ApiContext {
-    pub fn new(opts: ApiOptions, registry: Registry, windows: windows::WindowsSlot) -> Self {
-        ApiContext { opts, registry, windows, server: Default::default() }
+    pub fn new(opts: ApiOptions, registry: Registry, live: LiveSlot) -> Self {
+        ApiContext { opts, registry, windows: windows::Windows::new(live), server: Default::default() }
     }
 }
 

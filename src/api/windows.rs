@@ -27,41 +27,43 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::http::{Request, Response};
 use crate::error::{Error, Result};
-use crate::query::LakeQuery;
-use crate::sink::lake::Lake;
-use crate::window::PipelineSpec;
+use crate::lake_sql::LakeQuery;
+use crate::window::live::{LiveRequest, LiveSlot, LiveWindows};
 use crate::window::query::REVISION_COLUMN;
 
-/// Rows not in the table yet: (open windows, closed windows waiting for a commit).
-pub type LiveRows = (Vec<RecordBatch>, Vec<RecordBatch>);
-
-/// A request to the processor for a pipeline's live rows (`None`: no such pipeline).
-pub struct LiveRequest {
-    pub pipeline: String,
-    pub reply: oneshot::Sender<Result<Option<LiveRows>>>,
-}
-
-/// Where window rows come from.
-#[derive(Clone)]
+/// Where window rows come from: one term's [`LiveWindows`], with the lake's query context
+/// opened once for it.
 pub struct WindowsSource {
-    lake: Lake,
-    tables: Vec<(PipelineSpec, SchemaRef)>,
-    live: mpsc::Sender<LiveRequest>,
-    query: Arc<tokio::sync::Mutex<Option<Arc<LakeQuery>>>>,
-    permits: Arc<tokio::sync::Semaphore>,
+    live: Arc<LiveWindows>,
+    query: tokio::sync::Mutex<Option<Arc<LakeQuery>>>,
+    permits: tokio::sync::Semaphore,
 }
 
-/// The windows API of whichever term of this process holds the lease (`None`: on standby).
+/// The API's view of the [`LiveSlot`]: a [`WindowsSource`] per term, made when the term
+/// publishes its windows and kept while it holds the lease.
 #[derive(Clone, Default)]
-pub struct WindowsSlot(Arc<std::sync::RwLock<Option<WindowsSource>>>);
+pub struct Windows {
+    slot: LiveSlot,
+    current: Arc<std::sync::Mutex<Option<Arc<WindowsSource>>>>,
+}
 
-impl WindowsSlot {
-    pub fn set(&self, source: Option<WindowsSource>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = source;
+impl Windows {
+    pub fn new(slot: LiveSlot) -> Self {
+        Windows { slot, current: Default::default() }
     }
 
-    pub fn get(&self) -> Option<WindowsSource> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The source of the term holding the lease now (`None`: on standby).
+    pub fn get(&self) -> Option<Arc<WindowsSource>> {
+        let live = self.slot.get()?;
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        match current.as_ref() {
+            Some(s) if Arc::ptr_eq(&s.live, &live) => Some(s.clone()),
+            _ => {
+                let s = Arc::new(WindowsSource::new(live));
+                *current = Some(s.clone());
+                Some(s)
+            }
+        }
     }
 }
 
@@ -72,14 +74,8 @@ pub const LIVE_WAIT: Duration = Duration::from_secs(2);
 pub const MAX_CONCURRENT: usize = 4;
 
 impl WindowsSource {
-    pub fn new(lake: Lake, tables: Vec<(PipelineSpec, SchemaRef)>, live: mpsc::Sender<LiveRequest>) -> Self {
-        WindowsSource {
-            lake,
-            tables,
-            live,
-            query: Default::default(),
-            permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT)),
-        }
+    fn new(live: Arc<LiveWindows>) -> Self {
+        WindowsSource { live, query: Default::default(), permits: tokio::sync::Semaphore::new(MAX_CONCURRENT) }
     }
 
     /// The lake's query context, opened once (again while `table` has no data registered).
@@ -88,7 +84,7 @@ impl WindowsSource {
         if let Some(open) = q.as_ref().filter(|q| q.tables.iter().any(|t| t.name == table && t.registered)) {
             return Ok(open.clone());
         }
-        let open = Arc::new(LakeQuery::open(&self.lake, &self.tables).await?);
+        let open = Arc::new(LakeQuery::open(&self.live.lake, &self.live.tables).await?);
         *q = Some(open.clone());
         Ok(open)
     }
@@ -114,6 +110,7 @@ impl WindowsSource {
 
     fn list(&self) -> Response {
         let list: Vec<serde_json::Value> = self
+            .live
             .tables
             .iter()
             .map(|(spec, schema)| {
@@ -134,7 +131,7 @@ impl WindowsSource {
     }
 
     async fn windows(&self, name: &str, req: &Request) -> Result<Response> {
-        let Some((_, schema)) = self.tables.iter().find(|(s, _)| s.name == name) else {
+        let Some((_, schema)) = self.live.tables.iter().find(|(s, _)| s.name == name) else {
             return Ok(Response::text(404, format!("no pipeline {name:?}\n")));
         };
         let bound = |key: &str| -> Result<Option<i64>> {
@@ -172,7 +169,7 @@ impl WindowsSource {
 
         // Rows only the processor has.
         let (reply, answer) = oneshot::channel();
-        self.live.try_send(LiveRequest { pipeline: name.to_string(), reply }).map_err(|e| match e {
+        self.live.requests.try_send(LiveRequest { pipeline: name.to_string(), reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::Busy("busy: the processor has live requests queued".into()),
             mpsc::error::TrySendError::Closed(_) => Error::Busy("the pipeline has stopped (standby)".into()),
         })?;

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use eventide::decode::{DecodeOptions, Decoder};
-use eventide::event::{EntryId, RawEntry};
+use eventide::entry::{EntryId, RawEntry};
 use eventide::generator::{GenOptions, Generator};
 use eventide::window::columns::EventColumns;
 use eventide::window::{WindowedQuery, plan, spec};

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use eventide::config::Dur;
-use eventide::query::LakeQuery;
+use eventide::lake_sql::LakeQuery;
 use eventide::sink::lake::Lake;
 use eventide::window::Pipelines;
 

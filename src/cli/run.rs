@@ -219,12 +219,12 @@ impl RunArgs {
 
 pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<ExitCode> {
     let (cfg, _) = args.config()?;
-    let opts = cfg.pipeline_options()?;
+    let opts = cfg.run_options()?;
     tracing::info!(
         redis = %eventide::source::connect::redact(&cfg.redis_url), streams = ?cfg.streams, group = %cfg.group, consumer = %cfg.consumer,
         lake = %cfg.lake, "Starting pipeline."
     );
-    let summary = eventide::pipeline::run(opts, shutdown).await?;
+    let summary = eventide::run(opts, shutdown).await?;
     let s = &summary.stats;
     let secs = summary.elapsed.as_secs_f64();
     println!(

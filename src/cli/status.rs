@@ -67,7 +67,7 @@ async fn fetch(a: &StatusArgs) -> anyhow::Result<Value> {
         let client = redis::Client::open(url.as_str())?;
         let mut conn = client.get_multiplexed_async_connection().await.context("connecting to Redis")?;
         let target = ProbeTarget {
-            redis: eventide::source::connect::RedisConnect::url(url),
+            redis: eventide::config::RedisOptions::url(url),
             group: a.group.clone(),
             streams: a.streams.iter().map(|s| (s.clone(), format!("{s}:dlq"))).collect(),
         };

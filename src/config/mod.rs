@@ -1,8 +1,10 @@
 //! Configuration: `eventide.toml`, overridable by flags and `EVENTIDE_*` variables (the CLI
 //! applies those). Two stages, as in ripgrep: [`Config`] is what the user wrote (serde,
 //! unknown keys refused), [`Config::check`] reports every problem with its key and line,
-//! and [`Config::pipeline_options`] builds the typed options the pipeline runs with.
+//! and [`Config::run_options`] builds the typed options the pipeline runs with.
 
+mod options;
+mod redis;
 mod units;
 
 use std::path::Path;
@@ -10,14 +12,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use options::{ApiOptions, ArchiveOptions, DecodeOptions, DlqOptions, HttpLimits, RunOptions, SourceOptions};
+pub use redis::{Certs, RedisOptions, TlsFiles, redact};
 pub use units::{ByteSize, Dur};
 
-use crate::decode::DecodeOptions;
 use crate::error::{Error, Result};
-use crate::pipeline::PipelineOptions;
-use crate::sink::archive::{ArchiveOptions, sanitize_name};
-use crate::source::SourceOptions;
-use crate::source::connect::{RedisConnect, TlsFiles};
+use crate::names::sanitize_name;
 
 /// Settings of `eventide run`. Every key is optional; defaults suit a local setup.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -212,7 +212,7 @@ impl Config {
     pub fn check(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         let mut bad = |key: &'static str, message: String| p.push(Problem { key, message });
-        if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
+        if let Err(e) = ::redis::Client::open(self.redis_url.as_str()) {
             bad("redis_url", format!("{e}; expected redis://host:port or rediss://host:port"));
         }
         for (key, file) in [
@@ -265,7 +265,7 @@ impl Config {
                 ),
             );
         }
-        if self.start_id != "0" && self.start_id != "$" && self.start_id.parse::<crate::event::EntryId>().is_err() {
+        if self.start_id != "0" && self.start_id != "$" && self.start_id.parse::<crate::entry::EntryId>().is_err() {
             bad("start_id", format!("{:?} is not `0`, `$` or a stream id like 1767268800000-0", self.start_id));
         }
         if self.field.is_empty() {
@@ -329,14 +329,14 @@ impl Config {
     }
 
     /// Checks the configuration and builds the pipeline's options.
-    pub fn pipeline_options(&self) -> Result<PipelineOptions> {
+    pub fn run_options(&self) -> Result<RunOptions> {
         let problems = self.check();
         if !problems.is_empty() {
             let list: Vec<String> = problems.iter().map(|p| format!("{}: {}", p.key, p.message)).collect();
             return Err(Error::Config(list.join("\n")));
         }
         let token = self.http_token()?;
-        Ok(PipelineOptions {
+        Ok(RunOptions {
             source: SourceOptions {
                 redis: self.redis_connect()?,
                 streams: self.streams.clone(),
@@ -367,10 +367,7 @@ impl Config {
             lake_options: self.lake_options.clone(),
             lake_store: None,
             dlq_stream: self.dlq_stream.clone(),
-            dlq: crate::sink::dlq::DlqOptions {
-                max_entry_bytes: self.dlq_max_entry_bytes.0 as usize,
-                maxlen: self.dlq_maxlen,
-            },
+            dlq: DlqOptions { max_entry_bytes: self.dlq_max_entry_bytes.0 as usize, maxlen: self.dlq_maxlen },
             dedup_horizon: self.dedup_horizon.0,
             dedup_max_bytes: self.dedup_max_bytes.0 as usize,
             pipeline_max_state_bytes: self.pipeline_max_state_bytes.0 as usize,
@@ -384,7 +381,7 @@ impl Config {
             lease_ttl: self.lease_ttl.0,
             progress_interval: self.progress_interval.0,
             pipelines: (!self.pipelines.trim().is_empty()).then(|| self.pipelines.clone().into()),
-            api: self.http_addr.parse().ok().map(|addr| crate::api::ApiOptions {
+            api: self.http_addr.parse().ok().map(|addr| ApiOptions {
                 addr,
                 token: token.clone(),
                 stall_after: Duration::from_secs(30).max(self.probe_interval.0 * 3),
@@ -397,7 +394,7 @@ impl Config {
 
 impl Config {
     /// How to reach Redis: the URL, the password from the environment or its file, TLS files.
-    pub fn redis_connect(&self) -> Result<RedisConnect> {
+    pub fn redis_connect(&self) -> Result<RedisOptions> {
         let password = match (&self.redis_password, &self.redis_password_file) {
             (Some(p), _) => Some(p.clone()),
             (None, Some(f)) => Some(read_secret("redis_password_file", f)?),
@@ -408,7 +405,7 @@ impl Config {
             client_cert: self.redis_client_cert.as_ref().map(Into::into),
             client_key: self.redis_client_key.as_ref().map(Into::into),
         };
-        RedisConnect::new(&self.redis_url, password, &tls)
+        RedisOptions::new(&self.redis_url, password, &tls)
     }
 
     /// The HTTP bearer token, given directly or in its file.

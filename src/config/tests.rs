@@ -24,7 +24,7 @@ fn semantic_problems_name_the_key() {
     let c = Config { streams: vec![], roll_age: Dur::secs(120), start_id: "latest".into(), ..Config::default() };
     let keys: Vec<&str> = c.check().iter().map(|p| p.key).collect();
     assert_eq!(keys, vec!["streams", "start_id", "claim_min_idle"]);
-    assert!(c.pipeline_options().is_err());
+    assert!(c.run_options().is_err());
     assert_eq!(line_of("a = 1\n  streams = []\n", "streams"), Some(2));
 }
 

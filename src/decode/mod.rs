@@ -23,26 +23,9 @@ use std::borrow::Cow;
 pub use reason::{Reason, Rejection};
 pub use validate::{MAX_EVENT_ID_BYTES, MAX_EVENT_TYPE_BYTES, valid_event_id, valid_event_type};
 
-use crate::event::RawEntry;
+pub use crate::config::DecodeOptions;
+use crate::entry::RawEntry;
 use envelope::Wire;
-
-/// Decoding rules that come from the configuration.
-#[derive(Debug, Clone)]
-pub struct DecodeOptions {
-    /// Entry field holding the event JSON (Dapr uses `data`).
-    pub field: Vec<u8>,
-    /// Entries larger than this (all field names and values) are rejected.
-    pub max_entry_bytes: usize,
-    /// Events stamped further than this in the future of ingest time are rejected (µs).
-    /// A wrong clock would otherwise move the watermark and expire dedup state early.
-    pub max_future_us: i64,
-}
-
-impl Default for DecodeOptions {
-    fn default() -> Self {
-        DecodeOptions { field: b"data".to_vec(), max_entry_bytes: 1 << 20, max_future_us: 3_600_000_000 }
-    }
-}
 
 /// A decoded, validated event, borrowing from the entry (or the decoder's scratch buffer).
 #[derive(Debug, Clone, PartialEq)]

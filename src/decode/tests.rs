@@ -1,5 +1,5 @@
 use super::*;
-use crate::event::{EntryId, RawEntry};
+use crate::entry::{EntryId, RawEntry};
 
 const NOW: i64 = 1_793_534_400_000_000; // 2026-11-01T12:00:00Z
 

@@ -8,7 +8,7 @@ pub mod prometheus;
 mod snapshot;
 
 use crate::decode::Reason;
-pub use snapshot::{Bounds, PipelineMetrics, Probe, Registry, Role, Snapshot, StreamProbe};
+pub use snapshot::{Bounds, PipelineMetrics, Probe, QueryStats, Registry, Role, Snapshot, StreamProbe};
 
 /// Counters of one stream.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

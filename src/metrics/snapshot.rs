@@ -5,8 +5,22 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{Stats, StreamCounters};
-use crate::window::QueryStats;
+use super::{PromHistogram, Stats, StreamCounters};
+
+/// Counters of one pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryStats {
+    /// Events selected by streams / event types.
+    pub input: u64,
+    /// Of those, rows that passed WHERE and went into at least one window.
+    pub counted: u64,
+    /// Rows that missed a window (one per missed window).
+    pub late: u64,
+    pub windows: u64,
+    pub rows: u64,
+    /// Window end (event time) → emitted (wall clock), per window.
+    pub emit_latency: PromHistogram,
+}
 
 /// One pipeline's figures.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -31,10 +31,11 @@ use tokio::task::JoinHandle;
 use super::chunks::Chunks;
 use super::lake::{Lake, Placement};
 use super::schema::{Columns, archive_schema};
+pub use crate::config::ArchiveOptions;
 use crate::decode::Event;
 use crate::decode::timestamp::civil_from_days;
+use crate::entry::EntryId;
 use crate::error::{Error, Result};
-use crate::event::EntryId;
 
 /// Rows buffered per partition before they are encoded.
 const ENCODE_ROWS: usize = 8192;
@@ -47,23 +48,6 @@ const COMMIT_CONCURRENCY: usize = 4;
 /// builders' first allocations. Measured with the bounds lifted: 20,000 open one-row
 /// partitions held ~1.5 GiB, ~75 KiB each (BENCHMARKS.md); rounded up.
 pub const FILE_OVERHEAD: usize = 96 * 1024;
-
-/// Archive settings.
-#[derive(Debug, Clone)]
-pub struct ArchiveOptions {
-    /// Table prefix inside the lake.
-    pub prefix: String,
-    /// A file is committed once its encoded size reaches this.
-    pub roll_bytes: usize,
-    /// Memory of all open files (rows, encoded bytes, per-file overhead): over it, the oldest
-    /// files are finished early.
-    pub max_buffered_bytes: usize,
-    /// Partitions (date, event type) open at once: over it, the oldest are finished early.
-    pub max_open_files: usize,
-    pub zstd_level: i32,
-    /// Writer name in file names (the consumer name, sanitised): keeps names unique per instance.
-    pub writer: String,
-}
 
 /// What a commit made visible.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -454,14 +438,4 @@ impl Archive {
             self.opts.prefix, self.opts.writer
         ))
     }
-}
-
-/// A name safe to use in a file name: ASCII letters, digits, `-` and `_`; others become `_`.
-pub fn sanitize_name(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .take(64)
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-        .collect();
-    if s.is_empty() { "w".into() } else { s }
 }

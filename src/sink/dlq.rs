@@ -16,8 +16,9 @@
 
 use redis::Pipeline;
 
+pub use crate::config::DlqOptions;
 use crate::decode::Rejection;
-use crate::event::RawEntry;
+use crate::entry::RawEntry;
 
 /// Field names eventide adds to a dead-letter entry.
 pub const REASON_FIELD: &str = "dlq_reason";
@@ -29,21 +30,6 @@ pub const TRUNCATED_FIELD: &str = "dlq_truncated";
 
 /// Most original fields copied into one dead letter (a script's arguments are bounded).
 const MAX_FIELDS: usize = 1000;
-
-/// Bounds of the dead-letter streams.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DlqOptions {
-    /// Original bytes (field names and values) kept per dead letter; the rest is cut.
-    pub max_entry_bytes: usize,
-    /// `MAXLEN ~` of each dead-letter stream (0: unbounded).
-    pub maxlen: u64,
-}
-
-impl Default for DlqOptions {
-    fn default() -> Self {
-        DlqOptions { max_entry_bytes: 1 << 20, maxlen: 100_000 }
-    }
-}
 
 /// KEYS: dlq, seen-set. ARGV: score, member, maxlen, then the entry's fields and values.
 const ADD_ONCE: &str = r#"if redis.call('ZADD', KEYS[2], 'NX', ARGV[1], ARGV[2]) == 0 then return 0 end
@@ -132,7 +118,7 @@ fn kept_fields(entry: &RawEntry, max_bytes: usize) -> (Vec<Field<'_>>, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::EntryId;
+    use crate::entry::EntryId;
 
     fn entry(fields: &[(&str, usize)]) -> RawEntry {
         RawEntry {

@@ -9,8 +9,8 @@ use super::SourceOptions;
 use super::commands::Commands;
 use super::group;
 use super::lease::Fence;
+use crate::entry::EntryId;
 use crate::error::Result;
-use crate::event::EntryId;
 
 /// Handle to the acker task.
 pub struct Acker {

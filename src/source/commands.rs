@@ -34,8 +34,8 @@ pub struct Commands {
 }
 
 impl Commands {
-    pub fn new(redis: &super::connect::RedisConnect, retry_timeout: Duration) -> Result<Self> {
-        Ok(Commands { client: redis.client()?, conn: None, retry_timeout })
+    pub fn new(redis: &crate::config::RedisOptions, retry_timeout: Duration) -> Result<Self> {
+        Ok(Commands { client: super::connect::client(redis)?, conn: None, retry_timeout })
     }
 
     async fn connection(&mut self) -> RedisResult<&mut MultiplexedConnection> {

@@ -6,8 +6,8 @@ use redis::Value;
 use super::SourceOptions;
 use super::commands::Commands;
 use super::reply;
+use crate::entry::{EntryId, RawEntry};
 use crate::error::{Error, Result};
-use crate::event::{EntryId, RawEntry};
 
 /// Ids per `XACK` command.
 const ACK_CHUNK: usize = 10_000;

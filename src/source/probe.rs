@@ -19,13 +19,13 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 
-use crate::event::EntryId;
+use crate::entry::EntryId;
 use crate::metrics::{Probe, Registry, StreamProbe};
 
 /// What to probe.
 #[derive(Debug, Clone)]
 pub struct ProbeTarget {
-    pub redis: super::connect::RedisConnect,
+    pub redis: crate::config::RedisOptions,
     pub group: String,
     /// (stream, its DLQ stream).
     pub streams: Vec<(String, String)>,
@@ -58,7 +58,7 @@ pub async fn run(target: ProbeTarget, registry: Registry, interval: Duration, mu
     loop {
         let result = async {
             if conn.is_none() {
-                let client = target.redis.client().map_err(|e| {
+                let client = super::connect::client(&target.redis).map_err(|e| {
                     redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "client", e.to_string()))
                 })?;
                 let cfg = redis::AsyncConnectionConfig::new()

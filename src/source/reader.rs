@@ -24,7 +24,7 @@ use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::{mpsc, watch};
 
 use super::{SourceOptions, backoff, reply};
-use crate::event::{EntryId, RawEntry, StreamBatch};
+use crate::entry::{EntryId, RawEntry, StreamBatch};
 
 /// What the reader tells the pipeline.
 #[derive(Debug)]
@@ -58,7 +58,7 @@ pub async fn run(
     count_gauge: Arc<AtomicU64>,
 ) {
     let mut budget = ReadBudget::new(&opts);
-    let client = match opts.redis.client() {
+    let client = match super::connect::client(&opts.redis) {
         Ok(c) => c,
         Err(e) => {
             let _ = tx.send(ReaderMsg::Disconnected(e.to_string())).await;

@@ -3,7 +3,7 @@
 
 use redis::Value;
 
-use crate::event::{EntryId, RawEntry};
+use crate::entry::{EntryId, RawEntry};
 
 /// A reply that did not have the shape Redis documents.
 #[derive(Debug, thiserror::Error)]
@@ -11,6 +11,12 @@ use crate::event::{EntryId, RawEntry};
 pub struct ReplyError {
     pub command: &'static str,
     pub what: &'static str,
+}
+
+impl From<ReplyError> for crate::error::Error {
+    fn from(e: ReplyError) -> Self {
+        crate::error::Error::Reply { command: e.command, what: e.what }
+    }
 }
 
 fn bad(command: &'static str, what: &'static str) -> ReplyError {

@@ -6,7 +6,6 @@
 //! (no JSON tree). A value whose JSON type does not fit the declared type becomes NULL:
 //! the event was already accepted and archived, the pipeline only reads it.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -17,7 +16,8 @@ use super::extract::{Node, Val, extract};
 use super::spec::{FieldSpec, FieldType, PipelineSpec};
 use crate::decode::Event;
 use crate::decode::timestamp::parse_rfc3339_us;
-use crate::event::EntryId;
+use crate::entry::EntryId;
+use crate::events::{Builders, Col, PIPELINE_BASE};
 
 enum Builder {
     Str(StringBuilder),
@@ -84,20 +84,15 @@ impl Builder {
     }
 }
 
-/// Base columns of `events` (see [`super::plan::events_schema`]): event_id, event_type,
-/// event_time, version, source, correlation_id, stream, stream_id.
-pub const BASE_COUNT: usize = 8;
-
 /// Base columns every pipeline reads whatever its SQL: event_id (late rows), event_type
 /// (selection), event_time, stream (selection) and stream_id (late rows).
-pub const ALWAYS_USED: [bool; BASE_COUNT] = [true, true, true, false, false, false, true, true];
+pub const ALWAYS_USED: [Col; 5] = [Col::EventId, Col::EventType, Col::EventTime, Col::Stream, Col::StreamId];
 
 /// Column builders shared by every pipeline, and each pipeline's view of them.
 pub struct EventColumns {
-    /// The string base columns (all but event_time); `None` when no pipeline reads it
-    /// (it is then all NULL: only nullable columns are ever skipped).
-    strings: [Option<StringBuilder>; BASE_COUNT],
-    event_time: TimestampMicrosecondBuilder,
+    /// The base columns some pipeline reads (the others are all NULL: only nullable
+    /// columns are ever left out).
+    base: Builders,
     /// Distinct declared fields (by path and type).
     fields: Vec<(FieldSpec, Builder)>,
     data_paths: Node,
@@ -107,14 +102,6 @@ pub struct EventColumns {
     vals: Vec<Val<'static>>,
     rows: usize,
 }
-
-const EVENT_ID: usize = 0;
-const EVENT_TYPE: usize = 1;
-const VERSION: usize = 3;
-const SOURCE: usize = 4;
-const CORRELATION_ID: usize = 5;
-const STREAM: usize = 6;
-const STREAM_ID: usize = 7;
 
 impl EventColumns {
     pub fn new(specs: &[&PipelineSpec]) -> Self {
@@ -141,8 +128,7 @@ impl EventColumns {
         }
         let n = fields.len();
         EventColumns {
-            strings: std::array::from_fn(|i| (i != 2).then(StringBuilder::new)),
-            event_time: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            base: Builders::new(&PIPELINE_BASE),
             fields,
             data_paths,
             meta_paths,
@@ -152,14 +138,12 @@ impl EventColumns {
         }
     }
 
-    /// Builds only the base columns marked in `used` (and [`ALWAYS_USED`]); the others are
-    /// NULL in every batch.
-    pub fn only(mut self, used: &[bool; BASE_COUNT]) -> Self {
-        for (i, b) in self.strings.iter_mut().enumerate() {
-            if i != 2 && !used[i] && !ALWAYS_USED[i] {
-                *b = None;
-            }
-        }
+    /// Builds only the base columns in `used` (and [`ALWAYS_USED`]); the others are NULL in
+    /// every batch.
+    pub fn only(mut self, used: &[Col]) -> Self {
+        let cols: Vec<Col> =
+            PIPELINE_BASE.into_iter().filter(|c| used.contains(c) || ALWAYS_USED.contains(c)).collect();
+        self.base = Builders::new(&cols);
         self
     }
 
@@ -173,25 +157,7 @@ impl EventColumns {
 
     /// Appends one accepted event.
     pub fn append(&mut self, ev: &Event<'_>, stream: &str, id: EntryId) {
-        let st = &mut self.strings;
-        let put = |b: &mut Option<StringBuilder>, v: Option<&str>| {
-            if let Some(b) = b {
-                b.append_option(v);
-            }
-        };
-        put(&mut st[EVENT_ID], Some(&ev.event_id));
-        put(&mut st[EVENT_TYPE], Some(&ev.event_type));
-        self.event_time.append_value(ev.event_time_us);
-        put(&mut st[VERSION], ev.version.as_deref());
-        put(&mut st[SOURCE], ev.source.as_deref());
-        put(&mut st[CORRELATION_ID], ev.correlation_id.as_deref());
-        put(&mut st[STREAM], Some(stream));
-        if let Some(b) = &mut st[STREAM_ID] {
-            let _ = b.write_str(itoa::Buffer::new().format(id.ms));
-            let _ = b.write_char('-');
-            let _ = b.write_str(itoa::Buffer::new().format(id.seq));
-            b.append_value("");
-        }
+        self.base.append(ev, stream, id, 0);
         self.rows += 1;
         if self.fields.is_empty() {
             return;
@@ -215,23 +181,7 @@ impl EventColumns {
     /// The builders start again sized like this batch (fewer reallocations).
     pub fn finish(&mut self, schemas: &[arrow::datatypes::SchemaRef]) -> arrow::error::Result<Vec<RecordBatch>> {
         let rows = self.rows;
-        let base: Vec<ArrayRef> = (0..BASE_COUNT)
-            .map(|i| -> ArrayRef {
-                if i == 2 {
-                    let a = Arc::new(self.event_time.finish());
-                    self.event_time = TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC");
-                    return a;
-                }
-                match &mut self.strings[i] {
-                    Some(b) => {
-                        let a = b.finish();
-                        *b = StringBuilder::with_capacity(rows, a.values().len());
-                        Arc::new(a)
-                    }
-                    None => arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, rows),
-                }
-            })
-            .collect();
+        let base = self.base.finish(&PIPELINE_BASE);
         let fields: Vec<ArrayRef> = self
             .fields
             .iter_mut()

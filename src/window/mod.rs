@@ -25,13 +25,20 @@ use std::time::Instant;
 use arrow::datatypes::SchemaRef;
 
 use crate::decode::Event;
+use crate::entry::EntryId;
 use crate::error::{Error, Result};
-use crate::event::EntryId;
+use crate::events::Col;
 use crate::sink::archive::CommittedFile;
 use crate::sink::lake::{Lake, Placement};
 use crate::sink::table::TableBuffer;
 use columns::EventColumns;
-pub use query::{QueryStats, WindowedQuery, late_schema};
+pub mod live;
+
+pub use crate::metrics::QueryStats;
+pub use query::{WindowedQuery, late_schema};
+
+/// Rows per micro-batch handed to the pipelines (fewer, larger DataFusion calls).
+pub const BATCH_ROWS: usize = 8192;
 pub use spec::{PipelineSpec, SpecProblem};
 
 /// Table holding late events of every pipeline (partitioned by `pipeline=`).
@@ -145,7 +152,7 @@ impl Pipelines {
     }
 
     /// Base columns of `events` some pipeline's SQL reads (see [`EventColumns::only`]).
-    pub fn used_base_columns(&self) -> [bool; columns::BASE_COUNT] {
+    pub fn used_base_columns(&self) -> Vec<Col> {
         used_base_columns(&self.queries)
     }
 
@@ -343,13 +350,10 @@ impl Pipelines {
     }
 }
 
-fn used_base_columns(queries: &[WindowedQuery]) -> [bool; columns::BASE_COUNT] {
-    let mut used = [false; columns::BASE_COUNT];
-    for q in queries {
-        for (u, q) in used.iter_mut().zip(q.used_columns()) {
-            *u |= q;
-        }
-    }
+fn used_base_columns(queries: &[WindowedQuery]) -> Vec<Col> {
+    let mut used: Vec<Col> = queries.iter().flat_map(|q| q.used_base_columns()).collect();
+    used.sort_by_key(|c| c.name());
+    used.dedup();
     used
 }
 

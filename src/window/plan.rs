@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
@@ -25,20 +25,11 @@ use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggrega
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr, create_physical_expr};
 
 use super::spec::{FieldType, PipelineSpec, SpecProblem};
+use crate::events::{Col, PIPELINE_BASE, utc_micros};
 
 /// The `events` table's schema for a pipeline: base columns, then its declared fields.
 pub fn events_schema(spec: &PipelineSpec) -> SchemaRef {
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    let mut fields = vec![
-        Field::new("event_id", DataType::Utf8, false),
-        Field::new("event_type", DataType::Utf8, false),
-        Field::new("event_time", ts.clone(), false),
-        Field::new("version", DataType::Utf8, true),
-        Field::new("source", DataType::Utf8, true),
-        Field::new("correlation_id", DataType::Utf8, true),
-        Field::new("stream", DataType::Utf8, false),
-        Field::new("stream_id", DataType::Utf8, false),
-    ];
+    let mut fields = PIPELINE_BASE.map(Col::field).to_vec();
     for f in &spec.fields {
         fields.push(Field::new(&f.name, field_type(f.ty), true));
     }
@@ -52,7 +43,7 @@ pub fn field_type(t: FieldType) -> DataType {
         FieldType::Double => DataType::Float64,
         FieldType::Int => DataType::Int64,
         FieldType::Bool => DataType::Boolean,
-        FieldType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        FieldType::Timestamp => utc_micros(),
     }
 }
 
@@ -102,9 +93,9 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    /// Which columns of the `events` batch the query's expressions read (by index).
-    pub fn used_columns(&self) -> Vec<bool> {
-        let mut used = vec![false; self.input.fields().len()];
+    /// The base columns of `events` the query's expressions read.
+    pub fn used_base_columns(&self) -> Vec<Col> {
+        let mut used = Vec::new();
         let exprs = self
             .filters
             .iter()
@@ -112,8 +103,9 @@ impl Compiled {
             .chain(self.aggregates.iter().flat_map(|a| a.args.iter().chain(a.filter.iter())));
         for e in exprs {
             for c in datafusion::physical_expr::utils::collect_columns(e) {
-                if let Some(u) = used.get_mut(c.index()) {
-                    *u = true;
+                if let Some(col) = Col::named(c.name()).filter(|col| PIPELINE_BASE.contains(col) && !used.contains(col))
+                {
+                    used.push(col);
                 }
             }
         }
@@ -180,7 +172,7 @@ pub async fn compile(spec: &PipelineSpec) -> Result<Compiled, SpecProblem> {
         if msg.contains("No field named") || msg.contains("not found") {
             msg.push_str(&format!(
                 "; `events` has the columns {} and the fields declared in `fields`",
-                super::spec::BASE_COLUMNS.join(", ")
+                PIPELINE_BASE.map(Col::name).join(", ")
             ));
         }
         problem(line, msg)

@@ -24,6 +24,30 @@ use super::plan::Compiled;
 use super::session::Sessions;
 use super::spec::{Emit, PipelineSpec, WindowKind};
 use super::watermark::Watermark;
+use crate::events::{Col, index_of};
+use crate::metrics::QueryStats;
+
+/// Where the base columns the query itself reads are in its `events` batches (resolved
+/// once, by name).
+struct BaseColumns {
+    event_id: usize,
+    event_type: usize,
+    event_time: usize,
+    stream: usize,
+    stream_id: usize,
+}
+
+impl BaseColumns {
+    fn of(schema: &Schema) -> Self {
+        BaseColumns {
+            event_id: index_of(schema, Col::EventId),
+            event_type: index_of(schema, Col::EventType),
+            event_time: index_of(schema, Col::EventTime),
+            stream: index_of(schema, Col::Stream),
+            stream_id: index_of(schema, Col::StreamId),
+        }
+    }
+}
 
 /// Column after `window_end` in `emit = "updates"` tables: 0 for a window's first rows, then
 /// one more for each correction.
@@ -32,21 +56,6 @@ pub const REVISION_COLUMN: &str = "revision";
 enum Op {
     Fixed(FixedWindows),
     Session(Sessions),
-}
-
-/// Counters of one pipeline.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct QueryStats {
-    /// Events selected by streams / event types.
-    pub input: u64,
-    /// Of those, rows that passed WHERE and went into at least one window.
-    pub counted: u64,
-    /// Rows that missed a window (one per missed window).
-    pub late: u64,
-    pub windows: u64,
-    pub rows: u64,
-    /// Window end (event time) → emitted (wall clock), per window.
-    pub emit_latency: crate::metrics::PromHistogram,
 }
 
 fn ts() -> DataType {
@@ -58,11 +67,11 @@ pub fn late_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("window_start", ts(), false),
         Field::new("window_end", ts(), false),
-        Field::new("event_id", DataType::Utf8, false),
-        Field::new("event_type", DataType::Utf8, false),
-        Field::new("event_time", ts(), false),
-        Field::new("stream", DataType::Utf8, false),
-        Field::new("stream_id", DataType::Utf8, false),
+        Col::EventId.field(),
+        Col::EventType.field(),
+        Col::EventTime.field(),
+        Col::Stream.field(),
+        Col::StreamId.field(),
         Field::new("watermark", ts(), false),
     ]))
 }
@@ -70,6 +79,7 @@ pub fn late_schema() -> SchemaRef {
 pub struct WindowedQuery {
     pub spec: PipelineSpec,
     plan: Compiled,
+    cols: BaseColumns,
     conv: Option<RowConverter>,
     op: Op,
     clock: Watermark,
@@ -100,6 +110,7 @@ impl WindowedQuery {
         fields.extend(plan.output.fields().iter().map(|f| f.as_ref().clone()));
         Ok(WindowedQuery {
             spec,
+            cols: BaseColumns::of(&plan.input),
             plan,
             conv,
             op,
@@ -147,8 +158,8 @@ impl WindowedQuery {
     }
 
     /// Which columns of its `events` batches the SQL reads.
-    pub fn used_columns(&self) -> Vec<bool> {
-        self.plan.used_columns()
+    pub fn used_base_columns(&self) -> Vec<Col> {
+        self.plan.used_base_columns()
     }
 
     pub fn input_schema(&self) -> SchemaRef {
@@ -200,8 +211,8 @@ impl WindowedQuery {
             self.clock.set_clock(chrono::Utc::now().timestamp_micros());
         }
         self.last_arrival = Some(now);
-        let streams: &StringArray = sel.column(6).as_string();
-        let times = sel.column(2).as_primitive::<TimestampMicrosecondType>().values().clone();
+        let streams: &StringArray = sel.column(self.cols.stream).as_string();
+        let times = sel.column(self.cols.event_time).as_primitive::<TimestampMicrosecondType>().values().clone();
         let mut member: Option<BooleanArray> = None;
         for f in &self.plan.filters {
             let m = as_mask(f.evaluate(&sel)?.into_array(n)?)?;
@@ -241,8 +252,8 @@ impl WindowedQuery {
                 None => Ok(batch.clone()),
             };
         }
-        let types: &StringArray = batch.column(1).as_string();
-        let streams: &StringArray = batch.column(6).as_string();
+        let types: &StringArray = batch.column(self.cols.event_type).as_string();
+        let streams: &StringArray = batch.column(self.cols.stream).as_string();
         let mask: BooleanArray = (0..batch.num_rows())
             .map(|i| Some(keep_rows.is_none_or(|k| k.value(i)) && self.spec.selects(streams.value(i), types.value(i))))
             .collect();
@@ -326,11 +337,11 @@ impl WindowedQuery {
         let cols: Vec<ArrayRef> = vec![
             tz(self.late.iter().map(|l| l.window_start).collect()),
             tz(self.late.iter().map(|l| l.window_end).collect()),
-            take(part.column(0), &idx, None)?,
-            take(part.column(1), &idx, None)?,
-            take(part.column(2), &idx, None)?,
-            take(part.column(6), &idx, None)?,
-            take(part.column(7), &idx, None)?,
+            take(part.column(self.cols.event_id), &idx, None)?,
+            take(part.column(self.cols.event_type), &idx, None)?,
+            take(part.column(self.cols.event_time), &idx, None)?,
+            take(part.column(self.cols.stream), &idx, None)?,
+            take(part.column(self.cols.stream_id), &idx, None)?,
             tz(self.late.iter().map(|l| wms[l.row as usize]).collect()),
         ];
         Ok(RecordBatch::try_new(late_schema(), cols)?)

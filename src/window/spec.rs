@@ -21,10 +21,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::Dur;
+use crate::events::PIPELINE_BASE;
 
-/// Column names every `events` table has, before the declared fields.
-pub const BASE_COLUMNS: &[&str] =
-    &["event_id", "event_type", "event_time", "version", "source", "correlation_id", "stream", "stream_id"];
 /// Table names a pipeline may not take (the archive, the late table, internal state).
 pub const RESERVED_NAMES: &[&str] = &["events", "late_events"];
 
@@ -306,7 +304,7 @@ pub fn parse(text: &str, file: &Path) -> Result<PipelineSpec, Vec<SpecProblem>> 
             ));
             continue;
         }
-        if BASE_COLUMNS.contains(&fname.as_str()) {
+        if PIPELINE_BASE.iter().any(|c| c.name() == fname) {
             problems.push(problem(fl, format!("field `{fname}` hides a built-in column of `events`; rename it")));
             continue;
         }

@@ -106,7 +106,7 @@ async fn a_deleted_stream_gets_its_group_back() {
     let lake = tempfile::tempdir().unwrap();
     let mut opts = support::options(&redis.url(), &["events"], lake.path().to_str().unwrap(), "c1");
     opts.exit_when_idle = Some(Duration::from_secs(2));
-    let run = tokio::spawn(eventide::pipeline::run(opts, std::future::pending::<()>()));
+    let run = tokio::spawn(eventide::run(opts, std::future::pending::<()>()));
     // Wait for the group, delete the stream under the running pipeline, then publish again.
     for _ in 0..100 {
         let exists: bool = redis::cmd("EXISTS").arg("events").query_async(&mut conn).await.unwrap();

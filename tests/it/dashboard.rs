@@ -70,7 +70,7 @@ async fn dashboard_renders_real_numbers_in_chromium() {
         limits: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(eventide::pipeline::run(opts, async move {
+    let run = tokio::spawn(eventide::run(opts, async move {
         let _ = stop_rx.await;
     }));
     // Let the pipeline drain the stream and commit.

@@ -244,7 +244,7 @@ pub(crate) async fn assert_exactly_once(
 }
 
 async fn query_rows(lake: &Lake, pipelines: &Pipelines, sql: &str) -> Vec<String> {
-    let q = eventide::query::LakeQuery::open(lake, &pipelines.output_schemas()).await.unwrap();
+    let q = eventide::lake_sql::LakeQuery::open(lake, &pipelines.output_schemas()).await.unwrap();
     support::text_rows(&q.sql(sql).await.unwrap().1)
 }
 

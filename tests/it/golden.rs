@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, TimestampMicrosecondType};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use eventide::query::LakeQuery;
+use eventide::lake_sql::LakeQuery;
 use eventide::replay::Replayer;
 use eventide::sink::lake::Lake;
 use eventide::window::{Pipelines, plan, spec};

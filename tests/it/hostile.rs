@@ -58,7 +58,7 @@ async fn one_event_from_the_future_makes_no_event_late() {
 
     let lake = Lake::open(dir.path().join("lake").to_str().unwrap()).unwrap();
     let pipelines = Pipelines::new(check_dir(&pipes).await.unwrap()).unwrap();
-    let q = eventide::query::LakeQuery::open(&lake, &pipelines.output_schemas()).await.unwrap();
+    let q = eventide::lake_sql::LakeQuery::open(&lake, &pipelines.output_schemas()).await.unwrap();
     // No late row at all: the late table was never even written.
     let late_dir = dir.path().join("lake").join(eventide::window::LATE_TABLE);
     let late_files = walk(&late_dir);
@@ -105,7 +105,7 @@ async fn a_pipeline_that_divides_by_zero_fails_alone() {
         limits: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(eventide::pipeline::run(opts, async move {
+    let run = tokio::spawn(eventide::run(opts, async move {
         let _ = stop_rx.await;
     }));
     let get = async |path: &str| request(port, path, None).await.expect("the API answers");

@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventide::api::http::{Limits, Request, Response, ServerStats};
+use eventide::api::http::{HttpLimits, Request, Response, ServerStats};
 use eventide::generator::{GenOptions, Generator, publish};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -171,7 +171,7 @@ async fn a_standby_answers_probes_and_says_standby() {
 async fn a_reader_that_stops_reading_is_cut_off_by_the_write_timeout() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let limits = Limits { write_timeout: Duration::from_millis(500), ..Limits::default() };
+    let limits = HttpLimits { write_timeout: Duration::from_millis(500), ..HttpLimits::default() };
     let stats = Arc::new(ServerStats::default());
     let big: Arc<Vec<u8>> = Arc::new(b"window_start,n\n".iter().copied().cycle().take(64 << 20).collect());
     let handler = move |_req: Request| {

@@ -29,7 +29,7 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
 /// Probe target: stream `shop` (DLQ `shop:dlq`), group `analytics`.
 fn shop_target(redis_url: &str) -> ProbeTarget {
     ProbeTarget {
-        redis: eventide::source::connect::RedisConnect::url(redis_url),
+        redis: eventide::config::RedisOptions::url(redis_url),
         group: "analytics".into(),
         streams: vec![("shop".into(), "shop:dlq".into())],
     }
@@ -90,7 +90,7 @@ async fn metrics_count_exactly_and_pass_promtool() {
         limits: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(eventide::pipeline::run(opts, async move {
+    let run = tokio::spawn(eventide::run(opts, async move {
         let _ = stop_rx.await;
     }));
 

@@ -14,7 +14,7 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use eventide::generator::{GenOptions, Kind};
-use eventide::query::LakeQuery;
+use eventide::lake_sql::LakeQuery;
 use eventide::sink::lake::Lake;
 use eventide::window::spec::WindowKind;
 use eventide::window::{Pipelines, check_dir};

@@ -49,7 +49,7 @@ async fn redis_restart_mid_stream_loses_nothing() {
     opts.exit_when_idle = Some(Duration::from_secs(3));
     opts.roll_age = Duration::from_millis(300);
     opts.checkpoint_interval = Duration::from_millis(300);
-    let run = tokio::spawn(eventide::pipeline::run(opts, std::future::pending::<()>()));
+    let run = tokio::spawn(eventide::run(opts, std::future::pending::<()>()));
 
     // Kill Redis while the pipeline is reading and committing, then bring it back.
     tokio::time::sleep(Duration::from_millis(150)).await;

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use eventide::query::LakeQuery;
+use eventide::lake_sql::LakeQuery;
 use eventide::replay::Replayer;
 use eventide::sink::lake::Lake;
 use eventide::window::{Pipelines, plan, spec};

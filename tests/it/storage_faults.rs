@@ -33,13 +33,13 @@ async fn run(redis: &str, stream: &str, dir: &Path, fail_from: usize) -> (bool, 
 
 async fn run_on(redis: &str, stream: &str, dir: &Path, store: Arc<FaultyStore>) -> (bool, usize) {
     let mut opts = support::options(redis, &[stream], dir.to_str().unwrap(), "c1");
-    opts.lake_store = Some(Lake::from_store(store.clone()));
+    opts.lake_store = Some(store.clone());
     opts.pipelines = Some(pipelines_dir());
     opts.roll_age = Duration::from_millis(300);
     opts.checkpoint_interval = Duration::from_millis(100);
     opts.state_interval = Duration::from_millis(250);
     opts.source.retry_timeout = Duration::from_secs(5);
-    let res = tokio::time::timeout(Duration::from_secs(120), eventide::pipeline::run(opts, std::future::pending()))
+    let res = tokio::time::timeout(Duration::from_secs(120), eventide::run(opts, std::future::pending()))
         .await
         .expect("the run ended in time");
     (res.is_ok(), store.writes.load(Ordering::SeqCst))
@@ -52,7 +52,7 @@ async fn everything(dir: &Path, redis: &mut redis::aio::MultiplexedConnection, s
     for q in pipelines.queries() {
         out.push(table(&lake, &pipelines, &q.spec.name).await);
     }
-    let q = eventide::query::LakeQuery::open(&lake, &pipelines.output_schemas()).await.unwrap();
+    let q = eventide::lake_sql::LakeQuery::open(&lake, &pipelines.output_schemas()).await.unwrap();
     let late = "SELECT pipeline, window_start, window_end, event_id, event_time, watermark FROM late_events";
     out.push(support::text_rows(&q.sql(late).await.unwrap().1));
     // Dead letters: each source entry once; their reasons (ids differ between streams).

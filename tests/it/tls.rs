@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use eventide::config::{RedisOptions, TlsFiles};
 use eventide::generator::{GenOptions, Generator, Kind, publish};
 use eventide::source::commands::Commands;
-use eventide::source::connect::{RedisConnect, TlsFiles};
+use eventide::source::connect;
 
 use crate::support::{self, read_archive};
 
@@ -144,8 +145,8 @@ impl Drop for TlsRedis {
 }
 
 async fn connect(url: &str, password: &str, tls: &TlsFiles) -> redis::aio::MultiplexedConnection {
-    let c = RedisConnect::new(url, Some(password.into()), tls).unwrap();
-    c.client().unwrap().get_multiplexed_async_connection().await.unwrap()
+    let c = RedisOptions::new(url, Some(password.into()), tls).unwrap();
+    connect::client(&c).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
 
 fn eventide(r: &TlsRedis, certs: &Certs, lake: &Path, extra: &[&str]) -> Command {
@@ -218,7 +219,7 @@ async fn tls_mistakes_are_explained() {
     let certs = Certs::make();
     let r = TlsRedis::start(&certs);
     let ping = async |url: &str, tls: TlsFiles| -> String {
-        let c = RedisConnect::new(url, Some("pw-of-eventide".into()), &tls).unwrap();
+        let c = RedisOptions::new(url, Some("pw-of-eventide".into()), &tls).unwrap();
         let mut cmds = Commands::new(&c, Duration::from_secs(3)).unwrap();
         let mut get = redis::cmd("GET");
         get.arg("eventide:fence:{analytics}");

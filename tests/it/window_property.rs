@@ -18,7 +18,7 @@ use arrow::array::{Float64Array, RecordBatch, StringArray, TimestampMicrosecondA
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
-use eventide::query::LakeQuery;
+use eventide::lake_sql::LakeQuery;
 use eventide::replay::Replayer;
 use eventide::sink::lake::Lake;
 use eventide::window::{Pipelines, plan, spec};

@@ -117,6 +117,6 @@ pub async fn table(
     pipelines: &eventide::window::Pipelines,
     name: &str,
 ) -> Vec<String> {
-    let q = eventide::query::LakeQuery::open(lake, &pipelines.output_schemas()).await.unwrap();
+    let q = eventide::lake_sql::LakeQuery::open(lake, &pipelines.output_schemas()).await.unwrap();
     text_rows(&q.sql(&format!("SELECT * EXCEPT (window_date) FROM {name}")).await.unwrap().1)
 }

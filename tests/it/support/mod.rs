@@ -9,13 +9,13 @@ pub mod redis_server;
 use std::time::Duration;
 
 use eventide::config::Config;
-use eventide::pipeline::{PipelineOptions, RunSummary};
+use eventide::worker::{RunOptions, RunSummary};
 
 pub use lake::{read_archive, table, text_rows};
 pub use redis_server::RedisServer;
 
 /// Pipeline options for a test: the given Redis, stream and lake, short timers.
-pub fn options(redis_url: &str, streams: &[&str], lake: &str, consumer: &str) -> PipelineOptions {
+pub fn options(redis_url: &str, streams: &[&str], lake: &str, consumer: &str) -> RunOptions {
     let cfg = Config {
         redis_url: redis_url.into(),
         streams: streams.iter().map(|s| s.to_string()).collect(),
@@ -30,12 +30,12 @@ pub fn options(redis_url: &str, streams: &[&str], lake: &str, consumer: &str) ->
         http_addr: String::new(),
         ..Config::default()
     };
-    cfg.pipeline_options().expect("valid test config")
+    cfg.run_options().expect("valid test config")
 }
 
 /// Runs a pipeline until it is idle (bounded by a generous timeout).
-pub async fn run_until_idle(opts: PipelineOptions) -> RunSummary {
-    tokio::time::timeout(Duration::from_secs(120), eventide::pipeline::run(opts, std::future::pending()))
+pub async fn run_until_idle(opts: RunOptions) -> RunSummary {
+    tokio::time::timeout(Duration::from_secs(120), eventide::run(opts, std::future::pending()))
         .await
         .expect("pipeline finished in time")
         .expect("pipeline ran")

@@ -10,9 +10,9 @@ use futures::{StreamExt, TryStreamExt};
 use crate::ack::AckTracker;
 use crate::checkpoint::{self, Checkpoints, Manifest, Totals};
 use crate::decode::{Decoder, Rejection};
-use crate::dedup::{Dedup, Verdict};
+use crate::entry::{EntryId, StreamBatch};
 use crate::error::{Error, Result};
-use crate::event::{EntryId, StreamBatch};
+use crate::ingest::{Admitted, Ingest};
 use crate::metrics::Stats;
 use crate::sink::archive::{Archive, CommittedFile};
 use crate::sink::dlq::{self, DlqOptions};
@@ -24,7 +24,7 @@ use crate::source::group;
 use crate::source::lease::Fence;
 use crate::window::Pipelines;
 
-use super::PipelineOptions;
+use super::RunOptions;
 use super::recovery::{noack_positions, take_over};
 
 mod report;
@@ -39,8 +39,8 @@ pub(super) struct Processor {
     dlq_keys: Vec<String>,
     cmds: Commands,
     acker: Option<Acker>,
-    decoder: Decoder,
-    dedup: Dedup,
+    /// Decode → dedup → fan-out (the archive and the pipelines).
+    ingest: Ingest,
     archive: Archive,
     /// Windowed aggregations over the accepted events.
     pub pipelines: Pipelines,
@@ -81,9 +81,9 @@ pub(super) struct Processor {
 impl Processor {
     /// Opens the lake, recovers from the latest checkpoint (or writes a first one), connects
     /// and creates the consumer groups.
-    pub async fn start(opts: &PipelineOptions, fence: Fence, token: u64) -> Result<Self> {
+    pub async fn start(opts: &RunOptions, fence: Fence, token: u64) -> Result<Self> {
         let lake = match &opts.lake_store {
-            Some(l) => l.clone(),
+            Some(store) => Lake::from_store(store.clone()),
             None => Lake::open_with(&opts.lake, &opts.lake_options)?,
         };
         let cp = Checkpoints::new(lake.clone(), &opts.source.group, &opts.source.consumer);
@@ -164,8 +164,7 @@ impl Processor {
             dlq_keys,
             cmds,
             acker: Some(Acker::start(&opts.source, fence.clone())?),
-            decoder: Decoder::new(opts.decode.clone()),
-            dedup,
+            ingest: Ingest::new(Decoder::new(opts.decode.clone()), dedup),
             archive,
             pipelines,
             writer: opts.archive.writer.clone(),
@@ -206,31 +205,27 @@ impl Processor {
         let stream = self.source.streams[batch.stream].as_str();
         let mut rejects: Vec<(usize, Rejection)> = Vec::new();
         let mut deleted = Vec::new();
-        let Processor { decoder, dedup, archive, pipelines, stats, .. } = self;
+        let Processor { ingest, archive, pipelines, stats, .. } = self;
         let before = (stats.accepted, stats.duplicates, stats.invalid);
         for (i, entry) in batch.entries.iter().enumerate() {
             if entry.is_deleted() {
                 deleted.push(entry.id);
                 continue;
             }
-            match decoder.decode(entry, now_us) {
-                Err(r) => {
+            match ingest.entry(entry, stream, now_us, &mut (&mut *archive, &mut *pipelines))? {
+                Admitted::Rejected(r) => {
                     stats.invalid[r.reason.index()] += 1;
                     rejects.push((i, r));
                 }
-                Ok(ev) => match dedup.check(&ev.event_id, ev.event_time_us, now_us) {
-                    Verdict::Duplicate => stats.duplicates += 1,
-                    verdict => {
-                        stats.beyond_horizon += u64::from(verdict == Verdict::BeyondHorizon);
-                        archive.append(&ev, stream, entry.id, now_us)?;
-                        pipelines.append(&ev, stream, entry.id);
-                        stats.accepted += 1;
-                    }
-                },
+                Admitted::Duplicate => stats.duplicates += 1,
+                Admitted::New { beyond_horizon } => {
+                    stats.beyond_horizon += u64::from(beyond_horizon);
+                    stats.accepted += 1;
+                }
             }
         }
         stats.read += batch.entries.len() as u64;
-        self.read_bytes += batch.entries.iter().map(crate::event::RawEntry::size).sum::<usize>() as u64;
+        self.read_bytes += batch.entries.iter().map(crate::entry::RawEntry::size).sum::<usize>() as u64;
         if stats.streams.len() <= batch.stream {
             stats.streams.resize(batch.stream + 1, Default::default());
         }
@@ -243,7 +238,7 @@ impl Processor {
         }
         // Events go to the windows in micro-batches of up to 8,192 rows (fewer, larger DataFusion
         // calls; results do not depend on batch boundaries); the tick and commits flush the rest.
-        if self.pipelines.buffered() >= crate::replay::BATCH_ROWS {
+        if self.pipelines.buffered() >= crate::window::BATCH_ROWS {
             self.pipelines.process_in_background()?;
         }
         let now_ms = (now_us / 1000).max(0) as u64;
@@ -341,15 +336,15 @@ impl Processor {
         let snapshot_due = self.last_snapshot.is_none_or(|s| s.elapsed() >= self.state_interval);
         if self.snapshot.is_none() || final_stop || snapshot_due {
             // In parts: no single object outgrows what a store takes in one put.
-            let (first, rest) = self.dedup.to_parts(SNAPSHOT_PART_BYTES);
+            let (first, rest) = self.ingest.dedup.to_parts(SNAPSHOT_PART_BYTES);
             self.snapshot = Some(self.cp.put_blob(epoch, "dedup.bin", first).await?);
-            self.dedup.clear_delta();
+            self.ingest.dedup.clear_delta();
             self.deltas.clear();
             for (i, part) in rest.into_iter().enumerate() {
                 self.deltas.push(self.cp.put_blob(epoch, &format!("dedup-part-{}.bin", i + 1), part).await?);
             }
             self.last_snapshot = Some(Instant::now());
-        } else if let Some(delta) = self.dedup.take_delta() {
+        } else if let Some(delta) = self.ingest.dedup.take_delta() {
             self.deltas.push(self.cp.put_blob(epoch, "dedup-delta.bin", delta).await?);
         }
         m.dedup_snapshot.clone_from(&self.snapshot);
@@ -492,6 +487,6 @@ impl Processor {
     }
 
     pub fn dedup_len(&self) -> usize {
-        self.dedup.len()
+        self.ingest.dedup.len()
     }
 }

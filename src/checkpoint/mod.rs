@@ -17,6 +17,8 @@
 //! checkpoint come back as duplicates (dedup remembers them) and are only acked; the others
 //! are processed as new. See ARCHITECTURE.md for the invariants.
 
+pub mod legacy;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::TryStreamExt;
@@ -25,7 +27,8 @@ use object_store::{ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::sink::archive::{CommittedFile, sanitize_name};
+use crate::names::sanitize_name;
+use crate::sink::archive::CommittedFile;
 use crate::sink::lake::{INTERNAL_PREFIX, Lake};
 
 const VERSION: u32 = 1;

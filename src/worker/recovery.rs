@@ -2,15 +2,15 @@
 //! group's checkpoint line over, the dedup state a checkpoint lists, the first checkpoint of a
 //! group, and where `noack` reading resumes.
 
+use crate::checkpoint::legacy;
 use crate::checkpoint::{self, Checkpoints, Manifest};
 use crate::dedup::Dedup;
+use crate::entry::EntryId;
 use crate::error::{Error, Result};
-use crate::event::EntryId;
 use crate::sink::lake::Lake;
 use crate::source::commands::Commands;
 use crate::source::group;
 use crate::source::lease::Fence;
-use crate::state;
 
 /// How often a takeover is tried again when another holder's manifest appeared meanwhile.
 const TAKEOVER_ATTEMPTS: usize = 5;
@@ -31,7 +31,7 @@ pub(super) async fn take_over(
     for _ in 0..TAKEOVER_ATTEMPTS {
         fence.check()?;
         let Some(latest) = cp.latest().await? else {
-            let legacy = state::load_dedup(lake, &cp.group, horizon).await?;
+            let legacy = legacy::load_dedup(lake, &cp.group, horizon).await?;
             let (m, dedup) = match first_checkpoint(cp, legacy, token, fence).await {
                 Err(Error::Fenced(_)) => continue,
                 other => other?,

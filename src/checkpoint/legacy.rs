@@ -9,7 +9,7 @@ use object_store::path::Path;
 
 use crate::dedup::Dedup;
 use crate::error::{Error, Result};
-use crate::sink::archive::sanitize_name;
+use crate::names::sanitize_name;
 use crate::sink::lake::{INTERNAL_PREFIX, Lake};
 
 /// Where the dedup snapshot of `group` lives.

@@ -10,20 +10,20 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::process::Processor;
-use super::{PipelineOptions, RunSummary, probe_lake};
-use crate::api::windows::{LiveRequest, WindowsSlot, WindowsSource};
+use super::{RunOptions, RunSummary, probe_lake};
 use crate::error::{Error, Result};
 use crate::metrics::{Registry, Role, Stats};
 use crate::source::commands::Commands;
 use crate::source::lease::Lease;
 use crate::source::probe::{self, ProbeTarget};
 use crate::source::reader::{self, ReaderMsg};
+use crate::window::live::{LiveRequest, LiveSlot, LiveWindows};
 
 /// Waits for the lease, then runs as its holder until a stop; see the module docs.
 pub(super) async fn lead<S: Future<Output = ()>>(
-    opts: &PipelineOptions,
+    opts: &RunOptions,
     registry: &Registry,
-    windows: &WindowsSlot,
+    live: &LiveSlot,
     started: Instant,
     shutdown: &mut Pin<&mut S>,
 ) -> Result<RunSummary> {
@@ -67,7 +67,11 @@ pub(super) async fn lead<S: Future<Output = ()>>(
     let (tx, mut rx) = mpsc::channel(4);
     let (live_tx, mut live_rx) = mpsc::channel::<LiveRequest>(8);
     if !p.pipelines.is_empty() {
-        windows.set(Some(WindowsSource::new(p.lake().clone(), p.pipelines.output_schemas(), live_tx.clone())));
+        live.set(Some(LiveWindows {
+            lake: p.lake().clone(),
+            tables: p.pipelines.output_schemas(),
+            requests: live_tx.clone(),
+        }));
     }
     drop(live_tx);
     let target = ProbeTarget {

@@ -27,8 +27,8 @@ impl Processor {
             s.stats = self.stats.clone();
             s.stream_names.clone_from(&self.source.streams);
             s.updated = Some(Instant::now());
-            s.dedup_ids = self.dedup.len() as u64;
-            s.dedup_bytes = self.dedup.memory_bytes() as u64;
+            s.dedup_ids = self.ingest.dedup.len() as u64;
+            s.dedup_bytes = self.ingest.dedup.memory_bytes() as u64;
             s.unacked = self.acks.pending_ids() as u64;
             s.open_archive_rows = self.archive.open_rows();
             let a = self.archive.bounds();
@@ -38,8 +38,8 @@ impl Processor {
                 archive_early_open_files: a.early_open_files,
                 archive_early_memory: a.early_memory,
                 read_bytes: self.read_bytes,
-                dedup_horizon_secs: self.dedup.effective_horizon_secs().max(0) as u64,
-                dedup_evicted: self.dedup.evicted,
+                dedup_horizon_secs: self.ingest.dedup.effective_horizon_secs().max(0) as u64,
+                dedup_evicted: self.ingest.dedup.evicted,
             };
             s.last_commit_unix_ms = self.last_commit_unix_ms;
             s.pipelines = pipelines;
@@ -59,7 +59,7 @@ impl Processor {
             files = s.files_committed,
             open_rows = self.archive.open_rows(),
             unacked = self.acks.pending_ids(),
-            dedup_ids = self.dedup.len(),
+            dedup_ids = self.ingest.dedup.len(),
             "Progress."
         );
     }
