@@ -11,11 +11,12 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use serde_json::json;
 
 use crate::decode::Reason;
 use crate::error::Result;
+use crate::names::ShardId;
 
 /// Generator settings.
 #[derive(Debug, Clone)]
@@ -297,13 +298,36 @@ pub async fn publish(
     chunk: usize,
     rate: Option<f64>,
 ) -> Result<Published> {
+    publish_sharded(conn, stream, 1, entries, chunk, rate).await
+}
+
+/// [`publish`] over the `shards` keys of the logical stream `stream`: each entry goes to the
+/// shard of its `event_id` ([`ShardId::of_event`]; an entry without one, to the shard of its
+/// bytes), so every copy of an event lands on one shard. One pipeline per shard (a Redis
+/// Cluster takes a pipeline only within one slot), on any connection (a cluster's too).
+pub async fn publish_sharded(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    shards: u32,
+    entries: impl IntoIterator<Item = GenEntry>,
+    chunk: usize,
+    rate: Option<f64>,
+) -> Result<Published> {
+    let keys: Vec<String> = ShardId::all(shards).map(|s| s.stream_key(stream)).collect();
     let start = tokio::time::Instant::now();
     let mut last_progress = start;
     let mut out = Published::default();
-    let mut pipe = redis::pipe();
+    let mut pipes: Vec<redis::Pipeline> = keys.iter().map(|_| redis::pipe()).collect();
     let mut n = 0;
     for e in entries {
-        let cmd = pipe.cmd("XADD").arg(stream).arg("*");
+        let shard = match &e.event_id {
+            Some(id) => ShardId::of_event(id, shards),
+            None => {
+                (xxhash_rust::xxh3::xxh3_64(e.fields.first().map_or(&[][..], |(_, v)| v)) % keys.len() as u64) as u32
+            }
+        };
+        let pipe = &mut pipes[shard as usize];
+        let cmd = pipe.cmd("XADD").arg(&keys[shard as usize]).arg("*");
         for (k, v) in &e.fields {
             cmd.arg(*k).arg(v.as_slice());
         }
@@ -316,8 +340,7 @@ pub async fn publish(
         }
         n += 1;
         if n >= chunk.max(1) {
-            pipe.query_async::<()>(conn).await?;
-            pipe = redis::pipe();
+            flush(conn, &mut pipes).await?;
             n = 0;
             if let Some(r) = rate.filter(|r| *r > 0.0) {
                 tokio::time::sleep_until(start + Duration::from_secs_f64(out.entries as f64 / r)).await;
@@ -329,10 +352,17 @@ pub async fn publish(
             }
         }
     }
-    if n > 0 {
-        pipe.query_async::<()>(conn).await?;
-    }
+    flush(conn, &mut pipes).await?;
     Ok(out)
+}
+
+/// Sends every non-empty pipeline, in shard order.
+async fn flush(conn: &mut impl ConnectionLike, pipes: &mut [redis::Pipeline]) -> Result<()> {
+    for pipe in pipes.iter_mut().filter(|p| p.cmd_iter().next().is_some()) {
+        pipe.query_async::<()>(conn).await?;
+        *pipe = redis::pipe();
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use object_store::{ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::names::sanitize_name;
+use crate::names::{ShardId, sanitize_name};
 use crate::sink::archive::CommittedFile;
 use crate::sink::lake::{INTERNAL_PREFIX, Lake};
 
@@ -80,6 +80,15 @@ pub struct Manifest {
     /// again, under the next epoch, so the previous holder can commit nothing more.
     #[serde(default)]
     pub takeover: bool,
+    /// The shard this line is (index of count; before shards: 0 of 1).
+    #[serde(default)]
+    pub shard: u32,
+    #[serde(default = "one")]
+    pub shards: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Counts as of a checkpoint (they survive restarts in the manifest).
@@ -98,19 +107,51 @@ pub struct Checkpoints {
     staging: String,
     pub group: String,
     pub consumer: String,
+    pub shard: ShardId,
 }
 
 impl Checkpoints {
-    pub fn new(lake: Lake, group: &str, consumer: &str) -> Checkpoints {
-        // Per group, not per consumer: the next lease holder continues the same line.
-        let g = sanitize_name(group);
+    /// The line of `shard` of `group` (`_eventide/checkpoints/<group>/`, or
+    /// `…/<group>/shard=<k>/` with more than one shard).
+    pub fn new(lake: Lake, shard: ShardId, group: &str, consumer: &str) -> Checkpoints {
+        // Per group and shard, not per consumer: the next lease holder continues the line.
+        let line = shard.line(group);
         Checkpoints {
             lake,
-            root: format!("{INTERNAL_PREFIX}/checkpoints/{g}"),
-            staging: format!("{INTERNAL_PREFIX}/staging/{g}"),
+            root: format!("{INTERNAL_PREFIX}/checkpoints/{line}"),
+            staging: format!("{INTERNAL_PREFIX}/staging/{line}"),
             group: group.to_string(),
             consumer: consumer.to_string(),
+            shard,
         }
+    }
+
+    /// Refuses a shard count other than the one the group's checkpoints were made with:
+    /// events never move between shards, so the count is fixed for the group's life.
+    pub async fn check_shard_count(&self) -> Result<()> {
+        let group_root = Path::from(format!("{INTERNAL_PREFIX}/checkpoints/{}", sanitize_name(&self.group)));
+        let listed = self.lake.store().list_with_delimiter(Some(&group_root)).await?;
+        let sharded = listed.common_prefixes.iter().any(|p| p.filename().is_some_and(|f| f.starts_with("shard=")));
+        let single = listed.objects.iter().any(|o| o.location.filename().and_then(parse_manifest_name).is_some());
+        let fixed = |had: &str| {
+            Error::Config(format!(
+                "group {:?} has checkpoints {had}; this run has shards = {}. The shard count is fixed for a \
+                 group's life (events never move between shards): use the group's count, or a new group",
+                self.group, self.shard.count
+            ))
+        };
+        if self.shard.count > 1 && single {
+            return Err(fixed("made with shards = 1"));
+        }
+        if self.shard.count <= 1 && sharded {
+            return Err(fixed("of several shards"));
+        }
+        if let Some(m) = self.latest().await?
+            && m.shards != self.shard.count
+        {
+            return Err(fixed(&format!("made with shards = {}", m.shards)));
+        }
+        Ok(())
     }
 
     /// Where epoch `epoch` stages its files.
@@ -298,6 +339,8 @@ pub fn manifest(cp: &Checkpoints, epoch: u64, started_ms: i64) -> Manifest {
         token: 0,
         lease_deadline_ms: None,
         takeover: false,
+        shard: cp.shard.index,
+        shards: cp.shard.count,
     }
 }
 

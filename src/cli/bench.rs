@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use eventide::generator::{GenOptions, Generator, publish};
+use eventide::generator::{GenOptions, Generator, publish, publish_sharded};
+use eventide::names::ShardId;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 
@@ -42,6 +43,10 @@ pub struct BenchArgs {
     /// Benchmark the window operator alone (no Redis) on --events generated events.
     #[arg(long)]
     pub window: bool,
+    /// Shards of the pipeline's stream (`--shards` of `eventide run`); the bare drain reads
+    /// one stream either way.
+    #[arg(long, default_value_t = 1)]
+    pub shards: u32,
 }
 
 struct RedisChild(Option<std::process::Child>);
@@ -82,7 +87,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let payload: usize = entries.iter().map(|e| e.fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()).sum();
     let drain_loaded = publish(&mut conn, &drain_key, entries.iter().cloned(), 1000, None).await?;
     let (published, mut to_publish_live) = match a.rate {
-        None => (publish(&mut conn, &e2e_key, entries, 1000, None).await?, None),
+        None => (publish_sharded(&mut conn, &e2e_key, a.shards, entries, 1000, None).await?, None),
         Some(_) => (drain_loaded.clone(), Some(entries)),
     };
     eprintln!(
@@ -99,7 +104,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         (Some(entries), Some(rate)) => {
             let mut c = client.get_multiplexed_async_connection().await?;
             let key = e2e_key.clone();
-            Some(tokio::spawn(async move { publish(&mut c, &key, entries, 100, Some(rate)).await }))
+            let shards = a.shards;
+            Some(tokio::spawn(async move { publish_sharded(&mut c, &key, shards, entries, 100, Some(rate)).await }))
         }
         _ => None,
     };
@@ -113,7 +119,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut child = std::process::Command::new(exe)
         .args(["run", "--redis-url", &url, "--stream", &e2e_key, "--group", "bench", "--consumer", "bench-1"])
         .args(["--batch-size", &a.batch_size.to_string(), "--block", "20ms", "--exit-when-idle", idle])
-        .args(["--config", "/dev/null"])
+        .args(["--config", "/dev/null", "--shards", &a.shards.to_string()])
         .arg("--lake")
         .arg(&lake)
         .args(&a.run_arg)
@@ -130,7 +136,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut drained_at = None;
     loop {
         let publishing = live.as_ref().is_some_and(|h| !h.is_finished());
-        if drained_at.is_none() && !publishing && group_done(&mut conn, &e2e_key, "bench").await? {
+        if drained_at.is_none() && !publishing && all_done(&mut conn, &e2e_key, a.shards).await? {
             drained_at = Some(started.elapsed());
         }
         if let Some(status) = child.try_wait()? {
@@ -175,6 +181,9 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     println!("peak RSS (run):     {rss} MiB");
     println!("archive:            {} files, {} bytes, {:.1} bytes/event", files, bytes, bytes as f64 / accepted as f64);
     let _ = redis::cmd("DEL").arg(&drain_key).arg(&e2e_key).query_async::<()>(&mut conn).await;
+    for shard in ShardId::all(a.shards).filter(|_| a.shards > 1) {
+        let _ = redis::cmd("DEL").arg(shard.stream_key(&e2e_key)).query_async::<()>(&mut conn).await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -224,6 +233,16 @@ async fn bare_drain(conn: &mut MultiplexedConnection, key: &str, count: usize) -
         ack.query_async::<u64>(conn).await?;
     }
     Ok(t.elapsed())
+}
+
+/// Every shard of `key` delivered and acked to the `bench` group.
+async fn all_done(conn: &mut MultiplexedConnection, key: &str, shards: u32) -> anyhow::Result<bool> {
+    for shard in ShardId::all(shards) {
+        if !group_done(conn, &shard.stream_key(key), "bench").await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 async fn group_done(conn: &mut MultiplexedConnection, key: &str, group: &str) -> anyhow::Result<bool> {

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use clap::Args;
 use eventide::config::Dur;
-use eventide::generator::{GenOptions, Generator, publish};
+use eventide::generator::{GenOptions, Generator, publish_sharded};
 
 #[derive(Args, Debug)]
 pub struct GenArgs {
@@ -13,6 +13,10 @@ pub struct GenArgs {
     pub redis_url: String,
     #[arg(long, default_value = "events")]
     pub stream: String,
+    /// Shards of the stream: each event goes to `<stream>:{k}` with k = xxh3_64(event_id) mod N
+    /// (1: the key `<stream>`).
+    #[arg(long, env = "EVENTIDE_SHARDS", default_value_t = 1)]
+    pub shards: u32,
     /// Entries to write (events, duplicates and malformed ones together).
     #[arg(long, default_value_t = 10_000)]
     pub events: u64,
@@ -66,12 +70,14 @@ pub async fn run(a: GenArgs) -> anyhow::Result<ExitCode> {
     let client = redis::Client::open(a.redis_url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let t = Instant::now();
-    let p = publish(&mut conn, &a.stream, Generator::new(opts), 1000, a.rate).await?;
+    anyhow::ensure!((1..=4096).contains(&a.shards), "--shards must be within 1..=4096");
+    let p = publish_sharded(&mut conn, &a.stream, a.shards, Generator::new(opts), 1000, a.rate).await?;
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "wrote {} entries to {} in {:.1}s ({:.0}/s): {} events, {} duplicates, {} malformed",
+        "wrote {} entries to {}{} in {:.1}s ({:.0}/s): {} events, {} duplicates, {} malformed",
         p.entries,
         a.stream,
+        if a.shards > 1 { format!(" ({} shards)", a.shards) } else { String::new() },
         secs,
         p.entries as f64 / secs.max(1e-9),
         p.events,

@@ -18,6 +18,9 @@ pub struct RunArgs {
     /// use EVENTIDE_REDIS_PASSWORD or --redis-password-file).
     #[arg(long, env = "EVENTIDE_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Redis is a Redis Cluster: --redis-url lists seed nodes (comma-separated).
+    #[arg(long, env = "EVENTIDE_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
     /// The Redis password, from the environment only (kept off the command line).
     #[arg(long, env = "EVENTIDE_REDIS_PASSWORD", hide_env_values = true, hide = true)]
     pub redis_password: Option<String>,
@@ -129,6 +132,18 @@ pub struct RunArgs {
     /// One instance per group reads; others take over when its lease expires.
     #[arg(long, env = "EVENTIDE_LEASE_TTL")]
     pub lease_ttl: Option<Dur>,
+    /// Bound on the final checkpoint after SIGTERM/SIGINT.
+    #[arg(long, env = "EVENTIDE_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<Dur>,
+    /// Shards per stream: keys <stream>:{0} … <stream>:{N-1} (1: the key <stream>).
+    #[arg(long, env = "EVENTIDE_SHARDS")]
+    pub shards: Option<u32>,
+    /// Static assignment: the number of workers (with --worker-index).
+    #[arg(long, env = "EVENTIDE_WORKERS")]
+    pub workers: Option<u32>,
+    /// Static assignment: this worker's index (owns shards k with k % workers == index).
+    #[arg(long, env = "EVENTIDE_WORKER_INDEX")]
+    pub worker_index: Option<u32>,
 }
 
 macro_rules! set {
@@ -196,11 +211,17 @@ impl RunArgs {
             pipelines,
             http_addr,
             probe_interval,
-            lease_ttl
+            lease_ttl,
+            shards,
+            shutdown_timeout
         );
+        if a.workers.is_some() || a.worker_index.is_some() {
+            (cfg.workers, cfg.worker_index) = (a.workers.or(cfg.workers), a.worker_index.or(cfg.worker_index));
+        }
         if a.http_token.is_some() {
             cfg.http_token = a.http_token;
         }
+        cfg.redis_cluster |= a.redis_cluster;
         for (to, from) in [
             (&mut cfg.redis_password, a.redis_password),
             (&mut cfg.redis_password_file, a.redis_password_file),

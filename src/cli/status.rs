@@ -8,6 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use eventide::config::Dur;
+use eventide::names::ShardId;
+use eventide::source::connect::Conn;
+use eventide::source::lease::key as lease_key;
 use eventide::source::probe::{ProbeTarget, probe};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +30,15 @@ pub struct StatusArgs {
     pub streams: Vec<String>,
     #[arg(long, default_value = "eventide", env = "EVENTIDE_GROUP")]
     pub group: String,
+    /// Shards per stream (with --redis-url): every shard's keys, its lease holder, the workers.
+    #[arg(long, default_value_t = 1, env = "EVENTIDE_SHARDS")]
+    pub shards: u32,
+    /// --redis-url lists seed nodes of a Redis Cluster.
+    #[arg(long, env = "EVENTIDE_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+    /// Exit 2 when a shard has no lease holder (nobody reads it).
+    #[arg(long)]
+    pub fail_on_unowned: bool,
     /// Exit 2 when a stream's lag exceeds this.
     #[arg(long)]
     pub max_lag: Option<u64>,
@@ -64,14 +76,21 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
 async fn fetch(a: &StatusArgs) -> anyhow::Result<Value> {
     if let Some(url) = &a.redis_url {
         anyhow::ensure!(!a.streams.is_empty(), "--redis-url needs --stream");
-        let client = redis::Client::open(url.as_str())?;
-        let mut conn = client.get_multiplexed_async_connection().await.context("connecting to Redis")?;
+        let redis = eventide::config::RedisOptions::url(url).in_cluster(a.redis_cluster);
+        let mut conn = eventide::source::connect::Connector::new(&redis)?
+            .connect(std::time::Duration::from_secs(5), std::time::Duration::from_secs(10))
+            .await
+            .context("connecting to Redis")?;
         let target = ProbeTarget {
-            redis: eventide::config::RedisOptions::url(url),
+            redis,
             group: a.group.clone(),
-            streams: a.streams.iter().map(|s| (s.clone(), format!("{s}:dlq"))).collect(),
+            streams: ShardId::all(a.shards)
+                .flat_map(|k| a.streams.iter().map(move |s| k.stream_key(s)))
+                .map(|s| (s.clone(), format!("{s}:dlq")))
+                .collect(),
         };
         let streams = probe(&mut conn, &target).await?;
+        let (workers, shards) = assignment(&mut conn, &a.group, a.shards).await?;
         return Ok(serde_json::json!({
             "group": a.group,
             "streams": streams.iter().map(|p| serde_json::json!({
@@ -79,6 +98,8 @@ async fn fetch(a: &StatusArgs) -> anyhow::Result<Value> {
                 "trimmed_unread": p.trimmed_unread, "dlq_stream": p.dlq_stream, "dlq_depth": p.dlq_length,
             })).collect::<Vec<_>>(),
             "pipelines": [],
+            "workers": workers,
+            "shards": shards,
         }));
     }
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(&a.http_addr))
@@ -92,6 +113,19 @@ async fn fetch(a: &StatusArgs) -> anyhow::Result<Value> {
     let (head, body) = buf.split_once("\r\n\r\n").context("not an HTTP response")?;
     anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{}", head.lines().next().unwrap_or_default());
     Ok(serde_json::from_str(body)?)
+}
+
+/// The live workers of `group` and each shard's lease holder (`<consumer>/<token>`).
+async fn assignment(conn: &mut Conn, group: &str, shards: u32) -> anyhow::Result<(Vec<String>, Vec<Value>)> {
+    let workers: Vec<String> =
+        redis::cmd("ZRANGE").arg(eventide::worker::members_key(group)).arg(0).arg(-1).query_async(conn).await?;
+    let mut out = Vec::new();
+    for shard in ShardId::all(shards) {
+        let holder: Option<String> =
+            redis::cmd("GET").arg(lease_key(&shard.lease_name(group))).query_async(conn).await?;
+        out.push(serde_json::json!({ "shard": shard.index, "holder": holder }));
+    }
+    Ok((workers, out))
 }
 
 /// Prints the summary; returns the thresholds exceeded.
@@ -145,6 +179,18 @@ fn print(s: &Value, a: &StatusArgs) -> Vec<String> {
                 num(&p["late"]),
                 num(&p["windows"])
             );
+        }
+    }
+    if let Some(workers) = s["workers"].as_array() {
+        let names: Vec<&str> = workers.iter().filter_map(Value::as_str).collect();
+        println!("workers: {}", if names.is_empty() { "none".to_string() } else { names.join(", ") });
+        println!("{:<8} holder", "shard");
+        for sh in s["shards"].as_array().into_iter().flatten() {
+            let holder = sh["holder"].as_str();
+            println!("{:<8} {}", num(&sh["shard"]), holder.unwrap_or("-- unowned --"));
+            if a.fail_on_unowned && holder.is_none() {
+                breaches.push(format!("shard {}: no worker holds its lease", sh["shard"]));
+            }
         }
     }
     if let Some(age) = s["last_commit_age_seconds"].as_f64() {

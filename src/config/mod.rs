@@ -12,19 +12,24 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use options::{ApiOptions, ArchiveOptions, DecodeOptions, DlqOptions, HttpLimits, RunOptions, SourceOptions};
+pub use options::{
+    ApiOptions, ArchiveOptions, Assignment, DecodeOptions, DlqOptions, HttpLimits, RunOptions, SourceOptions,
+};
 pub use redis::{Certs, RedisOptions, TlsFiles, redact};
 pub use units::{ByteSize, Dur};
 
 use crate::error::{Error, Result};
-use crate::names::sanitize_name;
+use crate::names::{ShardId, sanitize_name};
 
 /// Settings of `eventide run`. Every key is optional; defaults suit a local setup.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Redis URL (`redis://[user[:pass]@]host:port[/db]`, `rediss://` for TLS).
+    /// Redis URL (`redis://[user[:pass]@]host:port[/db]`, `rediss://` for TLS); with
+    /// `redis_cluster`, one or more seed nodes separated by commas.
     pub redis_url: String,
+    /// Redis is a Redis Cluster (commands routed by slot, `MOVED`/`ASK` and failovers followed).
+    pub redis_cluster: bool,
     /// File holding the Redis password (trailing newline ignored), so that it is neither in
     /// the URL nor on a command line; `EVENTIDE_REDIS_PASSWORD` works too.
     pub redis_password_file: Option<String>,
@@ -40,6 +45,14 @@ pub struct Config {
     pub streams: Vec<String>,
     /// Consumer group (give the pipeline its own, e.g. `analytics`).
     pub group: String,
+    /// Shards per stream: `s` is the keys `s:{0}` … `s:{shards-1}` (1: the key `s`). Fixed
+    /// for a group's life: shards move between workers, events never move between shards.
+    pub shards: u32,
+    /// Static assignment (a StatefulSet): this worker owns the shards `k` with
+    /// `k % workers == worker_index`. Unset: shards are spread over the live workers by
+    /// rendezvous hashing.
+    pub workers: Option<u32>,
+    pub worker_index: Option<u32>,
     /// Consumer name: stable per instance (pending entries are re-read under it).
     pub consumer: String,
     /// Where a newly created group starts: `0` (all retained history) or `$` (new only).
@@ -129,6 +142,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_cluster: false,
             redis_password_file: None,
             redis_password: None,
             redis_ca_file: None,
@@ -136,6 +150,9 @@ impl Default for Config {
             redis_client_key: None,
             streams: vec!["events".into()],
             group: "eventide".into(),
+            shards: 1,
+            workers: None,
+            worker_index: None,
             consumer: default_consumer(),
             start_id: "0".into(),
             read_mode: "group".into(),
@@ -212,8 +229,18 @@ impl Config {
     pub fn check(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         let mut bad = |key: &'static str, message: String| p.push(Problem { key, message });
-        if let Err(e) = ::redis::Client::open(self.redis_url.as_str()) {
-            bad("redis_url", format!("{e}; expected redis://host:port or rediss://host:port"));
+        for url in self.redis_url.split(',').filter(|u| self.redis_cluster || !u.is_empty()) {
+            if let Err(e) = ::redis::Client::open(url.trim()) {
+                bad("redis_url", format!("{e}; expected redis://host:port or rediss://host:port"));
+            }
+        }
+        if self.redis_cluster && self.shards == 1 && self.streams.len() > 1 {
+            bad(
+                "streams",
+                "in a Redis Cluster one read covers keys of one slot: with several streams, use shards > 1 \
+                 (the keys of shard k share the tag {k}), or one stream per group"
+                    .into(),
+            );
         }
         for (key, file) in [
             ("redis_password_file", &self.redis_password_file),
@@ -249,6 +276,26 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = self.streams.iter().find(|s| !seen.insert(*s)) {
             bad("streams", format!("stream {dup:?} is listed twice"));
+        }
+        if !(1..=4096).contains(&self.shards) {
+            bad("shards", format!("{} is outside 1..=4096", self.shards));
+        }
+        match (self.workers, self.worker_index) {
+            (Some(n), Some(i)) if n == 0 || i >= n => {
+                bad("worker_index", format!("{i} is not below workers ({n}): index from 0 to workers - 1"))
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                bad("workers", "set workers and worker_index together (or neither, for rendezvous hashing)".into())
+            }
+            _ => {}
+        }
+        if self.shards > 1 && !self.pipelines.trim().is_empty() && Path::new(&self.pipelines).is_dir() {
+            bad(
+                "pipelines",
+                "windowed pipelines over more than one shard need the cross-shard merger, which is not built yet: \
+                 use shards = 1 with pipelines, or pipelines = \"\" to archive only"
+                    .into(),
+            );
         }
         if self.group.trim().is_empty() {
             bad("group", "the consumer group name is empty".into());
@@ -363,6 +410,12 @@ impl Config {
                 zstd_level: self.zstd_level,
                 writer: sanitize_name(&self.consumer),
             },
+            shards: self.shards,
+            assignment: match (self.workers, self.worker_index) {
+                (Some(workers), Some(index)) => Assignment::Static { index, workers },
+                _ => Assignment::Rendezvous,
+            },
+            shard: ShardId::default(),
             lake: self.lake.clone(),
             lake_options: self.lake_options.clone(),
             lake_store: None,
@@ -405,7 +458,7 @@ impl Config {
             client_cert: self.redis_client_cert.as_ref().map(Into::into),
             client_key: self.redis_client_key.as_ref().map(Into::into),
         };
-        RedisOptions::new(&self.redis_url, password, &tls)
+        Ok(RedisOptions::new(&self.redis_url, password, &tls)?.in_cluster(self.redis_cluster))
     }
 
     /// The HTTP bearer token, given directly or in its file.

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use object_store::ObjectStore;
 
+use crate::names::ShardId;
+
 pub use super::redis::RedisOptions;
 
 /// Everything `eventide run` needs: the worker's settings and the ops server's.
@@ -16,6 +18,13 @@ pub struct RunOptions {
     pub source: SourceOptions,
     pub decode: DecodeOptions,
     pub archive: ArchiveOptions,
+    /// Shards per stream (see `names::ShardId`).
+    pub shards: u32,
+    /// How this worker picks its shards.
+    pub assignment: Assignment,
+    /// The shard these options are for: the worker sets it per shard it runs (its streams,
+    /// lease, checkpoint line and writer are the shard's; see [`RunOptions::for_shard`]).
+    pub shard: ShardId,
     pub lake: String,
     /// Object store options (e.g. `aws_endpoint`), on top of the environment.
     pub lake_options: std::collections::BTreeMap<String, String>,
@@ -155,5 +164,28 @@ impl Default for HttpLimits {
             header_read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// How a worker picks the shards it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assignment {
+    /// Rendezvous hashing over the live workers of the group (heartbeats in Redis): each
+    /// shard goes to the worker with the highest hash of (worker, shard), so a worker joining
+    /// or leaving moves only its own share.
+    Rendezvous,
+    /// Shards `k` with `k % workers == index` (a StatefulSet's ordinal).
+    Static { index: u32, workers: u32 },
+}
+
+impl RunOptions {
+    /// These options for shard `shard`: its stream keys, its writer name.
+    pub fn for_shard(&self, shard: ShardId) -> RunOptions {
+        let mut o = self.clone();
+        o.shard = shard;
+        o.source.streams = self.source.streams.iter().map(|s| shard.stream_key(s)).collect();
+        o.archive.writer = shard.writer(&self.source.consumer);
+        o.dlq_stream = self.dlq_stream.as_ref().map(|d| shard.stream_key(d));
+        o
     }
 }

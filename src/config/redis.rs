@@ -19,9 +19,11 @@ pub struct TlsFiles {
 /// Everything needed to open a connection; `Debug` never shows the password.
 #[derive(Clone)]
 pub struct RedisOptions {
+    /// One URL, or (a cluster) seed URLs separated by commas.
     url: String,
     password: Option<String>,
     certs: Option<Certs>,
+    cluster: bool,
 }
 
 /// PEM bytes: the CA bundle, and the client certificate with its key.
@@ -37,6 +39,7 @@ impl std::fmt::Debug for RedisOptions {
             .field("url", &redact(&self.url))
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("tls_files", &self.certs.is_some())
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -44,7 +47,7 @@ impl std::fmt::Debug for RedisOptions {
 impl RedisOptions {
     /// A plain URL (its password, if any, in it).
     pub fn url(url: &str) -> RedisOptions {
-        RedisOptions { url: url.to_string(), password: None, certs: None }
+        RedisOptions { url: url.to_string(), password: None, certs: None, cluster: false }
     }
 
     /// The URL, a password kept apart from it, and TLS files (read now).
@@ -70,7 +73,18 @@ impl RedisOptions {
         };
         let ca = tls.ca.as_deref().map(|p| read("redis_ca_file", p)).transpose()?;
         let certs = (ca.is_some() || client.is_some()).then_some(Certs { ca, client });
-        Ok(RedisOptions { url: url.to_string(), password: password.filter(|p| !p.is_empty()), certs })
+        Ok(RedisOptions { url: url.to_string(), password: password.filter(|p| !p.is_empty()), certs, cluster: false })
+    }
+
+    /// The URL's server is a node of a Redis Cluster (`url` may list several seed nodes,
+    /// separated by commas).
+    pub fn in_cluster(mut self, cluster: bool) -> RedisOptions {
+        self.cluster = cluster;
+        self
+    }
+
+    pub fn cluster(&self) -> bool {
+        self.cluster
     }
 
     /// The URL as given (it may hold a password: log [`RedisOptions::redacted`] instead).
@@ -92,15 +106,16 @@ impl RedisOptions {
     }
 }
 
-/// Hides a password in a Redis URL.
+/// Hides a password in a Redis URL (or in each of a comma-separated list of them).
 pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
+    let one = |url: &str| match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));
             u.to_string()
         }
         _ => url.to_string(),
-    }
+    };
+    url.split(',').map(one).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! times a second) read them. Label values are bounded: per stream, per pipeline and per
 //! rejection [`Reason`], never per event.
 
+mod combine;
 pub mod process;
 pub mod prometheus;
 mod snapshot;

@@ -54,6 +54,8 @@ pub const READ_BYTES: &str = "eventide_read_bytes_total";
 pub const DEDUP_HORIZON: &str = "eventide_dedup_horizon_seconds";
 pub const DEDUP_EVICTED: &str = "eventide_dedup_evicted_total";
 pub const ROLE: &str = "eventide_role";
+pub const SHARDS: &str = "eventide_shards";
+pub const SHARD_HELD: &str = "eventide_shard_held";
 pub const BUILD_INFO: &str = "eventide_build_info";
 pub const RESIDENT: &str = "process_resident_memory_bytes";
 pub const VIRTUAL: &str = "process_virtual_memory_bytes";
@@ -134,6 +136,12 @@ pub fn render_with(s: &Snapshot, now: Instant, now_unix_ms: i64, more: impl FnOn
     );
     for r in super::Role::ALL {
         o.sample(ROLE, &[("group", g), ("role", r.as_str())], u8::from(s.role == r));
+    }
+    o.family(SHARDS, "gauge", "Shards per stream of the group (its fixed shard count).");
+    o.sample(SHARDS, &[("group", g)], s.shards.max(1));
+    o.family(SHARD_HELD, "gauge", "1 for each shard whose lease this worker holds (it reads the shard).");
+    for k in &s.shards_held {
+        o.sample(SHARD_HELD, &[("group", g), ("shard", &k.to_string())], 1);
     }
     if let Some(p) = super::process::read() {
         o.one(RESIDENT, "gauge", "Resident memory size in bytes.", p.resident_bytes);

@@ -134,6 +134,9 @@ pub struct Snapshot {
     pub holder: Option<String>,
     /// A standby's last lease poll (it reached Redis then).
     pub standby_polled: Option<Instant>,
+    /// Shards per stream, and the shards whose lease this worker holds.
+    pub shards: u32,
+    pub shards_held: Vec<u32>,
 }
 
 impl Snapshot {

@@ -66,7 +66,6 @@ pub struct Lake {
     local: bool,
     /// The directory of a local lake.
     root: Option<PathBuf>,
-    staged: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Lake {
@@ -126,13 +125,13 @@ impl Lake {
                 )));
             }
         };
-        Ok(Lake { store, local: local_root.is_some(), root: local_root, staged: Default::default() })
+        Ok(Lake { store, local: local_root.is_some(), root: local_root })
     }
 
     /// A lake over an object store built elsewhere (e.g. a wrapper injecting faults in
     /// tests); commits are single puts, as on object stores.
     pub fn from_store(store: Arc<dyn ObjectStore>) -> Lake {
-        Lake { store, local: false, root: None, staged: Default::default() }
+        Lake { store, local: false, root: None }
     }
 
     /// The object store, for readers.
@@ -143,7 +142,9 @@ impl Lake {
     /// Writes `bytes` at `path` so that readers see all of it or nothing.
     pub async fn put_atomic(&self, path: &Path, payload: PutPayload) -> Result<()> {
         if self.local {
-            let n = self.staged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // One counter per process: every Lake of it (one per shard) shares the temp names.
+            static TEMP_FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = TEMP_FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let staging = Path::from(format!("{INTERNAL_PREFIX}/staging/{}-{n}.tmp", std::process::id()));
             retry("put", &staging, || self.store.put(&staging, payload.clone())).await?;
             retry("rename", path, || self.store.rename(&staging, path)).await?;

@@ -3,47 +3,44 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, RedisResult, RetryMethod};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisResult, RetryMethod};
 
 use super::backoff;
+use super::connect::{Conn, Connector};
 use crate::error::{Error, Result};
 
 /// Something that can be sent on a connection: a command or a pipeline.
 pub trait Request {
-    fn send<T: FromRedisValue>(&self, c: &mut MultiplexedConnection) -> impl Future<Output = RedisResult<T>>;
+    fn send<T: FromRedisValue>(&self, c: &mut Conn) -> impl Future<Output = RedisResult<T>>;
 }
 
 impl Request for Cmd {
-    fn send<T: FromRedisValue>(&self, c: &mut MultiplexedConnection) -> impl Future<Output = RedisResult<T>> {
+    fn send<T: FromRedisValue>(&self, c: &mut Conn) -> impl Future<Output = RedisResult<T>> {
         self.query_async(c)
     }
 }
 
 impl Request for Pipeline {
-    fn send<T: FromRedisValue>(&self, c: &mut MultiplexedConnection) -> impl Future<Output = RedisResult<T>> {
+    fn send<T: FromRedisValue>(&self, c: &mut Conn) -> impl Future<Output = RedisResult<T>> {
         self.query_async(c)
     }
 }
 
-/// A lazily (re)connected multiplexed connection.
+/// A lazily (re)connected multiplexed connection (to a server, or to a cluster).
 pub struct Commands {
-    client: Client,
-    conn: Option<MultiplexedConnection>,
+    client: Connector,
+    conn: Option<Conn>,
     retry_timeout: Duration,
 }
 
 impl Commands {
     pub fn new(redis: &crate::config::RedisOptions, retry_timeout: Duration) -> Result<Self> {
-        Ok(Commands { client: super::connect::client(redis)?, conn: None, retry_timeout })
+        Ok(Commands { client: Connector::new(redis)?, conn: None, retry_timeout })
     }
 
-    async fn connection(&mut self) -> RedisResult<&mut MultiplexedConnection> {
+    async fn connection(&mut self) -> RedisResult<&mut Conn> {
         if self.conn.is_none() {
-            let cfg = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(5)))
-                .set_response_timeout(Some(Duration::from_secs(30)));
-            self.conn = Some(self.client.get_multiplexed_async_connection_with_config(&cfg).await?);
+            self.conn = Some(self.client.connect(Duration::from_secs(5), Duration::from_secs(30)).await?);
         }
         // Just set above when it was missing.
         Ok(self.conn.as_mut().expect("connection present"))

@@ -8,13 +8,18 @@
 //! it here, so `rediss://user@host:port` never has to carry it. TLS errors are explained
 //! ([`explain`]) and are not retried: a wrong CA does not heal by waiting.
 
-use redis::{Client, IntoConnectionInfo, RedisError};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError, RedisFuture, RedisResult, Value};
 
 pub use crate::config::redact;
 use crate::config::{Certs, RedisOptions};
 use crate::error::{Error, Result};
 
-/// A client for one or more connections.
+/// A client for one or more connections to a single Redis (see [`Connector`] for Cluster).
 pub fn client(opts: &RedisOptions) -> Result<Client> {
     install_crypto_provider();
     let mut info = opts.raw_url().into_connection_info().map_err(|e| bad_url(opts.raw_url(), e))?;
@@ -24,18 +29,113 @@ pub fn client(opts: &RedisOptions) -> Result<Client> {
     }
     match opts.certs() {
         None => Client::open(info).map_err(|e| bad_url(opts.raw_url(), e)),
-        Some(Certs { ca, client }) => {
-            let certs = redis::TlsCertificates {
-                client_tls: client
-                    .as_ref()
-                    .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
-                root_cert: ca.clone(),
-            };
-            Client::build_with_tls(info, certs).map_err(|e| {
-                Error::Config(format!("Redis TLS files: {e} (PEM certificates and a PEM private key expected)"))
-            })
+        Some(certs) => Client::build_with_tls(info, tls_certificates(certs)).map_err(bad_tls),
+    }
+}
+
+fn tls_certificates(Certs { ca, client }: &Certs) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
+        root_cert: ca.clone(),
+    }
+}
+
+fn bad_tls(e: RedisError) -> Error {
+    Error::Config(format!("Redis TLS files: {e} (PEM certificates and a PEM private key expected)"))
+}
+
+/// A connection to a single Redis or to a Redis Cluster (which routes each command by its
+/// key's slot and follows `MOVED`/`ASK` and failovers). Commands of one shard touch keys of
+/// one slot (`{k}` hash tags), so they always go to one node.
+#[derive(Clone)]
+pub enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Opens [`Conn`]s: to the URL's server, or (`redis_cluster`) to the cluster its seed URLs
+/// belong to.
+#[derive(Clone)]
+pub enum Connector {
+    Single(Client),
+    Cluster(RedisOptions),
+}
+
+impl Connector {
+    pub fn new(opts: &RedisOptions) -> Result<Connector> {
+        if !opts.cluster() {
+            return Ok(Connector::Single(client(opts)?));
+        }
+        install_crypto_provider();
+        cluster_builder(opts)?.build().map_err(|e| bad_url(opts.raw_url(), e))?;
+        Ok(Connector::Cluster(opts.clone()))
+    }
+
+    /// A new connection. `response_timeout` bounds each reply (a blocking read needs more
+    /// than its `BLOCK`).
+    pub async fn connect(&self, connection_timeout: Duration, response_timeout: Duration) -> RedisResult<Conn> {
+        match self {
+            Connector::Single(client) => {
+                let cfg = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connection_timeout))
+                    .set_response_timeout(Some(response_timeout));
+                Ok(Conn::Single(client.get_multiplexed_async_connection_with_config(&cfg).await?))
+            }
+            Connector::Cluster(opts) => {
+                let builder = cluster_builder(opts)
+                    .map_err(|e| RedisError::from((redis::ErrorKind::InvalidClientConfig, "cluster", e.to_string())))?;
+                let client =
+                    builder.connection_timeout(connection_timeout).response_timeout(response_timeout).build()?;
+                Ok(Conn::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+}
+
+/// The cluster client's settings: every seed URL, the password kept apart, TLS files.
+fn cluster_builder(opts: &RedisOptions) -> Result<ClusterClientBuilder> {
+    let seeds: Vec<&str> = opts.raw_url().split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+    for s in &seeds {
+        s.into_connection_info().map_err(|e| bad_url(s, e))?;
+    }
+    let mut b = ClusterClientBuilder::new(seeds);
+    if let Some(pw) = opts.password() {
+        b = b.password(pw);
+    }
+    if let Some(certs) = opts.certs() {
+        b = b.certs(tls_certificates(certs));
+    }
+    Ok(b)
 }
 
 fn bad_url(url: &str, e: RedisError) -> Error {

@@ -138,7 +138,8 @@ impl Fence {
     }
 }
 
-fn key(group: &str) -> String {
+/// The lease key of `name` (a group, or `<group>:<shard>`).
+pub fn key(group: &str) -> String {
     format!("eventide:lease:{{{group}}}")
 }
 

@@ -15,8 +15,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::connect::{Conn, Connector};
 use redis::Value;
-use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 
 use crate::entry::EntryId;
@@ -53,18 +53,15 @@ impl TrimTracker {
 
 /// Probes every `interval` until `stop` turns true.
 pub async fn run(target: ProbeTarget, registry: Registry, interval: Duration, mut stop: watch::Receiver<bool>) {
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<Conn> = None;
     let mut trims = TrimTracker::default();
     loop {
         let result = async {
             if conn.is_none() {
-                let client = super::connect::client(&target.redis).map_err(|e| {
+                let client = Connector::new(&target.redis).map_err(|e| {
                     redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "client", e.to_string()))
                 })?;
-                let cfg = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(Duration::from_secs(5)));
-                conn = Some(client.get_multiplexed_async_connection_with_config(&cfg).await?);
+                conn = Some(client.connect(Duration::from_secs(2), Duration::from_secs(5)).await?);
             }
             let c = conn.as_mut().ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no connection")))?;
             tokio::time::timeout(Duration::from_secs(5), probe(c, &target))
@@ -93,12 +90,12 @@ pub async fn run(target: ProbeTarget, registry: Registry, interval: Duration, mu
 }
 
 /// One probe of every stream.
-pub async fn probe(conn: &mut MultiplexedConnection, t: &ProbeTarget) -> redis::RedisResult<Vec<StreamProbe>> {
+pub async fn probe(conn: &mut Conn, t: &ProbeTarget) -> redis::RedisResult<Vec<StreamProbe>> {
     let mut out = Vec::with_capacity(t.streams.len());
     for (stream, dlq) in &t.streams {
-        let mut pipe = redis::pipe();
-        pipe.cmd("EXISTS").arg(stream).cmd("XLEN").arg(dlq);
-        let (exists, dlq_length): (u64, u64) = pipe.query_async(conn).await?;
+        // Separate commands: in a cluster a stream and its DLQ may be in different slots.
+        let exists: u64 = redis::cmd("EXISTS").arg(stream).query_async(conn).await?;
+        let dlq_length: u64 = redis::cmd("XLEN").arg(dlq).query_async(conn).await?;
         let mut p = StreamProbe { stream: stream.clone(), dlq_stream: dlq.clone(), dlq_length, ..Default::default() };
         if exists == 0 {
             out.push(p);

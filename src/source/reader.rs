@@ -19,8 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Value};
+use redis::Value;
 use tokio::sync::{mpsc, watch};
 
 use super::{SourceOptions, backoff, reply};
@@ -58,7 +57,7 @@ pub async fn run(
     count_gauge: Arc<AtomicU64>,
 ) {
     let mut budget = ReadBudget::new(&opts);
-    let client = match super::connect::client(&opts.redis) {
+    let client = match super::connect::Connector::new(&opts.redis) {
         Ok(c) => c,
         Err(e) => {
             let _ = tx.send(ReaderMsg::Disconnected(e.to_string())).await;
@@ -71,14 +70,11 @@ pub async fn run(
     };
     // Highest id passed on per stream: where to resume pending re-reads after a reconnect.
     let mut passed_on = vec![EntryId::default(); opts.streams.len()];
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<super::connect::Conn> = None;
     let mut attempt = 0u32;
     while !*stop.borrow() {
         if conn.is_none() {
-            let cfg = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(5)))
-                .set_response_timeout(Some(opts.block + Duration::from_secs(10)));
-            match client.get_multiplexed_async_connection_with_config(&cfg).await {
+            match client.connect(Duration::from_secs(5), opts.block + Duration::from_secs(10)).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     if tx.send(ReaderMsg::Disconnected(e.to_string())).await.is_err() {

@@ -86,7 +86,8 @@ impl Processor {
             Some(store) => Lake::from_store(store.clone()),
             None => Lake::open_with(&opts.lake, &opts.lake_options)?,
         };
-        let cp = Checkpoints::new(lake.clone(), &opts.source.group, &opts.source.consumer);
+        let cp = Checkpoints::new(lake.clone(), opts.shard, &opts.source.group, &opts.source.consumer);
+        cp.check_shard_count().await?;
         let horizon = opts.dedup_horizon.as_secs();
         let (latest, dedup, recovered) = take_over(&cp, &lake, &fence, token, horizon).await?;
         let mut dedup = dedup.with_max_bytes(opts.dedup_max_bytes);

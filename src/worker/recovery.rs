@@ -31,7 +31,11 @@ pub(super) async fn take_over(
     for _ in 0..TAKEOVER_ATTEMPTS {
         fence.check()?;
         let Some(latest) = cp.latest().await? else {
-            let legacy = legacy::load_dedup(lake, &cp.group, horizon).await?;
+            // State from before checkpoints exists for unsharded groups only.
+            let legacy = match cp.shard.count {
+                1 => legacy::load_dedup(lake, &cp.group, horizon).await?,
+                _ => Dedup::new(horizon),
+            };
             let (m, dedup) = match first_checkpoint(cp, legacy, token, fence).await {
                 Err(Error::Fenced(_)) => continue,
                 other => other?,

@@ -36,8 +36,9 @@ pub(super) async fn lead<S: Future<Output = ()>>(
             s.standby_polled = Some(Instant::now());
         })
     };
+    let lease_name = opts.shard.lease_name(group);
     let lease = tokio::select! {
-        l = Lease::acquire(&mut lease_cmds, group, consumer, opts.lease_ttl, on_poll) => l?,
+        l = Lease::acquire(&mut lease_cmds, &lease_name, consumer, opts.lease_ttl, on_poll) => l?,
         _ = shutdown.as_mut() => {
             tracing::info!("Shutdown requested while on standby.");
             return Ok(RunSummary { stats: Stats::default(), durable_latency: Default::default(), dedup_ids: 0, elapsed: started.elapsed() });

@@ -169,3 +169,22 @@ fn replay_then_query_from_the_command_line() {
     let json = run(&["query", "--pipelines", p, "--lake", l, "--format", "json", "SELECT count(*) AS n FROM per_type"]);
     assert_eq!(json.trim(), r#"{"n":2}"#);
 }
+
+/// Every `EVENTIDE_*` variable the Kubernetes example sets is one `eventide run` reads.
+#[test]
+fn the_kubernetes_example_sets_only_real_settings() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_eventide")).args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker/k8s/eventide.yaml")).unwrap();
+    let vars: Vec<&str> = yaml
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- name: "))
+        .map(|v| v.split('#').next().unwrap_or_default().trim())
+        .filter(|v| v.starts_with("EVENTIDE_"))
+        .collect();
+    assert!(vars.len() >= 10, "{vars:?}");
+    for v in vars {
+        // (`EVENTIDE_REDIS_PASSWORD` is no flag: the help names it in the text.)
+        assert!(help.contains(v), "{v} is not a setting of `eventide run`:\n{help}");
+    }
+}

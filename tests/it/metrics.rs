@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use eventide::decode::Reason;
 use eventide::generator::{GenOptions, Kind};
+use eventide::source::connect::Conn;
 use eventide::source::probe::{ProbeTarget, TrimTracker, probe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -216,11 +217,11 @@ async fn lag_builds_while_stopped_and_drains_after() {
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().to_str().unwrap();
     support::run_until_idle(support::options(&redis.url(), &["shop"], lake, "c1")).await;
-    assert_eq!(probe(&mut conn, &target).await.unwrap()[0].lag, Some(0));
+    assert_eq!(probe(&mut Conn::Single(conn.clone()), &target).await.unwrap()[0].lag, Some(0));
 
     // The pipeline is down: new entries show up as lag.
     support::publish_generated(&mut conn, "shop", GenOptions { entries: 700, seed: 2, ..Default::default() }).await;
-    let p = probe(&mut conn, &target).await.unwrap();
+    let p = probe(&mut Conn::Single(conn.clone()), &target).await.unwrap();
     assert_eq!((p[0].lag, p[0].length, p[0].trimmed_unread), (Some(700), 1200, 0));
     // `eventide status` straight from Redis: a usable probe (exit 2 over the threshold).
     let status = |max_lag: &str| {
@@ -251,7 +252,7 @@ async fn lag_builds_while_stopped_and_drains_after() {
     assert_eq!(status("1000").0, Some(0));
 
     support::run_until_idle(support::options(&redis.url(), &["shop"], lake, "c1")).await;
-    let p = probe(&mut conn, &target).await.unwrap();
+    let p = probe(&mut Conn::Single(conn.clone()), &target).await.unwrap();
     assert_eq!((p[0].lag, p[0].pending, p[0].trimmed_unread), (Some(0), 0, 0));
 }
 
@@ -269,7 +270,7 @@ async fn entries_trimmed_before_they_were_read_are_reported_lost() {
     // A publisher's MAXLEN trims 70 entries nobody has read.
     let _: u64 = redis::cmd("XTRIM").arg(&["shop", "MAXLEN", "30"]).query_async(&mut conn).await.unwrap();
     let mut trims = TrimTracker::default();
-    let p = probe(&mut conn, &target).await.unwrap();
+    let p = probe(&mut Conn::Single(conn.clone()), &target).await.unwrap();
     // Redis 7.0's lag only sees the 30 live entries here.
     assert_eq!((p[0].lag, p[0].length, p[0].trimmed_unread), (Some(30), 30, 70));
     assert_eq!(trims.observe("shop", p[0].trimmed_unread), 70);
@@ -280,14 +281,14 @@ async fn entries_trimmed_before_they_were_read_are_reported_lost() {
     let summary =
         support::run_until_idle(support::options(&redis.url(), &["shop"], dir.path().to_str().unwrap(), "c1")).await;
     assert_eq!(summary.stats.read, 30);
-    let p = probe(&mut conn, &target).await.unwrap();
+    let p = probe(&mut Conn::Single(conn.clone()), &target).await.unwrap();
     assert_eq!((p[0].lag, p[0].trimmed_unread), (Some(0), 0));
     assert_eq!(trims.observe("shop", p[0].trimmed_unread), 70);
 
     // A group that had read before the trim: Redis 7.0 keeps the trimmed entries in `lag`.
     support::publish_generated(&mut conn, "shop", GenOptions { entries: 50, seed: 4, ..Default::default() }).await;
     let _: u64 = redis::cmd("XTRIM").arg(&["shop", "MAXLEN", "10"]).query_async(&mut conn).await.unwrap();
-    let p = probe(&mut conn, &target).await.unwrap();
+    let p = probe(&mut Conn::Single(conn.clone()), &target).await.unwrap();
     assert_eq!((p[0].length, p[0].trimmed_unread), (10, 40));
     assert_eq!(trims.observe("shop", p[0].trimmed_unread), 110);
 }
@@ -298,7 +299,7 @@ fn alert_rules_pass_promtool() {
     let out = std::process::Command::new(promtool()).args(["check", "rules", rules]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("SUCCESS: 12 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 13 rules found"), "{text}");
     // Every metric the rules use is one /metrics exports.
     let yaml = std::fs::read_to_string(rules).unwrap();
     for name in yaml.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("eventide_")) {
@@ -313,6 +314,8 @@ fn alert_rules_pass_promtool() {
             eventide::metrics::prometheus::WATERMARK_LAG,
             eventide::metrics::prometheus::PIPELINE_FAILED,
             eventide::metrics::prometheus::ROLE,
+            eventide::metrics::prometheus::SHARDS,
+            eventide::metrics::prometheus::SHARD_HELD,
             eventide::metrics::prometheus::DEDUP_EVICTED,
             eventide::metrics::prometheus::DEDUP_HORIZON,
             eventide::metrics::prometheus::ARCHIVE_EARLY,

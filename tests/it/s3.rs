@@ -109,7 +109,7 @@ async fn archive_lands_on_s3_exactly_once() {
     let want = support::event_ids(&entries);
     assert_eq!(ids, want);
     // Checkpoints live in the same store, outside the table prefix.
-    let cp = eventide::checkpoint::Checkpoints::new(lake.clone(), "analytics", "c1");
+    let cp = eventide::checkpoint::Checkpoints::new(lake.clone(), Default::default(), "analytics", "c1");
     let m = cp.latest().await.unwrap().expect("a checkpoint");
     assert!(m.dedup_snapshot.is_some());
     assert_eq!(m.totals.archived_rows, want.len() as u64);

@@ -24,6 +24,8 @@ const PIPELINE_ACL: &[&str] = &[
     "~eventide:fence:{analytics}",
     "~eventide:lease:{analytics-noack}",
     "~eventide:fence:{analytics-noack}",
+    "~eventide:workers:{analytics}",
+    "~eventide:workers:{analytics-noack}",
     "resetchannels",
     "-@all",
     "+xreadgroup",
@@ -49,6 +51,10 @@ const PIPELINE_ACL: &[&str] = &[
     "+zadd",
     "+zcard",
     "+zremrangebyrank",
+    "+zremrangebyscore",
+    "+zrange",
+    "+zrem",
+    "+time",
 ];
 
 /// A CA, a server certificate for `localhost` / 127.0.0.1, a client certificate, and an

@@ -4,6 +4,7 @@ pub mod faulty;
 pub mod http;
 pub mod lake;
 pub mod proxy;
+pub mod redis_cluster;
 pub mod redis_server;
 
 use std::time::Duration;
@@ -12,6 +13,7 @@ use eventide::config::Config;
 use eventide::worker::{RunOptions, RunSummary};
 
 pub use lake::{read_archive, table, text_rows};
+pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 
 /// Pipeline options for a test: the given Redis, stream and lake, short timers.

@@ -1,0 +1,213 @@
+//! Sharded streams: a logical stream of 8 shards (`events:{0}` … `events:{7}`), producers
+//! routing each event by its id, and several worker processes in one group sharing the
+//! shards. Whatever the number of workers, the kills, joins and leaves, the archive holds
+//! every event exactly once and the dead-letter streams every malformed entry once, as one
+//! worker's uninterrupted run does.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use eventide::generator::{GenEntry, Kind, publish_sharded};
+use eventide::names::ShardId;
+use rand::{Rng, SeedableRng};
+use redis::Value;
+
+use crate::faults::{KillOnDrop, drill_entries};
+use crate::support::http::{free_port, request};
+use crate::support::{self, RedisServer, read_archive};
+
+const SHARDS: u32 = 8;
+
+pub(crate) fn worker(name: &str, redis: &str, lake: &Path, extra: &[&str]) -> Command {
+    worker_in("analytics", name, redis, lake, extra)
+}
+
+fn worker_in(group: &str, name: &str, redis: &str, lake: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_eventide"));
+    c.args(["run", "--config", "/dev/null", "--redis-url", redis, "--pipelines", ""])
+        .args(if extra.contains(&"--http-addr") { &[][..] } else { &["--http-addr", ""][..] })
+        .args(["--stream", "events", "--group", group, "--consumer", name, "--shards", "8"])
+        .args(["--block", "50ms", "--roll-age", "1s", "--checkpoint-interval", "200ms", "--lease-ttl", "1s"])
+        .args(["--claim-min-idle", "2s", "--max-entry-bytes", "64KiB"])
+        .arg("--lake")
+        .arg(lake)
+        .args(extra)
+        .stdout(Stdio::null());
+    // Each worker's log, appended over its lives, for the assertion messages.
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path(lake, name)).unwrap();
+    c.stderr(Stdio::from(log));
+    c
+}
+
+fn log_path(lake: &Path, name: &str) -> std::path::PathBuf {
+    lake.with_extension(format!("{name}.log"))
+}
+
+/// The tail of a worker's log.
+pub(crate) fn log_tail(lake: &Path, name: &str) -> String {
+    let text = std::fs::read_to_string(log_path(lake, name)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Publishes `entries` over the 8 shards at `rate` entries/s, in the background.
+async fn publish(redis: &str, entries: &[GenEntry], rate: f64) -> tokio::task::JoinHandle<()> {
+    let mut conn = support::connect(redis).await;
+    let entries = entries.to_vec();
+    tokio::spawn(async move {
+        publish_sharded(&mut conn, "events", SHARDS, entries, 200, Some(rate)).await.unwrap();
+    })
+}
+
+/// Every event once in the archive, every malformed entry once over the shards' DLQs,
+/// nothing pending on any shard.
+async fn assert_exactly_once(redis: &str, entries: &[GenEntry], lake: &Path, what: &str) {
+    let archived: BTreeSet<String> = read_archive(lake).into_keys().collect();
+    assert_eq!(archived, support::event_ids(entries), "{what}: archived events vs published");
+    let mut conn = support::connect(redis).await;
+    let mut dlq_ids = BTreeSet::new();
+    let mut dead = 0;
+    for shard in ShardId::all(SHARDS) {
+        let key = shard.stream_key("events");
+        let dlq: Vec<(String, Vec<Value>)> =
+            redis::cmd("XRANGE").arg(format!("{key}:dlq")).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+        for (_, fields) in &dlq {
+            let pos = fields.iter().position(|v| matches!(v, Value::BulkString(b) if b == b"dlq_id")).unwrap();
+            if let Value::BulkString(b) = &fields[pos + 1] {
+                dlq_ids.insert(format!("{key}/{}", String::from_utf8_lossy(b)));
+            }
+        }
+        dead += dlq.len();
+        assert_eq!(support::pending(&mut conn, &key).await, 0, "{what}: entries pending on {key}");
+    }
+    let malformed = entries.iter().filter(|e| matches!(e.kind, Kind::Malformed(_))).count();
+    assert_eq!(dlq_ids.len(), dead, "{what}: a source entry has two dead-letter entries");
+    assert_eq!(dead, malformed, "{what}: dead-letter entries vs malformed entries");
+}
+
+/// One worker over the 8 shards, and three workers over the same entries in another group:
+/// the same archive and dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_over_eight_shards_equal_one_worker() {
+    let redis = RedisServer::start();
+    let entries = drill_entries(8_000, 31);
+    publish(&redis.url(), &entries, 1e9).await.await.unwrap();
+    let one = tempfile::tempdir().unwrap();
+    let status = worker("solo", &redis.url(), one.path(), &["--exit-when-idle", "1s"]).status().unwrap();
+    assert!(status.success(), "{}", log_tail(one.path(), "solo"));
+    assert_exactly_once(&redis.url(), &entries, one.path(), "one worker").await;
+
+    // Three workers in a second group over the same keys (their own pending lists and DLQ
+    // seen-sets are per group and stream; the DLQ entries are checked for the first group).
+    let three = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let mut children: Vec<KillOnDrop> = ["w1", "w2", "w3"]
+        .iter()
+        .zip(ports)
+        .map(|(w, port)| {
+            let addr = format!("127.0.0.1:{port}");
+            let extra = ["--dlq-stream", "three", "--http-addr", &addr];
+            KillOnDrop(Some(worker_in("analytics-3", w, &redis.url(), three.path(), &extra).spawn().unwrap()))
+        })
+        .collect();
+    // The shards spread over the three (each holds some, together all 8), and all is read.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut conn = support::connect(&redis.url()).await;
+    loop {
+        let mut held = Vec::new();
+        for port in ports {
+            let text = request(port, "/metrics", None).await.map(|r| r.1).unwrap_or_default();
+            held.push(text.lines().filter(|l| l.starts_with("eventide_shard_held{") && l.ends_with(" 1")).count());
+        }
+        let mut read_all = true;
+        for shard in ShardId::all(SHARDS) {
+            let groups: Value =
+                redis::cmd("XINFO").arg("GROUPS").arg(shard.stream_key("events")).query_async(&mut conn).await.unwrap();
+            let (_, read, _) = eventide::source::probe::group_info(&groups, "analytics-3").unwrap_or_default();
+            let len: u64 = redis::cmd("XLEN").arg(shard.stream_key("events")).query_async(&mut conn).await.unwrap();
+            read_all &= read == Some(len);
+        }
+        if held.iter().sum::<usize>() == SHARDS as usize && held.iter().all(|&h| h > 0) && read_all {
+            eprintln!("shards held per worker: {held:?}");
+            // `eventide status` shows every shard's holder and exits 0 (none unowned).
+            let out = Command::new(env!("CARGO_BIN_EXE_eventide"))
+                .args(["status", "--redis-url", &redis.url(), "--stream", "events", "--group", "analytics-3"])
+                .args(["--shards", "8", "--fail-on-unowned"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+            assert!(["w1/", "w2/", "w3/"].iter().all(|w| text.contains(w)), "{text}");
+            let workers = text.lines().find_map(|l| l.strip_prefix("workers: ")).unwrap_or_default();
+            let mut names: Vec<&str> = workers.split(", ").collect();
+            names.sort();
+            assert_eq!(names, ["w1", "w2", "w3"], "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "shards held {held:?}, all read: {read_all}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (c, name) in children.iter_mut().zip(["w1", "w2", "w3"]) {
+        let mut child = c.0.take().unwrap();
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        assert!(child.wait().unwrap().success(), "{name}: {}", log_tail(three.path(), name));
+    }
+    let (a, b) = (read_archive(one.path()), read_archive(three.path()));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "the same events");
+    let mut dead = 0;
+    for shard in ShardId::all(SHARDS) {
+        let n: u64 = redis::cmd("XLEN").arg(shard.stream_key("three")).query_async(&mut conn).await.unwrap();
+        dead += n;
+    }
+    let malformed = entries.iter().filter(|e| matches!(e.kind, Kind::Malformed(_))).count() as u64;
+    assert_eq!(dead, malformed, "three workers: dead letters over the shards' DLQs");
+}
+
+/// Three workers while events are published; 20 SIGKILLs of random workers at random
+/// points (each restarted), a fourth worker joining and one leaving for good (SIGTERM)
+/// mid-run. Then the survivors finish: every event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_killed_added_and_removed_count_every_event_once() {
+    let redis = RedisServer::start();
+    let entries = drill_entries(16_000, 32);
+    let publisher = publish(&redis.url(), &entries, 2_000.0).await;
+    let lake = tempfile::tempdir().unwrap();
+    let spawn = |name: &str| KillOnDrop(Some(worker(name, &redis.url(), lake.path(), &[]).spawn().unwrap()));
+    let mut workers: Vec<(String, KillOnDrop)> = ["w1", "w2", "w3"].iter().map(|w| (w.to_string(), spawn(w))).collect();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(32);
+    for kill in 0..20 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..900))).await;
+        match kill {
+            7 => workers.push(("w4".into(), spawn("w4"))),
+            14 => {
+                // w2 leaves for good: a clean stop hands its shards over.
+                let i = workers.iter().position(|(n, _)| n == "w2").unwrap();
+                let (_, mut gone) = workers.remove(i);
+                let mut child = gone.0.take().unwrap();
+                let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+                assert!(term.success());
+                assert!(child.wait().unwrap().success(), "w2's clean stop: {}", log_tail(lake.path(), "w2"));
+            }
+            _ => {}
+        }
+        let i = rng.random_range(0..workers.len());
+        let (name, w) = &mut workers[i];
+        let mut child = w.0.take().unwrap();
+        child.kill().unwrap(); // SIGKILL: no checkpoint, no ack, no goodbye
+        child.wait().unwrap();
+        *w = spawn(name);
+    }
+    publisher.await.unwrap();
+    // (A worker just restarted has its signal handlers in place after this.)
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (name, w) in &mut workers {
+        let mut child = w.0.take().unwrap();
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        assert!(child.wait().unwrap().success(), "{name}'s clean stop: {}", log_tail(lake.path(), name));
+    }
+    let status = worker("w1", &redis.url(), lake.path(), &["--exit-when-idle", "1s"]).status().unwrap();
+    assert!(status.success(), "{}", log_tail(lake.path(), "w1"));
+    assert_exactly_once(&redis.url(), &entries, lake.path(), "after 20 kills, a join and a leave").await;
+}
