@@ -180,3 +180,98 @@ async fn a_partitioned_holder_commits_nothing_after_its_lease_could_lapse() {
     eprintln!("{} manifests seen; c1's last {after} ms after the partition began (TTL {TTL_MS} ms)", seen.len());
     assert_exactly_once(&published, &mut conn, lake.path(), "after a partition of the lease holder").await;
 }
+
+/// The same partition with sharded streams: two workers share 4 shards, the one behind the
+/// proxy (w1) is cut off; w2 takes its shards over when its heartbeat and leases expire. No
+/// shard's line gets a manifest from w1's cut-off terms after the partition began + TTL, and
+/// every event is archived exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_worker_commits_for_none_of_its_shards_after_their_leases_could_lapse() {
+    use eventide::names::ShardId;
+    let redis = RedisServer::start();
+    let mut conn = support::connect(&redis.url()).await;
+    let proxy = support::proxy::Proxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    let lake = tempfile::tempdir().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let lines: Vec<_> = ShardId::all(4)
+        .map(|s| {
+            watch_manifests(lake.path().join(format!("_eventide/checkpoints/{}", s.line("analytics"))), stop.clone())
+        })
+        .collect();
+    let worker = |name: &str, url: &str, extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_eventide"));
+        c.args(["run", "--config", "/dev/null", "--http-addr", "", "--redis-url", url, "--pipelines", ""])
+            .args(["--stream", "events", "--group", "analytics", "--consumer", name, "--shards", "4"])
+            .args(["--block", "50ms", "--lease-ttl", "2s", "--roll-age", "5s", "--claim-min-idle", "10s"])
+            .args(["--max-entry-bytes", "64KiB", "--redis-retry-timeout", "60s"])
+            .arg("--lake")
+            .arg(lake.path())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(lake.path().join(format!("{name}.log"))).unwrap());
+        c
+    };
+    let entries = drill_entries(9_000, 23);
+    let (before, during) = entries.split_at(3_000);
+    let mut a = KillOnDrop(Some(worker("w1", &proxy.url(), &[]).spawn().unwrap()));
+    let mut b = KillOnDrop(Some(worker("w2", &redis.url(), &[]).spawn().unwrap()));
+    let holders = async |conn: &mut redis::aio::MultiplexedConnection| -> Vec<Option<String>> {
+        let mut out = Vec::new();
+        for s in ShardId::all(4) {
+            let key = eventide::source::lease::key(&s.lease_name("analytics"));
+            out.push(redis::cmd("GET").arg(key).query_async(conn).await.unwrap());
+        }
+        out
+    };
+    let held_by =
+        |h: &[Option<String>], w: &str| h.iter().flatten().filter(|v| v.starts_with(&format!("{w}/"))).count();
+    wait_for("both workers holding shards", async || {
+        let h = holders(&mut conn).await;
+        held_by(&h, "w1") > 0 && held_by(&h, "w2") > 0 && held_by(&h, "w1") + held_by(&h, "w2") == 4
+    })
+    .await;
+    eventide::generator::publish_sharded(&mut conn, "events", 4, before.to_vec(), 200, Some(4_000.0)).await.unwrap();
+    // w1's terms now, by shard: the ones the partition cuts off.
+    let cut: Vec<(usize, String)> = holders(&mut conn)
+        .await
+        .into_iter()
+        .enumerate()
+        .filter_map(|(k, h)| h.filter(|h| h.starts_with("w1/")).map(|h| (k, h["w1/".len()..].to_string())))
+        .collect();
+    proxy.pause();
+    let paused_ms = chrono::Utc::now().timestamp_millis();
+    let publisher = tokio::spawn({
+        let mut conn = support::connect(&redis.url()).await;
+        let during = during.to_vec();
+        async move { eventide::generator::publish_sharded(&mut conn, "events", 4, during, 200, Some(2_000.0)).await }
+    });
+    wait_for("w2 holding every shard", async || held_by(&holders(&mut conn).await, "w2") == 4).await;
+    // w1's next checkpoints are due while it is cut off.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    proxy.resume();
+    publisher.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, w) in [("w1", &mut a), ("w2", &mut b)] {
+        let mut child = w.0.take().unwrap();
+        assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+        let log = std::fs::read_to_string(lake.path().join(format!("{name}.log"))).unwrap_or_default();
+        assert!(child.wait().unwrap().success(), "{name} stopped cleanly: {log}");
+    }
+    let status = worker("w2", &redis.url(), &["--exit-when-idle", "1s"]).status().unwrap();
+    assert!(status.success());
+    stop.store(true, Ordering::Relaxed);
+
+    let log_a = std::fs::read_to_string(lake.path().join("w1.log")).unwrap();
+    assert!(log_a.contains("back to standby"), "w1 did not notice it was fenced:\n{log_a}");
+    assert!(!log_a.contains("exists: another instance"), "w1 tried to commit after its leases lapsed:\n{log_a}");
+    for (k, token) in &cut {
+        let seen = lines[*k].lock().unwrap().clone();
+        let of_term = |m: &&serde_json::Value| m["consumer"] == "w1" && m["token"].to_string() == *token;
+        let last = seen.values().filter(of_term).map(|m| m["created_ms"].as_i64().unwrap()).max();
+        let after = last.expect("w1 committed the shard before the partition") - paused_ms;
+        assert!(after < TTL_MS, "shard {k}: w1 committed {after} ms after the partition began (TTL {TTL_MS} ms)");
+        assert!(seen.values().any(|m| m["consumer"] == "w2" && m["takeover"] == true), "shard {k}: w2's takeover");
+    }
+    let archived: std::collections::BTreeSet<String> = support::read_archive(lake.path()).into_keys().collect();
+    assert_eq!(archived, support::event_ids(&entries), "archived events vs published, after the partition");
+}
