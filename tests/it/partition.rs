@@ -232,11 +232,11 @@ async fn a_partitioned_worker_commits_for_none_of_its_shards_after_their_leases_
     .await;
     eventide::generator::publish_sharded(&mut conn, "events", 4, before.to_vec(), 200, Some(4_000.0)).await.unwrap();
     // w1's terms now, by shard: the ones the partition cuts off.
-    let cut: Vec<(usize, String)> = holders(&mut conn)
+    let cut: Vec<(usize, u64)> = holders(&mut conn)
         .await
         .into_iter()
         .enumerate()
-        .filter_map(|(k, h)| h.filter(|h| h.starts_with("w1/")).map(|h| (k, h["w1/".len()..].to_string())))
+        .filter_map(|(k, h)| h.filter(|h| h.starts_with("w1/")).map(|h| (k, h["w1/".len()..].parse().unwrap())))
         .collect();
     proxy.pause();
     let paused_ms = chrono::Utc::now().timestamp_millis();
@@ -266,7 +266,7 @@ async fn a_partitioned_worker_commits_for_none_of_its_shards_after_their_leases_
     assert!(!log_a.contains("exists: another instance"), "w1 tried to commit after its leases lapsed:\n{log_a}");
     for (k, token) in &cut {
         let seen = lines[*k].lock().unwrap().clone();
-        let of_term = |m: &&serde_json::Value| m["consumer"] == "w1" && m["token"].to_string() == *token;
+        let of_term = |m: &&serde_json::Value| m["consumer"] == "w1" && m["token"] == *token;
         let last = seen.values().filter(of_term).map(|m| m["created_ms"].as_i64().unwrap()).max();
         let after = last.expect("w1 committed the shard before the partition") - paused_ms;
         assert!(after < TTL_MS, "shard {k}: w1 committed {after} ms after the partition began (TTL {TTL_MS} ms)");
