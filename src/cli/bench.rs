@@ -47,6 +47,9 @@ pub struct BenchArgs {
     /// one stream either way.
     #[arg(long, default_value_t = 1)]
     pub shards: u32,
+    /// Worker processes sharing the shards (consumers bench-1 … bench-N).
+    #[arg(long, default_value_t = 1)]
+    pub workers: u32,
 }
 
 struct RedisChild(Option<std::process::Child>);
@@ -116,46 +119,54 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let lake = a.lake.clone().unwrap_or_else(|| tmp.path().join("lake"));
     let exe = std::env::current_exe()?;
     let started = Instant::now();
-    let mut child = std::process::Command::new(exe)
-        .args(["run", "--redis-url", &url, "--stream", &e2e_key, "--group", "bench", "--consumer", "bench-1"])
-        .args(["--batch-size", &a.batch_size.to_string(), "--block", "20ms", "--exit-when-idle", idle])
-        .args(["--config", "/dev/null", "--shards", &a.shards.to_string()])
-        .arg("--lake")
-        .arg(&lake)
-        .args(&a.run_arg)
-        // The ops server on a free port unless the run arguments say otherwise.
-        .args(if a.run_arg.iter().any(|r| r.starts_with("--http-addr")) {
-            &[][..]
-        } else {
-            &["--http-addr", "127.0.0.1:0"][..]
-        })
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting eventide run")?;
+    let mut children = Vec::new();
+    for w in 1..=a.workers.max(1) {
+        let child = std::process::Command::new(&exe)
+            .args(["run", "--redis-url", &url, "--stream", &e2e_key, "--group", "bench"])
+            .args(["--consumer", &format!("bench-{w}")])
+            .args(["--batch-size", &a.batch_size.to_string(), "--block", "20ms", "--exit-when-idle", idle])
+            .args(["--config", "/dev/null", "--shards", &a.shards.to_string()])
+            .arg("--lake")
+            .arg(&lake)
+            .args(&a.run_arg)
+            // The ops server on a free port unless the run arguments say otherwise.
+            .args(if a.run_arg.iter().any(|r| r.starts_with("--http-addr")) {
+                &[][..]
+            } else {
+                &["--http-addr", "127.0.0.1:0"][..]
+            })
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting eventide run")?;
+        children.push(child);
+    }
     // Drained = every entry delivered and acked (archive committed): poll the group.
     let mut drained_at = None;
-    loop {
+    let mut outputs = Vec::new();
+    while !children.is_empty() {
         let publishing = live.as_ref().is_some_and(|h| !h.is_finished());
         if drained_at.is_none() && !publishing && all_done(&mut conn, &e2e_key, a.shards).await? {
             drained_at = Some(started.elapsed());
         }
-        if let Some(status) = child.try_wait()? {
-            if !status.success() {
-                bail!("eventide run failed: {status}");
+        if let Some(i) = children.iter_mut().position(|c| matches!(c.try_wait(), Ok(Some(_)))) {
+            let out = children.remove(i).wait_with_output()?;
+            if !out.status.success() {
+                bail!("eventide run failed: {}", out.status);
             }
-            break;
+            outputs.push(out);
+            continue;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let out = child.wait_with_output()?;
     if let Some(h) = live {
         h.await??;
     }
     let e2e = drained_at.unwrap_or_else(|| started.elapsed());
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    // The run reports its own VmHWM (getrusage of children would count the pages it shared
+    let stdout: String = outputs.iter().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).collect();
+    // Each run reports its own VmHWM (getrusage of children would count the pages it shared
     // with this process between fork and exec).
-    let rss = stdout.split("peak RSS ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or("?").to_string();
+    let rss: Vec<&str> = stdout.split("peak RSS ").skip(1).filter_map(|s| s.split_whitespace().next()).collect();
+    let rss = if rss.is_empty() { "?".to_string() } else { rss.join(" + ") };
     let (files, bytes) = parquet_bytes(&lake);
     let rate = published.entries as f64 / e2e.as_secs_f64();
     let accepted = published.events.max(1);
