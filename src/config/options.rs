@@ -179,13 +179,21 @@ pub enum Assignment {
 }
 
 impl RunOptions {
-    /// These options for shard `shard`: its stream keys, its writer name.
+    /// These options for shard `shard`: its stream keys, its writer name, and its share of
+    /// every memory bound (the bounds are the worker's: a worker may run every shard, so each
+    /// shard gets `1 / shards` of them, with a floor).
     pub fn for_shard(&self, shard: ShardId) -> RunOptions {
         let mut o = self.clone();
         o.shard = shard;
         o.source.streams = self.source.streams.iter().map(|s| shard.stream_key(s)).collect();
         o.archive.writer = shard.writer(&self.source.consumer);
         o.dlq_stream = self.dlq_stream.as_ref().map(|d| shard.stream_key(d));
+        let n = shard.count.max(1) as usize;
+        o.source.read_max_bytes = (self.source.read_max_bytes / n).max(64 << 10);
+        o.archive.max_buffered_bytes = (self.archive.max_buffered_bytes / n).max(4 << 20);
+        o.archive.max_open_files = (self.archive.max_open_files / n).max(16);
+        o.dedup_max_bytes = (self.dedup_max_bytes / n).max(1 << 20);
+        o.pipeline_max_state_bytes = (self.pipeline_max_state_bytes / n).max(1 << 20);
         o
     }
 }

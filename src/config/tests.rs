@@ -34,3 +34,19 @@ fn the_example_file_parses_to_the_defaults() {
     let cfg = Config::from_toml(text, Path::new("eventide.example.toml")).unwrap();
     assert_eq!(cfg, Config::default(), "eventide.example.toml shows every default");
 }
+
+#[test]
+fn a_shard_gets_its_keys_its_writer_and_its_share_of_every_bound() {
+    let c = Config { shards: 4, pipelines: String::new(), ..Config::default() };
+    let o = c.run_options().unwrap();
+    let s = o.for_shard(crate::names::ShardId { index: 2, count: 4 });
+    assert_eq!(s.source.streams, ["events:{2}"]);
+    assert_eq!(s.archive.writer, format!("{}-s2", o.archive.writer));
+    assert_eq!(s.dedup_max_bytes, o.dedup_max_bytes / 4);
+    assert_eq!(s.archive.max_buffered_bytes, o.archive.max_buffered_bytes / 4);
+    assert_eq!(s.source.read_max_bytes, o.source.read_max_bytes / 4);
+    // Pipelines over several shards wait for the merger: refused with the reason.
+    let with_pipelines = Config { shards: 4, ..Config::default() };
+    let e = with_pipelines.run_options().unwrap_err().to_string();
+    assert!(e.contains("merger"), "{e}");
+}
