@@ -178,16 +178,16 @@ impl Builders {
             stream_id,
             ingest_time,
         ] = &mut self.slots;
-        str(event_id, Some(&ev.event_id));
-        str(event_type, Some(&ev.event_type));
-        time(event_time, ev.event_time_us);
-        str(version, ev.version.as_deref());
-        str(data, ev.data);
-        str(metadata, ev.metadata);
-        str(correlation_id, ev.correlation_id.as_deref());
-        str(source, ev.source.as_deref());
-        str(traceparent, ev.traceparent.as_deref());
-        str(stream_col, Some(stream));
+        put_str(event_id, Some(&ev.event_id));
+        put_str(event_type, Some(&ev.event_type));
+        put_time(event_time, ev.event_time_us);
+        put_str(version, ev.version.as_deref());
+        put_str(data, ev.data);
+        put_str(metadata, ev.metadata);
+        put_str(correlation_id, ev.correlation_id.as_deref());
+        put_str(source, ev.source.as_deref());
+        put_str(traceparent, ev.traceparent.as_deref());
+        put_str(stream_col, Some(stream));
         if let Slot::Str(b) = stream_id {
             // Written into the value buffer piecewise: no String, no fmt machinery per row.
             let _ = b.write_str(itoa::Buffer::new().format(id.ms));
@@ -195,7 +195,7 @@ impl Builders {
             let _ = b.write_str(itoa::Buffer::new().format(id.seq));
             b.append_value("");
         }
-        time(ingest_time, ingest_us);
+        put_time(ingest_time, ingest_us);
         self.rows += 1;
     }
 
@@ -228,13 +228,13 @@ impl Builders {
     }
 }
 
-fn str(slot: &mut Slot, v: Option<&str>) {
+fn put_str(slot: &mut Slot, v: Option<&str>) {
     if let Slot::Str(b) = slot {
         b.append_option(v);
     }
 }
 
-fn time(slot: &mut Slot, v: i64) {
+fn put_time(slot: &mut Slot, v: i64) {
     if let Slot::Time(b) = slot {
         b.append_value(v);
     }
