@@ -56,10 +56,19 @@ async fn workers_on_a_redis_cluster_survive_resharding_and_a_failover() {
     // The primary now holding shard 3 fails over to its replica (a coordinated failover: the
     // replica catches up first, so no acknowledged write is lost).
     let replica = cluster.replica_of(&to);
-    assert!(cluster.cli(replica, &["CLUSTER", "FAILOVER"]).is_some_and(|o| o.trim() == "OK"));
-    cluster.wait_until("the replica promoted", || {
-        cluster.cli(replica, &["INFO", "replication"]).is_some_and(|o| o.contains("role:master"))
-    });
+    // A manual failover that does not finish in time (the replica must catch up while the
+    // primary pauses its clients) is abandoned by Redis: ask again.
+    let promoted = || cluster.cli(replica, &["INFO", "replication"]).is_some_and(|o| o.contains("role:master"));
+    let mut attempts = 0;
+    while !promoted() {
+        attempts += 1;
+        assert!(attempts <= 5, "the replica on port {replica} was not promoted after {} failovers", attempts - 1);
+        assert!(cluster.cli(replica, &["CLUSTER", "FAILOVER"]).is_some_and(|o| o.trim() == "OK"));
+        let asked = std::time::Instant::now();
+        while !promoted() && asked.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 
     let published = publisher.await.unwrap();
     assert_eq!(published.entries, entries.len() as u64);
