@@ -8,6 +8,9 @@
 //! property tests drive it); [`run`] decodes chunks of lines on every core and takes the
 //! dedup decisions through the same `Ingest` in file order.
 
+mod sharded;
+pub use sharded::run as run_sharded;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -85,6 +85,26 @@ pub struct Manifest {
     pub shard: u32,
     #[serde(default = "one")]
     pub shards: u32,
+    /// Several shards: closed windows' partial states not merged yet (blob path), for the
+    /// merger and this shard's recovery.
+    #[serde(default)]
+    pub partials: Option<String>,
+    /// Several shards: per pipeline, how far this shard has closed its windows.
+    #[serde(default)]
+    pub window_bounds: BTreeMap<String, WindowBound>,
+    /// Shard 0 of several (the merger's progress): per pipeline, every window ending at or
+    /// before this is in the table.
+    #[serde(default)]
+    pub merged: BTreeMap<String, i64>,
+}
+
+/// How far one shard has closed one pipeline's windows: every window ending at or before
+/// `closed_before` is closed there (its partial state final), under the pipeline definition
+/// whose fingerprint hash is `fingerprint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowBound {
+    pub fingerprint: u64,
+    pub closed_before: i64,
 }
 
 fn one() -> u32 {
@@ -124,6 +144,10 @@ impl Checkpoints {
             consumer: consumer.to_string(),
             shard,
         }
+    }
+
+    pub fn lake(&self) -> &Lake {
+        &self.lake
     }
 
     /// Refuses a shard count other than the one the group's checkpoints were made with:
@@ -177,23 +201,32 @@ impl Checkpoints {
         })
     }
 
-    /// The latest committed manifest.
+    /// The latest committed manifest. (Another process may be committing to the line: a
+    /// manifest listed here and pruned before it is read means a later one exists; the
+    /// line is listed again.)
     pub async fn latest(&self) -> Result<Option<Manifest>> {
         let prefix = Path::from(self.root.as_str());
-        let listed: Vec<_> = self.lake.store().list_with_delimiter(Some(&prefix)).await.map(|l| l.objects)?;
-        let Some(last) = listed
-            .iter()
-            .filter_map(|m| m.location.filename().and_then(parse_manifest_name).map(|e| (e, &m.location)))
-            .max_by_key(|(e, _)| *e)
-        else {
-            return Ok(None);
+        let mut attempts = 0;
+        let (path, bytes) = loop {
+            let listed: Vec<_> = self.lake.store().list_with_delimiter(Some(&prefix)).await.map(|l| l.objects)?;
+            let Some((_, last)) = listed
+                .iter()
+                .filter_map(|m| m.location.filename().and_then(parse_manifest_name).map(|e| (e, &m.location)))
+                .max_by_key(|(e, _)| *e)
+            else {
+                return Ok(None);
+            };
+            match self.lake.get_opt(last).await? {
+                Some(bytes) => break (last.to_string(), bytes),
+                None if attempts < 10 => attempts += 1,
+                None => return Err(Error::State { path: last.to_string().into(), reason: "pruned while read".into() }),
+            }
         };
-        let bytes = self.get_blob(last.1.as_ref()).await?;
         let m: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::State { path: last.1.to_string().into(), reason: e.to_string() })?;
+            .map_err(|e| Error::State { path: path.clone().into(), reason: e.to_string() })?;
         if m.version != VERSION {
             return Err(Error::State {
-                path: last.1.to_string().into(),
+                path: path.into(),
                 reason: format!("checkpoint version {} (this build reads {VERSION})", m.version),
             });
         }
@@ -275,6 +308,7 @@ impl Checkpoints {
             .chain(&m.dedup_deltas)
             .chain(&m.windows)
             .chain(&m.tables)
+            .chain(&m.partials)
             .chain(segments)
             .map(String::as_str)
             .collect();
@@ -341,6 +375,9 @@ pub fn manifest(cp: &Checkpoints, epoch: u64, started_ms: i64) -> Manifest {
         takeover: false,
         shard: cp.shard.index,
         shards: cp.shard.count,
+        partials: None,
+        window_bounds: BTreeMap::new(),
+        merged: BTreeMap::new(),
     }
 }
 

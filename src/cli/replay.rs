@@ -26,6 +26,10 @@ pub struct ReplayArgs {
     /// Stream name the events are attributed to (pipelines that select streams see this).
     #[arg(long, default_value = "events")]
     pub stream: String,
+    /// Replay as this many shards, as a live run with `--shards` (events routed by
+    /// `event_id`, each shard's own watermark, windows merged across shards).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub shards: u32,
 }
 
 pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -38,7 +42,15 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("{}: no .jsonl/.ndjson/.json files", a.input.display());
     }
     let lake = Lake::open(&a.lake)?;
-    let s = eventide::replay::run(&inputs, pipelines, &lake, a.dedup_horizon.0, &a.stream).await?;
+    let s = if a.shards > 1 {
+        let mut shards = vec![pipelines];
+        for _ in 1..a.shards {
+            shards.push(Pipelines::load(&a.pipelines).await?);
+        }
+        eventide::replay::run_sharded(&inputs, shards, &lake, a.dedup_horizon.0, &a.stream).await?
+    } else {
+        eventide::replay::run(&inputs, pipelines, &lake, a.dedup_horizon.0, &a.stream).await?
+    };
     let secs = s.elapsed.as_secs_f64();
     println!(
         "replayed {} lines from {} file(s) in {:.2}s ({:.0} events/s): {} accepted, {} duplicates, {} rejected",

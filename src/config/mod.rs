@@ -289,14 +289,6 @@ impl Config {
             }
             _ => {}
         }
-        if self.shards > 1 && !self.pipelines.trim().is_empty() && Path::new(&self.pipelines).is_dir() {
-            bad(
-                "pipelines",
-                "windowed pipelines over more than one shard need the cross-shard merger, which is not built yet: \
-                 use shards = 1 with pipelines, or pipelines = \"\" to archive only"
-                    .into(),
-            );
-        }
         if self.group.trim().is_empty() {
             bad("group", "the consumer group name is empty".into());
         }

@@ -58,6 +58,7 @@ impl Stats {
             (&mut self.table_bytes_committed, o.table_bytes_committed),
             (&mut self.disconnects, o.disconnects),
             (&mut self.checkpoints, o.checkpoints),
+            (&mut self.merged_windows, o.merged_windows),
         ];
         for (a, b) in sums {
             *a += b;
@@ -69,6 +70,7 @@ impl Stats {
         self.process_latency.add(&o.process_latency);
         self.commit_duration.add(&o.commit_duration);
         self.checkpoint_epoch = self.checkpoint_epoch.max(o.checkpoint_epoch);
+        self.merge_waiting_end_us = self.merge_waiting_end_us.into_iter().chain(o.merge_waiting_end_us).min();
         self.streams.extend(o.streams.iter().cloned());
     }
 }

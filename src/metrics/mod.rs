@@ -60,6 +60,10 @@ pub struct Stats {
     /// Checkpoints committed by this process, and the last one's epoch.
     pub checkpoints: u64,
     pub checkpoint_epoch: u64,
+    /// Shards: windows the merger (shard 0's holder) evaluated from every shard's states,
+    /// and the end (µs) of the oldest window some shard closed that waits for another.
+    pub merged_windows: u64,
+    pub merge_waiting_end_us: Option<i64>,
     /// Per configured stream, in configuration order.
     pub streams: Vec<StreamCounters>,
 }

@@ -26,6 +26,8 @@ pub const COMMIT_DURATION: &str = "eventide_commit_duration_seconds";
 pub const LAST_COMMIT: &str = "eventide_last_commit_timestamp_seconds";
 pub const CHECKPOINTS: &str = "eventide_checkpoints_total";
 pub const CHECKPOINT_EPOCH: &str = "eventide_checkpoint_epoch";
+pub const MERGED_WINDOWS: &str = "eventide_merged_windows_total";
+pub const MERGE_WAITING: &str = "eventide_merge_waiting_seconds";
 pub const DEDUP_IDS: &str = "eventide_dedup_ids";
 pub const DEDUP_BYTES: &str = "eventide_dedup_memory_bytes";
 pub const UNACKED: &str = "eventide_entries_unacked";
@@ -221,6 +223,20 @@ pub fn render_with(s: &Snapshot, now: Instant, now_unix_ms: i64, more: impl FnOn
         "Epoch of the last committed checkpoint (survives restarts).",
         s.stats.checkpoint_epoch,
     );
+    if s.stats.merged_windows > 0 || s.stats.merge_waiting_end_us.is_some() {
+        o.family(MERGED_WINDOWS, "counter", "Windows the merger evaluated from every shard's partial states.");
+        o.sample(MERGED_WINDOWS, &[("group", g)], s.stats.merged_windows);
+        let waiting = s
+            .stats
+            .merge_waiting_end_us
+            .map_or(0.0, |end| (chrono::Utc::now().timestamp_micros().saturating_sub(end)).max(0) as f64 / 1e6);
+        o.family(
+            MERGE_WAITING,
+            "gauge",
+            "Age (wall clock - window end) of the oldest window a shard closed that waits for another shard (0: none).",
+        );
+        o.sample(MERGE_WAITING, &[("group", g)], waiting);
+    }
     if let Some(ms) = s.last_commit_unix_ms {
         o.one(LAST_COMMIT, "gauge", "Unix time of the last commit.", ms as f64 / 1000.0);
     }

@@ -12,6 +12,7 @@ mod checkpoint;
 pub mod columns;
 mod extract;
 mod groups;
+pub mod merge;
 pub mod operator;
 pub mod plan;
 pub mod query;
@@ -293,7 +294,12 @@ impl Pipelines {
         if let Some(why) = &q.failed {
             return Err(Error::Query { pipeline: q.spec.name.clone(), message: format!("failed: {why}") });
         }
-        let open = q.peek().map_err(|e| query_error(&q.spec, e))?;
+        // One shard of several: its open windows hold its own events only; the merged ones
+        // waiting for a commit are shard 0's.
+        let open = match q.partials {
+            Some(_) => Vec::new(),
+            None => q.peek().map_err(|e| query_error(&q.spec, e))?,
+        };
         Ok(Some((open, self.tables[i].buffered())))
     }
 

@@ -37,6 +37,9 @@ pub struct Closed {
     pub rows: RecordBatch,
     /// Per row `(start, end)` instead of `start`/`end` (sessions: many windows in one batch).
     pub bounds: Option<(Vec<i64>, Vec<i64>)>,
+    /// Set when `rows` is the window's partial state ([`FixedWindows::emit_partials`]): a
+    /// `Frozen::to_batch` batch, with each aggregate's number of state columns.
+    pub state: Option<Vec<usize>>,
 }
 
 /// `floor(a / b)` for a positive `b`.
@@ -69,6 +72,8 @@ pub struct FixedWindows {
     scratch: Vec<(i64, Vec<u32>)>,
     /// `emit = "updates"`: windows are written when the watermark passes their end.
     updates: Option<Updates>,
+    /// One shard of several: a closed window gives its partial state, not its values.
+    partials: bool,
 }
 
 /// Revision bookkeeping of `emit = "updates"` for windows written but not closed yet.
@@ -92,7 +97,20 @@ impl FixedWindows {
             closed_before: i64::MIN,
             scratch: Vec::new(),
             updates: None,
+            partials: false,
         }
+    }
+
+    /// One shard of several: closed windows come out as partial states (see [`Closed::state`])
+    /// for the merger, which merges every shard's and evaluates.
+    pub fn emit_partials(mut self) -> Self {
+        self.partials = true;
+        self
+    }
+
+    /// Every window ending at or before this has closed (`i64::MIN`: none yet).
+    pub fn closed_before(&self) -> i64 {
+        self.closed_before
     }
 
     /// `emit = "updates"` (with no lateness every window is written once, as in final mode).
@@ -239,6 +257,11 @@ impl FixedWindows {
                     }
                 }
             };
+            if self.partials {
+                self.freeze(last - k + 1..=last)?;
+                out.extend(self.merged_state(plan, conv, e)?);
+                continue;
+            }
             // A tumbling window evaluates its bin directly (unless a live view froze part of it).
             if k == 1 && self.bins.get(&last).is_none_or(|b| b.frozen.is_empty()) {
                 if let Some(bin) = self.bins.remove(&last)
@@ -246,7 +269,7 @@ impl FixedWindows {
                 {
                     let rows = p.evaluate(conv, &plan.aggregate_schema)?;
                     if rows.num_rows() > 0 {
-                        out.push(Closed { start: e - self.size, end: e, revision, rows, bounds: None });
+                        out.push(Closed { start: e - self.size, end: e, revision, rows, bounds: None, state: None });
                     }
                 }
                 continue;
@@ -363,7 +386,26 @@ impl FixedWindows {
             revision: 0,
             rows: window.evaluate(conv, &plan.aggregate_schema)?,
             bounds: None,
+            state: None,
         }))
+    }
+
+    /// The window ending at `e` as one partial state from its slides' frozen states (`None`
+    /// when it has no rows).
+    fn merged_state(&self, plan: &Compiled, conv: Option<&RowConverter>, e: i64) -> Result<Option<Closed>> {
+        let last = e / self.slide - 1;
+        let mut window = Partial::new(plan, conv)?;
+        for (_, bin) in self.bins.range(last - self.slides_per_window() + 1..=last) {
+            for f in &bin.frozen {
+                window.merge(f)?;
+            }
+        }
+        if window.groups.len() == 0 {
+            return Ok(None);
+        }
+        let mut widths = Vec::new();
+        let rows = window.freeze()?.to_batch(conv, &mut widths)?;
+        Ok(Some(Closed { start: e - self.size, end: e, revision: 0, rows, bounds: None, state: Some(widths) }))
     }
 }
 

@@ -27,6 +27,7 @@ use super::watermark::Watermark;
 use crate::events::{Col, index_of};
 use crate::metrics::QueryStats;
 
+mod merge;
 mod state;
 pub use state::QueryState;
 
@@ -98,6 +99,11 @@ pub struct WindowedQuery {
     late: Vec<Late>,
     /// Set when the query failed at run time (live runs go on without it).
     pub failed: Option<String>,
+    /// One shard of several: closed windows' partial states kept for the merger (see
+    /// [`super::merge`]); `None`: windows are evaluated here.
+    pub(super) partials: Option<super::merge::ClosedStates>,
+    /// When this query started (a shard without events goes idle from here).
+    started: Instant,
 }
 
 impl WindowedQuery {
@@ -105,7 +111,7 @@ impl WindowedQuery {
         let out_of_orderness = spec.watermark_us;
         let conv = key_converter(&plan)?;
         let updates = spec.emit == Emit::Updates;
-        let op = make_op(&spec, &plan)?;
+        let op = make_op(&spec, &plan, false)?;
         let mut fields = vec![Field::new("window_start", ts(), false), Field::new("window_end", ts(), false)];
         if updates {
             fields.push(Field::new(REVISION_COLUMN, DataType::UInt32, false));
@@ -126,6 +132,8 @@ impl WindowedQuery {
             stats: QueryStats::default(),
             late: Vec::new(),
             failed: None,
+            partials: None,
+            started: Instant::now(),
         })
     }
 
@@ -136,7 +144,7 @@ impl WindowedQuery {
         if bytes <= max_bytes {
             return Ok(());
         }
-        self.op = make_op(&self.spec, &self.plan)?;
+        self.op = make_op(&self.spec, &self.plan, self.partials.is_some())?;
         Err(datafusion::error::DataFusionError::ResourcesExhausted(format!(
             "the window state grew to {bytes} bytes, over pipeline_max_state_bytes ({max_bytes}): group by a key of \
              bounded cardinality, shorten the window, or raise the bound (its windows were dropped; the archive \
@@ -181,8 +189,10 @@ impl WindowedQuery {
         }
     }
 
+    /// Bytes of window state: open windows, and closed ones kept for the merger.
     pub fn state_bytes(&self) -> usize {
-        match &self.op {
+        let kept = self.partials.as_ref().map_or(0, super::merge::ClosedStates::size);
+        kept + match &self.op {
             Op::Fixed(f) => f.state_bytes(),
             Op::Session(s) => s.state_bytes(),
         }
@@ -363,6 +373,11 @@ impl WindowedQuery {
     fn emit(&mut self, closed: Vec<Closed>) -> Result<()> {
         let now_ms = chrono::Utc::now().timestamp_millis();
         for c in closed {
+            if let (Some(widths), Some(kept)) = (&c.state, self.partials.as_mut()) {
+                kept.widths.clone_from(widths);
+                kept.windows.insert(c.end, c.rows);
+                continue;
+            }
             let latency = |end: i64| (now_ms - end.div_euclid(1000)).max(0) as u64;
             match &c.bounds {
                 Some((_, ends)) => ends.iter().for_each(|&e| self.stats.emit_latency.record(latency(e))),
@@ -424,13 +439,22 @@ impl WindowedQuery {
     /// Live runs: after `idle_timeout` without input, the watermark follows processing time.
     /// A stream quiet for `idle_timeout` stops holding the watermark back; when all are.
     pub fn on_idle(&mut self, now: Instant) -> Result<()> {
-        let Some(last) = self.last_arrival else { return Ok(()) };
+        // A shard that never had an event goes idle too (else it would hold the merger).
+        let last = match self.last_arrival {
+            Some(last) => last,
+            None if self.partials.is_some() && self.clock_bound => self.started,
+            None => return Ok(()),
+        };
         let before = self.clock.get();
+        let wall_us = chrono::Utc::now().timestamp_micros();
         if self.clock_bound {
-            self.clock.set_clock(chrono::Utc::now().timestamp_micros());
+            self.clock.set_clock(wall_us);
         }
         let all_quiet = self.clock.mark_idle(now, self.spec.idle_timeout);
-        if all_quiet {
+        if all_quiet && self.clock.max_time() == i64::MIN {
+            // No event yet (a shard): the watermark follows the wall clock.
+            self.clock.raise(wall_us.saturating_sub(self.spec.watermark_us));
+        } else if all_quiet {
             let idle = now.saturating_duration_since(last);
             let since = self.clock.max_time().saturating_sub(self.spec.watermark_us);
             self.clock.raise(since.saturating_add(idle.as_micros().min(i64::MAX as u128) as i64));
@@ -457,12 +481,13 @@ impl WindowedQuery {
     }
 }
 
-/// The window operator of `spec`, empty.
-fn make_op(spec: &PipelineSpec, plan: &Compiled) -> Result<Op> {
+/// The window operator of `spec`, empty (`partials`: one shard of several).
+fn make_op(spec: &PipelineSpec, plan: &Compiled, partials: bool) -> Result<Op> {
     let updates = spec.emit == Emit::Updates;
     let fixed = |size, slide| {
         let f = FixedWindows::new(size, slide, spec.allowed_lateness_us);
-        Op::Fixed(if updates { f.with_updates() } else { f })
+        let f = if updates { f.with_updates() } else { f };
+        Op::Fixed(if partials { f.emit_partials() } else { f })
     };
     Ok(match spec.window {
         WindowKind::Tumbling { size } => fixed(size, size),

@@ -362,6 +362,7 @@ impl Sessions {
             revision: 0,
             rows: RecordBatch::try_new(plan.aggregate_schema.clone(), cols)?,
             bounds: Some((starts, ends)),
+            state: None,
         }))
     }
 

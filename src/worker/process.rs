@@ -27,6 +27,8 @@ use crate::window::Pipelines;
 use super::RunOptions;
 use super::recovery::{noack_positions, take_over};
 
+mod acks;
+mod merge;
 mod report;
 
 /// Claimed entries processed per stream per claim round.
@@ -48,6 +50,7 @@ pub(super) struct Processor {
     acks: AckTracker,
     lake: Lake,
     state_interval: Duration,
+    checkpoint_interval: Duration,
     roll_age: Duration,
     /// Unsaved rows of open files that make a checkpoint due before its interval.
     max_unsaved_bytes: usize,
@@ -76,6 +79,10 @@ pub(super) struct Processor {
     pub stats: Stats,
     /// Publish → durable at 1 ms resolution, for the run summary.
     pub durable_exact: crate::metrics::LatencyHistogram,
+    /// Shard 0 of several, with pipelines: the merger.
+    merge: Option<merge::MergeSide>,
+    /// The window bounds of the last checkpoint (several shards).
+    committed_bounds: BTreeMap<String, checkpoint::WindowBound>,
 }
 
 impl Processor {
@@ -118,10 +125,24 @@ impl Processor {
         if !pipelines.is_empty() {
             tracing::info!(pipelines = ?pipelines, "Loaded pipelines.");
         }
+        if opts.shard.count > 1 {
+            pipelines.emit_partials()?;
+        }
         if let Some(path) = &latest.windows {
             let restored = pipelines.restore_state(&cp.get_blob(path).await?)?;
             tracing::info!(pipelines = ?restored, "Restored open windows.");
         }
+        if let Some(path) = &latest.partials {
+            pipelines.restore_partials(&cp.get_blob(path).await?, &latest.window_bounds)?;
+        }
+        let merge =
+            (opts.shard.count > 1 && opts.shard.index == 0 && !pipelines.is_empty()).then(|| merge::MergeSide {
+                merger: crate::window::merge::Merger::new(latest.merged.clone()),
+                last_round: None,
+                last: Default::default(),
+                cache: BTreeMap::new(),
+            });
+        let committed_bounds = latest.window_bounds.clone();
         pipelines.declare_streams(&opts.source.streams);
         pipelines.bound_watermarks(opts.max_clock_skew);
         pipelines.isolate_failures();
@@ -172,6 +193,7 @@ impl Processor {
             acks: AckTracker::default(),
             lake,
             state_interval: opts.state_interval,
+            checkpoint_interval: opts.checkpoint_interval,
             roll_age: opts.roll_age,
             max_unsaved_bytes: opts.archive.max_buffered_bytes / 4,
             last_snapshot: Some(Instant::now()),
@@ -196,6 +218,8 @@ impl Processor {
             durable_exact: Default::default(),
             read_bytes: 0,
             stats,
+            merge,
+            committed_bounds,
         })
     }
 
@@ -280,8 +304,9 @@ impl Processor {
             || self.pipelines.pending_age().is_some_and(|a| a >= roll_age);
         // Rows kept for the next checkpoint's segments are bounded too.
         let unsaved_full = self.archive.keep_segments && self.archive.unsaved_bytes() >= self.max_unsaved_bytes;
-        (self.epoch_started.elapsed() >= interval || unsaved_full)
-            && (self.acks.pending_ids() > 0 || !self.epoch_files.is_empty() || files_due)
+        let epoch_due = (self.epoch_started.elapsed() >= interval || unsaved_full)
+            && (self.acks.pending_ids() > 0 || !self.epoch_files.is_empty() || files_due);
+        epoch_due || self.merge_due(interval)
     }
 
     /// A checkpoint: stages every open archive file and pipeline table file, saves dedup
@@ -290,6 +315,8 @@ impl Processor {
     /// point), publishes the files, acks every entry read, and prunes old checkpoints.
     pub async fn commit_all(&mut self, final_stop: bool) -> Result<()> {
         let t = Instant::now();
+        self.pipelines.process()?;
+        let merge_news = self.merge_before_checkpoint(final_stop, self.checkpoint_interval).await?;
         let mut files = std::mem::take(&mut self.epoch_files);
         // Files that reached their age (all at a stop) are finished; the others stay open and
         // their new rows are saved with the checkpoint.
@@ -306,7 +333,7 @@ impl Processor {
             Vec::new()
         };
         let t_files = t.elapsed();
-        let nothing_new = files.is_empty() && tables.is_empty() && self.acks.pending_ids() == 0;
+        let nothing_new = files.is_empty() && tables.is_empty() && self.acks.pending_ids() == 0 && !merge_news;
         if nothing_new {
             return Ok(());
         }
@@ -353,6 +380,7 @@ impl Processor {
         if !self.pipelines.is_empty() {
             m.windows = Some(self.cp.put_blob(epoch, "windows.bin", self.pipelines.save_state()?).await?);
         }
+        self.save_merge_state(&mut m).await?;
         m.positions = self.positions.iter().map(|(s, id)| (s.clone(), id.to_string())).collect();
         self.totals.archived_rows += files.iter().map(|f| f.rows).sum::<u64>();
         self.totals.table_rows += tables.iter().map(|f| f.rows).sum::<u64>();
@@ -422,56 +450,6 @@ impl Processor {
             }
             tracing::debug!(path = %f.path, rows = f.rows, bytes = f.bytes, "Committed file.");
         }
-    }
-
-    /// After a checkpoint: hands every entry read so far to the acker (or, `noack`, moves the
-    /// group); returns how many entries.
-    async fn ack_durable(&mut self) -> Result<u64> {
-        let mut n = 0;
-        let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-        // Called right after a checkpoint: everything read so far is in it.
-        if let Some(positions) = self.noack.as_mut() {
-            // No pending list: move the group's position to what the checkpoint holds.
-            for (stream, ids) in self.acks.take_all() {
-                let Some(&max) = ids.iter().max() else { continue };
-                let (at, read) = &mut positions[stream];
-                *at = (*at).max(max);
-                *read = read.map(|r| r + ids.len() as u64);
-                n += ids.len() as u64;
-                let (name, g) = (&self.source.streams[stream], &self.source.group);
-                self.fence.guard(group::set_position(&mut self.cmds, name, g, *at, *read)).await?;
-            }
-            self.stats.acked += n;
-            return Ok(n);
-        }
-        for (stream, ids) in self.acks.take_all() {
-            n += ids.len() as u64;
-            for id in &ids {
-                let ms = now_ms.saturating_sub(id.ms);
-                self.stats.durable_latency.record(ms);
-                self.durable_exact.record(ms);
-            }
-            let sent = match self.acker.as_mut() {
-                Some(a) => a.send(stream, ids).await,
-                None => false,
-            };
-            if !sent {
-                // The acker stopped: its error says why.
-                return match self.acker.take() {
-                    Some(a) => a.finish().await.and(Err(Error::Internal("the acker stopped".into()))),
-                    None => Err(Error::Internal("the acker stopped".into())),
-                };
-            }
-        }
-        Ok(n)
-    }
-
-    /// Waits for every queued acknowledgement; call last.
-    pub async fn finish_acks(&mut self) -> Result<()> {
-        if let Some(a) = self.acker.take() {
-            self.stats.acked += a.finish().await?;
-        }
-        Ok(())
     }
 
     pub fn lake(&self) -> &Lake {

@@ -67,7 +67,8 @@ pub(super) async fn lead<S: Future<Output = ()>>(
     registry.update(|s| (s.lake_ok, s.role) = (true, Role::Reading));
     let (tx, mut rx) = mpsc::channel(4);
     let (live_tx, mut live_rx) = mpsc::channel::<LiveRequest>(8);
-    if !p.pipelines.is_empty() {
+    // Several shards: shard 0's holder answers (it has the merged windows).
+    if !p.pipelines.is_empty() && (!p.pipelines.partial() || opts.shard.index == 0) {
         live.set(Some(LiveWindows {
             lake: p.lake().clone(),
             tables: p.pipelines.output_schemas(),
@@ -158,16 +159,20 @@ pub(super) async fn lead<S: Future<Output = ()>>(
         if bounded_input_done {
             p.pipelines.flush()?;
         }
-        Ok::<(), Error>(())
+        Ok::<bool, Error>(bounded_input_done)
     }
     .await;
 
     drop(rx);
     let shutdown_timeout = opts.shutdown_timeout;
     let finished = async {
-        result?;
+        let bounded_input_done = result?;
         let last = async {
             p.commit_all(true).await?;
+            if bounded_input_done {
+                // Shard 0 merges what the other shards close at their end too.
+                p.finish_merge(shutdown_timeout / 2).await?;
+            }
             p.finish_acks().await
         };
         tokio::time::timeout(shutdown_timeout, last).await.map_err(|_| {

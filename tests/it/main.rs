@@ -14,6 +14,7 @@ mod faults;
 mod golden;
 mod hostile;
 mod http;
+mod merge;
 mod metrics;
 mod partition;
 mod pipelines_e2e;

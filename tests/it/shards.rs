@@ -2,7 +2,8 @@
 //! routing each event by its id, and several worker processes in one group sharing the
 //! shards. Whatever the number of workers, the kills, joins and leaves, the archive holds
 //! every event exactly once and the dead-letter streams every malformed entry once, as one
-//! worker's uninterrupted run does.
+//! worker's uninterrupted run does; the pipeline tables (windows merged across shards) and
+//! `late_events` are those of `eventide replay --shards 8` of the same events.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -14,19 +15,23 @@ use eventide::names::ShardId;
 use rand::{Rng, SeedableRng};
 use redis::Value;
 
+use eventide::sink::lake::Lake;
+use eventide::window::{Pipelines, check_dir};
+
 use crate::faults::{KillOnDrop, drill_entries};
 use crate::support::http::{free_port, request};
-use crate::support::{self, RedisServer, read_archive};
+use crate::support::{self, RedisServer, read_archive, table};
 
 const SHARDS: u32 = 8;
 
 pub(crate) fn worker(name: &str, redis: &str, lake: &Path, extra: &[&str]) -> Command {
-    worker_in("analytics", name, redis, lake, extra)
+    worker_in("analytics", name, redis, lake, "", extra)
 }
 
-fn worker_in(group: &str, name: &str, redis: &str, lake: &Path, extra: &[&str]) -> Command {
+/// A worker of `group` running the pipelines in `pipelines` (`""`: none).
+fn worker_in(group: &str, name: &str, redis: &str, lake: &Path, pipelines: &str, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_eventide"));
-    c.args(["run", "--config", "/dev/null", "--redis-url", redis, "--pipelines", ""])
+    c.args(["run", "--config", "/dev/null", "--redis-url", redis, "--pipelines", pipelines])
         .args(if extra.contains(&"--http-addr") { &[][..] } else { &["--http-addr", ""][..] })
         .args(["--stream", "events", "--group", group, "--consumer", name, "--shards", "8"])
         .args(["--block", "50ms", "--roll-age", "1s", "--checkpoint-interval", "200ms", "--lease-ttl", "1s"])
@@ -87,15 +92,41 @@ async fn assert_exactly_once(redis: &str, entries: &[GenEntry], lake: &Path, wha
     assert_eq!(dead, malformed, "{what}: dead-letter entries vs malformed entries");
 }
 
+/// The pipeline tables and late events of each lake, and of `eventide replay --shards 8` of
+/// the same entries, are the same (and not empty).
+async fn assert_same_tables(entries: &[GenEntry], pipelines: &Path, lakes: &[(&str, &Path)]) {
+    let input = lakes[0].1.with_extension("jsonl");
+    crate::merge::write_jsonl(entries, &input);
+    let (_dir, replayed) = crate::merge::replay_sharded(&input, pipelines, SHARDS).await;
+    let p = Pipelines::new(check_dir(pipelines).await.unwrap()).unwrap();
+    for (what, path) in lakes {
+        let lake = Lake::open(path.to_str().unwrap()).unwrap();
+        for q in p.queries() {
+            let name = &q.spec.name;
+            let want = table(&replayed, &p, name).await;
+            assert!(!want.is_empty(), "{name}: the replay wrote nothing");
+            let got = table(&lake, &p, name).await;
+            support::assert_same_rows(&got, &want, &format!("{name}: {what} vs replay --shards 8"));
+        }
+        let (got, want) = (crate::merge::late_rows(&lake, &p).await, crate::merge::late_rows(&replayed, &p).await);
+        assert!(!want.is_empty(), "late_events: the replay has none");
+        support::assert_same_rows(&got, &want, &format!("late_events: {what} vs replay --shards 8"));
+    }
+}
+
 /// One worker over the 8 shards, and three workers over the same entries in another group:
-/// the same archive and dead letters.
+/// the same archive, dead letters, pipeline tables and late events, as `eventide replay
+/// --shards 8` of the same events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_over_eight_shards_equal_one_worker() {
     let redis = RedisServer::start();
     let entries = drill_entries(8_000, 31);
     publish(&redis.url(), &entries, 1e9).await.await.unwrap();
+    let pipelines = crate::merge::fixed_pipelines();
+    let pipes = pipelines.path().to_str().unwrap();
     let one = tempfile::tempdir().unwrap();
-    let status = worker("solo", &redis.url(), one.path(), &["--exit-when-idle", "1s"]).status().unwrap();
+    let status =
+        worker_in("analytics", "solo", &redis.url(), one.path(), pipes, &["--exit-when-idle", "1s"]).status().unwrap();
     assert!(status.success(), "{}", log_tail(one.path(), "solo"));
     assert_exactly_once(&redis.url(), &entries, one.path(), "one worker").await;
 
@@ -109,7 +140,7 @@ async fn three_workers_over_eight_shards_equal_one_worker() {
         .map(|(w, port)| {
             let addr = format!("127.0.0.1:{port}");
             let extra = ["--dlq-stream", "three", "--http-addr", &addr];
-            KillOnDrop(Some(worker_in("analytics-3", w, &redis.url(), three.path(), &extra).spawn().unwrap()))
+            KillOnDrop(Some(worker_in("analytics-3", w, &redis.url(), three.path(), pipes, &extra).spawn().unwrap()))
         })
         .collect();
     // The shards spread over the three (each holds some, together all 8), and all is read.
@@ -154,6 +185,12 @@ async fn three_workers_over_eight_shards_equal_one_worker() {
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         assert!(child.wait().unwrap().success(), "{name}: {}", log_tail(three.path(), name));
     }
+    // Their open windows are in their checkpoints: one more worker closes them at the end.
+    let last = ["--dlq-stream", "three", "--exit-when-idle", "1s"];
+    let status = worker_in("analytics-3", "w1", &redis.url(), three.path(), pipes, &last).status().unwrap();
+    assert!(status.success(), "{}", log_tail(three.path(), "w1"));
+    assert_same_tables(&entries, pipelines.path(), &[("one worker", one.path()), ("three workers", three.path())])
+        .await;
     let (a, b) = (read_archive(one.path()), read_archive(three.path()));
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "the same events");
     let mut dead = 0;
@@ -174,7 +211,11 @@ async fn workers_killed_added_and_removed_count_every_event_once() {
     let entries = drill_entries(16_000, 32);
     let publisher = publish(&redis.url(), &entries, 2_000.0).await;
     let lake = tempfile::tempdir().unwrap();
-    let spawn = |name: &str| KillOnDrop(Some(worker(name, &redis.url(), lake.path(), &[]).spawn().unwrap()));
+    let pipelines = crate::merge::fixed_pipelines();
+    let pipes = pipelines.path().to_str().unwrap();
+    let spawn = |name: &str| {
+        KillOnDrop(Some(worker_in("analytics", name, &redis.url(), lake.path(), pipes, &[]).spawn().unwrap()))
+    };
     let mut workers: Vec<(String, KillOnDrop)> = ["w1", "w2", "w3"].iter().map(|w| (w.to_string(), spawn(w))).collect();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(32);
     for kill in 0..20 {
@@ -207,7 +248,9 @@ async fn workers_killed_added_and_removed_count_every_event_once() {
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         assert!(child.wait().unwrap().success(), "{name}'s clean stop: {}", log_tail(lake.path(), name));
     }
-    let status = worker("w1", &redis.url(), lake.path(), &["--exit-when-idle", "1s"]).status().unwrap();
+    let status =
+        worker_in("analytics", "w1", &redis.url(), lake.path(), pipes, &["--exit-when-idle", "1s"]).status().unwrap();
     assert!(status.success(), "{}", log_tail(lake.path(), "w1"));
     assert_exactly_once(&redis.url(), &entries, lake.path(), "after 20 kills, a join and a leave").await;
+    assert_same_tables(&entries, pipelines.path(), &[("after 20 kills, a join and a leave", lake.path())]).await;
 }
