@@ -2,8 +2,8 @@
 //! shards read while events are published; mid-run every slot of one primary is migrated to
 //! another (`redis-cli --cluster reshard`: keys move with their consumer groups while being
 //! read, clients follow `MOVED`/`ASK`), then a primary holding shards is failed over to its
-//! replica (`CLUSTER FAILOVER`). Every event is archived exactly once and nothing stays
-//! pending.
+//! replica (`CLUSTER FAILOVER`). Every event is archived exactly once, nothing stays
+//! pending, and the pipeline tables and late events equal `eventide replay --shards 8`.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -13,7 +13,7 @@ use eventide::generator::{GenOptions, Generator, publish_sharded};
 use eventide::names::ShardId;
 
 use crate::faults::KillOnDrop;
-use crate::shards::worker;
+use crate::shards::worker_in;
 use crate::support::{self, RedisCluster, read_archive};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,7 +23,7 @@ async fn workers_on_a_redis_cluster_survive_resharding_and_a_failover() {
     let entries: Vec<_> = Generator::new(GenOptions {
         entries: 12_000,
         duplicates: 0.05,
-        jitter: Duration::from_secs(5),
+        jitter: Duration::from_secs(40),
         spacing_us: 100_000,
         start_us: 1_767_225_600_000_000,
         seed: 41,
@@ -37,10 +37,12 @@ async fn workers_on_a_redis_cluster_survive_resharding_and_a_failover() {
         async move { publish_sharded(&mut conn, "events", 8, entries, 200, Some(2_000.0)).await.unwrap() }
     });
     let lake = tempfile::tempdir().unwrap();
-    let extra = ["--redis-cluster"];
+    let pipelines = crate::merge::fixed_pipelines();
+    let pipes = pipelines.path().to_str().unwrap();
+    let worker = |name: &str, extra: &[&str]| worker_in("analytics", name, &seeds, lake.path(), pipes, extra);
     let mut workers: Vec<(&str, KillOnDrop)> = ["w1", "w2", "w3"]
         .into_iter()
-        .map(|w| (w, KillOnDrop(Some(worker(w, &seeds, lake.path(), &extra).spawn().unwrap()))))
+        .map(|w| (w, KillOnDrop(Some(worker(w, &["--redis-cluster"]).spawn().unwrap()))))
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -78,7 +80,7 @@ async fn workers_on_a_redis_cluster_survive_resharding_and_a_failover() {
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         assert!(child.wait().unwrap().success(), "{name}'s clean stop: {}", crate::shards::log_tail(lake.path(), name));
     }
-    let status = worker("w1", &seeds, lake.path(), &["--redis-cluster", "--exit-when-idle", "1s"]).status().unwrap();
+    let status = worker("w1", &["--redis-cluster", "--exit-when-idle", "1s"]).status().unwrap();
     assert!(status.success(), "{}", crate::shards::log_tail(lake.path(), "w1"));
 
     let archived: BTreeSet<String> = read_archive(lake.path()).into_keys().collect();
@@ -89,4 +91,7 @@ async fn workers_on_a_redis_cluster_survive_resharding_and_a_failover() {
             redis::cmd("XPENDING").arg(&key).arg("analytics").query_async(&mut conn).await.unwrap();
         assert_eq!(summary.0, 0, "entries pending on {key}");
     }
+    // The pipeline tables (windows merged across the shards) and late events: as `eventide
+    // replay --shards 8` of the same events.
+    crate::shards::assert_same_tables(&entries, pipelines.path(), &[("reshard and failover", lake.path())]).await;
 }

@@ -29,7 +29,7 @@ pub(crate) fn worker(name: &str, redis: &str, lake: &Path, extra: &[&str]) -> Co
 }
 
 /// A worker of `group` running the pipelines in `pipelines` (`""`: none).
-fn worker_in(group: &str, name: &str, redis: &str, lake: &Path, pipelines: &str, extra: &[&str]) -> Command {
+pub(crate) fn worker_in(group: &str, name: &str, redis: &str, lake: &Path, pipelines: &str, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_eventide"));
     c.args(["run", "--config", "/dev/null", "--redis-url", redis, "--pipelines", pipelines])
         .args(if extra.contains(&"--http-addr") { &[][..] } else { &["--http-addr", ""][..] })
@@ -94,7 +94,7 @@ async fn assert_exactly_once(redis: &str, entries: &[GenEntry], lake: &Path, wha
 
 /// The pipeline tables and late events of each lake, and of `eventide replay --shards 8` of
 /// the same entries, are the same (and not empty).
-async fn assert_same_tables(entries: &[GenEntry], pipelines: &Path, lakes: &[(&str, &Path)]) {
+pub(crate) async fn assert_same_tables(entries: &[GenEntry], pipelines: &Path, lakes: &[(&str, &Path)]) {
     let input = lakes[0].1.with_extension("jsonl");
     crate::merge::write_jsonl(entries, &input);
     let (_dir, replayed) = crate::merge::replay_sharded(&input, pipelines, SHARDS).await;
