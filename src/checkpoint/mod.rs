@@ -96,6 +96,10 @@ pub struct Manifest {
     /// before this is in the table.
     #[serde(default)]
     pub merged: BTreeMap<String, i64>,
+    /// Shard 0 of several: per pipeline, the first closed-state key the shards keep (the
+    /// ones before are merged).
+    #[serde(default)]
+    pub merge_keep: BTreeMap<String, i64>,
 }
 
 /// How far one shard has closed one pipeline's windows: every window ending at or before
@@ -378,6 +382,7 @@ pub fn manifest(cp: &Checkpoints, epoch: u64, started_ms: i64) -> Manifest {
         partials: None,
         window_bounds: BTreeMap::new(),
         merged: BTreeMap::new(),
+        merge_keep: BTreeMap::new(),
     }
 }
 

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 use arrow::array::RecordBatch;
 
-use super::Pipelines;
+use super::{Pipelines, query_error};
 use crate::checkpoint::{self, WindowBound};
 use crate::error::{Error, Result};
 
@@ -35,13 +35,26 @@ pub const FLUSHED: i64 = i64::MAX / 2;
 pub struct ClosedStates {
     /// Each aggregate's number of state columns.
     pub widths: Vec<usize>,
-    /// Window end → its partial state (`Frozen::to_batch`).
+    /// Fixed windows: window end → its partial state (`Frozen::to_batch`). Sessions: the
+    /// latest `last` of a batch of parts → the parts (see [`super::session::partial`]).
     pub windows: BTreeMap<i64, RecordBatch>,
+    /// Sessions: the shard's long open sessions (not kept: computed for each checkpoint).
+    pub long_open: Option<RecordBatch>,
 }
 
 impl ClosedStates {
     pub fn size(&self) -> usize {
         self.windows.values().map(RecordBatch::get_array_memory_size).sum()
+    }
+
+    /// Keeps `batch` under `key` (appended to what the key holds).
+    pub fn add(&mut self, key: i64, batch: RecordBatch) -> datafusion::error::Result<()> {
+        let batch = match self.windows.remove(&key) {
+            Some(before) => arrow::compute::concat_batches(&batch.schema(), [&before, &batch])?,
+            None => batch,
+        };
+        self.windows.insert(key, batch);
+        Ok(())
     }
 }
 
@@ -70,6 +83,9 @@ pub fn encode_states(states: &BTreeMap<String, ClosedStates>) -> Result<Vec<u8>>
         for (end, b) in &s.windows {
             parts.push((format!("{name}\n{end}"), checkpoint::to_ipc(std::slice::from_ref(b))?));
         }
+        if let Some(b) = &s.long_open {
+            parts.push((format!("{name}\nopen"), checkpoint::to_ipc(std::slice::from_ref(b))?));
+        }
     }
     Ok(checkpoint::pack(&parts))
 }
@@ -86,8 +102,12 @@ pub fn decode_states(bytes: &[u8]) -> Result<BTreeMap<String, ClosedStates>> {
             s.widths = h.widths;
             continue;
         }
-        let end: i64 = end.parse().map_err(|_| bad("a window end that is not a number"))?;
         let batch = checkpoint::from_ipc(&bytes)?.into_iter().next().ok_or_else(|| bad("an empty window state"))?;
+        if end == "open" {
+            s.long_open = Some(batch);
+            continue;
+        }
+        let end: i64 = end.parse().map_err(|_| bad("a window end that is not a number"))?;
         s.windows.insert(end, batch);
     }
     Ok(out)
@@ -106,19 +126,27 @@ pub struct MergeRound {
     pub oldest_waiting: Option<i64>,
 }
 
-/// The merger's progress: per pipeline, every window ending at or before it is merged.
+/// The merger's progress: per pipeline, every window ending at or before `merged` is
+/// merged, and the shards keep their closed states from `keep` on (the window end, or a
+/// session part's last event).
 #[derive(Debug, Clone, Default)]
 pub struct Merger {
     merged: BTreeMap<String, i64>,
+    keep: BTreeMap<String, i64>,
 }
 
 impl Merger {
-    pub fn new(merged: BTreeMap<String, i64>) -> Self {
-        Merger { merged }
+    pub fn new(merged: BTreeMap<String, i64>, keep: BTreeMap<String, i64>) -> Self {
+        Merger { merged, keep }
     }
 
     pub fn merged(&self) -> &BTreeMap<String, i64> {
         &self.merged
+    }
+
+    /// Per pipeline, the first closed-state key the shards keep.
+    pub fn keep(&self) -> &BTreeMap<String, i64> {
+        &self.keep
     }
 
     /// Merges what every shard (`shards[k]` is shard k's latest checkpoint, `None` before its
@@ -137,53 +165,87 @@ impl Merger {
                 let b = s.as_ref().and_then(|s| s.bounds.get(&name)).filter(|b| b.fingerprint == fingerprint);
                 upto = upto.min(b.map_or(i64::MIN, |b| b.closed_before));
             }
+            if upto <= from || q.failed.is_some() {
+                round.caught_up &= upto >= FLUSHED && !waits(shards, &name, self.keep.get(&name));
+                continue;
+            }
+            if q.is_session() {
+                let parts: Vec<(&RecordBatch, &[usize])> = shards
+                    .iter()
+                    .flatten()
+                    .filter_map(|s| states_of(s, &name))
+                    .flat_map(|s| s.windows.values().map(|b| (b, s.widths.as_slice())))
+                    .collect();
+                let long_open: Vec<&RecordBatch> = shards
+                    .iter()
+                    .flatten()
+                    .filter_map(|s| states_of(s, &name))
+                    .filter_map(|s| s.long_open.as_ref())
+                    .collect();
+                let (n, keep) = q
+                    .merge_session_parts(&parts, &long_open, (from, upto))
+                    .map_err(|e| super::query_error(&q.spec, e))?;
+                round.windows += n;
+                self.keep.insert(name.clone(), keep);
+            } else {
+                let mut ends: Vec<i64> = shards
+                    .iter()
+                    .flatten()
+                    .filter_map(|s| states_of(s, &name))
+                    .flat_map(|s| s.windows.range(from.saturating_add(1)..=upto).map(|(&e, _)| e))
+                    .collect();
+                ends.sort_unstable();
+                ends.dedup();
+                for end in ends {
+                    let states: Vec<(&RecordBatch, &[usize])> = shards
+                        .iter()
+                        .flatten()
+                        .filter_map(|s| states_of(s, &name))
+                        .filter_map(|s| Some((s.windows.get(&end)?, s.widths.as_slice())))
+                        .collect();
+                    q.merge_window(end, &states).map_err(|e| super::query_error(&q.spec, e))?;
+                    round.windows += 1;
+                }
+                self.keep.insert(name.clone(), upto.saturating_add(1));
+            }
+            self.merged.insert(name.clone(), upto);
+            round.progressed = true;
+            let keep = self.keep.get(&name);
+            round.caught_up &= upto >= FLUSHED && !waits(shards, &name, keep);
             let waiting = shards
                 .iter()
                 .flatten()
-                .filter_map(|s| s.states.get(&name)?.windows.range(upto.max(from).saturating_add(1)..).next())
+                .filter_map(|s| s.states.get(&name)?.windows.range(keep.copied().unwrap_or(i64::MIN)..).next())
                 .map(|(&e, _)| e)
                 .min();
             round.oldest_waiting = round.oldest_waiting.into_iter().chain(waiting).min();
-            round.caught_up &= upto >= FLUSHED && waiting.is_none();
-            if upto <= from || q.failed.is_some() {
-                continue;
-            }
-            let mut ends: Vec<i64> = shards
-                .iter()
-                .flatten()
-                .filter_map(|s| s.states.get(&name))
-                .flat_map(|s| s.windows.range(from.saturating_add(1)..=upto).map(|(&e, _)| e))
-                .collect();
-            ends.sort_unstable();
-            ends.dedup();
-            for end in ends {
-                let states: Vec<(&RecordBatch, &[usize])> = shards
-                    .iter()
-                    .flatten()
-                    .filter_map(|s| s.states.get(&name))
-                    .filter_map(|s| Some((s.windows.get(&end)?, s.widths.as_slice())))
-                    .collect();
-                q.merge_window(end, &states).map_err(|e| super::query_error(&q.spec, e))?;
-                round.windows += 1;
-            }
-            self.merged.insert(name, upto);
-            round.progressed = true;
         }
         into.collect()?;
         Ok(round)
     }
 }
 
+fn states_of<'a>(s: &'a ShardWindows, name: &str) -> Option<&'a ClosedStates> {
+    s.states.get(name)
+}
+
+/// Whether some shard keeps closed states of `name` from `keep` on (the merger has not
+/// merged them all).
+fn waits(shards: &[Option<ShardWindows>], name: &str, keep: Option<&i64>) -> bool {
+    let from = keep.copied().unwrap_or(i64::MIN);
+    shards.iter().flatten().filter_map(|s| s.states.get(name)).any(|s| s.windows.range(from..).next().is_some())
+}
+
 impl Pipelines {
     /// One shard of several: every pipeline keeps its closed windows' partial states for the
-    /// [`Merger`] instead of evaluating them. Session windows and `emit = "updates"` are not
-    /// merged across shards yet and are refused.
+    /// [`Merger`] instead of evaluating them. `emit = "updates"` is not merged across shards
+    /// yet and is refused.
     pub fn emit_partials(&mut self) -> Result<()> {
         for q in &mut self.queries {
             q.emit_partials().map_err(|why| {
                 Error::Config(format!(
-                    "{}: {why} (with shards > 1 only tumbling and hopping windows in final mode are merged \
-                     across shards so far; run this pipeline in a group with shards = 1)",
+                    "{}: {why} (with shards > 1 windows are merged across shards in final mode only so far; \
+                     run this pipeline in a group with shards = 1, or with emit = \"final\")",
                     q.spec.file.display()
                 ))
             })?;
@@ -202,8 +264,10 @@ impl Pipelines {
         let mut out = ShardWindows::default();
         for q in &self.queries {
             if let (Some(bound), Some(states)) = (q.window_bound(), &q.partials) {
+                let mut states = states.clone();
+                states.long_open = q.long_open().map_err(|e| query_error(&q.spec, e))?;
                 out.bounds.insert(q.spec.name.clone(), bound);
-                out.states.insert(q.spec.name.clone(), states.clone());
+                out.states.insert(q.spec.name.clone(), states);
             }
         }
         Ok(out)
@@ -236,12 +300,12 @@ impl Pipelines {
         Ok(())
     }
 
-    /// Drops the closed states the merger has merged.
-    pub fn prune_partials(&mut self, merged: &BTreeMap<String, i64>) -> Result<()> {
+    /// Drops the closed states before `keep` (per pipeline: the merger has merged them).
+    pub fn prune_partials(&mut self, keep: &BTreeMap<String, i64>) -> Result<()> {
         self.settle()?;
         for q in &mut self.queries {
-            if let (Some(s), Some(&upto)) = (q.partials.as_mut(), merged.get(&q.spec.name)) {
-                s.windows = s.windows.split_off(&upto.saturating_add(1));
+            if let (Some(s), Some(&from)) = (q.partials.as_mut(), keep.get(&q.spec.name)) {
+                s.windows = s.windows.split_off(&from);
             }
         }
         Ok(())

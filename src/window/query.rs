@@ -375,7 +375,7 @@ impl WindowedQuery {
         for c in closed {
             if let (Some(widths), Some(kept)) = (&c.state, self.partials.as_mut()) {
                 kept.widths.clone_from(widths);
-                kept.windows.insert(c.end, c.rows);
+                kept.add(c.end, c.rows)?;
                 continue;
             }
             let latency = |end: i64| (now_ms - end.div_euclid(1000)).max(0) as u64;
@@ -492,6 +492,12 @@ fn make_op(spec: &PipelineSpec, plan: &Compiled, partials: bool) -> Result<Op> {
     Ok(match spec.window {
         WindowKind::Tumbling { size } => fixed(size, size),
         WindowKind::Hopping { size, slide } => fixed(size, slide),
-        WindowKind::Session { gap } => Op::Session(Sessions::new(plan, gap, spec.allowed_lateness_us)?),
+        WindowKind::Session { gap } => {
+            let mut s = Sessions::new(plan, gap, spec.allowed_lateness_us)?;
+            if partials {
+                s.emit_partials(plan)?;
+            }
+            Op::Session(s)
+        }
     })
 }

@@ -31,6 +31,7 @@ use super::operator::{Closed, Late};
 use super::plan::Compiled;
 
 mod checkpoint;
+pub(super) mod partial;
 pub use checkpoint::SessionState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +76,9 @@ pub struct Sessions {
     merged: HashMap<u64, u64>,
     /// Sessions closed since the last compaction, in close order.
     pending: Vec<u64>,
+    /// One shard of several: closed sessions come out as partial states
+    /// ([`Sessions::emit_partials`]); each aggregate's number of state columns.
+    partials: Option<Vec<usize>>,
 }
 
 impl Sessions {
@@ -93,6 +97,7 @@ impl Sessions {
             slot_owner: Vec::new(),
             merged: HashMap::new(),
             pending: Vec::new(),
+            partials: None,
         })
     }
 
@@ -318,7 +323,10 @@ impl Sessions {
         let pending = std::mem::take(&mut self.pending);
         // One batch for all of them, each row with its own bounds.
         let rows: Vec<(usize, u64)> = pending.into_iter().enumerate().collect();
-        out.extend(self.session_rows(plan, conv, &rows, &values)?);
+        match &self.partials {
+            Some(widths) => out.extend(self.partial_rows(&rows, &values, widths)?),
+            None => out.extend(self.session_rows(plan, conv, &rows, &values)?),
+        }
         for (_, id) in rows {
             let Some(s) = self.sessions.get_mut(&id) else { continue };
             s.state = State::Closed;
@@ -416,7 +424,11 @@ impl Sessions {
             let states = pick(emit_rows)?;
             for (acc, st) in closing.iter_mut().zip(states) {
                 acc.merge_batch(&st, &emit_idx, self.pending.len())?;
-                values.push(acc.evaluate(EmitTo::All)?);
+                match self.partials.is_some() {
+                    // One shard of several: the states, for the merger.
+                    true => values.extend(acc.state(EmitTo::All)?),
+                    false => values.push(acc.evaluate(EmitTo::All)?),
+                }
             }
         }
         for (g, id) in owners.iter().enumerate() {

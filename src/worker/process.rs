@@ -137,7 +137,7 @@ impl Processor {
         }
         let merge =
             (opts.shard.count > 1 && opts.shard.index == 0 && !pipelines.is_empty()).then(|| merge::MergeSide {
-                merger: crate::window::merge::Merger::new(latest.merged.clone()),
+                merger: crate::window::merge::Merger::new(latest.merged.clone(), latest.merge_keep.clone()),
                 last_round: None,
                 last: Default::default(),
                 cache: BTreeMap::new(),

@@ -37,7 +37,7 @@ async fn workers_on_a_redis_cluster_survive_resharding_and_a_failover() {
         async move { publish_sharded(&mut conn, "events", 8, entries, 200, Some(2_000.0)).await.unwrap() }
     });
     let lake = tempfile::tempdir().unwrap();
-    let pipelines = crate::merge::fixed_pipelines();
+    let pipelines = crate::merge::example_pipelines();
     let pipes = pipelines.path().to_str().unwrap();
     let worker = |name: &str, extra: &[&str]| worker_in("analytics", name, &seeds, lake.path(), pipes, extra);
     let mut workers: Vec<(&str, KillOnDrop)> = ["w1", "w2", "w3"]

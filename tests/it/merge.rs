@@ -1,7 +1,8 @@
 //! Windows across shards, over files (`eventide replay --shards S`): each shard closes its
-//! windows against its own watermark and the merger merges their partial states. With
-//! nothing late the tables equal one shard's exactly, whatever S; with late events every
-//! event is counted once: in its window, or in `late_events` by the shard that saw it.
+//! windows against its own watermark and the merger merges their partial states (a
+//! customer's sessions from every shard chained within the gap). With nothing late the
+//! tables equal one shard's exactly, whatever S; with late events every event is counted
+//! once: in its window or session, or in `late_events` by the shard that saw it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,12 +13,14 @@ use eventide::window::{Pipelines, check_dir};
 
 use crate::support::{self, table};
 
-/// The example pipelines with tumbling and hopping windows (sessions are not merged across
-/// shards yet).
-pub(crate) fn fixed_pipelines() -> tempfile::TempDir {
+/// The four example pipelines (tumbling, hopping and session windows), in a directory of
+/// their own.
+pub(crate) fn example_pipelines() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
-    for name in ["checkout_funnel.toml", "payment_failure_rate.toml", "revenue_per_minute.toml"] {
+    for name in
+        ["checkout_funnel.toml", "customer_sessions.toml", "payment_failure_rate.toml", "revenue_per_minute.toml"]
+    {
         std::fs::copy(examples.join(name), dir.path().join(name)).unwrap();
     }
     dir
@@ -80,7 +83,14 @@ fn entries(jitter_s: u64, seed: u64) -> Vec<GenEntry> {
 /// exactly the rows of one.
 #[tokio::test]
 async fn sharded_windows_equal_one_shard_when_nothing_is_late() {
-    let pipelines = fixed_pipelines();
+    let pipelines = example_pipelines();
+    // Short sessions too: a customer's events (about one a minute) split into many
+    // sessions, and a session's events are spread over shards.
+    let short = "window = { kind = \"session\", gap = \"90s\" }\nwatermark = \"5s\"\n\
+                 fields = { customer_id = \"string\", amount = \"double\" }\n\
+                 sql = \"SELECT customer_id, count(*) AS events, sum(amount) AS spend, min(event_time) AS first, \
+                 max(event_time) AS last FROM events WHERE customer_id IS NOT NULL GROUP BY customer_id\"\n";
+    std::fs::write(pipelines.path().join("short_sessions.toml"), short).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.jsonl");
     write_jsonl(&entries(3, 41), &input);
@@ -105,7 +115,7 @@ async fn sharded_windows_equal_one_shard_when_nothing_is_late() {
 /// `late_events`; shard 0's merged tables hold the rows of every shard.
 #[tokio::test]
 async fn with_late_events_every_event_is_counted_once_across_shards() {
-    let pipelines = fixed_pipelines();
+    let pipelines = example_pipelines();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.jsonl");
     let entries = entries(40, 42);
@@ -117,15 +127,12 @@ async fn with_late_events_every_event_is_counted_once_across_shards() {
         let q = &q;
         async move { support::text_rows(&q.sql(sql).await.unwrap().1).join(";") }
     };
-    let types: Vec<String> = entries
+    let events: Vec<serde_json::Value> = entries
         .iter()
         .filter(|e| e.kind == Kind::Event)
-        .map(|e| {
-            let json: serde_json::Value =
-                serde_json::from_slice(&e.fields.iter().find(|(k, _)| *k == "data").unwrap().1).unwrap();
-            json["event_type"].as_str().unwrap().to_string()
-        })
+        .map(|e| serde_json::from_slice(&e.fields.iter().find(|(k, _)| *k == "data").unwrap().1).unwrap())
         .collect();
+    let types: Vec<String> = events.iter().map(|json| json["event_type"].as_str().unwrap().to_string()).collect();
     let of = |wanted: &[&str]| types.iter().filter(|t| wanted.contains(&t.as_str())).count();
     let number = |s: String| s.parse::<usize>().unwrap();
     // checkout_funnel: hopping 10 m by 1 m, no lateness: an event is in 10 windows, and each
@@ -141,6 +148,12 @@ async fn with_late_events_every_event_is_counted_once_across_shards() {
     let late = number(one("SELECT count(*) FROM late_events WHERE pipeline = 'revenue_per_minute'").await);
     let orders = types.iter().filter(|t| t.starts_with("order.") || t.starts_with("payment.")).count();
     assert_eq!(counted + late, orders, "every order/payment event once: {counted} counted + {late} late");
+    // customer_sessions: every event with a customer once, in the session merged from every
+    // shard's parts of it, or late.
+    let counted = number(one("SELECT CAST(sum(events) AS BIGINT) FROM customer_sessions").await);
+    let late = number(one("SELECT count(*) FROM late_events WHERE pipeline = 'customer_sessions'").await);
+    let with_customer = events.iter().filter(|json| json["data"]["customer_id"].is_string()).count();
+    assert_eq!(counted + late, with_customer, "every event with a customer once: {counted} counted + {late} late");
     // Late rows come from every shard (each its own stream key), and the tables' files are
     // shard 0's (the merger's).
     let streams = one("SELECT count(DISTINCT stream) FROM late_events").await;

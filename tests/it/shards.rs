@@ -24,10 +24,6 @@ use crate::support::{self, RedisServer, read_archive, table};
 
 const SHARDS: u32 = 8;
 
-pub(crate) fn worker(name: &str, redis: &str, lake: &Path, extra: &[&str]) -> Command {
-    worker_in("analytics", name, redis, lake, "", extra)
-}
-
 /// A worker of `group` running the pipelines in `pipelines` (`""`: none).
 pub(crate) fn worker_in(group: &str, name: &str, redis: &str, lake: &Path, pipelines: &str, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_eventide"));
@@ -122,7 +118,7 @@ async fn three_workers_over_eight_shards_equal_one_worker() {
     let redis = RedisServer::start();
     let entries = drill_entries(8_000, 31);
     publish(&redis.url(), &entries, 1e9).await.await.unwrap();
-    let pipelines = crate::merge::fixed_pipelines();
+    let pipelines = crate::merge::example_pipelines();
     let pipes = pipelines.path().to_str().unwrap();
     let one = tempfile::tempdir().unwrap();
     let status =
@@ -211,7 +207,7 @@ async fn workers_killed_added_and_removed_count_every_event_once() {
     let entries = drill_entries(16_000, 32);
     let publisher = publish(&redis.url(), &entries, 2_000.0).await;
     let lake = tempfile::tempdir().unwrap();
-    let pipelines = crate::merge::fixed_pipelines();
+    let pipelines = crate::merge::example_pipelines();
     let pipes = pipelines.path().to_str().unwrap();
     let spawn = |name: &str| {
         KillOnDrop(Some(worker_in("analytics", name, &redis.url(), lake.path(), pipes, &[]).spawn().unwrap()))

@@ -16,9 +16,6 @@ impl WindowedQuery {
     /// Keeps closed windows' partial states instead of evaluating them (call before
     /// restoring state). `Err`: this kind of window is not merged across shards.
     pub(in crate::window) fn emit_partials(&mut self) -> std::result::Result<(), String> {
-        if matches!(self.spec.window, WindowKind::Session { .. }) {
-            return Err("session windows are not merged across shards yet".into());
-        }
         if self.spec.emit == Emit::Updates {
             return Err("emit = \"updates\" is not merged across shards yet".into());
         }
@@ -32,11 +29,48 @@ impl WindowedQuery {
         xxhash_rust::xxh3::xxh3_64(self.fingerprint().as_bytes())
     }
 
-    /// How far this shard has closed its windows (`None`: not a shard's pipeline).
+    /// How far this shard has closed its windows (`None`: not a shard's pipeline): for
+    /// fixed windows every window ending at or before it is closed; for sessions, see
+    /// [`crate::window::session::partial`].
     pub fn window_bound(&self) -> Option<WindowBound> {
-        let Op::Fixed(f) = &self.op else { return None };
         self.partials.as_ref()?;
-        Some(WindowBound { fingerprint: self.fingerprint_hash(), closed_before: f.closed_before() })
+        let closed_before = match &self.op {
+            Op::Fixed(f) => f.closed_before(),
+            Op::Session(s) => s.bound(self.clock.get().unwrap_or(i64::MIN)),
+        };
+        Some(WindowBound { fingerprint: self.fingerprint_hash(), closed_before })
+    }
+
+    /// Sessions: the open sessions that could still join a merged one (key, start).
+    pub(in crate::window) fn long_open(&self) -> Result<Option<RecordBatch>> {
+        match (&self.op, self.window_bound()) {
+            (Op::Session(s), Some(b)) => Ok(Some(s.long_open(b.closed_before)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Sessions: chains every shard's parts and evaluates the final sessions ending in
+    /// `range` into [`WindowedQuery::ready`]; returns how many, and the first part key the
+    /// shards keep.
+    pub(in crate::window) fn merge_session_parts(
+        &mut self,
+        parts: &[(&RecordBatch, &[usize])],
+        long_open: &[&RecordBatch],
+        range: (i64, i64),
+    ) -> Result<(u64, i64)> {
+        let WindowKind::Session { gap } = self.spec.window else {
+            return Err(DataFusionError::Internal("not a session pipeline".into()));
+        };
+        let m =
+            crate::window::session::partial::merge_parts(&self.plan, self.conv.as_ref(), gap, parts, long_open, range)?;
+        if let Some(c) = m.closed {
+            self.emit(vec![c])?;
+        }
+        Ok((m.sessions, m.keep))
+    }
+
+    pub(in crate::window) fn is_session(&self) -> bool {
+        matches!(self.op, Op::Session(_))
     }
 
     /// The window ending at `end` from every shard's partial state of it (in shard order):

@@ -60,13 +60,13 @@ impl Processor {
             progressed = side.last.progressed;
             self.stats.merged_windows += side.last.windows;
             self.stats.merge_waiting_end_us = side.last.oldest_waiting;
-            let merged = side.merger.merged().clone();
-            self.pipelines.prune_partials(&merged)?;
+            let keep = side.merger.keep().clone();
+            self.pipelines.prune_partials(&keep)?;
         } else if self.merge.is_none()
             && self.pipelines.has_partials()
             && let Some(m) = manifest_of(&self.cp, 0).await?
         {
-            self.pipelines.prune_partials(&m.merged)?;
+            self.pipelines.prune_partials(&m.merge_keep)?;
         }
         let moved = self.pipelines.window_bounds().is_some_and(|b| b != self.committed_bounds);
         Ok(progressed || moved)
@@ -85,6 +85,7 @@ impl Processor {
         m.window_bounds.clone_from(&w.bounds);
         if let Some(side) = &self.merge {
             m.merged = side.merger.merged().clone();
+            m.merge_keep = side.merger.keep().clone();
         }
         self.committed_bounds = w.bounds;
         Ok(())
