@@ -10,7 +10,8 @@
 //! - The [`Merger`] reads every shard's latest committed checkpoint ([`ShardWindows`]); for a
 //!   pipeline it finalises the windows ending at or before the lowest bound over all shards:
 //!   `merge_batch` of the shards' states in shard order, evaluate, HAVING / SELECT, into shard
-//!   0's table buffer. Its progress (`merged`) is committed by shard 0's manifest together
+//!   0's table buffer. Sessions are chained from every shard's parts of a key first
+//!   ([`super::session::partial`]). Its progress (`merged`) is committed by shard 0's manifest together
 //!   with those rows, so a crash or a new holder of shard 0 merges nothing twice.
 //! - A committed state never changes (the shard's window is closed: later events for it are
 //!   late), so the rows do not depend on when the merger ran or who held which shard.
