@@ -9,7 +9,7 @@
 //! dedup decisions through the same `Ingest` in file order.
 
 mod sharded;
-pub use sharded::run as run_sharded;
+pub use sharded::{MERGE_EVERY, run as run_sharded};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -245,6 +245,15 @@ async fn run_shard(
                 live.set(None);
                 tracing::warn!(shard = opts.shard.index, reason = %why, "Fenced: this worker stopped committing the shard; back to standby.");
             }
+            Err(Error::Fenced(why)) => {
+                // Stopping (or handing the shard over) and fenced on the way out: the lease's
+                // next holder redoes what this term did not commit; nothing was acked beyond it.
+                live.set(None);
+                tracing::warn!(shard = opts.shard.index, reason = %why, "Fenced while stopping the shard: its last checkpoint stands.");
+                let stats = crate::metrics::Stats::default();
+                let (durable_latency, elapsed) = (Default::default(), started.elapsed());
+                return Ok(RunSummary { stats, durable_latency, dedup_ids: 0, elapsed });
+            }
             other => return other,
         }
     }

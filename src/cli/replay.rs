@@ -47,7 +47,8 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         for _ in 1..a.shards {
             shards.push(Pipelines::load(&a.pipelines).await?);
         }
-        eventide::replay::run_sharded(&inputs, shards, &lake, a.dedup_horizon.0, &a.stream).await?
+        let every = eventide::replay::MERGE_EVERY;
+        eventide::replay::run_sharded(&inputs, shards, &lake, a.dedup_horizon.0, &a.stream, every).await?
     } else {
         eventide::replay::run(&inputs, pipelines, &lake, a.dedup_horizon.0, &a.stream).await?
     };

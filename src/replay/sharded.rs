@@ -5,6 +5,10 @@
 //! each shard's own watermark, as live. At the end every shard closes its windows and the
 //! [`Merger`] merges their states into shard 0's tables; each shard writes its late rows.
 //!
+//! Every `merge_every` lines the merger also runs over the shards' states as they stand (as
+//! the live merger does between checkpoints) and the shards drop what it merged, so the
+//! closed states kept stay bounded; the tables do not depend on it.
+//!
 //! Lines are taken one by one on one thread (decoded twice: once to route, once by the
 //! shard), slower than the parallel single-shard replay.
 
@@ -23,19 +27,23 @@ use crate::sink::lake::Lake;
 use crate::window::merge::Merger;
 use crate::window::{BATCH_ROWS, Pipelines};
 
+/// Lines between merge rounds of `eventide replay --shards`.
+pub const MERGE_EVERY: u64 = 65_536;
+
 /// Replays `inputs` as `shards.len()` shards (`shards[k]`: shard k's pipelines, all loaded
-/// from the same files) into `lake`.
+/// from the same files) into `lake`, merging every `merge_every` lines (0: at the end only).
 pub async fn run(
     inputs: &[PathBuf],
     shards: Vec<Pipelines>,
     lake: &Lake,
     dedup_horizon: Duration,
     stream: &str,
+    merge_every: u64,
 ) -> Result<ReplaySummary> {
     let started = Instant::now();
     let (inputs, stream) = (inputs.to_vec(), stream.to_string());
     let (mut shards, mut summary) =
-        tokio::task::spawn_blocking(move || replay_blocking(&inputs, shards, dedup_horizon, &stream))
+        tokio::task::spawn_blocking(move || replay_blocking(&inputs, shards, dedup_horizon, &stream, merge_every))
             .await
             .map_err(|e| Error::Internal(format!("replay thread: {e}")))??;
     let count = shards.len() as u32;
@@ -52,6 +60,7 @@ fn replay_blocking(
     mut shards: Vec<Pipelines>,
     dedup_horizon: Duration,
     stream: &str,
+    merge_every: u64,
 ) -> Result<(Vec<Pipelines>, ReplaySummary)> {
     let count = shards.len() as u32;
     if count == 0 {
@@ -67,6 +76,7 @@ fn replay_blocking(
         (0..count).map(|_| Ingest::new(Decoder::new(DecodeOptions::default()), Dedup::new(horizon))).collect();
     let mut router = Decoder::new(DecodeOptions::default());
     let mut summary = ReplaySummary::default();
+    let mut merger = Merger::default();
     for path in inputs {
         let f =
             std::fs::File::open(path).map_err(|e| Error::Config(format!("{}: cannot open: {e}", path.display())))?;
@@ -93,16 +103,32 @@ fn replay_blocking(
             if shards[k].buffered() >= BATCH_ROWS {
                 shards[k].process()?;
             }
+            if merge_every > 0 && summary.lines % merge_every == 0 {
+                merge_round(&mut shards, &mut merger, false)?;
+            }
         }
     }
-    let mut views = Vec::with_capacity(shards.len());
-    for p in &mut shards {
-        p.flush()?;
-        views.push(Some(p.shard_windows()?));
-    }
-    let round = Merger::default().round(&mut shards[0], &views)?;
+    let round = merge_round(&mut shards, &mut merger, true)?;
     if !round.caught_up {
         return Err(Error::Internal("replay: a window was left unmerged at the end of the input".into()));
     }
     Ok((shards, summary))
+}
+
+/// Merges what every shard has closed (`end`: every window closes first), then lets the
+/// shards drop what was merged.
+fn merge_round(shards: &mut [Pipelines], merger: &mut Merger, end: bool) -> Result<crate::window::merge::MergeRound> {
+    let mut views = Vec::with_capacity(shards.len());
+    for p in shards.iter_mut() {
+        match end {
+            true => p.flush()?,
+            false => p.process()?,
+        }
+        views.push(Some(p.shard_windows()?));
+    }
+    let round = merger.round(&mut shards[0], &views)?;
+    for p in shards.iter_mut() {
+        p.prune_partials(merger.keep())?;
+    }
+    Ok(round)
 }

@@ -38,6 +38,11 @@ pub(crate) fn write_jsonl(entries: &[GenEntry], path: &Path) {
 
 /// `eventide replay --shards shards` of `input` into a new lake.
 pub(crate) async fn replay_sharded(input: &Path, pipelines: &Path, shards: u32) -> (tempfile::TempDir, Lake) {
+    replay_merging_every(input, pipelines, shards, eventide::replay::MERGE_EVERY).await
+}
+
+/// [`replay_sharded`] with a merge round every `every` lines (0: at the end only).
+async fn replay_merging_every(input: &Path, pipelines: &Path, shards: u32, every: u64) -> (tempfile::TempDir, Lake) {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
     let mut all = Vec::new();
@@ -49,7 +54,7 @@ pub(crate) async fn replay_sharded(input: &Path, pipelines: &Path, shards: u32) 
     if shards == 1 {
         eventide::replay::run(&input, all.remove(0), &lake, hour, "events").await.unwrap();
     } else {
-        eventide::replay::run_sharded(&input, all, &lake, hour, "events").await.unwrap();
+        eventide::replay::run_sharded(&input, all, &lake, hour, "events", every).await.unwrap();
     }
     (dir, lake)
 }
@@ -97,6 +102,9 @@ async fn sharded_windows_equal_one_shard_when_nothing_is_late() {
     let (_one_dir, one) = replay_sharded(&input, pipelines.path(), 1).await;
     let (_three_dir, three) = replay_sharded(&input, pipelines.path(), 3).await;
     let (_eight_dir, eight) = replay_sharded(&input, pipelines.path(), 8).await;
+    // The merger running as the input goes (every 300 lines, the shards dropping what it
+    // merged) finalises sessions while others are open: the same rows.
+    let (_often_dir, often) = replay_merging_every(&input, pipelines.path(), 8, 300).await;
     let p = Pipelines::new(check_dir(pipelines.path()).await.unwrap()).unwrap();
     for q in p.queries() {
         let name = &q.spec.name;
@@ -104,8 +112,10 @@ async fn sharded_windows_equal_one_shard_when_nothing_is_late() {
         assert!(want.len() >= 5, "{name}: one shard wrote {} rows", want.len());
         support::assert_same_rows(&table(&three, &p, name).await, &want, &format!("{name}: 3 shards vs 1"));
         support::assert_same_rows(&table(&eight, &p, name).await, &want, &format!("{name}: 8 shards vs 1"));
+        let got = table(&often, &p, name).await;
+        support::assert_same_rows(&got, &want, &format!("{name}: 8 shards merged every 300 lines vs 1"));
     }
-    for lake in [&one, &three, &eight] {
+    for lake in [&one, &three, &eight, &often] {
         assert_eq!(late_rows(lake, &p).await, Vec::<String>::new(), "nothing is late");
     }
 }

@@ -184,29 +184,38 @@ pub fn merge_parts(
     }
     // In order of start, then key: one group per session.
     write.sort_by_key(|&n| (chains[n].1, chains[n].0));
-    let mut accs = fresh(plan)?;
+    // One merge_batch per aggregate over the rows of every written session (a groups
+    // accumulator counts a group as seen when a call without nulls covers it: each call
+    // must hold every group).
     let groups = write.len();
-    for (p, (batch, widths)) in parts.iter().enumerate() {
-        let (mut idx, mut group) = (Vec::new(), Vec::new());
+    let mut picks: Vec<Vec<u32>> = vec![Vec::new(); parts.len()];
+    let mut group: Vec<usize> = Vec::new();
+    for (p, pick) in picks.iter_mut().enumerate() {
         for (g, &n) in write.iter().enumerate() {
-            for r in &rows[chains[n].3..chains[n].4] {
-                if r.3 == p {
-                    idx.push(r.4 as u32);
-                    group.push(g);
-                }
+            for r in rows[chains[n].3..chains[n].4].iter().filter(|r| r.3 == p) {
+                pick.push(r.4 as u32);
+                group.push(g);
             }
         }
-        if idx.is_empty() {
-            continue;
+    }
+    let picks: Vec<UInt32Array> = picks.into_iter().map(UInt32Array::from).collect();
+    let mut accs = fresh(plan)?;
+    let mut at = BOUNDS;
+    for (a, acc) in accs.iter_mut().enumerate() {
+        let width = parts.first().map_or(0, |(_, w)| w.get(a).copied().unwrap_or(0));
+        let mut state = Vec::with_capacity(width);
+        for c in at..at + width {
+            let pieces = parts
+                .iter()
+                .zip(&picks)
+                .filter(|(_, idx)| !idx.is_empty())
+                .map(|((b, _), idx)| Ok(take(b.column(c), idx, None)?))
+                .collect::<Result<Vec<ArrayRef>>>()?;
+            let refs: Vec<&dyn Array> = pieces.iter().map(|p| p.as_ref()).collect();
+            state.push(arrow::compute::concat(&refs)?);
         }
-        let idx = UInt32Array::from(idx);
-        let mut at = BOUNDS;
-        for (acc, &w) in accs.iter_mut().zip(widths.iter()) {
-            let st =
-                batch.columns()[at..at + w].iter().map(|c| Ok(take(c, &idx, None)?)).collect::<Result<Vec<_>>>()?;
-            acc.merge_batch(&st, &group, groups)?;
-            at += w;
-        }
+        acc.merge_batch(&state, &group, groups)?;
+        at += width;
     }
     let mut cols: Vec<ArrayRef> = match conv {
         Some(c) => {
