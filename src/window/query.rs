@@ -14,7 +14,6 @@ use std::time::Instant;
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
 };
-use arrow::compute::take;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use arrow::row::RowConverter;
 use datafusion::error::Result;
@@ -27,8 +26,10 @@ use super::watermark::Watermark;
 use crate::events::{Col, index_of};
 use crate::metrics::QueryStats;
 
+mod late;
 mod merge;
 mod state;
+pub use late::late_schema;
 pub use state::QueryState;
 
 /// Where the base columns the query itself reads are in its `events` batches (resolved
@@ -64,20 +65,6 @@ enum Op {
 
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
-
-/// Schema of the late-events table's files (the pipeline is the `pipeline=` partition).
-pub fn late_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("window_start", ts(), false),
-        Field::new("window_end", ts(), false),
-        Col::EventId.field(),
-        Col::EventType.field(),
-        Col::EventTime.field(),
-        Col::Stream.field(),
-        Col::StreamId.field(),
-        Field::new("watermark", ts(), false),
-    ]))
 }
 
 pub struct WindowedQuery {
@@ -341,23 +328,6 @@ impl WindowedQuery {
             self.late_ready.push(b);
         }
         Ok(())
-    }
-
-    /// Late rows with the watermark as of their arrival (so independent of batching).
-    fn late_batch(&self, part: &RecordBatch, wms: &[i64]) -> Result<RecordBatch> {
-        let idx = UInt32Array::from_iter_values(self.late.iter().map(|l| l.row));
-        let tz = |v: Vec<i64>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as ArrayRef;
-        let cols: Vec<ArrayRef> = vec![
-            tz(self.late.iter().map(|l| l.window_start).collect()),
-            tz(self.late.iter().map(|l| l.window_end).collect()),
-            take(part.column(self.cols.event_id), &idx, None)?,
-            take(part.column(self.cols.event_type), &idx, None)?,
-            take(part.column(self.cols.event_time), &idx, None)?,
-            take(part.column(self.cols.stream), &idx, None)?,
-            take(part.column(self.cols.stream_id), &idx, None)?,
-            tz(self.late.iter().map(|l| wms[l.row as usize]).collect()),
-        ];
-        Ok(RecordBatch::try_new(late_schema(), cols)?)
     }
 
     fn close(&mut self, wm: i64) -> Result<()> {
