@@ -31,7 +31,7 @@ use super::operator::{Closed, Late};
 use super::plan::Compiled;
 
 mod checkpoint;
-pub(super) mod partial;
+pub mod partial;
 pub use checkpoint::SessionState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
