@@ -42,6 +42,21 @@ pub struct Closed {
     pub state: Option<Vec<usize>>,
 }
 
+impl Closed {
+    /// Evaluated sessions: key + aggregate columns `cols`, row `i` the session
+    /// `[starts[i], ends[i])`.
+    pub fn sessions(plan: &Compiled, cols: Vec<ArrayRef>, starts: Vec<i64>, ends: Vec<i64>) -> Result<Closed> {
+        Ok(Closed {
+            start: starts.first().copied().unwrap_or(i64::MIN),
+            end: ends.first().copied().unwrap_or(i64::MIN),
+            revision: 0,
+            rows: RecordBatch::try_new(plan.aggregate_schema.clone(), cols)?,
+            bounds: Some((starts, ends)),
+            state: None,
+        })
+    }
+}
+
 /// `floor(a / b)` for a positive `b`.
 pub fn floor_div(a: i64, b: i64) -> i64 {
     a.div_euclid(b)
@@ -368,8 +383,9 @@ impl FixedWindows {
         Ok(())
     }
 
-    /// The window ending at `e` from its slides' frozen states (`None` when it has no rows).
-    fn merged(&self, plan: &Compiled, conv: Option<&RowConverter>, e: i64) -> Result<Option<Closed>> {
+    /// The window ending at `e` as one partial from its slides' frozen states (`None` when
+    /// it has no rows).
+    fn window_partial(&self, plan: &Compiled, conv: Option<&RowConverter>, e: i64) -> Result<Option<Partial>> {
         let last = e / self.slide - 1;
         let mut window = Partial::new(plan, conv)?;
         for (_, bin) in self.bins.range(last - self.slides_per_window() + 1..=last) {
@@ -377,32 +393,20 @@ impl FixedWindows {
                 window.merge(f)?;
             }
         }
-        if window.groups.len() == 0 {
-            return Ok(None);
-        }
-        Ok(Some(Closed {
-            start: e - self.size,
-            end: e,
-            revision: 0,
-            rows: window.evaluate(conv, &plan.aggregate_schema)?,
-            bounds: None,
-            state: None,
-        }))
+        Ok((window.groups.len() > 0).then_some(window))
     }
 
-    /// The window ending at `e` as one partial state from its slides' frozen states (`None`
-    /// when it has no rows).
+    /// The window ending at `e`, evaluated (`None` when it has no rows).
+    fn merged(&self, plan: &Compiled, conv: Option<&RowConverter>, e: i64) -> Result<Option<Closed>> {
+        let Some(window) = self.window_partial(plan, conv, e)? else { return Ok(None) };
+        let rows = window.evaluate(conv, &plan.aggregate_schema)?;
+        Ok(Some(Closed { start: e - self.size, end: e, revision: 0, rows, bounds: None, state: None }))
+    }
+
+    /// The window ending at `e` as one partial state, for the merger (`None` when it has
+    /// no rows).
     fn merged_state(&self, plan: &Compiled, conv: Option<&RowConverter>, e: i64) -> Result<Option<Closed>> {
-        let last = e / self.slide - 1;
-        let mut window = Partial::new(plan, conv)?;
-        for (_, bin) in self.bins.range(last - self.slides_per_window() + 1..=last) {
-            for f in &bin.frozen {
-                window.merge(f)?;
-            }
-        }
-        if window.groups.len() == 0 {
-            return Ok(None);
-        }
+        let Some(window) = self.window_partial(plan, conv, e)? else { return Ok(None) };
         let mut widths = Vec::new();
         let rows = window.freeze()?.to_batch(conv, &mut widths)?;
         Ok(Some(Closed { start: e - self.size, end: e, revision: 0, rows, bounds: None, state: Some(widths) }))

@@ -364,14 +364,7 @@ impl Sessions {
         }
         let starts: Vec<i64> = found.iter().map(|(_, s)| s.start).collect();
         let ends: Vec<i64> = found.iter().map(|(_, s)| s.last.saturating_add(self.gap)).collect();
-        Ok(Some(Closed {
-            start: starts[0],
-            end: ends[0],
-            revision: 0,
-            rows: RecordBatch::try_new(plan.aggregate_schema.clone(), cols)?,
-            bounds: Some((starts, ends)),
-            state: None,
-        }))
+        Ok(Some(Closed::sessions(plan, cols, starts, ends)?))
     }
 
     /// Rebuilds the accumulators with one slot per open session (bridged slots folded into

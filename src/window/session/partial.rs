@@ -229,13 +229,6 @@ pub fn merge_parts(
     }
     let starts: Vec<i64> = write.iter().map(|&n| chains[n].1).collect();
     let ends: Vec<i64> = write.iter().map(|&n| chains[n].2.saturating_add(gap)).collect();
-    let closed = Closed {
-        start: starts[0],
-        end: ends[0],
-        revision: 0,
-        rows: RecordBatch::try_new(plan.aggregate_schema.clone(), cols)?,
-        bounds: Some((starts, ends)),
-        state: None,
-    };
+    let closed = Closed::sessions(plan, cols, starts, ends)?;
     Ok(Merged { closed: Some(closed), sessions: groups as u64, keep })
 }
