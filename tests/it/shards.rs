@@ -176,6 +176,20 @@ async fn three_workers_over_eight_shards_equal_one_worker() {
         assert!(std::time::Instant::now() < deadline, "shards held {held:?}, all read: {read_all}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The holder of shard 0 merges the windows every shard has closed, and says so.
+    let merged = r#"eventide_merged_windows_total{group="analytics-3"}"#;
+    loop {
+        let mut n = 0.0;
+        for port in ports {
+            let text = request(port, "/metrics", None).await.map(|r| r.1).unwrap_or_default();
+            n += support::http::metric(&text, merged).unwrap_or(0.0);
+        }
+        if n > 0.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no window merged while the workers ran");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for (c, name) in children.iter_mut().zip(["w1", "w2", "w3"]) {
         let mut child = c.0.take().unwrap();
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
