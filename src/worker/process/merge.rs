@@ -27,10 +27,15 @@ impl Processor {
         self.merge.is_some()
     }
 
-    /// A merge round is due (shard 0: every checkpoint interval, whatever was read).
+    /// A checkpoint is due for the merge, at most once per checkpoint interval: this shard
+    /// closed windows since its last checkpoint (the merger learns it from the checkpoint),
+    /// or (shard 0) a merge round is due, whatever was read.
     pub(super) fn merge_due(&self, interval: Duration) -> bool {
-        let bounds_moved = self.pipelines.window_bounds().is_some_and(|b| b != self.committed_bounds);
-        bounds_moved || self.merge.as_ref().is_some_and(|m| m.last_round.is_none_or(|t| t.elapsed() >= interval))
+        if self.epoch_started.elapsed() < interval {
+            return false;
+        }
+        let round_due = self.merge.as_ref().is_some_and(|m| m.last_round.is_none_or(|t| t.elapsed() >= interval));
+        round_due || self.pipelines.window_bounds().is_some_and(|b| b != self.committed_bounds)
     }
 
     /// Before a checkpoint, pipelines processed: shard 0 merges what every shard has closed
