@@ -166,75 +166,46 @@ impl Merger {
                 let b = s.as_ref().and_then(|s| s.bounds.get(&name)).filter(|b| b.fingerprint == fingerprint);
                 upto = upto.min(b.map_or(i64::MIN, |b| b.closed_before));
             }
-            if upto <= from || q.failed.is_some() {
-                round.caught_up &= upto >= FLUSHED && !waits(shards, &name, self.keep.get(&name));
-                continue;
-            }
-            if q.is_session() {
-                let parts: Vec<(&RecordBatch, &[usize])> = shards
-                    .iter()
-                    .flatten()
-                    .filter_map(|s| states_of(s, &name))
-                    .flat_map(|s| s.windows.values().map(|b| (b, s.widths.as_slice())))
-                    .collect();
-                let long_open: Vec<&RecordBatch> = shards
-                    .iter()
-                    .flatten()
-                    .filter_map(|s| states_of(s, &name))
-                    .filter_map(|s| s.long_open.as_ref())
-                    .collect();
-                let (n, keep) = q
-                    .merge_session_parts(&parts, &long_open, (from, upto))
-                    .map_err(|e| super::query_error(&q.spec, e))?;
-                round.windows += n;
-                self.keep.insert(name.clone(), keep);
-            } else {
-                let mut ends: Vec<i64> = shards
-                    .iter()
-                    .flatten()
-                    .filter_map(|s| states_of(s, &name))
-                    .flat_map(|s| s.windows.range(from.saturating_add(1)..=upto).map(|(&e, _)| e))
-                    .collect();
-                ends.sort_unstable();
-                ends.dedup();
-                for end in ends {
-                    let states: Vec<(&RecordBatch, &[usize])> = shards
+            let mine: Vec<&ClosedStates> = shards.iter().flatten().filter_map(|s| s.states.get(&name)).collect();
+            if upto > from && q.failed.is_none() {
+                let keep = if q.is_session() {
+                    let parts: Vec<(&RecordBatch, &[usize])> =
+                        mine.iter().flat_map(|s| s.windows.values().map(|b| (b, s.widths.as_slice()))).collect();
+                    let long_open: Vec<&RecordBatch> = mine.iter().filter_map(|s| s.long_open.as_ref()).collect();
+                    let (n, keep) = q
+                        .merge_session_parts(&parts, &long_open, (from, upto))
+                        .map_err(|e| super::query_error(&q.spec, e))?;
+                    round.windows += n;
+                    keep
+                } else {
+                    let mut ends: Vec<i64> = mine
                         .iter()
-                        .flatten()
-                        .filter_map(|s| states_of(s, &name))
-                        .filter_map(|s| Some((s.windows.get(&end)?, s.widths.as_slice())))
+                        .flat_map(|s| s.windows.range(from.saturating_add(1)..=upto).map(|(&e, _)| e))
                         .collect();
-                    q.merge_window(end, &states).map_err(|e| super::query_error(&q.spec, e))?;
-                    round.windows += 1;
-                }
-                self.keep.insert(name.clone(), upto.saturating_add(1));
+                    ends.sort_unstable();
+                    ends.dedup();
+                    for end in ends {
+                        let states: Vec<(&RecordBatch, &[usize])> =
+                            mine.iter().filter_map(|s| Some((s.windows.get(&end)?, s.widths.as_slice()))).collect();
+                        q.merge_window(end, &states).map_err(|e| super::query_error(&q.spec, e))?;
+                        round.windows += 1;
+                    }
+                    upto.saturating_add(1)
+                };
+                self.keep.insert(name.clone(), keep);
+                self.merged.insert(name.clone(), upto);
+                round.progressed = true;
             }
-            self.merged.insert(name.clone(), upto);
-            round.progressed = true;
-            let keep = self.keep.get(&name);
-            round.caught_up &= upto >= FLUSHED && !waits(shards, &name, keep);
-            let waiting = shards
-                .iter()
-                .flatten()
-                .filter_map(|s| s.states.get(&name)?.windows.range(keep.copied().unwrap_or(i64::MIN)..).next())
-                .map(|(&e, _)| e)
-                .min();
+            // What some shard closed and the merger does not have yet (also when the bound
+            // did not move: a stalled shard is what the waiting age shows).
+            let keep = self.keep.get(&name).copied().unwrap_or(i64::MIN);
+            let waiting = mine.iter().filter_map(|s| s.windows.range(keep..).next()).map(|(&e, _)| e).min();
+            round.caught_up &= upto >= FLUSHED && waiting.is_none();
             round.oldest_waiting = round.oldest_waiting.into_iter().chain(waiting).min();
         }
         into.collect()?;
         Ok(round)
     }
-}
-
-fn states_of<'a>(s: &'a ShardWindows, name: &str) -> Option<&'a ClosedStates> {
-    s.states.get(name)
-}
-
-/// Whether some shard keeps closed states of `name` from `keep` on (the merger has not
-/// merged them all).
-fn waits(shards: &[Option<ShardWindows>], name: &str, keep: Option<&i64>) -> bool {
-    let from = keep.copied().unwrap_or(i64::MIN);
-    shards.iter().flatten().filter_map(|s| s.states.get(name)).any(|s| s.windows.range(from..).next().is_some())
 }
 
 impl Pipelines {
