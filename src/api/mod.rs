@@ -154,6 +154,11 @@ pub fn status_json(s: &Snapshot, now: Instant) -> serde_json::Value {
         "acked": s.stats.acked,
         "unacked": s.unacked,
         "last_commit_age_seconds": s.last_commit_unix_ms.map(|ms| (now_us / 1000 - ms) as f64 / 1000.0),
+        // Shard 0's holder of several shards: the merger's progress.
+        "merge": (s.stats.merged_windows > 0 || s.stats.merge_waiting_end_us.is_some()).then(|| serde_json::json!({
+            "merged_windows": s.stats.merged_windows,
+            "waiting_seconds": s.stats.merge_waiting_end_us.map_or(0.0, |end| now_us.saturating_sub(end).max(0) as f64 / 1e6),
+        })),
         // Upper bounds of the Prometheus buckets holding the quantiles.
         "durable_latency_ms": {
             "p50": s.stats.durable_latency.quantile_ms(0.5),

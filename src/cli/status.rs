@@ -45,6 +45,10 @@ pub struct StatusArgs {
     /// Exit 2 when a dead-letter stream holds more than this.
     #[arg(long)]
     pub max_dlq: Option<u64>,
+    /// Exit 2 when (shard 0's holder) a window closed at some shard has waited longer than
+    /// this for another shard to close it.
+    #[arg(long)]
+    pub max_merge_wait: Option<Dur>,
     /// Exit 2 when entries were trimmed before being read.
     #[arg(long)]
     pub fail_on_trimmed: bool,
@@ -107,7 +111,9 @@ async fn fetch(a: &StatusArgs) -> anyhow::Result<Value> {
         .context("timed out")?
         .with_context(|| format!("connecting to {} (is `eventide run` up? or use --redis-url)", a.http_addr))?;
     let auth = a.http_token.as_ref().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    s.write_all(format!("GET /api/status HTTP/1.1\r\nHost: {}\r\n{auth}\r\n", a.http_addr).as_bytes()).await?;
+    // One request: the server keeps connections alive unless asked not to.
+    let req = format!("GET /api/status HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{auth}\r\n", a.http_addr);
+    s.write_all(req.as_bytes()).await?;
     let mut buf = String::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut buf)).await.context("timed out")??;
     let (head, body) = buf.split_once("\r\n\r\n").context("not an HTTP response")?;
@@ -191,6 +197,23 @@ fn print(s: &Value, a: &StatusArgs) -> Vec<String> {
             if a.fail_on_unowned && holder.is_none() {
                 breaches.push(format!("shard {}: no worker holds its lease", sh["shard"]));
             }
+        }
+    }
+    if let Some(m) = s.get("merge").filter(|m| !m.is_null()) {
+        let waiting = m["waiting_seconds"].as_f64().unwrap_or(0.0);
+        println!(
+            "merger: {} windows merged; {}",
+            num(&m["merged_windows"]),
+            if waiting > 0.0 {
+                format!("oldest window waiting for another shard: {waiting:.1}s")
+            } else {
+                "no window waiting".to_string()
+            }
+        );
+        if let Some(max) = &a.max_merge_wait
+            && waiting > max.0.as_secs_f64()
+        {
+            breaches.push(format!("merger: a window has waited {waiting:.1}s for another shard (> {:?})", max.0));
         }
     }
     if let Some(age) = s["last_commit_age_seconds"].as_f64() {

@@ -116,7 +116,17 @@ impl Connector {
                     .map_err(|e| RedisError::from((redis::ErrorKind::InvalidClientConfig, "cluster", e.to_string())))?;
                 let client =
                     builder.connection_timeout(connection_timeout).response_timeout(response_timeout).build()?;
-                Ok(Conn::Cluster(client.get_async_connection().await?))
+                // The cluster client's first connection (seeds, then the slot map) has no
+                // deadline of its own (redis-rs#1953: it can wait forever); bound it here.
+                let within = connection_timeout + response_timeout;
+                match tokio::time::timeout(within, client.get_async_connection()).await {
+                    Ok(conn) => Ok(Conn::Cluster(conn?)),
+                    Err(_) => Err(RedisError::from((
+                        redis::ErrorKind::Io,
+                        "cluster connection",
+                        format!("no slot map from the seed nodes within {within:?}"),
+                    ))),
+                }
             }
         }
     }

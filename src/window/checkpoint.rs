@@ -49,21 +49,8 @@ impl Pipelines {
     /// Restores [`Pipelines::save_state`] into freshly loaded pipelines; returns the names of
     /// the pipelines restored.
     pub fn restore_state(&mut self, bytes: &[u8]) -> Result<Vec<String>> {
-        let mut r = Cursor { b: bytes };
-        if r.take(8)? != MAGIC {
-            return Err(bad("not a window state blob"));
-        }
-        let n = r.u32()? as usize;
         let mut restored = Vec::new();
-        for _ in 0..n {
-            let len = r.u32()? as usize;
-            let state: QueryState = serde_json::from_slice(r.take(len)?).map_err(|e| bad(e.to_string()))?;
-            let nb = r.u32()? as usize;
-            let mut batches = Vec::with_capacity(nb);
-            for _ in 0..nb {
-                let len = r.u64()? as usize;
-                batches.push(read_batch(r.take(len)?)?);
-            }
+        for (state, batches) in parse_state(bytes)? {
             let Some(q) = self.queries.iter_mut().find(|q| q.spec.name == state.name) else {
                 tracing::warn!(pipeline = %state.name, "Dropping the saved windows of a pipeline that no longer exists.");
                 continue;
@@ -77,6 +64,28 @@ impl Pipelines {
         }
         Ok(restored)
     }
+}
+
+/// The pipelines' states in a [`Pipelines::save_state`] blob.
+pub(super) fn parse_state(bytes: &[u8]) -> Result<Vec<(QueryState, Vec<RecordBatch>)>> {
+    let mut r = Cursor { b: bytes };
+    if r.take(8)? != MAGIC {
+        return Err(bad("not a window state blob"));
+    }
+    let n = r.u32()? as usize;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let len = r.u32()? as usize;
+        let state: QueryState = serde_json::from_slice(r.take(len)?).map_err(|e| bad(e.to_string()))?;
+        let nb = r.u32()? as usize;
+        let mut batches = Vec::new();
+        for _ in 0..nb {
+            let len = r.u64()? as usize;
+            batches.push(read_batch(r.take(len)?)?);
+        }
+        out.push((state, batches));
+    }
+    Ok(out)
 }
 
 fn read_batch(bytes: &[u8]) -> Result<RecordBatch> {

@@ -20,6 +20,8 @@ use datafusion::error::{DataFusionError, Result};
 use super::groups::{Frozen, Inputs, Partial};
 use super::plan::Compiled;
 
+mod live;
+
 /// An input row that missed a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Late {

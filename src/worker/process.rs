@@ -28,6 +28,7 @@ use super::RunOptions;
 use super::recovery::{noack_positions, take_over};
 
 mod acks;
+mod live;
 mod merge;
 mod report;
 
@@ -141,6 +142,7 @@ impl Processor {
                 last_round: None,
                 last: Default::default(),
                 cache: BTreeMap::new(),
+                live: Default::default(),
             });
         let committed_bounds = latest.window_bounds.clone();
         pipelines.declare_streams(&opts.source.streams);

@@ -124,7 +124,8 @@ pub(super) async fn lead<S: Future<Output = ()>>(
                     None => break,
                 },
                 Some(req) = live_rx.recv() => {
-                    let _ = req.reply.send(p.pipelines.live_rows(&req.pipeline));
+                    // An error goes to the asker (the API answers 500), not to the term.
+                    let _ = req.reply.send(p.live_rows(&req.pipeline).await);
                 }
                 _ = tick.tick() => {
                     p.pipelines.on_tick(Instant::now())?;
@@ -202,15 +203,23 @@ pub(super) async fn lead<S: Future<Output = ()>>(
         }
         keeper.abort();
     }
-    let _ = reader.await;
-    let _ = probe.await;
-    let _ = lake_probe.await;
+    // Each task ends on the stop within a read or a renewal; one that does not (a connection
+    // stuck without a reply) is aborted rather than holding the worker's exit.
+    let grace = opts.source.block + Duration::from_secs(15);
+    join_within(reader, grace, "reader").await;
+    join_within(probe, grace, "probe").await;
+    join_within(lake_probe, grace, "lake probe").await;
     let _ = keeper_stop.send(true);
-    let _ = keeper.await;
+    join_within(keeper, grace, "lease keeper").await;
     finished?;
     // Hand over at once (a standby need not wait for the lease to expire).
-    if let Err(e) = lease.release(&mut Commands::new(&opts.source.redis, opts.source.retry_timeout)?).await {
-        tracing::warn!(error = %e, "Could not release the group's lease; a standby takes over when it expires.");
+    let mut release_cmds = Commands::new(&opts.source.redis, opts.source.retry_timeout)?;
+    match tokio::time::timeout(opts.lease_ttl.max(Duration::from_secs(1)), lease.release(&mut release_cmds)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "Could not release the group's lease; a standby takes over when it expires.")
+        }
+        Err(_) => tracing::warn!("Releasing the group's lease timed out; a standby takes over when it expires."),
     }
     let summary = RunSummary {
         stats: p.stats.clone(),
@@ -220,4 +229,12 @@ pub(super) async fn lead<S: Future<Output = ()>>(
     };
     p.log_progress(summary.elapsed);
     Ok(summary)
+}
+
+/// Waits for `task` at most `grace`, then aborts it (logged).
+async fn join_within<T>(mut task: tokio::task::JoinHandle<T>, grace: Duration, what: &str) {
+    if tokio::time::timeout(grace, &mut task).await.is_err() {
+        tracing::warn!(task = what, ?grace, "A task did not stop in time; aborted.");
+        task.abort();
+    }
 }

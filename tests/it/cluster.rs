@@ -30,7 +30,13 @@ async fn workers_on_a_redis_cluster_survive_resharding_and_a_failover() {
         ..Default::default()
     })
     .collect();
-    let client = redis::cluster::ClusterClient::new(seeds.split(',').collect::<Vec<_>>()).unwrap();
+    // Bounded replies (a cluster client has no response timeout by default): a request lost
+    // in the failover fails the test instead of hanging it.
+    let client = redis::cluster::ClusterClientBuilder::new(seeds.split(',').collect::<Vec<_>>())
+        .connection_timeout(Duration::from_secs(5))
+        .response_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let mut conn = client.get_async_connection().await.unwrap();
     let publisher = tokio::spawn({
         let (entries, mut conn) = (entries.clone(), conn.clone());
@@ -72,23 +78,32 @@ async fn workers_on_a_redis_cluster_survive_resharding_and_a_failover() {
         }
     }
 
-    let published = publisher.await.unwrap();
+    let published = tokio::time::timeout(Duration::from_secs(180), publisher)
+        .await
+        .expect("the publisher finished within 180 s")
+        .unwrap();
     assert_eq!(published.entries, entries.len() as u64);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    for (name, w) in &mut workers {
-        let mut child = w.0.take().unwrap();
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        assert!(child.wait().unwrap().success(), "{name}'s clean stop: {}", crate::shards::log_tail(lake.path(), name));
-    }
-    let status = worker("w1", &["--redis-cluster", "--exit-when-idle", "1s"]).status().unwrap();
-    assert!(status.success(), "{}", crate::shards::log_tail(lake.path(), "w1"));
+    let log = |name: &str| crate::shards::log_tail(lake.path(), name);
+    tokio::task::block_in_place(|| {
+        for (name, w) in &mut workers {
+            let mut child = w.0.take().unwrap();
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let status =
+                support::wait_within(&mut child, Duration::from_secs(90), &format!("{name}'s stop"), || log(name));
+            assert!(status.success(), "{name}'s clean stop: {}", log(name));
+        }
+        let mut last = worker("w1", &["--redis-cluster", "--exit-when-idle", "1s"]);
+        let status = support::run_within(&mut last, Duration::from_secs(180), "the last run", || log("w1"));
+        assert!(status.success(), "{}", log("w1"));
+    });
 
     let archived: BTreeSet<String> = read_archive(lake.path()).into_keys().collect();
     assert_eq!(archived, support::event_ids(&entries), "archived events vs published, after a reshard and a failover");
     for shard in ShardId::all(8) {
         let key = shard.stream_key("events");
         let summary: (u64, redis::Value, redis::Value, redis::Value) =
-            redis::cmd("XPENDING").arg(&key).arg("analytics").query_async(&mut conn).await.unwrap();
+            redis::cmd("XPENDING").arg(&key).arg("analytics").query_async(&mut conn).await.expect("XPENDING");
         assert_eq!(summary.0, 0, "entries pending on {key}");
     }
     // The pipeline tables (windows merged across the shards) and late events: as `eventide

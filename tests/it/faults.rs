@@ -158,7 +158,8 @@ async fn sigkill_drill(kills: usize, mode: &[&str]) {
         child.wait().unwrap();
     }
     publisher.await.unwrap().unwrap();
-    let status = eventide(&redis.url(), lake.path(), &[mode, &["--exit-when-idle", "1s"]].concat()).status().unwrap();
+    let mut last = eventide(&redis.url(), lake.path(), &[mode, &["--exit-when-idle", "1s"]].concat());
+    let status = support::run_within(&mut last, Duration::from_secs(120), "the last run", String::new);
     assert!(status.success());
     stop.store(true, Ordering::Relaxed);
     poller.join().expect("the concurrent reader saw only whole files and no duplicate");

@@ -14,6 +14,7 @@ mod faults;
 mod golden;
 mod hostile;
 mod http;
+mod live_shards;
 mod merge;
 mod metrics;
 mod partition;

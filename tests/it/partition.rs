@@ -149,7 +149,9 @@ async fn a_partitioned_holder_commits_nothing_after_its_lease_could_lapse() {
     assert!(log_b.contains("Recovered from checkpoint"), "c2 continued c1's checkpoints:\n{log_b}");
     let mut child_a = a.0.take().unwrap();
     assert!(Command::new("kill").args(["-TERM", &child_a.id().to_string()]).status().unwrap().success());
-    let status_a = child_a.wait().unwrap();
+    let status_a = support::wait_within(&mut child_a, Duration::from_secs(120), "c1's stop", || {
+        std::fs::read_to_string(&log_a).unwrap_or_default()
+    });
     let log_a = std::fs::read_to_string(&log_a).unwrap();
     assert!(status_a.success(), "c1 stopped cleanly as a standby: {log_a}");
     assert!(log_a.contains("back to standby"), "c1 did not notice it was fenced:\n{log_a}");
@@ -162,7 +164,12 @@ async fn a_partitioned_holder_commits_nothing_after_its_lease_could_lapse() {
     );
     // What c1's reader took once the partition healed is pending at c1: a final run (as after
     // any failover) takes it over.
-    let status = node("c2", &redis.url(), lake.path(), &["--exit-when-idle", "1s"]).status().unwrap();
+    let status = support::run_within(
+        &mut node("c2", &redis.url(), lake.path(), &["--exit-when-idle", "1s"]),
+        Duration::from_secs(120),
+        "c2's last run",
+        String::new,
+    );
     assert!(status.success());
     stop.store(true, Ordering::Relaxed);
 
@@ -255,9 +262,15 @@ async fn a_partitioned_worker_commits_for_none_of_its_shards_after_their_leases_
         let mut child = w.0.take().unwrap();
         assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
         let log = std::fs::read_to_string(lake.path().join(format!("{name}.log"))).unwrap_or_default();
-        assert!(child.wait().unwrap().success(), "{name} stopped cleanly: {log}");
+        let status = support::wait_within(&mut child, Duration::from_secs(120), name, || log.clone());
+        assert!(status.success(), "{name} stopped cleanly: {log}");
     }
-    let status = worker("w2", &redis.url(), &["--exit-when-idle", "1s"]).status().unwrap();
+    let status = support::run_within(
+        &mut worker("w2", &redis.url(), &["--exit-when-idle", "1s"]),
+        Duration::from_secs(120),
+        "w2's last run",
+        String::new,
+    );
     assert!(status.success());
     stop.store(true, Ordering::Relaxed);
 

@@ -23,6 +23,8 @@ use crate::support::http::{free_port, request};
 use crate::support::{self, RedisServer, read_archive, table};
 
 const SHARDS: u32 = 8;
+/// The most a worker may take to stop or to finish a bounded input (a hang fails the test).
+const LIMIT: Duration = Duration::from_secs(120);
 
 /// A worker of `group` running the pipelines in `pipelines` (`""`: none).
 pub(crate) fn worker_in(group: &str, name: &str, redis: &str, lake: &Path, pipelines: &str, extra: &[&str]) -> Command {
@@ -121,8 +123,8 @@ async fn three_workers_over_eight_shards_equal_one_worker() {
     let pipelines = crate::merge::example_pipelines();
     let pipes = pipelines.path().to_str().unwrap();
     let one = tempfile::tempdir().unwrap();
-    let status =
-        worker_in("analytics", "solo", &redis.url(), one.path(), pipes, &["--exit-when-idle", "1s"]).status().unwrap();
+    let mut solo = worker_in("analytics", "solo", &redis.url(), one.path(), pipes, &["--exit-when-idle", "1s"]);
+    let status = support::run_within(&mut solo, LIMIT, "the solo run", || log_tail(one.path(), "solo"));
     assert!(status.success(), "{}", log_tail(one.path(), "solo"));
     assert_exactly_once(&redis.url(), &entries, one.path(), "one worker").await;
 
@@ -200,11 +202,13 @@ async fn three_workers_over_eight_shards_equal_one_worker() {
     for (c, name) in children.iter_mut().zip(["w1", "w2", "w3"]) {
         let mut child = c.0.take().unwrap();
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        assert!(child.wait().unwrap().success(), "{name}: {}", log_tail(three.path(), name));
+        let status = support::wait_within(&mut child, LIMIT, name, || log_tail(three.path(), name));
+        assert!(status.success(), "{name}: {}", log_tail(three.path(), name));
     }
     // Their open windows are in their checkpoints: one more worker closes them at the end.
     let last = ["--dlq-stream", "three", "--exit-when-idle", "1s"];
-    let status = worker_in("analytics-3", "w1", &redis.url(), three.path(), pipes, &last).status().unwrap();
+    let mut w1 = worker_in("analytics-3", "w1", &redis.url(), three.path(), pipes, &last);
+    let status = support::run_within(&mut w1, LIMIT, "the last run", || log_tail(three.path(), "w1"));
     assert!(status.success(), "{}", log_tail(three.path(), "w1"));
     assert_same_tables(&entries, pipelines.path(), &[("one worker", one.path()), ("three workers", three.path())])
         .await;
@@ -246,7 +250,8 @@ async fn workers_killed_added_and_removed_count_every_event_once() {
                 let mut child = gone.0.take().unwrap();
                 let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
                 assert!(term.success());
-                assert!(child.wait().unwrap().success(), "w2's clean stop: {}", log_tail(lake.path(), "w2"));
+                let status = support::wait_within(&mut child, LIMIT, "w2", || log_tail(lake.path(), "w2"));
+                assert!(status.success(), "w2's clean stop: {}", log_tail(lake.path(), "w2"));
             }
             _ => {}
         }
@@ -257,17 +262,87 @@ async fn workers_killed_added_and_removed_count_every_event_once() {
         child.wait().unwrap();
         *w = spawn(name);
     }
-    publisher.await.unwrap();
+    tokio::time::timeout(LIMIT, publisher).await.expect("the publisher finished").unwrap();
     // (A worker just restarted has its signal handlers in place after this.)
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for (name, w) in &mut workers {
         let mut child = w.0.take().unwrap();
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        assert!(child.wait().unwrap().success(), "{name}'s clean stop: {}", log_tail(lake.path(), name));
+        let status = support::wait_within(&mut child, LIMIT, name, || log_tail(lake.path(), name));
+        assert!(status.success(), "{name}'s clean stop: {}", log_tail(lake.path(), name));
     }
-    let status =
-        worker_in("analytics", "w1", &redis.url(), lake.path(), pipes, &["--exit-when-idle", "1s"]).status().unwrap();
+    let mut w1 = worker_in("analytics", "w1", &redis.url(), lake.path(), pipes, &["--exit-when-idle", "1s"]);
+    let status = support::run_within(&mut w1, LIMIT, "the last run", || log_tail(lake.path(), "w1"));
     assert!(status.success(), "{}", log_tail(lake.path(), "w1"));
     assert_exactly_once(&redis.url(), &entries, lake.path(), "after 20 kills, a join and a leave").await;
     assert_same_tables(&entries, pipelines.path(), &[("after 20 kills, a join and a leave", lake.path())]).await;
+}
+
+/// Two workers by static assignment (w0: even shards, shard 0 and the merger; w1: odd
+/// ones). w1 is paused (SIGSTOP) while events flow: its shards close nothing, so the merger
+/// stops and says so (`eventide status --max-merge-wait` exits 2, the waiting gauge is up);
+/// resumed, w1 finds its leases may have lapsed, takes them again and the merger goes on.
+/// The tables equal `eventide replay --shards 8`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_shard_holds_the_merger_and_status_says_so() {
+    let redis = RedisServer::start();
+    let entries = drill_entries(12_000, 33);
+    let lake = tempfile::tempdir().unwrap();
+    let pipelines = crate::merge::example_pipelines();
+    let pipes = pipelines.path().to_str().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let w0 = ["--workers", "2", "--worker-index", "0", "--http-addr", &addr];
+    let mut w0 = KillOnDrop(Some(worker_in("analytics", "w0", &redis.url(), lake.path(), pipes, &w0).spawn().unwrap()));
+    let w1 = ["--workers", "2", "--worker-index", "1"];
+    let mut w1 = KillOnDrop(Some(worker_in("analytics", "w1", &redis.url(), lake.path(), pipes, &w1).spawn().unwrap()));
+    let publisher = publish(&redis.url(), &entries, 2_000.0).await;
+    let merged_metric = r#"eventide_merged_windows_total{group="analytics"}"#;
+    let merged = async || {
+        let text = request(port, "/metrics", None).await.map(|r| r.1).unwrap_or_default();
+        support::http::metric(&text, merged_metric).unwrap_or(0.0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while merged().await == 0.0 {
+        assert!(std::time::Instant::now() < deadline, "nothing merged: {}", log_tail(lake.path(), "w0"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let pid = w1.0.as_ref().unwrap().id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    // Shard 0 merges what the paused shards had committed, then waits for them.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = merged().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(merged().await, before, "the merger went on without the paused shards");
+    let status = Command::new(env!("CARGO_BIN_EXE_eventide"))
+        .args(["status", "--http-addr", &addr, "--max-merge-wait", "1s"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout).to_string() + &String::from_utf8_lossy(&status.stderr);
+    assert_eq!(status.status.code(), Some(2), "status flags the waiting merge:\n{text}");
+    assert!(text.contains("oldest window waiting for another shard"), "{text}");
+    let metrics = request(port, "/metrics", None).await.map(|r| r.1).unwrap_or_default();
+    let waiting = support::http::metric(&metrics, r#"eventide_merge_waiting_seconds{group="analytics"}"#);
+    assert!(waiting.is_some_and(|w| w > 1.0), "the waiting gauge: {waiting:?}");
+
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while merged().await <= before {
+        assert!(std::time::Instant::now() < deadline, "the merger did not go on: {}", log_tail(lake.path(), "w1"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::timeout(LIMIT, publisher).await.expect("the publisher finished").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (name, w) in [("w0", &mut w0), ("w1", &mut w1)] {
+        let mut child = w.0.take().unwrap();
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let status = support::wait_within(&mut child, LIMIT, name, || log_tail(lake.path(), name));
+        assert!(status.success(), "{name}'s clean stop: {}", log_tail(lake.path(), name));
+    }
+    let mut last = worker_in("analytics", "w0", &redis.url(), lake.path(), pipes, &["--exit-when-idle", "1s"]);
+    let status = support::run_within(&mut last, LIMIT, "the last run", || log_tail(lake.path(), "w0"));
+    assert!(status.success(), "{}", log_tail(lake.path(), "w0"));
+    assert_exactly_once(&redis.url(), &entries, lake.path(), "after a paused worker").await;
+    assert_same_tables(&entries, pipelines.path(), &[("after a paused worker", lake.path())]).await;
 }

@@ -76,6 +76,15 @@ impl WindowedQuery {
     /// The window ending at `end` from every shard's partial state of it (in shard order):
     /// merged, evaluated, through HAVING / SELECT into [`WindowedQuery::ready`].
     pub(in crate::window) fn merge_window(&mut self, end: i64, states: &[(&RecordBatch, &[usize])]) -> Result<()> {
+        match self.merged_closed(end, states)? {
+            Some(closed) => self.emit(vec![closed]),
+            None => Ok(()),
+        }
+    }
+
+    /// The window ending at `end` from every shard's partial state of it, evaluated
+    /// (`None`: no rows anywhere).
+    fn merged_closed(&self, end: i64, states: &[(&RecordBatch, &[usize])]) -> Result<Option<Closed>> {
         let size = match self.spec.window {
             WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => size,
             WindowKind::Session { .. } => {
@@ -89,10 +98,48 @@ impl WindowedQuery {
             window.merge(&Frozen::from_batch(batch, conv, n_keys, widths)?)?;
         }
         if window.groups.len() == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let rows = window.evaluate(conv, &self.plan.aggregate_schema)?;
-        let closed = Closed { start: end - size, end, revision: 0, rows, bounds: None, state: None };
-        self.emit(vec![closed])
+        Ok(Some(Closed { start: end - size, end, revision: 0, rows, bounds: None, state: None }))
     }
+
+    /// This shard's part of a live view across shards (fixed windows in partial mode; `None`
+    /// otherwise): its open windows, each as one partial state, and the closed ones it keeps
+    /// for the merger.
+    pub(in crate::window) fn live_states(&mut self) -> Result<Option<ClosedStates>> {
+        let (Op::Fixed(f), Some(kept)) = (&mut self.op, &self.partials) else { return Ok(None) };
+        let mut out = ClosedStates { long_open: None, ..kept.clone() };
+        add_open(&mut out, f.open_states(&self.plan, self.conv.as_ref())?)?;
+        Ok(Some(out))
+    }
+
+    /// The live view across shards: every window ending after `after` (the merger's
+    /// progress) that some shard's `states` hold, merged in shard order and through HAVING /
+    /// SELECT (the table's schema). Nothing is queued or counted.
+    pub(in crate::window) fn live_merged(&self, after: i64, shards: &[&ClosedStates]) -> Result<Vec<RecordBatch>> {
+        let ends: std::collections::BTreeSet<i64> =
+            shards.iter().flat_map(|s| s.windows.range(after.saturating_add(1)..).map(|(e, _)| *e)).collect();
+        let mut out = Vec::new();
+        for end in ends {
+            let states: Vec<(&RecordBatch, &[usize])> =
+                shards.iter().filter_map(|s| Some((s.windows.get(&end)?, s.widths.as_slice()))).collect();
+            if let Some(closed) = self.merged_closed(end, &states)? {
+                out.extend(self.table_rows(closed)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Adds open windows' partial states ([`crate::window::operator::FixedWindows::open_states`])
+/// to a shard's closed ones.
+pub(super) fn add_open(out: &mut ClosedStates, open: Vec<Closed>) -> Result<()> {
+    for c in open {
+        if let Some(widths) = c.state {
+            out.widths = widths;
+        }
+        out.add(c.end, c.rows)?;
+    }
+    Ok(())
 }

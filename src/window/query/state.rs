@@ -7,6 +7,7 @@ use arrow::array::RecordBatch;
 use datafusion::error::Result;
 
 use super::{Op, WindowedQuery};
+use crate::window::merge::ClosedStates;
 
 /// A checkpoint of one pipeline's window state (its batches travel beside it).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -78,5 +79,29 @@ impl WindowedQuery {
         // The idle timeout counts from the restart.
         self.last_arrival = (state.max_time != i64::MIN).then(Instant::now);
         Ok(())
+    }
+}
+
+impl WindowedQuery {
+    /// Another shard's part of a live view across shards (see
+    /// [`WindowedQuery::live_states`]), from its checkpointed state of this pipeline and the
+    /// closed states it keeps; `None` unless fixed windows in partial mode of this very
+    /// definition.
+    pub(in crate::window) fn saved_live_states(
+        &self,
+        saved: &QueryState,
+        batches: &[RecordBatch],
+        closed: Option<ClosedStates>,
+    ) -> Result<Option<ClosedStates>> {
+        if self.partials.is_none() || saved.fingerprint != self.fingerprint() {
+            return Ok(None);
+        }
+        let (Op::Fixed(_), OpState::Fixed(s)) = (&self.op, &saved.op) else { return Ok(None) };
+        let Op::Fixed(mut f) = super::make_op(&self.spec, &self.plan, true)? else { return Ok(None) };
+        let conv = self.conv.as_ref();
+        f.restore(s, batches, conv, self.plan.group_types.len())?;
+        let mut out = ClosedStates { long_open: None, ..closed.unwrap_or_default() };
+        super::merge::add_open(&mut out, f.open_states(&self.plan, conv)?)?;
+        Ok(Some(out))
     }
 }

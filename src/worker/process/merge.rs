@@ -19,6 +19,8 @@ pub(in crate::worker) struct MergeSide {
     pub last: MergeRound,
     /// Per shard, the epoch and windows of its checkpoint read last.
     pub cache: BTreeMap<u32, (u64, ShardWindows)>,
+    /// The other shards' windows for the live view.
+    pub live: super::live::LiveCache,
 }
 
 impl Processor {
@@ -67,6 +69,9 @@ impl Processor {
             self.stats.merge_waiting_end_us = side.last.oldest_waiting;
             let keep = side.merger.keep().clone();
             self.pipelines.prune_partials(&keep)?;
+            if self.live_refresh_due(interval) {
+                self.refresh_live().await?;
+            }
         } else if self.merge.is_none()
             && self.pipelines.has_partials()
             && let Some(m) = manifest_of(&self.cp, 0).await?
@@ -119,7 +124,7 @@ impl Processor {
 }
 
 /// Shard `index`'s latest checkpoint (its line beside `cp`'s).
-async fn manifest_of(cp: &Checkpoints, index: u32) -> Result<Option<Manifest>> {
+pub(super) async fn manifest_of(cp: &Checkpoints, index: u32) -> Result<Option<Manifest>> {
     let shard = ShardId { index, count: cp.shard.count };
     Checkpoints::new(cp.lake().clone(), shard, &cp.group, &cp.consumer).latest().await
 }

@@ -86,3 +86,36 @@ pub fn assert_same_rows(got: &[String], want: &[String], what: &str) {
     let missing: Vec<_> = w.difference(&g).take(5).collect();
     panic!("{what}: {} rows, expected {}; unexpected {extra:?}; missing {missing:?}", got.len(), want.len());
 }
+
+/// Waits for `child` at most `within`; past it the child is killed and the test fails
+/// with `what` and `log()` (a hung process fails its test instead of holding CI).
+pub fn wait_within(
+    child: &mut std::process::Child,
+    within: Duration,
+    what: &str,
+    log: impl Fn() -> String,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("the child's status") {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {within:?}:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `cmd` to its end, at most `within` (see [`wait_within`]).
+pub fn run_within(
+    cmd: &mut std::process::Command,
+    within: Duration,
+    what: &str,
+    log: impl Fn() -> String,
+) -> std::process::ExitStatus {
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
+    wait_within(&mut child, within, what, log)
+}

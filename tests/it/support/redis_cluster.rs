@@ -72,7 +72,9 @@ impl RedisCluster {
 
     /// `redis-cli -p port args…`'s output, `None` when it failed.
     pub fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().ok()?;
+        // Bounded: a node that stops answering fails the caller's check instead of hanging.
+        let out =
+            Command::new("timeout").args(["20", "redis-cli", "-p", &port.to_string()]).args(args).output().ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -111,8 +113,8 @@ impl RedisCluster {
 
     /// Moves `slots` slots from node `from` to node `to` (live resharding: `MIGRATE`, `ASK`).
     pub fn reshard(&self, from: &str, to: &str, slots: u32) {
-        let out = Command::new("redis-cli")
-            .args(["--cluster", "reshard", &format!("127.0.0.1:{}", self.ports[0])])
+        let out = Command::new("timeout")
+            .args(["300", "redis-cli", "--cluster", "reshard", &format!("127.0.0.1:{}", self.ports[0])])
             .args(["--cluster-from", from, "--cluster-to", to, "--cluster-slots", &slots.to_string()])
             .args(["--cluster-yes"])
             .stdout(Stdio::piped())
@@ -121,7 +123,8 @@ impl RedisCluster {
             .unwrap();
         assert!(
             out.status.success(),
-            "reshard: {}{}",
+            "reshard ({}): {}{}",
+            out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
