@@ -137,7 +137,22 @@ pub struct Merger {
 }
 
 impl Merger {
-    pub fn new(merged: BTreeMap<String, i64>, keep: BTreeMap<String, i64>) -> Self {
+    /// The progress committed by shard 0 (`merged`, `keep`, and its bounds with each
+    /// pipeline's definition then), for `pipelines` as they are now: a pipeline whose
+    /// definition changed starts over (its windows under the new definition are all still
+    /// to merge; the old progress would skip those ending before it).
+    pub fn resume(
+        mut merged: BTreeMap<String, i64>,
+        mut keep: BTreeMap<String, i64>,
+        bounds: &BTreeMap<String, WindowBound>,
+        pipelines: &Pipelines,
+    ) -> Self {
+        let same = |name: &String| {
+            let now = pipelines.queries.iter().find(|q| &q.spec.name == name).map(|q| q.fingerprint_hash());
+            now.is_some() && bounds.get(name).map(|b| b.fingerprint) == now
+        };
+        merged.retain(|name, _| same(name));
+        keep.retain(|name, _| same(name));
         Merger { merged, keep }
     }
 

@@ -48,3 +48,29 @@ async fn state_is_bounded_by_groups_not_events() {
         assert!(sizes[1] < 2 << 20, "{window}: {} bytes of state", sizes[1]);
     }
 }
+
+/// The merger's committed progress is kept for a pipeline defined as then, and dropped for
+/// one whose definition changed (its windows under the new definition all still merge).
+#[tokio::test]
+async fn the_merger_starts_over_for_a_changed_pipeline() {
+    use std::collections::BTreeMap;
+
+    use super::merge::Merger;
+    use crate::checkpoint::WindowBound;
+
+    let toml = "window = { kind = \"tumbling\", size = \"1m\" }\nsql = \"SELECT count(*) AS n FROM events\"\n";
+    let s = spec::parse(toml, Path::new("counts.toml")).unwrap();
+    let c = plan::compile(&s).await.unwrap();
+    let mut pipelines = Pipelines::new(vec![(s, c)]).unwrap();
+    pipelines.emit_partials().unwrap();
+    let name = pipelines.queries()[0].spec.name.clone();
+    let now = pipelines.queries()[0].fingerprint_hash();
+    let progress = BTreeMap::from([(name.clone(), 120_000_000i64)]);
+    let bound = |fingerprint| BTreeMap::from([(name.clone(), WindowBound { fingerprint, closed_before: 120_000_000 })]);
+
+    let same = Merger::resume(progress.clone(), progress.clone(), &bound(now), &pipelines);
+    assert_eq!(same.merged(), &progress);
+    assert_eq!(same.keep(), &progress);
+    let changed = Merger::resume(progress.clone(), progress.clone(), &bound(now ^ 1), &pipelines);
+    assert!(changed.merged().is_empty() && changed.keep().is_empty());
+}

@@ -138,7 +138,12 @@ impl Processor {
         }
         let merge =
             (opts.shard.count > 1 && opts.shard.index == 0 && !pipelines.is_empty()).then(|| merge::MergeSide {
-                merger: crate::window::merge::Merger::new(latest.merged.clone(), latest.merge_keep.clone()),
+                merger: crate::window::merge::Merger::resume(
+                    latest.merged.clone(),
+                    latest.merge_keep.clone(),
+                    &latest.window_bounds,
+                    &pipelines,
+                ),
                 last_round: None,
                 last: Default::default(),
                 cache: BTreeMap::new(),
