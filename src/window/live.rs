@@ -6,8 +6,8 @@
 //! Over several shards ([`crate::window::merge`]) shard 0's holder answers: a window not
 //! merged yet is shown as the merge of every shard's state of it, its own as it stands and
 //! the others' as of their latest checkpoints ([`Pipelines::saved_live_states`]), so the
-//! values lag by up to a checkpoint interval. Fixed windows only: open sessions are not
-//! merged across shards for the live view (their merged rows show once merged).
+//! values lag by up to a checkpoint interval. Sessions: every shard's parts, open and closed,
+//! chained, each chain shown as it stands.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};

@@ -104,13 +104,17 @@ impl WindowedQuery {
         Ok(Some(Closed { start: end - size, end, revision: 0, rows, bounds: None, state: None }))
     }
 
-    /// This shard's part of a live view across shards (fixed windows in partial mode; `None`
-    /// otherwise): its open windows, each as one partial state, and the closed ones it keeps
-    /// for the merger.
+    /// This shard's part of a live view across shards (partial mode; `None` otherwise): its
+    /// open windows, each as one partial state (sessions: its open sessions as parts), and
+    /// the closed ones it keeps for the merger.
     pub(in crate::window) fn live_states(&mut self) -> Result<Option<ClosedStates>> {
-        let (Op::Fixed(f), Some(kept)) = (&mut self.op, &self.partials) else { return Ok(None) };
+        let Some(kept) = &self.partials else { return Ok(None) };
         let mut out = ClosedStates { long_open: None, ..kept.clone() };
-        add_open(&mut out, f.open_states(&self.plan, self.conv.as_ref())?)?;
+        let open = match &mut self.op {
+            Op::Fixed(f) => f.open_states(&self.plan, self.conv.as_ref())?,
+            Op::Session(s) => s.open_parts(&self.plan)?.into_iter().collect(),
+        };
+        add_open(&mut out, open)?;
         Ok(Some(out))
     }
 
@@ -118,6 +122,18 @@ impl WindowedQuery {
     /// progress) that some shard's `states` hold, merged in shard order and through HAVING /
     /// SELECT (the table's schema). Nothing is queued or counted.
     pub(in crate::window) fn live_merged(&self, after: i64, shards: &[&ClosedStates]) -> Result<Vec<RecordBatch>> {
+        if let WindowKind::Session { gap } = self.spec.window {
+            // Every part, open or closed, chained; each chain shown as it stands.
+            let parts: Vec<(&RecordBatch, &[usize])> =
+                shards.iter().flat_map(|s| s.windows.values().map(|b| (b, s.widths.as_slice()))).collect();
+            let range = (after, i64::MAX);
+            let m =
+                crate::window::session::partial::merge_parts(&self.plan, self.conv.as_ref(), gap, &parts, &[], range)?;
+            return Ok(match m.closed {
+                Some(c) => self.table_rows(c)?.into_iter().collect(),
+                None => Vec::new(),
+            });
+        }
         let ends: std::collections::BTreeSet<i64> =
             shards.iter().flat_map(|s| s.windows.range(after.saturating_add(1)..).map(|(e, _)| *e)).collect();
         let mut out = Vec::new();

@@ -85,8 +85,7 @@ impl WindowedQuery {
 impl WindowedQuery {
     /// Another shard's part of a live view across shards (see
     /// [`WindowedQuery::live_states`]), from its checkpointed state of this pipeline and the
-    /// closed states it keeps; `None` unless fixed windows in partial mode of this very
-    /// definition.
+    /// closed states it keeps; `None` unless in partial mode and of this very definition.
     pub(in crate::window) fn saved_live_states(
         &self,
         saved: &QueryState,
@@ -96,12 +95,20 @@ impl WindowedQuery {
         if self.partials.is_none() || saved.fingerprint != self.fingerprint() {
             return Ok(None);
         }
-        let (Op::Fixed(_), OpState::Fixed(s)) = (&self.op, &saved.op) else { return Ok(None) };
-        let Op::Fixed(mut f) = super::make_op(&self.spec, &self.plan, true)? else { return Ok(None) };
         let conv = self.conv.as_ref();
-        f.restore(s, batches, conv, self.plan.group_types.len())?;
+        let open = match (super::make_op(&self.spec, &self.plan, true)?, &saved.op) {
+            (Op::Fixed(mut f), OpState::Fixed(s)) => {
+                f.restore(s, batches, conv, self.plan.group_types.len())?;
+                f.open_states(&self.plan, conv)?
+            }
+            (Op::Session(mut x), OpState::Session(s)) => {
+                x.restore(&self.plan, s, batches)?;
+                x.open_parts(&self.plan)?.into_iter().collect()
+            }
+            _ => return Ok(None),
+        };
         let mut out = ClosedStates { long_open: None, ..closed.unwrap_or_default() };
-        super::merge::add_open(&mut out, f.open_states(&self.plan, conv)?)?;
+        super::merge::add_open(&mut out, open)?;
         Ok(Some(out))
     }
 }

@@ -57,6 +57,21 @@ impl Sessions {
         Ok(RecordBatch::try_new(Arc::new(schema), cols)?)
     }
 
+    /// The open sessions as one part batch (a live view across shards: every shard's parts,
+    /// open and closed, chained; the sessions are unchanged). `None`: none open.
+    pub fn open_parts(&mut self, plan: &Compiled) -> Result<Option<Closed>> {
+        let Some(widths) = self.partials.clone() else { return Ok(None) };
+        let states: Vec<ArrayRef> = self.states(plan)?.into_iter().flatten().collect();
+        let rows: Vec<(usize, u64)> = self
+            .slot_owner
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| self.sessions.get(*id).is_some_and(|s| matches!(s.state, State::Open { .. })))
+            .map(|(slot, id)| (slot, *id))
+            .collect();
+        self.partial_rows(&rows, &states, &widths)
+    }
+
     /// The sessions `rows` (state row, session id) as one part batch: `key`, `start`,
     /// `last`, then every aggregate's state columns (`states`, `widths` per aggregate).
     pub(super) fn partial_rows(
