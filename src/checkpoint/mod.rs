@@ -18,6 +18,9 @@
 //! are processed as new. See ARCHITECTURE.md for the invariants.
 
 pub mod legacy;
+mod part;
+
+pub use part::Checkpointed;
 
 use std::collections::{BTreeMap, BTreeSet};
 

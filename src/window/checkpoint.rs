@@ -13,6 +13,7 @@ use arrow_ipc::writer::StreamWriter;
 
 use super::query::QueryState;
 use super::{Pipelines, query_error};
+use crate::checkpoint::{Checkpointed, Checkpoints, Manifest};
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"EVWIN001";
@@ -86,6 +87,47 @@ pub(super) fn parse_state(bytes: &[u8]) -> Result<Vec<(QueryState, Vec<RecordBat
         out.push((state, batches));
     }
     Ok(out)
+}
+
+/// The pipelines' part of a checkpoint: every pipeline's window state (`windows.bin`), the
+/// rows waiting for table files (`tables.bin`) and, as one shard of several, the closed
+/// windows' partial states (`partials.bin`) and how far each pipeline has closed
+/// (`window_bounds`, see [`super::merge`]).
+impl Checkpointed for Pipelines {
+    async fn save(&mut self, cp: &Checkpoints, m: &mut Manifest) -> Result<()> {
+        let epoch = m.epoch;
+        if !self.is_empty() {
+            // First: it processes what is buffered (which may close windows into the tables).
+            m.windows = Some(cp.put_blob(epoch, "windows.bin", self.save_state()?).await?);
+        }
+        let pending = self.save_tables()?;
+        if !pending.is_empty() {
+            m.tables = Some(cp.put_blob(epoch, "tables.bin", crate::checkpoint::pack(&pending)).await?);
+        }
+        if self.partial() {
+            let w = self.shard_windows()?;
+            if w.states.values().any(|s| !s.windows.is_empty()) {
+                let blob = super::merge::encode_states(&w.states)?;
+                m.partials = Some(cp.put_blob(epoch, "partials.bin", blob).await?);
+            }
+            m.window_bounds = w.bounds;
+        }
+        Ok(())
+    }
+
+    async fn restore(&mut self, cp: &Checkpoints, m: &Manifest) -> Result<()> {
+        if let Some(path) = &m.windows {
+            let restored = self.restore_state(&cp.get_blob(path).await?)?;
+            tracing::info!(pipelines = ?restored, "Restored open windows.");
+        }
+        if let Some(path) = &m.partials {
+            self.restore_partials(&cp.get_blob(path).await?, &m.window_bounds)?;
+        }
+        if let Some(path) = &m.tables {
+            self.restore_tables(crate::checkpoint::unpack(&cp.get_blob(path).await?)?)?;
+        }
+        Ok(())
+    }
 }
 
 fn read_batch(bytes: &[u8]) -> Result<RecordBatch> {

@@ -5,13 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
-
 use crate::ack::AckTracker;
-use crate::checkpoint::{self, Checkpoints, Manifest, Totals};
+use crate::checkpoint::{self, Checkpointed, Checkpoints, Manifest, Totals};
 use crate::decode::{Decoder, Rejection};
 use crate::entry::{EntryId, StreamBatch};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ingest::{Admitted, Ingest};
 use crate::metrics::Stats;
 use crate::sink::archive::{Archive, CommittedFile};
@@ -129,13 +127,7 @@ impl Processor {
         if opts.shard.count > 1 {
             pipelines.emit_partials()?;
         }
-        if let Some(path) = &latest.windows {
-            let restored = pipelines.restore_state(&cp.get_blob(path).await?)?;
-            tracing::info!(pipelines = ?restored, "Restored open windows.");
-        }
-        if let Some(path) = &latest.partials {
-            pipelines.restore_partials(&cp.get_blob(path).await?, &latest.window_bounds)?;
-        }
+        pipelines.restore(&cp, &latest).await?;
         let merge =
             (opts.shard.count > 1 && opts.shard.index == 0 && !pipelines.is_empty()).then(|| merge::MergeSide {
                 merger: crate::window::merge::Merger::resume(
@@ -164,9 +156,6 @@ impl Processor {
                 "Recovered from checkpoint."
             );
         }
-        if let Some(path) = &latest.tables {
-            pipelines.restore_tables(checkpoint::unpack(&cp.get_blob(path).await?)?)?;
-        }
         let latest = Some(latest);
         let epoch = latest.as_ref().map_or(1, |m| m.epoch + 1);
         let mut archive = Archive::new(lake.clone(), opts.archive.clone())?;
@@ -174,12 +163,8 @@ impl Processor {
         // Files stay open across checkpoints only when checkpoints are more frequent than rolls
         // (files a checkpoint kept open are reopened either way).
         archive.keep_segments = opts.checkpoint_interval < opts.roll_age;
-        for f in latest.iter().flat_map(|m| &m.open_files) {
-            let mut rows = Vec::new();
-            for seg in &f.segments {
-                rows.extend(checkpoint::from_ipc(&cp.get_blob(seg).await?)?);
-            }
-            archive.reopen(f, rows).await?;
+        if let Some(m) = &latest {
+            archive.restore(&cp, m).await?;
         }
         if archive.open_rows() > 0 {
             tracing::info!(
@@ -346,26 +331,10 @@ impl Processor {
         }
         let epoch = self.epoch;
         let mut m: Manifest = checkpoint::manifest(&self.cp, epoch, self.epoch_started_ms);
-        // Rows of files kept open: encoded and compressed on blocking threads, written concurrently.
-        let cp = &self.cp;
-        let saved: Vec<_> = futures::stream::iter(self.archive.unsaved_rows().await?.into_iter().enumerate())
-            .map(|(n, (key, rows))| async move {
-                let bytes = tokio::task::spawn_blocking(move || checkpoint::to_ipc(&rows))
-                    .await
-                    .map_err(|e| Error::Internal(format!("segment encoder: {e}")))??;
-                Ok::<_, Error>((key, cp.put_blob(epoch, &format!("open-{n}.arrow"), bytes).await?))
-            })
-            .buffer_unordered(4)
-            .try_collect()
-            .await?;
-        for (key, blob) in saved {
-            self.archive.saved(&key, blob);
-        }
-        m.open_files = self.archive.open_files();
-        let pending_tables = self.pipelines.save_tables()?;
-        if !pending_tables.is_empty() {
-            m.tables = Some(self.cp.put_blob(epoch, "tables.bin", checkpoint::pack(&pending_tables)).await?);
-        }
+        // The stages' parts: archive files kept open, the pipelines' windows and tables.
+        self.archive.save(&self.cp, &mut m).await?;
+        self.pipelines.save(&self.cp, &mut m).await?;
+        self.save_merge_progress(&mut m);
         m.files = checkpoint::file_entries(&files);
         m.files.extend(checkpoint::file_entries(&tables));
         let snapshot_due = self.last_snapshot.is_none_or(|s| s.elapsed() >= self.state_interval);
@@ -384,10 +353,6 @@ impl Processor {
         }
         m.dedup_snapshot.clone_from(&self.snapshot);
         m.dedup_deltas.clone_from(&self.deltas);
-        if !self.pipelines.is_empty() {
-            m.windows = Some(self.cp.put_blob(epoch, "windows.bin", self.pipelines.save_state()?).await?);
-        }
-        self.save_merge_state(&mut m).await?;
         m.positions = self.positions.iter().map(|(s, id)| (s.clone(), id.to_string())).collect();
         self.totals.archived_rows += files.iter().map(|f| f.rows).sum::<u64>();
         self.totals.table_rows += tables.iter().map(|f| f.rows).sum::<u64>();

@@ -82,23 +82,17 @@ impl Processor {
         Ok(progressed || moved)
     }
 
-    /// Puts the shard's window states, bounds and (shard 0) the merger's progress in `m`.
-    pub(super) async fn save_merge_state(&mut self, m: &mut Manifest) -> Result<()> {
+    /// After the pipelines' part of `m` (their window states and bounds): (shard 0) the
+    /// merger's progress, committed with the rows it merged.
+    pub(super) fn save_merge_progress(&mut self, m: &mut Manifest) {
         if !self.pipelines.partial() {
-            return Ok(());
+            return;
         }
-        let w = self.pipelines.shard_windows()?;
-        if w.states.values().any(|s| !s.windows.is_empty()) {
-            let blob = merge::encode_states(&w.states)?;
-            m.partials = Some(self.cp.put_blob(m.epoch, "partials.bin", blob).await?);
-        }
-        m.window_bounds.clone_from(&w.bounds);
         if let Some(side) = &self.merge {
             m.merged = side.merger.merged().clone();
             m.merge_keep = side.merger.keep().clone();
         }
-        self.committed_bounds = w.bounds;
-        Ok(())
+        self.committed_bounds.clone_from(&m.window_bounds);
     }
 
     /// At the end of a bounded input (shard 0): merges until every shard has closed and
