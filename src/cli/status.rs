@@ -30,6 +30,9 @@ pub struct StatusArgs {
     pub streams: Vec<String>,
     #[arg(long, default_value = "eventide", env = "EVENTIDE_GROUP")]
     pub group: String,
+    /// The dead-letter stream, when the run sets one (default: `<stream>:dlq` per stream).
+    #[arg(long, env = "EVENTIDE_DLQ_STREAM")]
+    pub dlq_stream: Option<String>,
     /// Shards per stream (with --redis-url): every shard's keys, its lease holder, the workers.
     #[arg(long, default_value_t = 1, env = "EVENTIDE_SHARDS")]
     pub shards: u32,
@@ -88,9 +91,16 @@ async fn fetch(a: &StatusArgs) -> anyhow::Result<Value> {
         let target = ProbeTarget {
             redis,
             group: a.group.clone(),
+            // As the run names them (`RunOptions::for_shard`): per shard its keys.
             streams: ShardId::all(a.shards)
-                .flat_map(|k| a.streams.iter().map(move |s| k.stream_key(s)))
-                .map(|s| (s.clone(), format!("{s}:dlq")))
+                .flat_map(|k| {
+                    let dlq = a.dlq_stream.as_deref().map(|d| k.stream_key(d));
+                    a.streams.iter().map(move |s| {
+                        let key = k.stream_key(s);
+                        let dlq = dlq.clone().unwrap_or_else(|| format!("{key}:dlq"));
+                        (key, dlq)
+                    })
+                })
                 .collect(),
         };
         let streams = probe(&mut conn, &target).await?;

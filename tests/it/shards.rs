@@ -163,7 +163,7 @@ async fn three_workers_over_eight_shards_equal_one_worker() {
             // `eventide status` shows every shard's holder and exits 0 (none unowned).
             let out = Command::new(env!("CARGO_BIN_EXE_eventide"))
                 .args(["status", "--redis-url", &redis.url(), "--stream", "events", "--group", "analytics-3"])
-                .args(["--shards", "8", "--fail-on-unowned"])
+                .args(["--shards", "8", "--fail-on-unowned", "--dlq-stream", "three"])
                 .output()
                 .unwrap();
             let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -176,6 +176,13 @@ async fn three_workers_over_eight_shards_equal_one_worker() {
             }
             assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
             assert!(["w1/", "w2/", "w3/"].iter().all(|w| text.contains(w)), "{text}");
+            // The DLQ column counts the run's dead-letter keys (`three:{k}`).
+            let dead: u64 = text
+                .lines()
+                .filter(|l| l.starts_with("events:{"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .sum();
+            assert!(dead > 0, "status shows no dead letters in the run's DLQ:\n{text}");
             let workers = text.lines().find_map(|l| l.strip_prefix("workers: ")).unwrap_or_default();
             let mut names: Vec<&str> = workers.split(", ").collect();
             names.sort();
