@@ -103,6 +103,9 @@ pub struct Manifest {
     /// ones before are merged).
     #[serde(default)]
     pub merge_keep: BTreeMap<String, i64>,
+    /// Shard 0 of several: the merger's `emit = "updates"` windows in flight (blob path).
+    #[serde(default)]
+    pub merger: Option<String>,
 }
 
 /// How far one shard has closed one pipeline's windows: every window ending at or before
@@ -316,6 +319,7 @@ impl Checkpoints {
             .chain(&m.windows)
             .chain(&m.tables)
             .chain(&m.partials)
+            .chain(&m.merger)
             .chain(segments)
             .map(String::as_str)
             .collect();
@@ -386,6 +390,7 @@ pub fn manifest(cp: &Checkpoints, epoch: u64, started_ms: i64) -> Manifest {
         window_bounds: BTreeMap::new(),
         merged: BTreeMap::new(),
         merge_keep: BTreeMap::new(),
+        merger: None,
     }
 }
 

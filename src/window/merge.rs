@@ -24,6 +24,9 @@ use std::collections::BTreeMap;
 
 use arrow::array::RecordBatch;
 
+mod carry;
+pub use carry::{Carry, decode as decode_carry, encode as encode_carry};
+
 use super::{Pipelines, query_error};
 use crate::checkpoint::{self, WindowBound};
 use crate::error::{Error, Result};
@@ -134,6 +137,8 @@ pub struct MergeRound {
 pub struct Merger {
     merged: BTreeMap<String, i64>,
     keep: BTreeMap<String, i64>,
+    /// `emit = "updates"` pipelines: their windows in flight ([`Carry`]).
+    carry: BTreeMap<String, Carry>,
 }
 
 impl Merger {
@@ -144,6 +149,7 @@ impl Merger {
     pub fn resume(
         mut merged: BTreeMap<String, i64>,
         mut keep: BTreeMap<String, i64>,
+        mut carry: BTreeMap<String, Carry>,
         bounds: &BTreeMap<String, WindowBound>,
         pipelines: &Pipelines,
     ) -> Self {
@@ -153,7 +159,14 @@ impl Merger {
         };
         merged.retain(|name, _| same(name));
         keep.retain(|name, _| same(name));
-        Merger { merged, keep }
+        carry.retain(|name, _| same(name));
+        Merger { merged, keep, carry }
+    }
+
+    /// The `emit = "updates"` pipelines' windows in flight (`None`: none), for shard 0's
+    /// checkpoint.
+    pub fn carry(&self) -> Option<&BTreeMap<String, Carry>> {
+        self.carry.values().any(|c| !c.is_empty()).then_some(&self.carry)
     }
 
     pub fn merged(&self) -> &BTreeMap<String, i64> {
@@ -183,7 +196,11 @@ impl Merger {
             }
             let mine: Vec<&ClosedStates> = shards.iter().flatten().filter_map(|s| s.states.get(&name)).collect();
             if upto > from && q.failed.is_none() {
-                let keep = if q.is_session() {
+                let keep = if q.shard_updates() {
+                    let n = self.carry.entry(name.clone()).or_default().round(q, shards, (from, upto))?;
+                    round.windows += n;
+                    upto.saturating_add(1)
+                } else if q.is_session() {
                     let parts: Vec<(&RecordBatch, &[usize])> =
                         mine.iter().flat_map(|s| s.windows.values().map(|b| (b, s.widths.as_slice()))).collect();
                     let long_open: Vec<&RecordBatch> = mine.iter().filter_map(|s| s.long_open.as_ref()).collect();
@@ -225,17 +242,11 @@ impl Merger {
 
 impl Pipelines {
     /// One shard of several: every pipeline keeps its closed windows' partial states for the
-    /// [`Merger`] instead of evaluating them. `emit = "updates"` is not merged across shards
-    /// yet and is refused.
+    /// [`Merger`] instead of evaluating them (`emit = "updates"`: the states written at each
+    /// boundary, see [`Carry`]).
     pub fn emit_partials(&mut self) -> Result<()> {
         for q in &mut self.queries {
-            q.emit_partials().map_err(|why| {
-                Error::Config(format!(
-                    "{}: {why} (with shards > 1 windows are merged across shards in final mode only so far; \
-                     run this pipeline in a group with shards = 1, or with emit = \"final\")",
-                    q.spec.file.display()
-                ))
-            })?;
+            q.emit_partials().map_err(|why| Error::Config(format!("{}: {why}", q.spec.file.display())))?;
         }
         Ok(())
     }

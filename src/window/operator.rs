@@ -20,7 +20,10 @@ use datafusion::error::{DataFusionError, Result};
 use super::groups::{Frozen, Inputs, Partial};
 use super::plan::Compiled;
 
+mod checkpoint;
 mod live;
+
+pub use checkpoint::FixedState;
 
 /// An input row that missed a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +131,17 @@ impl FixedWindows {
     /// Every window ending at or before this has closed (`i64::MIN`: none yet).
     pub fn closed_before(&self) -> i64 {
         self.closed_before
+    }
+
+    /// `emit = "updates"` with lateness: every window ending at or before this has been
+    /// written once (`None`: not in updates mode).
+    pub fn fired_before(&self) -> Option<i64> {
+        self.updates.as_ref().map(|u| u.fired_before)
+    }
+
+    /// The fire boundary the watermark `wm` has reached (updates mode writes at these).
+    pub fn boundary(&self, wm: i64) -> i64 {
+        floor_div(wm, self.slide).saturating_mul(self.slide)
     }
 
     /// `emit = "updates"` (with no lateness every window is written once, as in final mode).
@@ -327,7 +341,12 @@ impl FixedWindows {
         for (e, revision) in todo {
             let last = e / self.slide - 1;
             self.freeze(last - k + 1..=last)?;
-            if let Some(c) = self.merged(plan, conv, e)? {
+            // One shard of several: the window's state as of this boundary, for the merger.
+            let c = match self.partials {
+                true => self.merged_state(plan, conv, e)?,
+                false => self.merged(plan, conv, e)?,
+            };
+            if let Some(c) = c {
                 out.push(Closed { revision, ..c });
                 if let Some(u) = self.updates.as_mut() {
                     u.revisions.insert(e, revision);
@@ -430,69 +449,4 @@ pub fn keep(a: &RecordBatch, mask: &BooleanArray) -> Result<RecordBatch> {
         return Ok(a.clone());
     }
     Ok(arrow::compute::filter_record_batch(a, mask)?)
-}
-
-/// A checkpoint of [`FixedWindows`]: its bookkeeping, and per slide one frozen state
-/// (`batches[i]` belongs to `slides[i]`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct FixedState {
-    closed_before: i64,
-    fired_before: Option<i64>,
-    revisions: Vec<(i64, u32)>,
-    dirty: Vec<i64>,
-    slides: Vec<i64>,
-    widths: Vec<usize>,
-}
-
-impl FixedWindows {
-    /// Saves the state (open partials are frozen and each slide's states merged into one,
-    /// as a live view does: later rows and closing are unaffected).
-    pub fn save(&mut self, plan: &Compiled, conv: Option<&RowConverter>) -> Result<(FixedState, Vec<RecordBatch>)> {
-        self.freeze(..)?;
-        let mut widths = Vec::new();
-        let (mut slides, mut batches) = (Vec::new(), Vec::new());
-        for (&s, bin) in self.bins.iter_mut() {
-            if bin.frozen.len() > 1 {
-                bin.frozen = vec![Partial::compact(plan, conv, &bin.frozen)?];
-            }
-            let Some(f) = bin.frozen.first() else { continue };
-            slides.push(s);
-            batches.push(f.to_batch(conv, &mut widths)?);
-        }
-        let u = self.updates.as_ref();
-        let state = FixedState {
-            closed_before: self.closed_before,
-            fired_before: u.map(|u| u.fired_before),
-            revisions: u.map(|u| u.revisions.iter().map(|(&e, &r)| (e, r)).collect()).unwrap_or_default(),
-            dirty: u.map(|u| u.dirty.iter().copied().collect()).unwrap_or_default(),
-            slides,
-            widths,
-        };
-        Ok((state, batches))
-    }
-
-    /// Restores a [`FixedWindows::save`] into this (fresh) operator.
-    pub fn restore(
-        &mut self,
-        state: &FixedState,
-        batches: &[RecordBatch],
-        conv: Option<&RowConverter>,
-        n_keys: usize,
-    ) -> Result<()> {
-        if state.slides.len() != batches.len() {
-            return Err(DataFusionError::Internal("checkpoint: window slides and states differ".into()));
-        }
-        self.closed_before = state.closed_before;
-        if let (Some(u), Some(f)) = (self.updates.as_mut(), state.fired_before) {
-            u.fired_before = f;
-            u.revisions = state.revisions.iter().copied().collect();
-            u.dirty = state.dirty.iter().copied().collect();
-        }
-        self.bins.clear();
-        for (&s, b) in state.slides.iter().zip(batches) {
-            let frozen = Frozen::from_batch(b, conv, n_keys, &state.widths)?;
-            self.bins.insert(s, Slide { open: None, frozen: vec![frozen] });
-        }
-        Ok(())
-    }
 }

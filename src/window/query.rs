@@ -29,6 +29,7 @@ use crate::metrics::QueryStats;
 mod late;
 mod merge;
 mod state;
+pub(in crate::window) mod updates;
 pub use late::late_schema;
 pub use state::QueryState;
 
@@ -336,6 +337,7 @@ impl WindowedQuery {
             Op::Fixed(f) => f.close(&self.plan, self.conv.as_ref(), wm, &mut closed)?,
             Op::Session(s) => s.close(&self.plan, self.conv.as_ref(), wm, &mut closed)?,
         }
+        self.key_by_boundary(wm, &mut closed)?;
         self.emit(closed)
     }
 

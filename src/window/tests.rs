@@ -68,9 +68,9 @@ async fn the_merger_starts_over_for_a_changed_pipeline() {
     let progress = BTreeMap::from([(name.clone(), 120_000_000i64)]);
     let bound = |fingerprint| BTreeMap::from([(name.clone(), WindowBound { fingerprint, closed_before: 120_000_000 })]);
 
-    let same = Merger::resume(progress.clone(), progress.clone(), &bound(now), &pipelines);
+    let same = Merger::resume(progress.clone(), progress.clone(), BTreeMap::new(), &bound(now), &pipelines);
     assert_eq!(same.merged(), &progress);
     assert_eq!(same.keep(), &progress);
-    let changed = Merger::resume(progress.clone(), progress.clone(), &bound(now ^ 1), &pipelines);
+    let changed = Merger::resume(progress.clone(), progress.clone(), BTreeMap::new(), &bound(now ^ 1), &pipelines);
     assert!(changed.merged().is_empty() && changed.keep().is_empty());
 }

@@ -128,11 +128,16 @@ impl Processor {
             pipelines.emit_partials()?;
         }
         pipelines.restore(&cp, &latest).await?;
+        let carry = match &latest.merger {
+            Some(path) => crate::window::merge::decode_carry(&cp.get_blob(path).await?)?,
+            None => BTreeMap::new(),
+        };
         let merge =
             (opts.shard.count > 1 && opts.shard.index == 0 && !pipelines.is_empty()).then(|| merge::MergeSide {
                 merger: crate::window::merge::Merger::resume(
                     latest.merged.clone(),
                     latest.merge_keep.clone(),
+                    carry,
                     &latest.window_bounds,
                     &pipelines,
                 ),
@@ -334,7 +339,7 @@ impl Processor {
         // The stages' parts: archive files kept open, the pipelines' windows and tables.
         self.archive.save(&self.cp, &mut m).await?;
         self.pipelines.save(&self.cp, &mut m).await?;
-        self.save_merge_progress(&mut m);
+        self.save_merge_progress(&mut m).await?;
         m.files = checkpoint::file_entries(&files);
         m.files.extend(checkpoint::file_entries(&tables));
         let snapshot_due = self.last_snapshot.is_none_or(|s| s.elapsed() >= self.state_interval);

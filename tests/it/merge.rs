@@ -13,8 +13,8 @@ use eventide::window::{Pipelines, check_dir};
 
 use crate::support::{self, table};
 
-/// The four example pipelines (tumbling, hopping and session windows), in a directory of
-/// their own.
+/// The four example pipelines (tumbling, hopping and session windows), and the revenue one
+/// again with `emit = "updates"` (`revenue_updates`), in a directory of their own.
 pub(crate) fn example_pipelines() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
@@ -23,6 +23,8 @@ pub(crate) fn example_pipelines() -> tempfile::TempDir {
     {
         std::fs::copy(examples.join(name), dir.path().join(name)).unwrap();
     }
+    let revenue = std::fs::read_to_string(examples.join("revenue_per_minute.toml")).unwrap();
+    std::fs::write(dir.path().join("revenue_updates.toml"), format!("emit = \"updates\"\n{revenue}")).unwrap();
     dir
 }
 
@@ -183,4 +185,56 @@ fn walk(dir: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// `emit = "updates"` over shards: 20 s of jitter against a 5 s watermark and 30 s of allowed
+/// lateness makes corrections (revisions ≥ 1) and loses nothing. A window's highest
+/// revision holds the final values (as the same query in final mode, and as one shard), and
+/// the revisions do not depend on when the merger ran (every 300 lines or the default).
+#[tokio::test]
+async fn updates_over_shards_revise_deterministically_and_end_at_the_final_values() {
+    let pipelines = tempfile::tempdir().unwrap();
+    let body = "window = { kind = \"tumbling\", size = \"1m\" }\nwatermark = \"5s\"\nallowed_lateness = \"30s\"\n\
+                fields = { amount = \"double\" }\n\
+                sql = \"SELECT event_type, count(*) AS events, sum(amount) AS revenue FROM events GROUP BY event_type\"\n";
+    std::fs::write(pipelines.path().join("revisions.toml"), format!("emit = \"updates\"\n{body}")).unwrap();
+    std::fs::write(pipelines.path().join("finals.toml"), body).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    write_jsonl(&entries(20, 43), &input);
+    let p = Pipelines::new(check_dir(pipelines.path()).await.unwrap()).unwrap();
+    let q = |lake: Lake| {
+        let schemas = p.output_schemas();
+        async move { eventide::lake_sql::LakeQuery::open(&lake, &schemas).await.unwrap() }
+    };
+    let rows = async |q: &eventide::lake_sql::LakeQuery, sql: &str| support::text_rows(&q.sql(sql).await.unwrap().1);
+    let latest = "SELECT window_start, window_end, event_type, events, revenue FROM revisions r \
+                  WHERE revision = (SELECT max(revision) FROM revisions m \
+                  WHERE m.window_start = r.window_start AND m.event_type = r.event_type)";
+    let finals = "SELECT window_start, window_end, event_type, events, revenue FROM finals";
+    let all = "SELECT window_start, window_end, revision, event_type, events, revenue FROM revisions";
+    let (_one_dir, one) = replay_sharded(&input, pipelines.path(), 1).await;
+    let one = q(one).await;
+    let want = rows(&one, finals).await;
+    assert!(want.len() >= 10, "{} final rows", want.len());
+    assert_eq!(late_rows_of(&one).await, 0, "nothing later than the allowed lateness");
+    let mut runs = Vec::new();
+    for (shards, every) in [(3, eventide::replay::MERGE_EVERY), (8, eventide::replay::MERGE_EVERY), (8, 300)] {
+        let (d, lake) = replay_merging_every(&input, pipelines.path(), shards, every).await;
+        let q = q(lake).await;
+        let what = format!("{shards} shards, merged every {every} lines");
+        support::assert_same_rows(&rows(&q, finals).await, &want, &format!("final mode, {what}"));
+        support::assert_same_rows(&rows(&q, latest).await, &want, &format!("highest revisions, {what}"));
+        let revised = rows(&q, "SELECT count(*) FROM revisions WHERE revision > 0").await;
+        assert_ne!(revised, ["0"], "{what}: no window was corrected");
+        runs.push((d, rows(&q, all).await));
+    }
+    support::assert_same_rows(&runs[2].1, &runs[1].1, "8 shards: every revision, whenever the merger ran");
+}
+
+async fn late_rows_of(q: &eventide::lake_sql::LakeQuery) -> usize {
+    match q.sql("SELECT count(*) FROM late_events").await {
+        Ok((_, b)) => support::text_rows(&b)[0].parse().unwrap(),
+        Err(_) => 0,
+    }
 }

@@ -10,15 +10,12 @@ use crate::checkpoint::WindowBound;
 use crate::window::groups::{Frozen, Partial};
 use crate::window::merge::ClosedStates;
 use crate::window::operator::Closed;
-use crate::window::spec::{Emit, WindowKind};
+use crate::window::spec::WindowKind;
 
 impl WindowedQuery {
     /// Keeps closed windows' partial states instead of evaluating them (call before
     /// restoring state). `Err`: this kind of window is not merged across shards.
     pub(in crate::window) fn emit_partials(&mut self) -> std::result::Result<(), String> {
-        if self.spec.emit == Emit::Updates {
-            return Err("emit = \"updates\" is not merged across shards yet".into());
-        }
         self.op = make_op(&self.spec, &self.plan, true).map_err(|e| e.strip_backtrace())?;
         self.partials = Some(ClosedStates::default());
         Ok(())
@@ -35,7 +32,13 @@ impl WindowedQuery {
     pub fn window_bound(&self) -> Option<WindowBound> {
         self.partials.as_ref()?;
         let closed_before = match &self.op {
-            Op::Fixed(f) => f.closed_before(),
+            // Updates mode: the writes at a boundary are complete once the watermark is past
+            // it (a correction may still come at the boundary it is at), or at the end.
+            Op::Fixed(f) => match f.fired_before() {
+                Some(b) if b >= crate::window::merge::FLUSHED => b,
+                Some(b) => b.saturating_sub(1),
+                None => f.closed_before(),
+            },
             Op::Session(s) => s.bound(self.clock.get().unwrap_or(i64::MIN)),
         };
         Some(WindowBound { fingerprint: self.fingerprint_hash(), closed_before })
@@ -84,7 +87,7 @@ impl WindowedQuery {
 
     /// The window ending at `end` from every shard's partial state of it, evaluated
     /// (`None`: no rows anywhere).
-    fn merged_closed(&self, end: i64, states: &[(&RecordBatch, &[usize])]) -> Result<Option<Closed>> {
+    pub(super) fn merged_closed(&self, end: i64, states: &[(&RecordBatch, &[usize])]) -> Result<Option<Closed>> {
         let size = match self.spec.window {
             WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => size,
             WindowKind::Session { .. } => {
@@ -109,6 +112,10 @@ impl WindowedQuery {
     /// the closed ones it keeps for the merger.
     pub(in crate::window) fn live_states(&mut self) -> Result<Option<ClosedStates>> {
         let Some(kept) = &self.partials else { return Ok(None) };
+        if self.shard_updates() {
+            // Updates mode: the latest merged revisions show (kept writes are by boundary).
+            return Ok(None);
+        }
         let mut out = ClosedStates { long_open: None, ..kept.clone() };
         let open = match &mut self.op {
             Op::Fixed(f) => f.open_states(&self.plan, self.conv.as_ref())?,

@@ -92,7 +92,7 @@ impl WindowedQuery {
         batches: &[RecordBatch],
         closed: Option<ClosedStates>,
     ) -> Result<Option<ClosedStates>> {
-        if self.partials.is_none() || saved.fingerprint != self.fingerprint() {
+        if self.partials.is_none() || self.shard_updates() || saved.fingerprint != self.fingerprint() {
             return Ok(None);
         }
         let conv = self.conv.as_ref();

@@ -84,15 +84,20 @@ impl Processor {
 
     /// After the pipelines' part of `m` (their window states and bounds): (shard 0) the
     /// merger's progress, committed with the rows it merged.
-    pub(super) fn save_merge_progress(&mut self, m: &mut Manifest) {
+    pub(super) async fn save_merge_progress(&mut self, m: &mut Manifest) -> Result<()> {
         if !self.pipelines.partial() {
-            return;
+            return Ok(());
         }
         if let Some(side) = &self.merge {
             m.merged = side.merger.merged().clone();
             m.merge_keep = side.merger.keep().clone();
+            if let Some(carry) = side.merger.carry() {
+                let blob = merge::encode_carry(carry)?;
+                m.merger = Some(self.cp.put_blob(m.epoch, "merger.bin", blob).await?);
+            }
         }
         self.committed_bounds.clone_from(&m.window_bounds);
+        Ok(())
     }
 
     /// At the end of a bounded input (shard 0): merges until every shard has closed and
