@@ -86,6 +86,11 @@ impl Dedup {
         }
     }
 
+    /// The configured horizon (seconds).
+    pub fn horizon_secs(&self) -> u64 {
+        self.horizon_secs as u64
+    }
+
     /// Caps the table at about `bytes` (see the module docs).
     pub fn with_max_bytes(mut self, bytes: usize) -> Self {
         self.max_ids = (bytes / WORST_BYTES_PER_ID).max(1024);

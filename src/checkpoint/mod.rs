@@ -20,7 +20,7 @@
 pub mod legacy;
 mod part;
 
-pub use part::Checkpointed;
+pub use part::{Checkpointed, DedupLine, DedupPart};
 
 use std::collections::{BTreeMap, BTreeSet};
 

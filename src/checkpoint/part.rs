@@ -3,16 +3,21 @@
 //! epoch (blobs and its fields of the [`Manifest`]) and comes back from a committed one. The
 //! processor builds a manifest from the parts and commits it ([`Checkpoints::commit`]).
 //!
-//! Implemented by the archive's open files (here: the archive sits below this layer) and by
-//! the pipelines' windows ([`crate::window`]).
+//! Implemented by the archive's open files and the dedup state (here: both sit below this
+//! layer) and by the pipelines' windows ([`crate::window`]).
 
 use std::future::Future;
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 
 use super::{Checkpoints, Manifest, from_ipc, to_ipc};
+use crate::dedup::Dedup;
 use crate::error::{Error, Result};
 use crate::sink::archive::Archive;
+
+/// Largest object of a dedup snapshot (S3 takes at most 5 GB in one put).
+const SNAPSHOT_PART_BYTES: usize = 256 << 20;
 
 /// A stage's part of a checkpoint.
 pub trait Checkpointed {
@@ -55,6 +60,75 @@ impl Checkpointed for Archive {
             }
             self.reopen(f, rows).await?;
         }
+        Ok(())
+    }
+}
+
+/// Where a checkpoint line keeps the dedup state: the last full snapshot (in parts, so that
+/// no object outgrows one put) and the deltas (ids added, 16 B each) written since.
+#[derive(Debug, Clone)]
+pub struct DedupLine {
+    snapshot: Option<String>,
+    deltas: Vec<String>,
+    last_snapshot: Instant,
+    /// At most this long between full snapshots (`state_interval`).
+    interval: Duration,
+    /// The next save writes a full snapshot (a stop writes one).
+    pub full: bool,
+}
+
+impl DedupLine {
+    /// The line as the committed manifest `m` left it.
+    pub fn of(m: &Manifest, interval: Duration) -> Self {
+        DedupLine {
+            snapshot: m.dedup_snapshot.clone(),
+            deltas: m.dedup_deltas.clone(),
+            last_snapshot: Instant::now(),
+            interval,
+            full: false,
+        }
+    }
+}
+
+/// The dedup state as a checkpoint part: the ids, and where the line keeps them.
+pub struct DedupPart<'a> {
+    pub dedup: &'a mut Dedup,
+    pub line: &'a mut DedupLine,
+}
+
+impl Checkpointed for DedupPart<'_> {
+    /// A full snapshot when the line has none, when asked, or when the last one is older than
+    /// the interval; else the ids added since (if any).
+    async fn save(&mut self, cp: &Checkpoints, m: &mut Manifest) -> Result<()> {
+        let line = &mut *self.line;
+        if line.snapshot.is_none() || line.full || line.last_snapshot.elapsed() >= line.interval {
+            let (first, rest) = self.dedup.to_parts(SNAPSHOT_PART_BYTES);
+            line.snapshot = Some(cp.put_blob(m.epoch, "dedup.bin", first).await?);
+            self.dedup.clear_delta();
+            line.deltas.clear();
+            for (i, part) in rest.into_iter().enumerate() {
+                line.deltas.push(cp.put_blob(m.epoch, &format!("dedup-part-{}.bin", i + 1), part).await?);
+            }
+            (line.last_snapshot, line.full) = (Instant::now(), false);
+        } else if let Some(delta) = self.dedup.take_delta() {
+            line.deltas.push(cp.put_blob(m.epoch, "dedup-delta.bin", delta).await?);
+        }
+        m.dedup_snapshot.clone_from(&line.snapshot);
+        m.dedup_deltas.clone_from(&line.deltas);
+        Ok(())
+    }
+
+    /// The snapshot, then the deltas, into this (fresh) dedup, with its horizon.
+    async fn restore(&mut self, cp: &Checkpoints, m: &Manifest) -> Result<()> {
+        let bad = |path: &str, r: &str| Error::State { path: path.into(), reason: r.into() };
+        let horizon = self.dedup.horizon_secs();
+        if let Some(path) = &m.dedup_snapshot {
+            *self.dedup = Dedup::from_bytes(&cp.get_blob(path).await?, horizon).map_err(|r| bad(path, r))?;
+        }
+        for path in &m.dedup_deltas {
+            self.dedup.apply_delta(&cp.get_blob(path).await?).map_err(|r| bad(path, r))?;
+        }
+        *self.line = DedupLine::of(m, self.line.interval);
         Ok(())
     }
 }

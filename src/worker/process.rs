@@ -32,8 +32,6 @@ mod report;
 
 /// Claimed entries processed per stream per claim round.
 const CLAIM_MAX: usize = 10_000;
-/// Largest object of a dedup snapshot (S3 takes at most 5 GB in one put).
-const SNAPSHOT_PART_BYTES: usize = 256 << 20;
 
 pub(super) struct Processor {
     source: SourceOptions,
@@ -48,12 +46,10 @@ pub(super) struct Processor {
     writer: String,
     acks: AckTracker,
     lake: Lake,
-    state_interval: Duration,
     checkpoint_interval: Duration,
     roll_age: Duration,
     /// Unsaved rows of open files that make a checkpoint due before its interval.
     max_unsaved_bytes: usize,
-    last_snapshot: Option<Instant>,
     last_commit_unix_ms: Option<i64>,
     cp: Checkpoints,
     /// The epoch being built (the last checkpoint is `epoch - 1`).
@@ -62,9 +58,8 @@ pub(super) struct Processor {
     epoch_started_ms: i64,
     /// Files staged during this epoch (size rolls), published by its checkpoint.
     epoch_files: Vec<CommittedFile>,
-    /// The dedup state's blobs: the last full snapshot and the deltas since.
-    snapshot: Option<String>,
-    deltas: Vec<String>,
+    /// Where the checkpoint line keeps the dedup state.
+    dedup_line: checkpoint::DedupLine,
     positions: BTreeMap<String, EntryId>,
     totals: Totals,
     dlq: DlqOptions,
@@ -161,6 +156,7 @@ impl Processor {
                 "Recovered from checkpoint."
             );
         }
+        let dedup_line = checkpoint::DedupLine::of(&latest, opts.state_interval);
         let latest = Some(latest);
         let epoch = latest.as_ref().map_or(1, |m| m.epoch + 1);
         let mut archive = Archive::new(lake.clone(), opts.archive.clone())?;
@@ -189,18 +185,15 @@ impl Processor {
             writer: opts.archive.writer.clone(),
             acks: AckTracker::default(),
             lake,
-            state_interval: opts.state_interval,
             checkpoint_interval: opts.checkpoint_interval,
             roll_age: opts.roll_age,
             max_unsaved_bytes: opts.archive.max_buffered_bytes / 4,
-            last_snapshot: Some(Instant::now()),
             last_commit_unix_ms: None,
             epoch,
             epoch_started: Instant::now(),
             epoch_started_ms: chrono::Utc::now().timestamp_millis(),
             epoch_files: Vec::new(),
-            snapshot: latest.as_ref().and_then(|m| m.dedup_snapshot.clone()),
-            deltas: latest.as_ref().map(|m| m.dedup_deltas.clone()).unwrap_or_default(),
+            dedup_line,
             // Carried over, so a stream without entries in an epoch keeps its position.
             positions: latest
                 .as_ref()
@@ -342,22 +335,10 @@ impl Processor {
         self.save_merge_progress(&mut m).await?;
         m.files = checkpoint::file_entries(&files);
         m.files.extend(checkpoint::file_entries(&tables));
-        let snapshot_due = self.last_snapshot.is_none_or(|s| s.elapsed() >= self.state_interval);
-        if self.snapshot.is_none() || final_stop || snapshot_due {
-            // In parts: no single object outgrows what a store takes in one put.
-            let (first, rest) = self.ingest.dedup.to_parts(SNAPSHOT_PART_BYTES);
-            self.snapshot = Some(self.cp.put_blob(epoch, "dedup.bin", first).await?);
-            self.ingest.dedup.clear_delta();
-            self.deltas.clear();
-            for (i, part) in rest.into_iter().enumerate() {
-                self.deltas.push(self.cp.put_blob(epoch, &format!("dedup-part-{}.bin", i + 1), part).await?);
-            }
-            self.last_snapshot = Some(Instant::now());
-        } else if let Some(delta) = self.ingest.dedup.take_delta() {
-            self.deltas.push(self.cp.put_blob(epoch, "dedup-delta.bin", delta).await?);
-        }
-        m.dedup_snapshot.clone_from(&self.snapshot);
-        m.dedup_deltas.clone_from(&self.deltas);
+        self.dedup_line.full |= final_stop;
+        checkpoint::DedupPart { dedup: &mut self.ingest.dedup, line: &mut self.dedup_line }
+            .save(&self.cp, &mut m)
+            .await?;
         m.positions = self.positions.iter().map(|(s, id)| (s.clone(), id.to_string())).collect();
         self.totals.archived_rows += files.iter().map(|f| f.rows).sum::<u64>();
         self.totals.table_rows += tables.iter().map(|f| f.rows).sum::<u64>();

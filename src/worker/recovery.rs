@@ -3,7 +3,7 @@
 //! group, and where `noack` reading resumes.
 
 use crate::checkpoint::legacy;
-use crate::checkpoint::{self, Checkpoints, Manifest};
+use crate::checkpoint::{self, Checkpointed, Checkpoints, Manifest};
 use crate::dedup::Dedup;
 use crate::entry::EntryId;
 use crate::error::{Error, Result};
@@ -113,15 +113,10 @@ pub(super) async fn noack_positions(
 
 /// The dedup state a checkpoint lists: its snapshot, then its deltas.
 pub(super) async fn load_dedup(cp: &Checkpoints, m: &Manifest, horizon: u64) -> Result<Dedup> {
-    let bad = |path: &str, r: &str| Error::State { path: path.into(), reason: r.into() };
-    let mut d = match &m.dedup_snapshot {
-        Some(path) => Dedup::from_bytes(&cp.get_blob(path).await?, horizon).map_err(|r| bad(path, r))?,
-        None => Dedup::new(horizon),
-    };
-    for path in &m.dedup_deltas {
-        d.apply_delta(&cp.get_blob(path).await?).map_err(|r| bad(path, r))?;
-    }
-    Ok(d)
+    let mut dedup = Dedup::new(horizon);
+    let mut line = checkpoint::DedupLine::of(m, std::time::Duration::ZERO);
+    checkpoint::DedupPart { dedup: &mut dedup, line: &mut line }.restore(cp, m).await?;
+    Ok(dedup)
 }
 
 /// Epoch 0, committed (create-only) before anything is read: the group's line starts here,
