@@ -6,7 +6,6 @@
 //! pending, and the pipeline tables and late events equal `eventide replay --shards 8`.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use eventide::generator::{GenOptions, Generator, publish_sharded};
@@ -84,19 +83,9 @@ async fn workers_on_a_redis_cluster_survive_resharding_and_a_failover() {
         .unwrap();
     assert_eq!(published.entries, entries.len() as u64);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let log = |name: &str| crate::shards::log_tail(lake.path(), name);
-    tokio::task::block_in_place(|| {
-        for (name, w) in &mut workers {
-            let mut child = w.0.take().unwrap();
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-            let status =
-                support::wait_within(&mut child, Duration::from_secs(90), &format!("{name}'s stop"), || log(name));
-            assert!(status.success(), "{name}'s clean stop: {}", log(name));
-        }
-        let mut last = worker("w1", &["--redis-cluster", "--exit-when-idle", "1s"]);
-        let status = support::run_within(&mut last, Duration::from_secs(180), "the last run", || log("w1"));
-        assert!(status.success(), "{}", log("w1"));
-    });
+    let last = worker("w1", &["--redis-cluster", "--exit-when-idle", "1s"]);
+    let mut running: Vec<(&str, &mut KillOnDrop)> = workers.iter_mut().map(|(n, w)| (*n, w)).collect();
+    tokio::task::block_in_place(|| crate::shards::stop_then_finish(&mut running, ("w1", last), lake.path()));
 
     let archived: BTreeSet<String> = read_archive(lake.path()).into_keys().collect();
     assert_eq!(archived, support::event_ids(&entries), "archived events vs published, after a reshard and a failover");

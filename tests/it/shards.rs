@@ -55,6 +55,21 @@ pub(crate) fn log_tail(lake: &Path, name: &str) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
+/// Stops each worker in turn (SIGTERM: it commits and acks what it read, its shards move
+/// to the others), then runs `last` (a worker with `--exit-when-idle`), which closes what
+/// their checkpoints hold open. Each within [`LIMIT`].
+pub(crate) fn stop_then_finish(workers: &mut [(&str, &mut KillOnDrop)], last: (&str, Command), lake: &Path) {
+    for (name, w) in workers.iter_mut() {
+        let mut child = w.0.take().unwrap();
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let status = support::wait_within(&mut child, LIMIT, name, || log_tail(lake, name));
+        assert!(status.success(), "{name}'s clean stop: {}", log_tail(lake, name));
+    }
+    let (name, mut cmd) = last;
+    let status = support::run_within(&mut cmd, LIMIT, "the last run", || log_tail(lake, name));
+    assert!(status.success(), "the last run: {}", log_tail(lake, name));
+}
+
 /// Publishes `entries` over the 8 shards at `rate` entries/s, in the background.
 async fn publish(redis: &str, entries: &[GenEntry], rate: f64) -> tokio::task::JoinHandle<()> {
     let mut conn = support::connect(redis).await;
@@ -272,15 +287,9 @@ async fn workers_killed_added_and_removed_count_every_event_once() {
     tokio::time::timeout(LIMIT, publisher).await.expect("the publisher finished").unwrap();
     // (A worker just restarted has its signal handlers in place after this.)
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    for (name, w) in &mut workers {
-        let mut child = w.0.take().unwrap();
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let status = support::wait_within(&mut child, LIMIT, name, || log_tail(lake.path(), name));
-        assert!(status.success(), "{name}'s clean stop: {}", log_tail(lake.path(), name));
-    }
-    let mut w1 = worker_in("analytics", "w1", &redis.url(), lake.path(), pipes, &["--exit-when-idle", "1s"]);
-    let status = support::run_within(&mut w1, LIMIT, "the last run", || log_tail(lake.path(), "w1"));
-    assert!(status.success(), "{}", log_tail(lake.path(), "w1"));
+    let mut running: Vec<(&str, &mut KillOnDrop)> = workers.iter_mut().map(|(n, w)| (n.as_str(), w)).collect();
+    let last = worker_in("analytics", "w1", &redis.url(), lake.path(), pipes, &["--exit-when-idle", "1s"]);
+    stop_then_finish(&mut running, ("w1", last), lake.path());
     assert_exactly_once(&redis.url(), &entries, lake.path(), "after 20 kills, a join and a leave").await;
     assert_same_tables(&entries, pipelines.path(), &[("after 20 kills, a join and a leave", lake.path())]).await;
 }
@@ -341,15 +350,8 @@ async fn a_paused_shard_holds_the_merger_and_status_says_so() {
     }
     tokio::time::timeout(LIMIT, publisher).await.expect("the publisher finished").unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    for (name, w) in [("w0", &mut w0), ("w1", &mut w1)] {
-        let mut child = w.0.take().unwrap();
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let status = support::wait_within(&mut child, LIMIT, name, || log_tail(lake.path(), name));
-        assert!(status.success(), "{name}'s clean stop: {}", log_tail(lake.path(), name));
-    }
-    let mut last = worker_in("analytics", "w0", &redis.url(), lake.path(), pipes, &["--exit-when-idle", "1s"]);
-    let status = support::run_within(&mut last, LIMIT, "the last run", || log_tail(lake.path(), "w0"));
-    assert!(status.success(), "{}", log_tail(lake.path(), "w0"));
+    let last = worker_in("analytics", "w0", &redis.url(), lake.path(), pipes, &["--exit-when-idle", "1s"]);
+    stop_then_finish(&mut [("w0", &mut w0), ("w1", &mut w1)], ("w0", last), lake.path());
     assert_exactly_once(&redis.url(), &entries, lake.path(), "after a paused worker").await;
     assert_same_tables(&entries, pipelines.path(), &[("after a paused worker", lake.path())]).await;
 }
