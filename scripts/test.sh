@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the test suite on a fresh machine: installs what the tests use when it is missing
 # (redis-server; DuckDB and pyarrow for the analyst test; moto_server, a local S3-compatible
-# server, for the S3 test; promtool from Debian's prometheus package, unpacked under
-# /opt/prom without installing the service; Chromium for the dashboard's browser test; openssl
+# server, for the S3 test; promtool and the prometheus server from Debian's prometheus
+# package, unpacked under /opt/prom without installing the service (the alerts test runs it); Chromium for the dashboard's browser test; openssl
 # for the TLS tests' certificates), then
 # `cargo test --locked`.
 set -euo pipefail

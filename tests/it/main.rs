@@ -3,6 +3,7 @@
 
 mod support;
 
+mod alerts;
 mod analyst;
 mod archive;
 mod cli;
