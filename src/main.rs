@@ -16,9 +16,7 @@ fn main() -> ExitCode {
     no_transparent_huge_pages();
     open_files_up_to_the_hard_limit();
     let args = cli::Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EVENTIDE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+    init_logging(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -32,6 +30,26 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logging to stderr: the filter of `--log`, else `EVENTIDE_LOG`, else `RUST_LOG`, else
+/// `info` (one that does not parse falls back to `info`, with a line saying so); text or JSON
+/// lines (`--log-format`).
+fn init_logging(args: &cli::Cli) {
+    let wanted =
+        args.log.clone().or_else(|| std::env::var("EVENTIDE_LOG").ok()).or_else(|| std::env::var("RUST_LOG").ok());
+    let (filter, bad) = match tracing_subscriber::EnvFilter::try_new(wanted.as_deref().unwrap_or("info")) {
+        Ok(f) => (f, None),
+        Err(e) => (tracing_subscriber::EnvFilter::new("info"), Some(e)),
+    };
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr);
+    match args.log_format {
+        cli::LogFormat::Text => fmt.init(),
+        cli::LogFormat::Json => fmt.json().flatten_event(true).init(),
+    }
+    if let Some(e) = bad {
+        tracing::warn!(filter = wanted.unwrap_or_default(), error = %e, "The log filter does not parse; logging at info.");
     }
 }
 

@@ -18,11 +18,21 @@ pub use run::RunArgs;
 #[derive(Parser, Debug)]
 #[command(name = "eventide", version, about = "Exactly-once analytics over Redis Streams")]
 pub struct Cli {
-    /// Log filter (also `EVENTIDE_LOG`), e.g. `info`, `eventide=debug`.
-    #[arg(long, global = true, default_value = "info")]
-    pub log: String,
+    /// Log filter, e.g. `info`, `eventide=debug` (else `EVENTIDE_LOG`, else `RUST_LOG`, else
+    /// `info`).
+    #[arg(long, global = true)]
+    pub log: Option<String>,
+    /// Log lines as text, or as one JSON object per line (for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "EVENTIDE_LOG_FORMAT")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]

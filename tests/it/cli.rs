@@ -188,3 +188,39 @@ fn the_kubernetes_example_sets_only_real_settings() {
         assert!(help.contains(v), "{v} is not a setting of `eventide run`:\n{help}");
     }
 }
+
+/// `--log-format json`: every log line is one JSON object (level, message and the event's
+/// fields at the top). The filter is `--log`, else `EVENTIDE_LOG`, else `RUST_LOG`.
+#[test]
+fn logs_as_json_lines_and_honours_rust_log() {
+    let redis = crate::support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |env: &[(&str, &str)], extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_eventide"));
+        c.args(["run", "--config", "/dev/null", "--redis-url", &redis.url(), "--stream", "quiet", "--http-addr", ""])
+            .args(["--exit-when-idle", "300ms", "--block", "50ms", "--lake"])
+            .arg(dir.path())
+            .args(extra)
+            .env_remove("EVENTIDE_LOG")
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied());
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{env:?} {extra:?}: {err}");
+        err
+    };
+    let json = run(&[], &["--log-format", "json"]);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object: {l}: {e}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "INFO" && l["message"] == "Starting pipeline." && l["group"] == "eventide"),
+        "{json}"
+    );
+    assert!(!run(&[("RUST_LOG", "warn")], &[]).contains("Starting pipeline"), "RUST_LOG=warn shows info lines");
+    let both = run(&[("RUST_LOG", "warn"), ("EVENTIDE_LOG", "info")], &[]);
+    assert!(both.contains("Starting pipeline"), "EVENTIDE_LOG comes before RUST_LOG: {both}");
+    let flag = run(&[("EVENTIDE_LOG", "info")], &["--log", "warn"]);
+    assert!(!flag.contains("Starting pipeline"), "--log comes first: {flag}");
+}
