@@ -4,7 +4,8 @@
 //! that a test does not wait minutes). Dead letters that keep coming, a pipeline whose
 //! watermark is far behind (events from a year ago), and a pipeline that fails: the three
 //! alerts fire, as Prometheus's HTTP API reports them; before the dead letters, the DLQ
-//! alert does not.
+//! alert does not. Every query of the Grafana dashboard (`docker/grafana/`) then runs on the
+//! same Prometheus and has data.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -102,7 +103,7 @@ async fn prometheus_fires_the_dlq_watermark_and_failed_pipeline_alerts() {
         Command::new(env!("CARGO_BIN_EXE_eventide"))
             .args(["run", "--config", "/dev/null", "--redis-url", &redis.url(), "--stream", "shop"])
             .args(["--group", "analytics", "--http-addr", &format!("127.0.0.1:{port}"), "--block", "50ms"])
-            .args(["--probe-interval", "1s"])
+            .args(["--probe-interval", "1s", "--checkpoint-interval", "1s", "--roll-age", "1s"])
             .arg("--pipelines")
             .arg(&pipes)
             .arg("--lake")
@@ -140,4 +141,33 @@ async fn prometheus_fires_the_dlq_watermark_and_failed_pipeline_alerts() {
         assert!(Instant::now() < deadline, "firing {now:?}, want {want:?}:\n{}", log());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+
+    // The Grafana dashboard: every panel's query runs on this Prometheus and has data (but
+    // the sharded-runs panel: this run has one shard).
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/grafana/dashboards/eventide.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8, "{} panels", panels.len());
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap_or_default();
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let (status, body) =
+                request(prom_port, &format!("/api/v1/query?query={}", encode(expr)), None).await.unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            assert_eq!((status, v["status"].as_str()), (200, Some("success")), "{title}: {expr}: {body}");
+            let empty = v["data"]["result"].as_array().is_none_or(Vec::is_empty);
+            assert!(!empty || title.contains("sharded runs"), "{title}: {expr} has no data");
+        }
+    }
+}
+
+/// `s` percent-encoded for a query string.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
