@@ -245,6 +245,13 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         redis = %eventide::source::connect::redact(&cfg.redis_url), streams = ?cfg.streams, group = %cfg.group, consumer = %cfg.consumer,
         lake = %cfg.lake, "Starting pipeline."
     );
+    if let Some(dir) = opts.pipelines.as_ref().filter(|d| !d.exists()) {
+        tracing::warn!(
+            pipelines = %dir.display(),
+            "No pipelines directory here: running the archive and the dead letters only (set --pipelines DIR or \
+             EVENTIDE_PIPELINES, or \"\" for none to silence this)."
+        );
+    }
     let summary = eventide::run(opts, shutdown).await?;
     let s = &summary.stats;
     let secs = summary.elapsed.as_secs_f64();
@@ -318,6 +325,10 @@ pub async fn validate(args: RunArgs) -> ExitCode {
 /// Plans every pipeline file; prints one line per pipeline or per problem.
 async fn validate_pipelines(dir: &str) -> bool {
     if dir.trim().is_empty() {
+        return true;
+    }
+    if !std::path::Path::new(dir).exists() {
+        println!("{dir}: no such directory: no pipelines (set --pipelines DIR, or \"\" for none)");
         return true;
     }
     match eventide::window::check_dir(std::path::Path::new(dir)).await {

@@ -190,7 +190,8 @@ fn the_kubernetes_example_sets_only_real_settings() {
 }
 
 /// `--log-format json`: every log line is one JSON object (level, message and the event's
-/// fields at the top). The filter is `--log`, else `EVENTIDE_LOG`, else `RUST_LOG`.
+/// fields at the top). The filter is `--log`, else `EVENTIDE_LOG`, else `RUST_LOG`. A
+/// missing pipelines directory is warned about.
 #[test]
 fn logs_as_json_lines_and_honours_rust_log() {
     let redis = crate::support::RedisServer::start();
@@ -209,13 +210,20 @@ fn logs_as_json_lines_and_honours_rust_log() {
         assert!(out.status.success(), "{env:?} {extra:?}: {err}");
         err
     };
-    let json = run(&[], &["--log-format", "json"]);
+    let json = run(&[], &["--log-format", "json", "--pipelines", "/no/such/pipelines"]);
     let lines: Vec<serde_json::Value> = json
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object: {l}: {e}")))
         .collect();
     assert!(
         lines.iter().any(|l| l["level"] == "INFO" && l["message"] == "Starting pipeline." && l["group"] == "eventide"),
+        "{json}"
+    );
+    // A pipelines directory that is not there is said, not silently taken as none.
+    assert!(
+        lines.iter().any(|l| l["level"] == "WARN"
+            && l["message"].as_str().is_some_and(|m| m.starts_with("No pipelines directory here"))
+            && l["pipelines"] == "/no/such/pipelines"),
         "{json}"
     );
     assert!(!run(&[("RUST_LOG", "warn")], &[]).contains("Starting pipeline"), "RUST_LOG=warn shows info lines");
