@@ -46,6 +46,17 @@ async fn duckdb_and_pyarrow_read_every_event_once() {
         assert_eq!(by_type, want, "{tool}");
     }
     assert_eq!(seen["duckdb"]["dates_match"], true, "event_date partitions agree with event_time");
+    // A lookup by event_id or correlation_id skips the row groups without it (bloom filters,
+    // 1 % false positives): an id that is nowhere is excluded (almost) everywhere, one that
+    // is somewhere is not excluded where it is.
+    let b = &seen["bloom"];
+    for col in ["event_id", "correlation"] {
+        let (absent, present) = (&b[format!("{col}_absent")], &b[format!("{col}_present")]);
+        let groups = absent["row_groups"].as_u64().unwrap();
+        assert!(groups >= 10, "{col}: {groups} row groups");
+        assert!(absent["excluded"].as_u64().unwrap() * 100 >= groups * 90, "{col}: a missing id: {absent}");
+        assert!(present["excluded"].as_u64().unwrap() < groups, "{col}: a present id excluded everywhere: {present}");
+    }
     let cols: Vec<String> = serde_json::from_value(seen["pyarrow"]["columns"].clone()).unwrap();
     assert!(cols.contains(&"event_date".to_string()) && cols.contains(&"event_id".to_string()), "{cols:?}");
 }
