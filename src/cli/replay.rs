@@ -89,16 +89,17 @@ pub struct QueryArgs {
     pub sql: String,
     #[arg(long, default_value = "./lake", env = "EVENTIDE_LAKE")]
     pub lake: String,
-    /// Pipeline files (their tables get registered with their schemas).
+    /// Pipeline files (their tables get registered with their schemas; `""` for none: the
+    /// archive and late events only).
     #[arg(long, default_value = "pipelines", env = "EVENTIDE_PIPELINES")]
-    pub pipelines: PathBuf,
+    pub pipelines: String,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }
 
 pub async fn query(a: QueryArgs) -> anyhow::Result<ExitCode> {
     let lake = Lake::open(&a.lake)?;
-    let specs = match eventide::window::check_dir(&a.pipelines).await {
+    let specs = match eventide::window::check_dir(std::path::Path::new(&a.pipelines)).await {
         Ok(list) => list,
         Err(problems) => {
             for p in problems {
