@@ -81,13 +81,7 @@ async fn prometheus_fires_the_dlq_watermark_and_failed_pipeline_alerts() {
     let redis = RedisServer::start();
     let mut conn = support::connect(&redis.url()).await;
     let dir = tempfile::tempdir().unwrap();
-    let pipes = dir.path().join("pipes");
-    std::fs::create_dir(&pipes).unwrap();
-    let window = "window = { kind = \"tumbling\", size = \"1m\" }\n";
-    std::fs::write(pipes.join("counts.toml"), format!("{window}sql = \"SELECT count(*) AS n FROM events\"\n")).unwrap();
-    // `order.created` has 13 letters: its rows divide by zero.
-    let divides = "sql = \"SELECT count(*) AS n FROM events WHERE 100 / (length(event_type) - 13) > 0\"\n";
-    std::fs::write(pipes.join("divides.toml"), format!("{window}{divides}")).unwrap();
+    let pipes = crate::hostile::counts_and_divides(dir.path());
     // A year ago: the watermark is far behind the wall clock (a stalled source, as Prometheus sees it).
     let year_ago = chrono::Utc::now().timestamp_micros() - 365 * 86_400 * 1_000_000;
     let entries = |entries, malformed, seed| {

@@ -70,6 +70,18 @@ async fn one_event_from_the_future_makes_no_event_late() {
     assert_eq!(support::text_rows(&q.sql(&ahead).await.unwrap().1), vec!["1".to_string()]);
 }
 
+/// Two pipelines in `<dir>/pipes`: `counts` (every event, one-minute windows) and `divides`,
+/// which divides by zero on `order.created` rows (13 letters) and so fails at run time.
+pub(crate) fn counts_and_divides(dir: &std::path::Path) -> std::path::PathBuf {
+    let pipes = dir.join("pipes");
+    std::fs::create_dir(&pipes).unwrap();
+    let window = "window = { kind = \"tumbling\", size = \"1m\" }\n";
+    std::fs::write(pipes.join("counts.toml"), format!("{window}sql = \"SELECT count(*) AS n FROM events\"\n")).unwrap();
+    let divides = "sql = \"SELECT count(*) AS n FROM events WHERE 100 / (length(event_type) - 13) > 0\"\n";
+    std::fs::write(pipes.join("divides.toml"), format!("{window}{divides}")).unwrap();
+    pipes
+}
+
 /// One pipeline divides by zero on some rows: it is marked failed (log, `/readyz`,
 /// `eventide_pipeline_failed`), the archive and the other pipeline count every event, and
 /// the run goes on (no crash loop).
@@ -78,16 +90,7 @@ async fn a_pipeline_that_divides_by_zero_fails_alone() {
     let redis = RedisServer::start();
     let mut conn = support::connect(&redis.url()).await;
     let dir = tempfile::tempdir().unwrap();
-    let pipes = dir.path().join("pipes");
-    std::fs::create_dir(&pipes).unwrap();
-    let window = "window = { kind = \"tumbling\", size = \"1m\" }\n";
-    std::fs::write(pipes.join("counts.toml"), format!("{window}sql = \"SELECT count(*) AS n FROM events\"\n")).unwrap();
-    // `order.created` has 13 letters: its rows divide by zero.
-    std::fs::write(
-        pipes.join("divides.toml"),
-        format!("{window}sql = \"SELECT count(*) AS n FROM events WHERE 100 / (length(event_type) - 13) > 0\"\n"),
-    )
-    .unwrap();
+    let pipes = counts_and_divides(dir.path());
     let entries: Vec<_> = Generator::new(GenOptions { entries: 3_000, seed: 43, ..Default::default() }).collect();
     let events = entries.iter().filter(|e| e.kind == Kind::Event).count();
     assert!(entries.iter().any(|e| e.event_type == Some("order.created")));
