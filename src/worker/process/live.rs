@@ -46,8 +46,13 @@ impl Processor {
         })
     }
 
-    /// Reads the other shards' windows whose checkpoint changed since the last read.
+    /// Reads the other shards' windows whose checkpoint changed since the last read. The
+    /// attempt counts as the refresh even when it fails, so a lake that errors is not asked
+    /// again at every live request (the term's loop waits for it).
     pub(super) async fn refresh_live(&mut self) -> Result<()> {
+        if let Some(side) = self.merge.as_mut() {
+            side.live.refreshed = Some(Instant::now());
+        }
         let count = self.cp.shard.count;
         for index in 1..count {
             let cached = self.merge.as_ref().and_then(|m| m.live.shards.get(&index)).map(|(e, _)| *e);
@@ -64,9 +69,6 @@ impl Processor {
                 Some(new) => side.live.shards.insert(index, new),
                 None => side.live.shards.remove(&index),
             };
-        }
-        if let Some(side) = self.merge.as_mut() {
-            side.live.refreshed = Some(Instant::now());
         }
         Ok(())
     }

@@ -69,8 +69,11 @@ impl Processor {
             self.stats.merge_waiting_end_us = side.last.oldest_waiting;
             let keep = side.merger.keep().clone();
             self.pipelines.prune_partials(&keep)?;
-            if self.live_refresh_due(interval) {
-                self.refresh_live().await?;
+            // For the live view only: its failure is not the checkpoint's.
+            if self.live_refresh_due(interval)
+                && let Err(e) = self.refresh_live().await
+            {
+                tracing::warn!(error = %e, "Could not read the other shards' windows for the live view.");
             }
         } else if self.merge.is_none()
             && self.pipelines.has_partials()
