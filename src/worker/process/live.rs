@@ -28,8 +28,10 @@ impl Processor {
     /// with the other shards' latest checkpointed windows.
     pub(in crate::worker) async fn live_rows(&mut self, name: &str) -> Result<Option<LiveRows>> {
         let Some(side) = self.merge.as_mut() else { return self.pipelines.live_rows(name) };
+        // Nobody watched for a while (the merger stopped refreshing): read now, not stale.
+        let stale = side.live.refreshed.is_none_or(|t| t.elapsed() >= WATCHED);
         side.live.asked = Some(Instant::now());
-        if side.live.refreshed.is_none() {
+        if stale {
             self.refresh_live().await?;
         }
         let Some(side) = self.merge.as_ref() else { return Ok(None) };
