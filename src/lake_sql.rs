@@ -42,7 +42,25 @@ impl LakeQuery {
     /// Registers the archive, the late table and the tables of `pipelines` (whose output
     /// schemas are known, so an empty table still answers with no rows).
     pub async fn open(lake: &Lake, pipelines: &[(PipelineSpec, SchemaRef)]) -> Result<LakeQuery> {
-        let ctx = SessionContext::new();
+        LakeQuery::open_in(SessionContext::new(), lake, pipelines).await
+    }
+
+    /// [`LakeQuery::open`] whose queries hold at most `memory_bytes` (a sort beyond it spills
+    /// to the OS temp directory).
+    pub async fn open_bounded(
+        lake: &Lake,
+        pipelines: &[(PipelineSpec, SchemaRef)],
+        memory_bytes: usize,
+    ) -> Result<LakeQuery> {
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_limit(memory_bytes, 1.0)
+            .build_arc()
+            .map_err(query_err)?;
+        let ctx = SessionContext::new_with_config_rt(datafusion::prelude::SessionConfig::new(), runtime);
+        LakeQuery::open_in(ctx, lake, pipelines).await
+    }
+
+    async fn open_in(ctx: SessionContext, lake: &Lake, pipelines: &[(PipelineSpec, SchemaRef)]) -> Result<LakeQuery> {
         let url = url::Url::parse(LAKE_URL).map_err(|e| Error::Internal(e.to_string()))?;
         ctx.register_object_store(&url, lake.store().clone());
         let mut tables = Vec::new();
@@ -72,20 +90,30 @@ impl LakeQuery {
 
     /// Runs one read-only statement.
     pub async fn sql(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let df = self.plan(sql).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.map_err(query_err)?;
+        Ok((schema, batches))
+    }
+
+    /// Runs one read-only statement, its batches as they come (for results too large to
+    /// collect).
+    pub async fn stream(&self, sql: &str) -> Result<datafusion::execution::SendableRecordBatchStream> {
+        self.plan(sql).await?.execute_stream().await.map_err(query_err)
+    }
+
+    async fn plan(&self, sql: &str) -> Result<datafusion::dataframe::DataFrame> {
         let opts = datafusion::execution::context::SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        let df = self.ctx.sql_with_options(sql, opts).await.map_err(|e| match self.missing_table(&e) {
+        self.ctx.sql_with_options(sql, opts).await.map_err(|e| match self.missing_table(&e) {
             Some(t) => Error::Config(format!(
                 "table {t:?} has no data in the lake yet (tables: {})",
                 self.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
             )),
             None => query_err(e),
-        })?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await.map_err(query_err)?;
-        Ok((schema, batches))
+        })
     }
 
     fn missing_table(&self, e: &datafusion::error::DataFusionError) -> Option<String> {

@@ -8,7 +8,10 @@
 //! property tests drive it); [`run`] decodes chunks of lines on every core and takes the
 //! dedup decisions through the same `Ingest` in file order.
 
+mod archive;
 mod sharded;
+
+pub use archive::{ArchiveFilter, archive_query, run_archive};
 pub use sharded::{MERGE_EVERY, run as run_sharded};
 
 use std::path::{Path, PathBuf};

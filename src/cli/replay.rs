@@ -12,8 +12,19 @@ use eventide::window::Pipelines;
 
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
-    /// A JSON-lines file, or a directory of `*.jsonl` / `*.ndjson` / `*.json` files (read in name order).
+    /// A JSON-lines file, a directory of `*.jsonl` / `*.ndjson` / `*.json` files (read in name
+    /// order), or a lake's archive (`<lake>/events`: the events in the order the live run
+    /// processed them).
     pub input: PathBuf,
+    /// Archive input: events from this event time on (RFC 3339).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Archive input: events before this event time (RFC 3339).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Archive input: only these event types (repeatable, or a comma list).
+    #[arg(long = "event-type", value_delimiter = ',')]
+    pub event_types: Vec<String>,
     /// Directory of pipeline files.
     #[arg(long, default_value = "pipelines", env = "EVENTIDE_PIPELINES")]
     pub pipelines: PathBuf,
@@ -37,11 +48,18 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     if pipelines.is_empty() {
         anyhow::bail!("{}: no pipeline files (*.toml) to replay", a.pipelines.display());
     }
+    let lake = Lake::open(&a.lake)?;
+    if let Some(root) = archive_root(&a.input) {
+        return replay_archive(&a, &root, pipelines, &lake).await;
+    }
+    anyhow::ensure!(
+        a.from.is_none() && a.to.is_none() && a.event_types.is_empty(),
+        "--from, --to and --event-type select from an archive (<lake>/events), not from JSON lines"
+    );
     let inputs = eventide::replay::input_files(&a.input)?;
     if inputs.is_empty() {
         anyhow::bail!("{}: no .jsonl/.ndjson/.json files", a.input.display());
     }
-    let lake = Lake::open(&a.lake)?;
     let s = if a.shards > 1 {
         let mut shards = vec![pipelines];
         for _ in 1..a.shards {
@@ -72,6 +90,69 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         s.files.len(),
         a.lake,
         super::run::peak_rss_kib().unwrap_or(0) / 1024
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The lake whose archive `input` is (`<lake>/events`, or the lake itself), if it is one.
+fn archive_root(input: &std::path::Path) -> Option<PathBuf> {
+    let has_parquet =
+        |dir: &std::path::Path| walk(dir).into_iter().any(|p| p.extension().is_some_and(|e| e == "parquet"));
+    if input.file_name().is_some_and(|n| n == "events") && input.is_dir() && has_parquet(input) {
+        return input.parent().map(std::path::Path::to_path_buf);
+    }
+    let events = input.join("events");
+    (events.is_dir() && has_parquet(&events)).then(|| input.to_path_buf())
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Memory the archive query may hold (its sort spills past it).
+const ARCHIVE_QUERY_MEMORY: usize = 512 << 20;
+
+async fn replay_archive(
+    a: &ReplayArgs,
+    root: &std::path::Path,
+    pipelines: Pipelines,
+    out: &Lake,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(a.shards == 1, "--shards applies to JSON lines; an archive replays as one shard");
+    let time = |what: &str, s: &Option<String>| -> anyhow::Result<Option<i64>> {
+        s.as_deref()
+            .map(|t| {
+                eventide::decode::timestamp::parse_rfc3339_us(t)
+                    .ok_or_else(|| anyhow::anyhow!("--{what} {t:?}: expected RFC 3339, e.g. 2026-12-01T00:00:00Z"))
+            })
+            .transpose()
+    };
+    let filter = eventide::replay::ArchiveFilter {
+        from_us: time("from", &a.from)?,
+        to_us: time("to", &a.to)?,
+        event_types: a.event_types.clone(),
+    };
+    let source = Lake::open(root.to_str().ok_or_else(|| anyhow::anyhow!("{}: not UTF-8", root.display()))?)?;
+    let q = LakeQuery::open_bounded(&source, &[], ARCHIVE_QUERY_MEMORY).await?;
+    let stream = q.stream(&eventide::replay::archive_query(&filter)).await?;
+    let s = eventide::replay::run_archive(stream, pipelines, out).await?;
+    let rows: u64 = s.files.iter().map(|f| f.rows).sum();
+    println!(
+        "replayed {} archived events from {} in {:.2}s; wrote {rows} rows in {} file(s) under {}",
+        s.accepted,
+        root.join("events").display(),
+        s.elapsed.as_secs_f64(),
+        s.files.len(),
+        a.lake
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@ mod support;
 mod alerts;
 mod analyst;
 mod archive;
+mod archive_replay;
 mod cli;
 mod cluster;
 mod consumer_group;

@@ -1,0 +1,118 @@
+//! `eventide replay <lake>/events`: the pipelines over the archive (the event store) instead
+//! of JSON lines, e.g. a pipeline added after the events arrived. The archive holds every
+//! accepted event once, with the stream it came from, its Redis entry id and when it was
+//! ingested; [`archive_query`] reads them back in the order the live run processed them
+//! (ingest time, then stream, then entry id), so for one stream (per shard) the windows,
+//! late events and tables are those of the live run. With several streams, events of one
+//! read batch share an ingest time and the streams' batches interleave as read, which is the
+//! live order up to how the reader took turns between streams. The caller runs the query
+//! (`lake_sql`, memory-bounded: the sort spills) and passes its batches.
+
+use std::time::Instant;
+
+use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::datatypes::TimestampMicrosecondType;
+use futures::{Stream, StreamExt};
+
+use super::ReplaySummary;
+use crate::decode::Event;
+use crate::entry::EntryId;
+use crate::error::{Error, Result};
+use crate::sink::lake::Lake;
+use crate::window::{BATCH_ROWS, Pipelines};
+
+/// Which archived events to replay: event time in `[from_us, to_us)`, these event types.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveFilter {
+    pub from_us: Option<i64>,
+    pub to_us: Option<i64>,
+    pub event_types: Vec<String>,
+}
+
+/// The SQL over the lake's `events` table that reads `filter`'s events in live order.
+pub fn archive_query(filter: &ArchiveFilter) -> String {
+    let ts = |us: i64| format!("to_timestamp_micros({us})");
+    let mut cond = Vec::new();
+    if let Some(f) = filter.from_us {
+        cond.push(format!("event_time >= {}", ts(f)));
+    }
+    if let Some(t) = filter.to_us {
+        cond.push(format!("event_time < {}", ts(t)));
+    }
+    if !filter.event_types.is_empty() {
+        let quoted: Vec<String> = filter.event_types.iter().map(|t| format!("'{}'", t.replace('\'', "''"))).collect();
+        cond.push(format!("event_type IN ({})", quoted.join(", ")));
+    }
+    let filter = if cond.is_empty() { String::new() } else { format!("WHERE {}", cond.join(" AND ")) };
+    format!(
+        "SELECT * FROM events {filter} ORDER BY ingest_time, stream, \
+         CAST(split_part(stream_id, '-', 1) AS BIGINT), CAST(split_part(stream_id, '-', 2) AS BIGINT)"
+    )
+}
+
+/// Feeds the archived events of `batches` (rows of [`archive_query`]) to `pipelines`, closes
+/// every window at the end and writes the tables to `lake`.
+pub async fn run_archive(
+    mut batches: impl Stream<Item = datafusion::error::Result<RecordBatch>> + Unpin,
+    mut pipelines: Pipelines,
+    lake: &Lake,
+) -> Result<ReplaySummary> {
+    let started = Instant::now();
+    let mut summary = ReplaySummary::default();
+    while let Some(batch) = batches.next().await {
+        let batch = batch.map_err(|e| Error::Query { pipeline: "archive".into(), message: e.strip_backtrace() })?;
+        feed(&batch, &mut pipelines, &mut summary)?;
+    }
+    pipelines.flush()?;
+    summary.files = pipelines.commit(lake, "replay").await?;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+fn feed(batch: &RecordBatch, pipelines: &mut Pipelines, summary: &mut ReplaySummary) -> Result<()> {
+    // Text columns as plain strings (the query engine reads them as string views).
+    let text = |name: &str| -> Result<StringArray> {
+        let col = batch.column_by_name(name).ok_or_else(|| bad(format!("no column {name}")))?;
+        let utf8 = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8)?;
+        utf8.as_string_opt::<i32>().cloned().ok_or_else(|| bad(format!("column {name} is not text")))
+    };
+    let (ids, types, versions, data, metadata) =
+        (&text("event_id")?, &text("event_type")?, &text("version")?, &text("data")?, &text("metadata")?);
+    let (correlation, source, trace) = (&text("correlation_id")?, &text("source")?, &text("traceparent")?);
+    let (streams, stream_ids) = (&text("stream")?, &text("stream_id")?);
+    let times = batch
+        .column_by_name("event_time")
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+        .ok_or_else(|| bad("no event_time column of microseconds".into()))?;
+    for i in 0..batch.num_rows() {
+        summary.lines += 1;
+        let id: EntryId =
+            stream_ids.value(i).parse().map_err(|_| bad(format!("stream_id {:?}", stream_ids.value(i))))?;
+        let ev = Event {
+            event_id: ids.value(i).into(),
+            event_type: types.value(i).into(),
+            event_time_us: times.value(i),
+            version: opt(versions, i).map(Into::into),
+            data: opt(data, i),
+            metadata: opt(metadata, i),
+            correlation_id: opt(correlation, i).map(Into::into),
+            source: opt(source, i).map(Into::into),
+            traceparent: opt(trace, i).map(Into::into),
+        };
+        pipelines.append(&ev, streams.value(i), id);
+        summary.accepted += 1;
+        if pipelines.buffered() >= BATCH_ROWS {
+            pipelines.process()?;
+        }
+    }
+    Ok(())
+}
+
+/// Row `i` of `a`, `None` when null.
+fn opt(a: &StringArray, i: usize) -> Option<&str> {
+    a.is_valid(i).then(|| a.value(i))
+}
+
+fn bad(why: String) -> Error {
+    Error::State { path: "archive".into(), reason: why }
+}
