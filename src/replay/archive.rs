@@ -2,11 +2,12 @@
 //! of JSON lines, e.g. a pipeline added after the events arrived. The archive holds every
 //! accepted event once, with the stream it came from, its Redis entry id and when it was
 //! ingested; [`archive_query`] reads them back in the order the live run processed them
-//! (ingest time, then stream, then entry id), so for one stream (per shard) the windows,
-//! late events and tables are those of the live run. With several streams, events of one
-//! read batch share an ingest time and the streams' batches interleave as read, which is the
-//! live order up to how the reader took turns between streams. The caller runs the query
-//! (`lake_sql`, memory-bounded: the sort spills) and passes its batches.
+//! (ingest time, then stream, then entry id: the events of one read batch share an ingest
+//! time), and the archive's streams are declared as a run declares its own, so the windows,
+//! late events and tables are those of the live run, over one stream or several. What the
+//! archive cannot tell: a stream the run read without events, and the run's idle timeouts
+//! (processing time). The caller runs the query (`lake_sql`, memory-bounded: the sort
+//! spills) and passes its batches.
 
 use std::time::Instant;
 
@@ -50,14 +51,21 @@ pub fn archive_query(filter: &ArchiveFilter) -> String {
     )
 }
 
-/// Feeds the archived events of `batches` (rows of [`archive_query`]) to `pipelines`, closes
-/// every window at the end and writes the tables to `lake`.
+/// The SQL listing the streams the archive holds events of (a live run declares its streams:
+/// each holds the watermark until its first event, and so does the replay).
+pub const ARCHIVE_STREAMS: &str = "SELECT DISTINCT stream FROM events ORDER BY stream";
+
+/// Feeds the archived events of `batches` (rows of [`archive_query`]) to `pipelines`, with
+/// `streams` declared (see [`ARCHIVE_STREAMS`]), closes every window at the end and writes
+/// the tables to `lake`.
 pub async fn run_archive(
     mut batches: impl Stream<Item = datafusion::error::Result<RecordBatch>> + Unpin,
+    streams: &[String],
     mut pipelines: Pipelines,
     lake: &Lake,
 ) -> Result<ReplaySummary> {
     let started = Instant::now();
+    pipelines.declare_streams(streams);
     let mut summary = ReplaySummary::default();
     while let Some(batch) = batches.next().await {
         let batch = batch.map_err(|e| Error::Query { pipeline: "archive".into(), message: e.strip_backtrace() })?;

@@ -16,7 +16,9 @@ use crate::support::{self, RedisServer, table};
 
 fn worker(redis: &str, lake: &std::path::Path, pipelines: &std::path::Path, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_eventide"));
-    c.args(["run", "--config", "/dev/null", "--redis-url", redis, "--stream", "events", "--group", "analytics"])
+    let streams: &[&str] = if extra.contains(&"--stream") { &[] } else { &["--stream", "events"] };
+    c.args(["run", "--config", "/dev/null", "--redis-url", redis, "--group", "analytics"])
+        .args(streams)
         .args(["--http-addr", "", "--block", "50ms", "--checkpoint-interval", "200ms", "--roll-age", "1s"])
         .args(["--claim-min-idle", "2s", "--max-entry-bytes", "64KiB", "--lease-ttl", "2s"])
         .arg("--pipelines")
@@ -34,6 +36,27 @@ fn replay(args: &[&str]) -> String {
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "replay {args:?}: {text}");
     text
+}
+
+/// Replays `live`'s archive into a new lake: every pipeline table and the late events equal
+/// the live run's.
+async fn assert_replay_equals_live(live: &std::path::Path, pipelines: &std::path::Path) {
+    let replayed = tempfile::tempdir().unwrap();
+    let events = live.join("events");
+    let (p_dir, out) = (pipelines.to_str().unwrap(), replayed.path().to_str().unwrap());
+    let said = replay(&[events.to_str().unwrap(), "--pipelines", p_dir, "--lake", out]);
+    assert!(said.contains("archived events"), "{said}");
+    let p = Pipelines::new(check_dir(pipelines).await.unwrap()).unwrap();
+    let (a, b) = (Lake::open(live.to_str().unwrap()).unwrap(), Lake::open(out).unwrap());
+    for q in p.queries() {
+        let name = &q.spec.name;
+        let want = table(&a, &p, name).await;
+        assert!(want.len() >= 3, "{name}: the live run wrote {} rows", want.len());
+        support::assert_same_rows(&table(&b, &p, name).await, &want, &format!("{name}: archive replay vs live"));
+    }
+    let (got, want) = (crate::merge::late_rows(&b, &p).await, crate::merge::late_rows(&a, &p).await);
+    assert!(!want.is_empty(), "40 s of jitter makes some events late");
+    support::assert_same_rows(&got, &want, "late_events: archive replay vs live");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,22 +83,9 @@ async fn replaying_the_archive_gives_the_live_runs_tables() {
     let status = support::run_within(&mut last, Duration::from_secs(120), "the last run", String::new);
     assert!(status.success());
 
-    let replayed = tempfile::tempdir().unwrap();
+    assert_replay_equals_live(live.path(), pipelines.path()).await;
     let events = live.path().join("events");
-    let (p_dir, out) = (pipelines.path().to_str().unwrap(), replayed.path().to_str().unwrap());
-    let said = replay(&[events.to_str().unwrap(), "--pipelines", p_dir, "--lake", out]);
-    assert!(said.contains("archived events"), "{said}");
-    let p = Pipelines::new(check_dir(pipelines.path()).await.unwrap()).unwrap();
-    let (a, b) = (Lake::open(live.path().to_str().unwrap()).unwrap(), Lake::open(out).unwrap());
-    for q in p.queries() {
-        let name = &q.spec.name;
-        let want = table(&a, &p, name).await;
-        assert!(want.len() >= 5, "{name}: the live run wrote {} rows", want.len());
-        support::assert_same_rows(&table(&b, &p, name).await, &want, &format!("{name}: archive replay vs live"));
-    }
-    let (got, want) = (crate::merge::late_rows(&b, &p).await, crate::merge::late_rows(&a, &p).await);
-    assert!(!want.is_empty(), "40 s of jitter makes some events late");
-    support::assert_same_rows(&got, &want, "late_events: archive replay vs live");
+    let p_dir = pipelines.path().to_str().unwrap();
 
     // A selection: one event type and an hour of event time.
     let narrow = tempfile::tempdir().unwrap();
@@ -106,4 +116,38 @@ async fn replaying_the_archive_gives_the_live_runs_tables() {
         .count() as u64;
     assert!(want > 10, "{want} events selected");
     assert_eq!(n, want, "{said}");
+}
+
+/// Two streams read by one run (per-stream watermarks, the lowest wins), a SIGKILL on the
+/// way: the archive replay interleaves them as the reader did, and the tables and late events
+/// are the live run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_streams_replay_as_the_live_run_read_them() {
+    let redis = RedisServer::start();
+    let entries = drill_entries(8_000, 72);
+    let (orders, payments): (Vec<_>, Vec<_>) = entries.iter().cloned().enumerate().partition(|(i, _)| i % 3 == 0);
+    let mut publishers = Vec::new();
+    for (stream, part) in [("orders", orders), ("payments", payments)] {
+        let mut conn = support::connect(&redis.url()).await;
+        let part: Vec<_> = part.into_iter().map(|(_, e)| e).collect();
+        publishers.push(tokio::spawn(async move {
+            eventide::generator::publish(&mut conn, stream, part, 200, Some(1_500.0)).await
+        }));
+    }
+    let pipelines = crate::merge::example_pipelines();
+    let live = tempfile::tempdir().unwrap();
+    let both = ["--stream", "orders", "--stream", "payments"];
+    let mut child = KillOnDrop(Some(worker(&redis.url(), live.path(), pipelines.path(), &both).spawn().unwrap()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut c = child.0.take().unwrap();
+    c.kill().unwrap();
+    c.wait().unwrap();
+    for p in publishers {
+        tokio::time::timeout(Duration::from_secs(120), p).await.expect("published").unwrap().unwrap();
+    }
+    let last = [&both[..], &["--exit-when-idle", "1s"]].concat();
+    let mut last = worker(&redis.url(), live.path(), pipelines.path(), &last);
+    let status = support::run_within(&mut last, Duration::from_secs(120), "the last run", String::new);
+    assert!(status.success());
+    assert_replay_equals_live(live.path(), pipelines.path()).await;
 }
