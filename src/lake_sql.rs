@@ -1,6 +1,7 @@
 //! The read side: read-only SQL over the lake with DataFusion (`eventide query`).
 //!
-//! Registered tables: `events` (the archive), one table per pipeline (`<lake>/<name>/`,
+//! Registered tables: `events` (the archive, with its `event_date` partition column), one
+//! table per pipeline (`<lake>/<name>/`,
 //! with its `window_date` partition column) and `late_events` (partitioned by `pipeline`
 //! and `window_date`). The lake's object store is registered as is, so the same query runs
 //! over a local directory, S3, GCS or Azure. Only committed files are visible (staging
@@ -69,7 +70,9 @@ impl LakeQuery {
             let ok = ctx.register_parquet(name, &location, opts).await.is_ok();
             tables.push(TableInfo { name: name.to_string(), location: path.to_string(), registered: ok });
         };
-        add("events", "events", ParquetReadOptions::default()).await;
+        // The archive's `event_date=` directories as a column, so a date filter skips them.
+        let by_date = ParquetReadOptions::default().table_partition_cols(vec![("event_date".into(), DataType::Utf8)]);
+        add("events", "events", by_date).await;
         add(
             LATE_TABLE,
             LATE_TABLE,

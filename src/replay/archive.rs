@@ -33,12 +33,17 @@ pub struct ArchiveFilter {
 /// The SQL over the lake's `events` table that reads `filter`'s events in live order.
 pub fn archive_query(filter: &ArchiveFilter) -> String {
     let ts = |us: i64| format!("to_timestamp_micros({us})");
+    // The UTC date of an event time, as the archive's `event_date=` directories name it (the
+    // date conditions skip whole directories; the time conditions then cut inside them).
+    let date = |us: i64| chrono::DateTime::from_timestamp_micros(us).map(|t| t.format("%Y-%m-%d").to_string());
     let mut cond = Vec::new();
     if let Some(f) = filter.from_us {
         cond.push(format!("event_time >= {}", ts(f)));
+        cond.extend(date(f).map(|d| format!("event_date >= '{d}'")));
     }
     if let Some(t) = filter.to_us {
         cond.push(format!("event_time < {}", ts(t)));
+        cond.extend(date(t.saturating_sub(1)).map(|d| format!("event_date <= '{d}'")));
     }
     if !filter.event_types.is_empty() {
         let quoted: Vec<String> = filter.event_types.iter().map(|t| format!("'{}'", t.replace('\'', "''"))).collect();
