@@ -96,26 +96,18 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
 
 /// The lake whose archive `input` is (`<lake>/events`, or the lake itself), if it is one.
 fn archive_root(input: &std::path::Path) -> Option<PathBuf> {
-    let has_parquet =
-        |dir: &std::path::Path| walk(dir).into_iter().any(|p| p.extension().is_some_and(|e| e == "parquet"));
-    if input.file_name().is_some_and(|n| n == "events") && input.is_dir() && has_parquet(input) {
+    if input.file_name().is_some_and(|n| n == "events") && has_parquet(input) {
         return input.parent().map(std::path::Path::to_path_buf);
     }
-    let events = input.join("events");
-    (events.is_dir() && has_parquet(&events)).then(|| input.to_path_buf())
+    has_parquet(&input.join("events")).then(|| input.to_path_buf())
 }
 
-fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+/// Whether `dir` holds a `*.parquet` file at any depth (stops at the first).
+fn has_parquet(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
         let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
+        if p.is_dir() { has_parquet(&p) } else { p.extension().is_some_and(|x| x == "parquet") }
+    })
 }
 
 /// Memory the archive query may hold (its sort spills past it).
