@@ -25,6 +25,9 @@ pub enum Error {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// A Delta table's log could not be read or committed to.
+    #[error("delta table {table}: {message}")]
+    Delta { table: String, message: String },
     /// Saved state (dedup snapshot) could not be read back.
     #[error("state {path}: {reason}")]
     State { path: PathBuf, reason: String },

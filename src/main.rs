@@ -39,9 +39,11 @@ fn main() -> ExitCode {
 fn init_logging(args: &cli::Cli) {
     let wanted =
         args.log.clone().or_else(|| std::env::var("EVENTIDE_LOG").ok()).or_else(|| std::env::var("RUST_LOG").ok());
-    let (filter, bad) = match tracing_subscriber::EnvFilter::try_new(wanted.as_deref().unwrap_or("info")) {
+    // The Delta libraries log every snapshot load at info: warnings only, unless asked for.
+    const DEFAULT: &str = "info,deltalake_core=warn,buoyant_kernel=warn,buoyant_kernel_engine=warn";
+    let (filter, bad) = match tracing_subscriber::EnvFilter::try_new(wanted.as_deref().unwrap_or(DEFAULT)) {
         Ok(f) => (f, None),
-        Err(e) => (tracing_subscriber::EnvFilter::new("info"), Some(e)),
+        Err(e) => (tracing_subscriber::EnvFilter::new(DEFAULT), Some(e)),
     };
     let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr);
     match args.log_format {

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray};
 use arrow::compute::{SortOptions, concat_batches, filter_record_batch, sort_to_indices, take_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType, UInt32Type};
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimestampMicrosecondType};
 use tokio::sync::{mpsc, oneshot};
 
 use super::http::{Request, Response};
@@ -209,8 +209,8 @@ impl WindowsSource {
 /// The `revision` column's values (`emit = "updates"` tables), else none.
 fn revisions(b: &RecordBatch) -> Vec<u32> {
     b.column_by_name(REVISION_COLUMN)
-        .and_then(|c| c.as_primitive_opt::<UInt32Type>())
-        .map(|r| r.values().to_vec())
+        .and_then(|c| c.as_primitive_opt::<Int32Type>())
+        .map(|r| r.values().iter().map(|&v| v as u32).collect())
         .unwrap_or_else(|| vec![0; b.num_rows()])
 }
 

@@ -17,12 +17,15 @@
 //! checkpoint come back as duplicates (dedup remembers them) and are only acked; the others
 //! are processed as new. See ARCHITECTURE.md for the invariants.
 
+mod blob;
 pub mod legacy;
 mod part;
 
+pub use blob::{from_ipc, pack, to_ipc, unpack};
 pub use part::{Checkpointed, DedupLine, DedupPart};
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -32,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::names::{ShardId, sanitize_name};
 use crate::sink::archive::CommittedFile;
+use crate::sink::delta::{DeltaLog, NewFile};
 use crate::sink::lake::{INTERNAL_PREFIX, Lake};
 
 const VERSION: u32 = 1;
@@ -138,6 +142,9 @@ pub struct Checkpoints {
     pub group: String,
     pub consumer: String,
     pub shard: ShardId,
+    /// The lake's Delta logs (`table_format = "delta"`): each epoch's files are added to
+    /// their tables when it is published.
+    delta: Option<Arc<DeltaLog>>,
 }
 
 impl Checkpoints {
@@ -153,7 +160,19 @@ impl Checkpoints {
             group: group.to_string(),
             consumer: consumer.to_string(),
             shard,
+            delta: None,
         }
+    }
+
+    /// Publishing also commits each epoch's files to their Delta tables.
+    pub fn with_delta(mut self, delta: Arc<DeltaLog>) -> Checkpoints {
+        self.delta = Some(delta);
+        self
+    }
+
+    /// The Delta `txn` app id of this line: a table holds each of its epochs once.
+    pub fn app_id(&self) -> String {
+        format!("eventide/{}", self.shard.line(&self.group))
     }
 
     pub fn lake(&self) -> &Lake {
@@ -263,13 +282,24 @@ impl Checkpoints {
         }
     }
 
-    /// Moves the manifest's staged files into place (repeatable).
+    /// Moves the manifest's staged files into place and commits them to their Delta
+    /// tables (repeatable).
     pub async fn publish(&self, m: &Manifest) -> Result<()> {
         for f in &m.files {
             self.publish_file(f).await?;
         }
+        self.commit_tables(m).await?;
         self.published(m);
         Ok(())
+    }
+
+    /// Delta: adds the epoch's files (in place) to their tables, one commit per table, as
+    /// version `epoch` of this line's app id (repeatable; nothing without Delta).
+    pub async fn commit_tables(&self, m: &Manifest) -> Result<()> {
+        let Some(delta) = &self.delta else { return Ok(()) };
+        let files: Vec<NewFile> =
+            m.files.iter().map(|f| NewFile { path: f.target.clone(), rows: f.rows, bytes: f.bytes }).collect();
+        delta.commit(&self.app_id(), m.epoch, &files).await
     }
 
     /// Moves one staged file into place (repeatable).
@@ -411,70 +441,4 @@ pub fn takeover(cp: &Checkpoints, latest: &Manifest, token: u64, lease_deadline_
         takeover: true,
         ..latest.clone()
     }
-}
-
-/// Marks a zstd-compressed Arrow IPC stream.
-const IPC_ZSTD: &[u8; 4] = b"EVZ1";
-
-/// Batches of one schema as a checkpoint blob: an Arrow IPC stream, zstd (level 1) compressed
-/// (event rows shrink ~5×; the blob is written at every checkpoint an open file spans).
-pub fn to_ipc(batches: &[arrow::array::RecordBatch]) -> Result<Vec<u8>> {
-    let Some(first) = batches.first() else { return Ok(Vec::new()) };
-    let mut buf = Vec::new();
-    let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut buf, &first.schema())?;
-    for b in batches {
-        w.write(b)?;
-    }
-    w.finish()?;
-    drop(w);
-    let mut out = IPC_ZSTD.to_vec();
-    out.extend(zstd::bulk::compress(&buf, 1)?);
-    Ok(out)
-}
-
-/// Back from [`to_ipc`].
-pub fn from_ipc(bytes: &[u8]) -> Result<Vec<arrow::array::RecordBatch>> {
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let raw = match bytes.strip_prefix(IPC_ZSTD) {
-        Some(z) => zstd::stream::decode_all(z)?,
-        None => bytes.to_vec(),
-    };
-    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(raw), None)?;
-    Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
-}
-
-/// Named blobs in one: per entry, the name's length (u32 LE), the name, the blob's length
-/// (u64 LE), the blob.
-pub fn pack(parts: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, bytes) in parts {
-        out.extend((name.len() as u32).to_le_bytes());
-        out.extend(name.as_bytes());
-        out.extend((bytes.len() as u64).to_le_bytes());
-        out.extend(bytes);
-    }
-    out
-}
-
-/// Back from [`pack`].
-pub fn unpack(mut b: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
-    let bad = || Error::State { path: "packed blob".into(), reason: "truncated".into() };
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        let take = |b: &mut &[u8], n: usize| -> Result<Vec<u8>> {
-            if b.len() < n {
-                return Err(bad());
-            }
-            let (h, t) = b.split_at(n);
-            *b = t;
-            Ok(h.to_vec())
-        };
-        let n = u32::from_le_bytes(take(&mut b, 4)?.try_into().map_err(|_| bad())?) as usize;
-        let name = String::from_utf8(take(&mut b, n)?).map_err(|_| bad())?;
-        let len = u64::from_le_bytes(take(&mut b, 8)?.try_into().map_err(|_| bad())?) as usize;
-        out.push((name, take(&mut b, len)?));
-    }
-    Ok(out)
 }

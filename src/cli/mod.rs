@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_window;
+mod compact;
 mod generate;
 mod replay;
 mod run;
@@ -49,6 +50,8 @@ pub enum Command {
     Query(replay::QueryArgs),
     /// Ops summary per stream (rate, lag, pending, trimmed, DLQ) and pipeline; exit 2 over thresholds.
     Status(status::StatusArgs),
+    /// Compact the lake's Delta tables (small files into large ones, one commit per partition); optionally vacuum.
+    Compact(compact::CompactArgs),
     /// End-to-end benchmark: bare XREADGROUP+XACK drain vs the pipeline, same data.
     Bench(bench::BenchArgs),
 }
@@ -62,6 +65,7 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) 
         Command::Replay(args) => replay::replay(args).await,
         Command::Query(args) => replay::query(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Compact(args) => compact::run(args, shutdown).await,
     }
 }
 

@@ -91,6 +91,9 @@ pub struct RunArgs {
     /// Lake: a directory, file://, s3://, gs://, az:// or memory://.
     #[arg(long, env = "EVENTIDE_LAKE")]
     pub lake: Option<String>,
+    /// `parquet` (plain files, default) or `delta` (Delta Lake tables).
+    #[arg(long, env = "EVENTIDE_TABLE_FORMAT")]
+    pub table_format: Option<String>,
     #[arg(long, env = "EVENTIDE_ROLL_BYTES")]
     pub roll_bytes: Option<ByteSize>,
     #[arg(long, env = "EVENTIDE_ROLL_AGE")]
@@ -200,6 +203,7 @@ impl RunArgs {
             pipeline_max_state_bytes,
             max_clock_skew,
             lake,
+            table_format,
             roll_bytes,
             roll_age,
             state_interval,

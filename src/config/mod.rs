@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 pub use options::{
     ApiOptions, ArchiveOptions, Assignment, DecodeOptions, DlqOptions, HttpLimits, RunOptions, SourceOptions,
+    TableFormat,
 };
 pub use redis::{Certs, RedisOptions, TlsFiles, redact};
 pub use units::{ByteSize, Dur};
@@ -98,6 +99,9 @@ pub struct Config {
     pub lake: String,
     /// Object store options on top of the environment (`aws_endpoint`, `aws_region`, …).
     pub lake_options: std::collections::BTreeMap<String, String>,
+    /// `parquet` (default: plain hive-partitioned files) or `delta` (the same files as
+    /// Delta Lake tables: a `_delta_log/` per table, one commit per checkpoint).
+    pub table_format: String,
     /// Archive files are committed at this size…
     pub roll_bytes: ByteSize,
     /// …or at this age (archive and pipeline table files): how long until rows are visible.
@@ -173,6 +177,7 @@ impl Default for Config {
             max_clock_skew: Dur::secs(0),
             lake: "./lake".into(),
             lake_options: Default::default(),
+            table_format: "parquet".into(),
             roll_bytes: ByteSize(128 << 20),
             roll_age: Dur::secs(30),
             checkpoint_interval: None,
@@ -304,6 +309,9 @@ impl Config {
                 ),
             );
         }
+        if let Err(e) = self.table_format.parse::<TableFormat>() {
+            bad("table_format", e);
+        }
         if self.start_id != "0" && self.start_id != "$" && self.start_id.parse::<crate::entry::EntryId>().is_err() {
             bad("start_id", format!("{:?} is not `0`, `$` or a stream id like 1767268800000-0", self.start_id));
         }
@@ -411,6 +419,7 @@ impl Config {
             lake: self.lake.clone(),
             lake_options: self.lake_options.clone(),
             lake_store: None,
+            table_format: self.table_format.parse().unwrap_or_default(),
             dlq_stream: self.dlq_stream.clone(),
             dlq: DlqOptions { max_entry_bytes: self.dlq_max_entry_bytes.0 as usize, maxlen: self.dlq_maxlen },
             dedup_horizon: self.dedup_horizon.0,

@@ -30,6 +30,8 @@ pub struct RunOptions {
     pub lake_options: std::collections::BTreeMap<String, String>,
     /// A store opened elsewhere, used instead of `lake` (tests wrap a store to inject faults).
     pub lake_store: Option<Arc<dyn ObjectStore>>,
+    /// Plain Parquet files, or Delta Lake tables (`sink::delta`).
+    pub table_format: TableFormat,
     pub dlq_stream: Option<String>,
     pub dlq: DlqOptions,
     pub dedup_horizon: Duration,
@@ -57,6 +59,27 @@ pub struct RunOptions {
     /// The ops HTTP server; `None`: off.
     pub api: Option<ApiOptions>,
     pub probe_interval: Duration,
+}
+
+/// The lake's table format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TableFormat {
+    /// Hive-partitioned Parquet files (a reader globs a table's directory).
+    #[default]
+    Parquet,
+    /// The same files, with a Delta log per table.
+    Delta,
+}
+
+impl std::str::FromStr for TableFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "parquet" => Ok(TableFormat::Parquet),
+            "delta" => Ok(TableFormat::Delta),
+            other => Err(format!("{other:?}: use \"parquet\" (plain files) or \"delta\" (Delta Lake tables)")),
+        }
+    }
 }
 
 /// Settings of the Redis source.

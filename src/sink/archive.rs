@@ -196,35 +196,41 @@ pub struct Archive {
     early_memory: u64,
 }
 
+/// How archive files are encoded (also by a compaction of the archive).
+pub fn writer_props(zstd_level: i32) -> Result<WriterProperties> {
+    let level = ZstdLevel::try_new(zstd_level)?;
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_created_by(format!("eventide {}", env!("CARGO_PKG_VERSION")))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+    // Unique or near-unique columns: dictionaries only cost time there.
+    for col in
+        ["event_id", "event_time", "data", "metadata", "correlation_id", "traceparent", "stream_id", "ingest_time"]
+    {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(col), false);
+    }
+    // Looking one event (or one order's trail) up by id: bloom filters prune the row groups
+    // without it (sized per row group, folded down to what was written; 1 % false positives).
+    for col in ["event_id", "correlation_id"] {
+        props = props
+            .set_column_bloom_filter_enabled(ColumnPath::from(col), true)
+            .set_column_bloom_filter_fpp(ColumnPath::from(col), 0.01)
+            .set_column_bloom_filter_max_ndv(ColumnPath::from(col), ROW_GROUP_ROWS as u64);
+    }
+    // Min/max of JSON text and random ids prune nothing; times and types keep theirs.
+    for col in ["data", "metadata", "correlation_id", "traceparent", "stream_id"] {
+        props = props.set_column_statistics_enabled(ColumnPath::from(col), EnabledStatistics::None);
+    }
+    Ok(props.build())
+}
+
 impl Archive {
     pub fn new(lake: Lake, opts: ArchiveOptions) -> Result<Self> {
-        let level = ZstdLevel::try_new(opts.zstd_level)?;
-        let mut props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(level))
-            .set_created_by(format!("eventide {}", env!("CARGO_PKG_VERSION")))
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
-        // Unique or near-unique columns: dictionaries only cost time there.
-        for col in
-            ["event_id", "event_time", "data", "metadata", "correlation_id", "traceparent", "stream_id", "ingest_time"]
-        {
-            props = props.set_column_dictionary_enabled(ColumnPath::from(col), false);
-        }
-        // Looking one event (or one order's trail) up by id: bloom filters prune the row groups
-        // without it (sized per row group, folded down to what was written; 1 % false positives).
-        for col in ["event_id", "correlation_id"] {
-            props = props
-                .set_column_bloom_filter_enabled(ColumnPath::from(col), true)
-                .set_column_bloom_filter_fpp(ColumnPath::from(col), 0.01)
-                .set_column_bloom_filter_max_ndv(ColumnPath::from(col), ROW_GROUP_ROWS as u64);
-        }
-        // Min/max of JSON text and random ids prune nothing; times and types keep theirs.
-        for col in ["data", "metadata", "correlation_id", "traceparent", "stream_id"] {
-            props = props.set_column_statistics_enabled(ColumnPath::from(col), EnabledStatistics::None);
-        }
+        let props = writer_props(opts.zstd_level)?;
         Ok(Archive {
             opts,
             lake,
-            props: props.build(),
+            props,
             open: HashMap::new(),
             files: 0,
             placement: Placement::Direct,

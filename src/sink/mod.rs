@@ -4,10 +4,13 @@
 //!   with atomic visibility of committed files;
 //! - [`archive`]: the event archive, hive-partitioned Parquet files rolled by size and age;
 //! - [`table`]: pipeline output tables (closed windows, late events), written per commit;
+//! - [`delta`]: the Delta log of each table (`table_format = "delta"`), one commit per
+//!   table and epoch;
 //! - [`dlq`]: the dead-letter stream for entries that failed decoding or validation.
 
 pub mod archive;
 mod chunks;
+pub mod delta;
 pub mod dlq;
 pub mod lake;
 mod schema;

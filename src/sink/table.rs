@@ -7,9 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use arrow::array::{AsArray, RecordBatch, UInt32Array};
-use arrow::compute::{concat_batches, take_record_batch};
-use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
+use arrow::array::{AsArray, BooleanArray, RecordBatch, UInt32Array};
+use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
+use arrow::datatypes::{Int32Type, SchemaRef, TimestampMicrosecondType};
 use object_store::PutPayload;
 use object_store::path::Path;
 use parquet::arrow::ArrowWriter;
@@ -35,11 +35,28 @@ pub struct TableBuffer {
     files: u64,
     /// When the oldest buffered row arrived.
     since: Option<std::time::Instant>,
+    /// Write only each window's highest `revision` (a Delta `emit = "updates"` table, where a
+    /// revision replaces the window's rows: older ones in the same file would show twice).
+    latest_only: bool,
 }
 
 impl TableBuffer {
     pub fn new(prefix: String, schema: SchemaRef, date_column: usize) -> Self {
-        TableBuffer { prefix, schema, date_column, days: BTreeMap::new(), rows: 0, files: 0, since: None }
+        TableBuffer {
+            prefix,
+            schema,
+            date_column,
+            days: BTreeMap::new(),
+            rows: 0,
+            files: 0,
+            since: None,
+            latest_only: false,
+        }
+    }
+
+    /// Writes only each window's latest revision (see the field).
+    pub fn keep_latest_revisions(&mut self) {
+        self.latest_only = self.schema.index_of(REVISION).is_ok() && self.schema.index_of(WINDOW).is_ok();
     }
 
     pub fn rows(&self) -> usize {
@@ -96,7 +113,10 @@ impl TableBuffer {
         let mut out = Vec::new();
         let stamp = chrono::Utc::now().timestamp_millis();
         for (day, batches) in std::mem::take(&mut self.days) {
-            let batch = concat_batches(&self.schema, &batches)?;
+            let mut batch = concat_batches(&self.schema, &batches)?;
+            if self.latest_only {
+                batch = latest_revisions(&batch)?;
+            }
             let rows = batch.num_rows() as u64;
             let bytes = encode(&batch).await?;
             self.files += 1;
@@ -115,14 +135,37 @@ impl TableBuffer {
     }
 }
 
+const WINDOW: &str = "window_start";
+const REVISION: &str = "revision";
+
+/// The rows of each window's highest revision.
+fn latest_revisions(batch: &RecordBatch) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let (Ok(w), Ok(r)) = (schema.index_of(WINDOW), schema.index_of(REVISION)) else { return Ok(batch.clone()) };
+    let starts = batch.column(w).as_primitive::<TimestampMicrosecondType>();
+    let revs = batch.column(r).as_primitive::<Int32Type>();
+    let mut top: BTreeMap<i64, i32> = BTreeMap::new();
+    for i in 0..batch.num_rows() {
+        let e = top.entry(starts.value(i)).or_insert(0);
+        *e = (*e).max(revs.value(i));
+    }
+    let keep: BooleanArray = (0..batch.num_rows()).map(|i| Some(top[&starts.value(i)] == revs.value(i))).collect();
+    Ok(filter_record_batch(batch, &keep)?)
+}
+
+/// How table files are encoded (also by a compaction of a table).
+pub fn writer_props() -> Result<WriterProperties> {
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_created_by(format!("eventide {}", env!("CARGO_PKG_VERSION")))
+        .build())
+}
+
 /// Encodes a batch as a zstd Parquet file on a blocking thread.
-async fn encode(batch: &RecordBatch) -> Result<Vec<u8>> {
+pub(crate) async fn encode(batch: &RecordBatch) -> Result<Vec<u8>> {
     let batch = batch.clone();
     tokio::task::spawn_blocking(move || {
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-            .set_created_by(format!("eventide {}", env!("CARGO_PKG_VERSION")))
-            .build();
+        let props = writer_props()?;
         let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2 + 1024);
         let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
         w.write(&batch)?;

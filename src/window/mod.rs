@@ -18,6 +18,7 @@ pub mod plan;
 pub mod query;
 pub mod session;
 pub mod spec;
+mod tables;
 pub mod watermark;
 
 use std::path::Path;

@@ -147,7 +147,7 @@ impl Compiled {
                 }
             };
         }
-        Ok((batch, kept))
+        Ok((to_signed(batch, &self.output)?, kept))
     }
 }
 
@@ -293,6 +293,7 @@ pub async fn compile(spec: &PipelineSpec) -> Result<Compiled, SpecProblem> {
         Some(s) => s,
         None => aggregate_schema.clone(),
     };
+    let output = signed(&output);
     let mut seen = std::collections::HashSet::new();
     for f in output.fields() {
         if matches!(f.name().as_str(), "window_start" | "window_end") {
@@ -309,4 +310,33 @@ pub async fn compile(spec: &PipelineSpec) -> Result<Compiled, SpecProblem> {
 fn sql_line_in_message(msg: &str) -> Option<usize> {
     let rest = &msg[msg.find("Line: ")? + 6..];
     rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// Output columns are signed: `approx_distinct`'s UInt64 becomes Int64 (Delta, Spark and
+/// Polars' Delta reader have no unsigned integers).
+fn signed(schema: &SchemaRef) -> SchemaRef {
+    use arrow::datatypes::{DataType as T, Field};
+    let to = |t: &T| match t {
+        T::UInt8 => T::Int16,
+        T::UInt16 => T::Int32,
+        T::UInt32 | T::UInt64 => T::Int64,
+        other => other.clone(),
+    };
+    let fields: Vec<Field> =
+        schema.fields().iter().map(|f| f.as_ref().clone().with_data_type(to(f.data_type()))).collect();
+    Arc::new(arrow::datatypes::Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// `batch` in the signed output schema (a UInt64 beyond i64::MAX becomes NULL).
+fn to_signed(batch: RecordBatch, output: &SchemaRef) -> datafusion::error::Result<RecordBatch> {
+    if batch.schema().fields().iter().zip(output.fields()).all(|(a, b)| a.data_type() == b.data_type()) {
+        return Ok(batch);
+    }
+    let cols = batch
+        .columns()
+        .iter()
+        .zip(output.fields())
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(output.clone(), cols)?)
 }

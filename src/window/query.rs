@@ -11,9 +11,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
-};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use arrow::row::RowConverter;
 use datafusion::error::Result;
@@ -102,7 +100,7 @@ impl WindowedQuery {
         let op = make_op(&spec, &plan, false)?;
         let mut fields = vec![Field::new("window_start", ts(), false), Field::new("window_end", ts(), false)];
         if updates {
-            fields.push(Field::new(REVISION_COLUMN, DataType::UInt32, false));
+            fields.push(Field::new(REVISION_COLUMN, DataType::Int32, false));
         }
         fields.extend(plan.output.fields().iter().map(|f| f.as_ref().clone()));
         Ok(WindowedQuery {
@@ -389,7 +387,8 @@ impl WindowedQuery {
             Arc::new(TimestampMicrosecondArray::from(ends).with_timezone("UTC")),
         ];
         if self.spec.emit == Emit::Updates {
-            cols.push(Arc::new(UInt32Array::from(vec![c.revision; n])));
+            // Signed (Delta and Spark have no unsigned integers); revisions stay far below 2^31.
+            cols.push(Arc::new(arrow::array::Int32Array::from(vec![c.revision as i32; n])));
         }
         cols.extend(rows.columns().iter().cloned());
         Ok(Some(RecordBatch::try_new(self.output.clone(), cols)?))

@@ -3,16 +3,18 @@
 //! an epoch's files and state at once, publishes the files, then acks the epoch's entries.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::ack::AckTracker;
 use crate::checkpoint::{self, Checkpointed, Checkpoints, Manifest, Totals};
 use crate::decode::{Decoder, Rejection};
 use crate::entry::{EntryId, StreamBatch};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ingest::{Admitted, Ingest};
 use crate::metrics::Stats;
 use crate::sink::archive::{Archive, CommittedFile};
+use crate::sink::delta::{DeltaLog, Kind, TableDecl, TableFormat};
 use crate::sink::dlq::{self, DlqOptions};
 use crate::sink::lake::{Lake, Placement};
 use crate::source::SourceOptions;
@@ -87,8 +89,16 @@ impl Processor {
             Some(store) => Lake::from_store(store.clone()),
             None => Lake::open_with(&opts.lake, &opts.lake_options)?,
         };
-        let cp = Checkpoints::new(lake.clone(), opts.shard, &opts.source.group, &opts.source.consumer);
+        let mut pipelines = match &opts.pipelines {
+            Some(dir) => Pipelines::load(dir).await?,
+            None => Pipelines::new(Vec::new())?,
+        };
+        let mut cp = Checkpoints::new(lake.clone(), opts.shard, &opts.source.group, &opts.source.consumer);
         cp.check_shard_count().await?;
+        if opts.table_format == TableFormat::Delta {
+            // Before recovery: publishing the latest checkpoint again commits to the tables.
+            cp = cp.with_delta(Arc::new(open_delta(&lake, &opts.archive.prefix, &mut pipelines).await?));
+        }
         let horizon = opts.dedup_horizon.as_secs();
         let (latest, dedup, recovered) = take_over(&cp, &lake, &fence, token, horizon).await?;
         let mut dedup = dedup.with_max_bytes(opts.dedup_max_bytes);
@@ -112,10 +122,6 @@ impl Processor {
                 tracing::info!(stream = %stream, entries = n, "Took over entries pending at other consumers (earlier lease holders).");
             }
         }
-        let mut pipelines = match &opts.pipelines {
-            Some(dir) => Pipelines::load(dir).await?,
-            None => Pipelines::new(Vec::new())?,
-        };
         if !pipelines.is_empty() {
             tracing::info!(pipelines = ?pipelines, "Loaded pipelines.");
         }
@@ -354,6 +360,7 @@ impl Processor {
         for f in &m.files {
             self.fence.guard(self.cp.publish_file(f)).await?;
         }
+        self.fence.guard(self.cp.commit_tables(&m)).await?;
         self.cp.published(&m);
         self.committed(&files, true);
         self.committed(&tables, false);
@@ -426,4 +433,30 @@ impl Processor {
     pub fn dedup_len(&self) -> usize {
         self.ingest.dedup.len()
     }
+}
+
+/// The lake's Delta logs: the archive, every pipeline's table and `late_events`, each
+/// created when missing. A pipeline whose table has another schema fails alone (with what
+/// to do); the archive's or the late table's is a configuration error.
+async fn open_delta(lake: &Lake, archive: &str, pipelines: &mut Pipelines) -> Result<DeltaLog> {
+    let mut log = DeltaLog::new(lake.clone());
+    log.declare(TableDecl {
+        root: archive.to_string(),
+        schema: crate::sink::archive_schema(),
+        // `event_type` is in the files too; as a partition column readers (Polars) accept its
+        // directories and prune by it.
+        partitions: vec!["event_date".into(), "event_type".into()],
+        kind: Kind::Append,
+        source: "the event archive".into(),
+    });
+    for d in pipelines.table_decls() {
+        log.declare(d);
+    }
+    for (root, why) in log.prepare().await? {
+        if root == archive || root == crate::window::LATE_TABLE {
+            return Err(Error::Config(why));
+        }
+        pipelines.fail_table(&root, &why);
+    }
+    Ok(log)
 }

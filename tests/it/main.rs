@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod consumer_group;
 mod dashboard;
+mod delta;
 mod dlq;
 mod faults;
 mod golden;

@@ -5,14 +5,19 @@
 //! with its `window_date` partition column) and `late_events` (partitioned by `pipeline`
 //! and `window_date`). The lake's object store is registered as is, so the same query runs
 //! over a local directory, S3, GCS or Azure. Only committed files are visible (staging
-//! lives under `_eventide/`, which no table covers).
+//! lives under `_eventide/`, which no table covers). A table with a `_delta_log/` is read
+//! as Delta: each query sees its latest version's files only (`delta`).
 
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::datasource::file_format::options::ReadOptions;
 use datafusion::execution::context::SessionContext;
 use datafusion::prelude::ParquetReadOptions;
+
+mod delta;
+mod view;
 
 use crate::error::{Error, Result};
 use crate::sink::lake::Lake;
@@ -65,14 +70,35 @@ impl LakeQuery {
         let url = url::Url::parse(LAKE_URL).map_err(|e| Error::Internal(e.to_string()))?;
         ctx.register_object_store(&url, lake.store().clone());
         let mut tables = Vec::new();
-        let mut add = async |name: &str, path: &str, opts: ParquetReadOptions<'_>| {
-            let location = format!("{LAKE_URL}/{path}/");
-            let ok = ctx.register_parquet(name, &location, opts).await.is_ok();
+        let mut add = async |name: &str, path: &str, opts: ParquetReadOptions<'_>, schema: Option<&SchemaRef>| {
+            let ok = match delta::load(lake, path).await {
+                // A Delta table: each scan reads its latest version's files.
+                Some(table) => {
+                    let id = tables.len();
+                    let options = opts.to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
+                    match delta::DeltaProvider::open(&ctx, lake, path, table, id, options, schema.cloned()).await {
+                        Ok(Some(p)) => ctx.register_table(name, Arc::new(p)).is_ok(),
+                        Ok(None) => false,
+                        Err(e) => {
+                            tracing::warn!(table = name, error = %e, "Cannot read the Delta table.");
+                            false
+                        }
+                    }
+                }
+                None => {
+                    let opts = match schema {
+                        Some(s) => opts.schema(s.as_ref()),
+                        None => opts,
+                    };
+                    let location = format!("{LAKE_URL}/{path}/");
+                    ctx.register_parquet(name, &location, opts).await.is_ok()
+                }
+            };
             tables.push(TableInfo { name: name.to_string(), location: path.to_string(), registered: ok });
         };
         // The archive's `event_date=` directories as a column, so a date filter skips them.
         let by_date = ParquetReadOptions::default().table_partition_cols(vec![("event_date".into(), DataType::Utf8)]);
-        add("events", "events", by_date).await;
+        add("events", "events", by_date, None).await;
         add(
             LATE_TABLE,
             LATE_TABLE,
@@ -80,13 +106,12 @@ impl LakeQuery {
                 ("pipeline".into(), DataType::Utf8),
                 ("window_date".into(), DataType::Utf8),
             ]),
+            None,
         )
         .await;
         for (spec, schema) in pipelines {
-            let opts = ParquetReadOptions::default()
-                .table_partition_cols(vec![("window_date".into(), DataType::Utf8)])
-                .schema(schema.as_ref());
-            add(&spec.name, &spec.name, opts).await;
+            let opts = ParquetReadOptions::default().table_partition_cols(vec![("window_date".into(), DataType::Utf8)]);
+            add(&spec.name, &spec.name, opts, Some(schema)).await;
         }
         Ok(LakeQuery { ctx, tables })
     }

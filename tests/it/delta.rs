@@ -1,0 +1,327 @@
+//! Delta Lake tables (`--table-format delta`), read back by independent readers: delta-rs,
+//! Polars and DuckDB (over the files of the latest version), in `tests/analyst/read_delta.py`.
+//!
+//! - SIGKILLs at random points while events are published: every table's latest version
+//!   equals an uninterrupted replay (the `emit = "updates"` table: each window's latest
+//!   revision only), the archive holds every event once, and no file is added twice to a log;
+//!   a replay of the Delta archive gives the live run's tables again.
+//! - `eventide compact` beside a live run and a reader looping over the archive: no version
+//!   read misses or doubles a row; ≤ 2 files per partition after; a vacuum changes no row.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use eventide::sink::lake::Lake;
+use eventide::window::{Pipelines, check_dir};
+use rand::{Rng, SeedableRng};
+
+use crate::faults::{KillOnDrop, drill_stream};
+use crate::merge::{example_pipelines, write_jsonl};
+use crate::support::{self, RedisServer, table};
+
+pub(crate) fn eventide_delta(redis: &str, lake: &Path, pipelines: &Path, log: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_eventide"));
+    c.args(["run", "--config", "/dev/null", "--http-addr", "", "--redis-url", redis])
+        .args(["--stream", "events", "--group", "analytics", "--consumer", "c1", "--table-format", "delta"])
+        .args(["--block", "50ms", "--claim-min-idle", "2s"])
+        .args(match extra.contains(&"--roll-age") {
+            true => &[][..],
+            false => &["--roll-age", "1s", "--checkpoint-interval", "200ms"][..],
+        })
+        .args(["--max-entry-bytes", "64KiB"])
+        .arg("--pipelines")
+        .arg(pipelines)
+        .arg("--lake")
+        .arg(lake)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap());
+    c
+}
+
+/// Runs `read_delta.py` on one table; returns its summary line (`rows=… version=… files=…`).
+pub(crate) fn read_delta(table: &Path, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/analyst/read_delta.py"))
+        .arg(table)
+        .args(args)
+        .output()
+        .expect("python3 on PATH");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}: {stdout}{}",
+        table.display(),
+        String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default()
+    );
+    stdout.trim().to_string()
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+fn rows_of(summary: &str) -> u64 {
+    summary.split_whitespace().find_map(|w| w.strip_prefix("rows=")).and_then(|n| n.parse().ok()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkills_leave_delta_tables_equal_to_an_uninterrupted_run() {
+    let kills: usize = std::env::var("EVENTIDE_FAULT_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let redis = RedisServer::start();
+    let (entries, publisher) = drill_stream(&redis.url(), 24_000, 21, 2_000.0).await;
+    let lake = tempfile::tempdir().unwrap();
+    let pipelines = example_pipelines();
+    let log = lake.path().join("eventide.log");
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(kills as u64 + 7);
+    for _ in 0..kills {
+        let child = eventide_delta(&redis.url(), lake.path(), pipelines.path(), &log, &[]).spawn().unwrap();
+        let mut child = KillOnDrop(Some(child));
+        // Anywhere: start-up, recovery (publishing a checkpoint's files to the logs), a commit.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..1500))).await;
+        let mut c = child.0.take().unwrap();
+        c.kill().unwrap(); // SIGKILL
+        c.wait().unwrap();
+    }
+    publisher.await.unwrap().unwrap();
+    let mut last = eventide_delta(&redis.url(), lake.path(), pipelines.path(), &log, &["--exit-when-idle", "1s"]);
+    let status = support::run_within(&mut last, Duration::from_secs(180), "the last run", || {
+        std::fs::read_to_string(&log).unwrap_or_default()
+    });
+    assert!(status.success(), "the last run: {}", log_tail(&log));
+
+    // The uninterrupted run: a replay of the same events into plain Parquet.
+    let jsonl = lake.path().join("replay.jsonl");
+    write_jsonl(&entries, &jsonl);
+    let replay_dir = tempfile::tempdir().unwrap();
+    let replay_lake = Lake::open(replay_dir.path().to_str().unwrap()).unwrap();
+    let fresh = Pipelines::new(check_dir(pipelines.path()).await.unwrap()).unwrap();
+    eventide::replay::run(&[jsonl], fresh, &replay_lake, Duration::from_secs(3600), "events").await.unwrap();
+
+    let events = read_delta(&lake.path().join("events"), &["--unique", "event_id"]);
+    assert_eq!(rows_of(&events), support::event_ids(&entries).len() as u64, "archive: {events}");
+    let compiled = Pipelines::new(check_dir(pipelines.path()).await.unwrap()).unwrap();
+    let live_lake = Lake::open(lake.path().to_str().unwrap()).unwrap();
+    for q in compiled.queries() {
+        let name = &q.spec.name;
+        let expect: PathBuf = replay_dir.path().join(name);
+        let updates = q.spec.emit == eventide::window::spec::Emit::Updates;
+        let mut args = vec!["--expect", expect.to_str().unwrap()];
+        if updates {
+            args.push("--one-revision");
+        }
+        let summary = read_delta(&lake.path().join(name), &args);
+        assert!(rows_of(&summary) > 0, "{name}: {summary}");
+        eprintln!("{name}: {summary}");
+        if !updates {
+            // And eventide's own reader of Delta tables (`eventide query`, the API).
+            let (want, got) = (table(&replay_lake, &compiled, name).await, table(&live_lake, &compiled, name).await);
+            support::assert_same_rows(&got, &want, &format!("{name} through LakeQuery"));
+        }
+    }
+    // Late rows without `stream_id`: a replay numbers lines, not Redis entries.
+    let late = read_delta(
+        &lake.path().join("late_events"),
+        &["--expect", replay_dir.path().join("late_events").to_str().unwrap(), "--drop", "stream_id"],
+    );
+    assert!(rows_of(&late) > 0, "late_events: {late}");
+    eprintln!("{kills} kills; events: {events}; late_events: {late}");
+
+    // Replay from the Delta archive (its latest version's files) into a new lake: the live
+    // run's tables again.
+    let replayed = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_eventide"))
+        .arg("replay")
+        .arg(lake.path().join("events"))
+        .arg("--pipelines")
+        .arg(pipelines.path())
+        .arg("--lake")
+        .arg(replayed.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "replay: {}", String::from_utf8_lossy(&out.stderr));
+    let replayed_lake = Lake::open(replayed.path().to_str().unwrap()).unwrap();
+    for q in compiled.queries() {
+        let name = &q.spec.name;
+        if q.spec.emit == eventide::window::spec::Emit::Updates {
+            let expect = replayed.path().join(name);
+            read_delta(&lake.path().join(name), &["--expect", expect.to_str().unwrap(), "--one-revision"]);
+            continue;
+        }
+        let (want, got) = (table(&live_lake, &compiled, name).await, table(&replayed_lake, &compiled, name).await);
+        support::assert_same_rows(&got, &want, &format!("{name}: replay of the Delta archive vs live"));
+    }
+    let (got, want) = (
+        crate::merge::late_rows(&replayed_lake, &compiled).await,
+        crate::merge::late_rows(&live_lake, &compiled).await,
+    );
+    support::assert_same_rows(&got, &want, "late_events: replay of the Delta archive vs live");
+}
+
+/// Files per partition of a Delta table's latest version, by delta-rs.
+fn files_per_partition(table: &Path) -> usize {
+    let script = "import sys, collections\nfrom deltalake import DeltaTable\n\
+                  dt = DeltaTable(sys.argv[1])\n\
+                  c = collections.Counter(u.rsplit('/', 1)[0] for u in dt.file_uris())\n\
+                  print(max(c.values()) if c else 0)";
+    let out = Command::new("python3").args(["-c", script]).arg(table).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn compact(lake: &Path, extra: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_eventide"))
+        .args(["compact", "--lake"])
+        .arg(lake)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "compact: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `eventide compact` rounds while a pipeline runs and a reader loops over the archive:
+/// every version read holds each event once and nothing it held before is lost; after the
+/// run, one more round leaves ≤ 2 files per partition in every table, the tables still equal
+/// an uninterrupted replay, and a vacuum deletes the replaced files without changing a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_beside_a_live_run_never_shows_a_missing_or_doubled_row() {
+    let redis = RedisServer::start();
+    let (entries, publisher) = drill_stream(&redis.url(), 16_000, 33, 2_000.0).await;
+    let lake = tempfile::tempdir().unwrap();
+    let pipelines = example_pipelines();
+    let log = lake.path().join("eventide.log");
+    // Small files on purpose: a commit every 300 ms.
+    let fast = ["--roll-age", "300ms", "--checkpoint-interval", "300ms", "--exit-when-idle", "2s"];
+    let mut run =
+        KillOnDrop(Some(eventide_delta(&redis.url(), lake.path(), pipelines.path(), &log, &fast).spawn().unwrap()));
+    let events = lake.path().join("events");
+    let stop = lake.path().join("stop-polling");
+    let mut reader = KillOnDrop(Some(
+        Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/analyst/poll_delta.py"))
+            .arg(&events)
+            .arg("event_id")
+            .arg(&stop)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let mut rounds = 0;
+    while !publisher.is_finished() {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        if events.join("_delta_log").exists() {
+            let out = compact(lake.path(), &["--target-size", "64MiB"]);
+            eprintln!("round {rounds}: {out}");
+            rounds += 1;
+        }
+    }
+    publisher.await.unwrap().unwrap();
+    let status = support::wait_within(run.0.as_mut().unwrap(), Duration::from_secs(120), "the run", || {
+        std::fs::read_to_string(&log).unwrap_or_default()
+    });
+    run.0 = None;
+    assert!(status.success(), "the run: {}", log_tail(&log));
+    assert!(rounds >= 3, "only {rounds} compaction rounds ran beside the pipeline");
+    let out = compact(lake.path(), &["--target-size", "64MiB"]);
+    eprintln!("after the run: {out}");
+    std::fs::write(&stop, b"").unwrap();
+    let polled = reader.0.take().unwrap().wait_with_output().unwrap();
+    let polled_out = String::from_utf8_lossy(&polled.stdout);
+    assert!(polled.status.success(), "the concurrent reader: {polled_out}");
+    let versions: usize = polled_out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("versions="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(versions >= 5, "the reader saw too few versions to mean anything: {polled_out}");
+    eprintln!("concurrent reader: {polled_out}");
+
+    let jsonl = lake.path().join("replay.jsonl");
+    write_jsonl(&entries, &jsonl);
+    let replay_dir = tempfile::tempdir().unwrap();
+    let replay_lake = Lake::open(replay_dir.path().to_str().unwrap()).unwrap();
+    let fresh = Pipelines::new(check_dir(pipelines.path()).await.unwrap()).unwrap();
+    eventide::replay::run(&[jsonl], fresh, &replay_lake, Duration::from_secs(3600), "events").await.unwrap();
+    let check_all = |what: &str| {
+        let summary = read_delta(&events, &["--unique", "event_id"]);
+        assert_eq!(rows_of(&summary), support::event_ids(&entries).len() as u64, "{what}: archive {summary}");
+        for name in ["revenue_per_minute", "checkout_funnel", "customer_sessions", "payment_failure_rate"] {
+            let expect = replay_dir.path().join(name);
+            read_delta(&lake.path().join(name), &["--expect", expect.to_str().unwrap()]);
+        }
+        let expect = replay_dir.path().join("revenue_updates");
+        read_delta(&lake.path().join("revenue_updates"), &["--expect", expect.to_str().unwrap(), "--one-revision"]);
+    };
+    check_all("after compaction");
+    for t in ["events", "revenue_per_minute", "late_events", "revenue_updates"] {
+        let n = files_per_partition(&lake.path().join(t));
+        assert!((1..=2).contains(&n), "{t}: {n} files in a partition after compaction");
+    }
+    // Replaced files are still there (older versions need them) until a vacuum removes them.
+    let parquet_files = |dir: &Path| walk(dir).iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).count();
+    let before = parquet_files(&events);
+    let out = compact(lake.path(), &["--vacuum", "--retention", "0s"]);
+    eprintln!("vacuum: {out}");
+    assert!(parquet_files(&events) < before, "vacuum deleted no replaced file of the archive");
+    check_all("after vacuum");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if !p.ends_with("_delta_log") {
+                out.extend(walk(&p));
+            }
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A pipeline whose output columns changed while its Delta table exists fails alone at
+/// start, saying what to do; the table keeps its schema and the archive goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_pipeline_schema_fails_that_pipeline_with_what_to_do() {
+    let redis = RedisServer::start();
+    let mut conn = support::connect(&redis.url()).await;
+    let lake = tempfile::tempdir().unwrap();
+    let pipelines = tempfile::tempdir().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let revenue = std::fs::read_to_string(examples.join("revenue_per_minute.toml")).unwrap();
+    std::fs::write(pipelines.path().join("revenue_per_minute.toml"), &revenue).unwrap();
+    let log = lake.path().join("eventide.log");
+    let publish = async |conn: &mut redis::aio::MultiplexedConnection, seed: u64| {
+        let entries = crate::faults::drill_entries(2_000, seed);
+        eventide::generator::publish(conn, "events", entries.clone(), 200, None).await.unwrap();
+        entries
+    };
+    let mut first = publish(&mut conn, 1).await;
+    let idle = ["--exit-when-idle", "1s"];
+    let mut run = eventide_delta(&redis.url(), lake.path(), pipelines.path(), &log, &idle);
+    assert!(support::run_within(&mut run, Duration::from_secs(120), "first run", || log_tail(&log)).success());
+    let before = read_delta(&lake.path().join("revenue_per_minute"), &[]);
+
+    // The same pipeline with one more column.
+    let changed = revenue.replace("SELECT ", "SELECT count(*) AS extra_events, ");
+    assert_ne!(changed, revenue);
+    std::fs::write(pipelines.path().join("revenue_per_minute.toml"), changed).unwrap();
+    first.extend(publish(&mut conn, 2).await);
+    let mut run = eventide_delta(&redis.url(), lake.path(), pipelines.path(), &log, &idle);
+    support::run_within(&mut run, Duration::from_secs(120), "second run", || log_tail(&log));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("Pipeline failed at start") && text.contains("give the changed pipeline a new `name`"),
+        "{}",
+        log_tail(&log)
+    );
+    assert_eq!(read_delta(&lake.path().join("revenue_per_minute"), &[]), before, "the table is unchanged");
+    let events = read_delta(&lake.path().join("events"), &["--unique", "event_id"]);
+    assert_eq!(rows_of(&events), support::event_ids(&first).len() as u64, "the archive went on: {events}");
+}
