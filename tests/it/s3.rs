@@ -115,3 +115,42 @@ async fn archive_lands_on_s3_exactly_once() {
     assert_eq!(m.totals.archived_rows, want.len() as u64);
     assert_eq!(support::pending(&mut conn, "events").await, 0);
 }
+
+/// Delta tables on S3 (moto): the commits' create-only puts work there, the archive's Delta
+/// table holds every event once, read by eventide's SQL and by delta-rs over S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_tables_on_s3_hold_every_event_once() {
+    let moto = Moto::start();
+    moto.create_bucket("analytics");
+    let redis = RedisServer::start();
+    let mut conn = support::connect(&redis.url()).await;
+    let entries = support::publish_generated(
+        &mut conn,
+        "events",
+        GenOptions { entries: 3000, duplicates: 0.05, seed: 17, ..Default::default() },
+    )
+    .await;
+    let mut opts = support::options(&redis.url(), &["events"], "s3://analytics/delta", "c1");
+    opts.lake_options = moto.options();
+    opts.table_format = eventide::config::TableFormat::Delta;
+    support::run_until_idle(opts).await;
+
+    let lake = Lake::open_with("s3://analytics/delta", &moto.options()).unwrap();
+    let q = eventide::lake_sql::LakeQuery::open(&lake, &[]).await.unwrap();
+    let rows = support::text_rows(&q.sql("SELECT count(*), count(DISTINCT event_id) FROM events").await.unwrap().1);
+    let n = support::event_ids(&entries).len();
+    assert_eq!(rows, vec![format!("{n},{n}")]);
+
+    let script = "import sys\nfrom deltalake import DeltaTable\n\
+                  o = {'AWS_ENDPOINT_URL': sys.argv[2], 'AWS_ALLOW_HTTP': 'true', 'AWS_ACCESS_KEY_ID': 'testing',\n\
+                  'AWS_SECRET_ACCESS_KEY': 'testing', 'AWS_REGION': 'us-east-1'}\n\
+                  t = DeltaTable(sys.argv[1], storage_options=o).to_pyarrow_table(columns=['event_id'])\n\
+                  print(t.num_rows, len(set(t.column('event_id').to_pylist())))";
+    let endpoint = moto.options()["aws_endpoint"].clone();
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, "s3://analytics/delta/events", &endpoint])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "delta-rs over S3: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{n} {n}"), "delta-rs over S3");
+}
