@@ -31,7 +31,8 @@ rm -rf "$lake"
 "$bin" gen --redis-url "$url" --stream demo:orders --events 50000 --duplicates 0.05 --jitter 3s --malformed 0.005 --spacing 10ms --seed 1
 "$bin" gen --redis-url "$url" --stream demo:payments --events 50000 --duplicates 0.05 --jitter 3s --malformed 0.005 --spacing 10ms --dapr --seed 2
 "$bin" run --config /dev/null --redis-url "$url" --stream demo:orders --stream demo:payments \
-  --group demo --consumer demo-1 --lake "$lake" --pipelines pipelines --exit-when-idle 1s
+  --group demo --consumer demo-1 --lake "$lake" --pipelines pipelines --exit-when-idle 1s \
+  --http-addr 127.0.0.1:0   # any free port: a running eventide keeps its own
 
 echo
 echo "== archive files (hive partitions) =="

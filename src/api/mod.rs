@@ -35,7 +35,14 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Binds `opts.addr` (port 0 picks a free port) and returns the bound address.
 pub async fn bind(opts: &ApiOptions) -> Result<(TcpListener, SocketAddr)> {
-    let l = TcpListener::bind(opts.addr).await?;
+    let l = TcpListener::bind(opts.addr).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => crate::error::Error::Config(format!(
+            "http_addr {}: the address is in use (another eventide?); pick another with --http-addr \
+             (127.0.0.1:0 for any free port) or turn the API off with --http-addr \"\"",
+            opts.addr
+        )),
+        _ => e.into(),
+    })?;
     let addr = l.local_addr()?;
     Ok((l, addr))
 }

@@ -232,3 +232,20 @@ fn logs_as_json_lines_and_honours_rust_log() {
     let flag = run(&[("EVENTIDE_LOG", "info")], &["--log", "warn"]);
     assert!(!flag.contains("Starting pipeline"), "--log comes first: {flag}");
 }
+
+/// A second instance on a host where the API's address is taken says which flag to change.
+#[test]
+fn an_api_address_in_use_names_the_flag_to_change() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let lake = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_eventide"))
+        .args(["run", "--config", "/dev/null", "--redis-url", "redis://127.0.0.1:1", "--pipelines", ""])
+        .args(["--http-addr", &addr, "--lake"])
+        .arg(lake.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(text.contains("in use") && text.contains("--http-addr") && text.contains(&addr), "{text}");
+}
