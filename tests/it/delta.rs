@@ -325,3 +325,63 @@ async fn a_changed_pipeline_schema_fails_that_pipeline_with_what_to_do() {
     let events = read_delta(&lake.path().join("events"), &["--unique", "event_id"]);
     assert_eq!(rows_of(&events), support::event_ids(&first).len() as u64, "the archive went on: {events}");
 }
+
+/// Three workers over eight shards writing Delta tables: every shard commits its archive
+/// files and late rows to the same tables (concurrent commits, retried), shard 0 the merged
+/// windows. The tables equal `eventide replay --shards 8` of the same events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_over_eight_shards_share_the_delta_tables() {
+    use crate::shards::{SHARDS, stop_then_finish, worker_in};
+    let redis = RedisServer::start();
+    let entries = crate::faults::drill_entries(8_000, 41);
+    let lake = tempfile::tempdir().unwrap();
+    let pipelines = example_pipelines();
+    let p_dir = pipelines.path().to_str().unwrap().to_string();
+    let delta = ["--table-format", "delta"];
+    let mut workers: Vec<(String, KillOnDrop)> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|n| {
+            let c = worker_in("analytics", n, &redis.url(), lake.path(), &p_dir, &delta).spawn().unwrap();
+            (n.to_string(), KillOnDrop(Some(c)))
+        })
+        .collect();
+    let mut conn = support::connect(&redis.url()).await;
+    eventide::generator::publish_sharded(&mut conn, "events", SHARDS, entries.clone(), 200, Some(2_000.0))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let last = worker_in(
+        "analytics",
+        "w1",
+        &redis.url(),
+        lake.path(),
+        &p_dir,
+        &[&delta[..], &["--exit-when-idle", "2s"]].concat(),
+    );
+    let mut refs: Vec<(&str, &mut KillOnDrop)> = workers.iter_mut().map(|(n, w)| (n.as_str(), w)).collect();
+    stop_then_finish(&mut refs, ("w1", last), lake.path());
+
+    let events = read_delta(&lake.path().join("events"), &["--unique", "event_id"]);
+    assert_eq!(rows_of(&events), support::event_ids(&entries).len() as u64, "archive: {events}");
+    let input = lake.path().with_extension("jsonl");
+    write_jsonl(&entries, &input);
+    let (replay_dir, replayed) = crate::merge::replay_sharded(&input, pipelines.path(), SHARDS).await;
+    let p = Pipelines::new(check_dir(pipelines.path()).await.unwrap()).unwrap();
+    let live = Lake::open(lake.path().to_str().unwrap()).unwrap();
+    for q in p.queries() {
+        let name = &q.spec.name;
+        if q.spec.emit == eventide::window::spec::Emit::Updates {
+            let expect = replay_dir.path().join(name);
+            read_delta(&lake.path().join(name), &["--expect", expect.to_str().unwrap(), "--one-revision"]);
+            continue;
+        }
+        read_delta(&lake.path().join(name), &[]);
+        let (want, got) = (table(&replayed, &p, name).await, table(&live, &p, name).await);
+        assert!(!want.is_empty(), "{name}: the replay wrote nothing");
+        support::assert_same_rows(&got, &want, &format!("{name}: 3 workers, Delta vs replay --shards 8"));
+    }
+    let late = read_delta(&lake.path().join("late_events"), &[]);
+    let (got, want) = (crate::merge::late_rows(&live, &p).await, crate::merge::late_rows(&replayed, &p).await);
+    support::assert_same_rows(&got, &want, "late_events: 3 workers, Delta vs replay --shards 8");
+    eprintln!("events: {events}; late_events: {late}");
+}

@@ -22,7 +22,7 @@ use crate::faults::{KillOnDrop, drill_entries};
 use crate::support::http::{free_port, request};
 use crate::support::{self, RedisServer, read_archive, table};
 
-const SHARDS: u32 = 8;
+pub(crate) const SHARDS: u32 = 8;
 /// The most a worker may take to stop or to finish a bounded input (a hang fails the test).
 const LIMIT: Duration = Duration::from_secs(120);
 
