@@ -1,5 +1,6 @@
 //! Command-line interface: `run`, `gen`, `validate`, `replay`, `query`, `status`, `bench`.
 
+mod backfill;
 mod bench;
 mod bench_window;
 mod compact;
@@ -50,6 +51,8 @@ pub enum Command {
     Query(replay::QueryArgs),
     /// Ops summary per stream (rate, lag, pending, trimmed, DLQ) and pipeline; exit 2 over thresholds.
     Status(status::StatusArgs),
+    /// Write a new pipeline's windows before its `live_from` from the archive (Delta tables; the live run writes the rest).
+    Backfill(backfill::BackfillArgs),
     /// Compact the lake's Delta tables (small files into large ones, one commit per partition); optionally vacuum.
     Compact(compact::CompactArgs),
     /// End-to-end benchmark: bare XREADGROUP+XACK drain vs the pipeline, same data.
@@ -65,6 +68,7 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) 
         Command::Replay(args) => replay::replay(args).await,
         Command::Query(args) => replay::query(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Backfill(args) => backfill::run(args).await,
         Command::Compact(args) => compact::run(args, shutdown).await,
     }
 }

@@ -134,16 +134,7 @@ async fn replay_archive(
         event_types: a.event_types.clone(),
     };
     let source = Lake::open(root.to_str().ok_or_else(|| anyhow::anyhow!("{}: not UTF-8", root.display()))?)?;
-    let q = LakeQuery::open_bounded(&source, &[], ARCHIVE_QUERY_MEMORY).await?;
-    let (_, listed) = q.sql(eventide::replay::ARCHIVE_STREAMS).await?;
-    let mut streams = Vec::new();
-    for b in &listed {
-        let col = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
-        let names = col.as_any().downcast_ref::<arrow::array::StringArray>();
-        streams.extend(names.into_iter().flatten().flatten().map(str::to_string));
-    }
-    let stream = q.stream(&eventide::replay::archive_query(&filter)).await?;
-    let s = eventide::replay::run_archive(stream, &streams, pipelines, out).await?;
+    let s = archive_into(&source, &filter, pipelines, out).await?;
     let rows: u64 = s.files.iter().map(|f| f.rows).sum();
     println!(
         "replayed {} archived events from {} in {:.2}s; wrote {rows} rows in {} file(s) under {}",
@@ -154,6 +145,25 @@ async fn replay_archive(
         a.lake
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The pipelines over `source`'s archive (in the live run's order), into `out`.
+pub(super) async fn archive_into(
+    source: &Lake,
+    filter: &eventide::replay::ArchiveFilter,
+    pipelines: Pipelines,
+    out: &Lake,
+) -> anyhow::Result<eventide::replay::ReplaySummary> {
+    let q = LakeQuery::open_bounded(source, &[], ARCHIVE_QUERY_MEMORY).await?;
+    let (_, listed) = q.sql(eventide::replay::ARCHIVE_STREAMS).await?;
+    let mut streams = Vec::new();
+    for b in &listed {
+        let col = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
+        let names = col.as_any().downcast_ref::<arrow::array::StringArray>();
+        streams.extend(names.into_iter().flatten().flatten().map(str::to_string));
+    }
+    let stream = q.stream(&eventide::replay::archive_query(filter)).await?;
+    Ok(eventide::replay::run_archive(stream, &streams, pipelines, out).await?)
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]

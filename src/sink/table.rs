@@ -38,6 +38,9 @@ pub struct TableBuffer {
     /// Write only each window's highest `revision` (a Delta `emit = "updates"` table, where a
     /// revision replaces the window's rows: older ones in the same file would show twice).
     latest_only: bool,
+    /// Only rows of windows starting in `[from, before)` are kept (a pipeline's handover
+    /// point between the live run and a backfill).
+    windows: (i64, i64),
 }
 
 impl TableBuffer {
@@ -51,7 +54,13 @@ impl TableBuffer {
             files: 0,
             since: None,
             latest_only: false,
+            windows: (i64::MIN, i64::MAX),
         }
+    }
+
+    /// Keeps only rows of windows starting in `[from, before)`; others are dropped at push.
+    pub fn keep_windows(&mut self, from: i64, before: i64) {
+        self.windows = (from, before);
     }
 
     /// Writes only each window's latest revision (see the field).
@@ -84,6 +93,17 @@ impl TableBuffer {
 
     /// Buffers a batch, split by date.
     pub fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        let batch = match self.windows {
+            (i64::MIN, i64::MAX) => batch,
+            (from, before) => match batch.schema().index_of(WINDOW) {
+                Ok(w) => {
+                    let starts = batch.column(w).as_primitive::<TimestampMicrosecondType>();
+                    let keep: BooleanArray = starts.iter().map(|s| s.map(|s| (from..before).contains(&s))).collect();
+                    filter_record_batch(&batch, &keep)?
+                }
+                Err(_) => batch,
+            },
+        };
         let n = batch.num_rows();
         if n == 0 {
             return Ok(());

@@ -101,11 +101,20 @@ impl Pipelines {
         let specs: Vec<&PipelineSpec> = queries.iter().map(|q| &q.spec).collect();
         let columns = EventColumns::new(&specs).only(&used_base_columns(&queries));
         let schemas = queries.iter().map(WindowedQuery::input_schema).collect();
-        let tables = queries.iter().map(|q| TableBuffer::new(q.spec.name.clone(), q.output.clone(), 0)).collect();
-        let late = queries
+        let tables =
+            queries.iter().map(|q| TableBuffer::new(q.spec.name.clone(), q.output.clone(), 0)).collect::<Vec<_>>();
+        let mut late: Vec<TableBuffer> = queries
             .iter()
             .map(|q| TableBuffer::new(format!("{LATE_TABLE}/pipeline={}", q.spec.name), late_schema(), 0))
             .collect();
+        let mut tables: Vec<TableBuffer> = tables;
+        // A handover point: the live run writes the windows from it on (a backfill the rest).
+        for ((q, t), l) in queries.iter().zip(&mut tables).zip(&mut late) {
+            if let Some(h) = q.spec.live_from {
+                t.keep_windows(h, i64::MAX);
+                l.keep_windows(h, i64::MAX);
+            }
+        }
         Ok(Pipelines {
             queries,
             in_flight: None,

@@ -41,6 +41,9 @@ struct File {
     idle_timeout: Option<Dur>,
     #[serde(default)]
     emit: Emit,
+    /// RFC 3339: the live run writes only windows starting at or after it (`eventide backfill`
+    /// writes the earlier ones from the archive).
+    live_from: Option<String>,
     #[serde(default)]
     fields: BTreeMap<String, FieldFile>,
     sql: toml::Spanned<String>,
@@ -149,6 +152,9 @@ pub struct PipelineSpec {
     pub allowed_lateness_us: i64,
     pub idle_timeout: Duration,
     pub emit: Emit,
+    /// The handover point (µs): a live run writes only windows starting at or after it;
+    /// `eventide backfill` writes the earlier ones from the archive.
+    pub live_from: Option<i64>,
     pub fields: Vec<FieldSpec>,
     pub sql: String,
     /// 1-based file line of the SQL text's first line (for error positions).
@@ -324,6 +330,35 @@ pub fn parse(text: &str, file: &Path) -> Result<PipelineSpec, Vec<SpecProblem>> 
     if raw.sql.get_ref().trim().is_empty() {
         problems.push(problem(Some(sql_line), "`sql` is empty; write a SELECT … FROM events GROUP BY …".into()));
     }
+    let live_from = match raw.live_from.as_deref() {
+        None => None,
+        Some(t) => {
+            let l = line_of("live_from");
+            let step = match window {
+                WindowKind::Tumbling { size } => Some(size),
+                WindowKind::Hopping { slide, .. } => Some(slide),
+                WindowKind::Session { .. } => None,
+            };
+            match (crate::decode::timestamp::parse_rfc3339_us(t), step) {
+                (_, None) => {
+                    problems.push(problem(l, "live_from works with tumbling and hopping windows (a session has no fixed start to hand over at)".into()));
+                    None
+                }
+                (None, _) => {
+                    problems.push(problem(l, format!("live_from {t:?}: expected RFC 3339, e.g. 2026-12-01T12:00:00Z")));
+                    None
+                }
+                (Some(us), Some(step)) if us.rem_euclid(step) != 0 => {
+                    problems.push(problem(
+                        l,
+                        format!("live_from {t:?} is not a window boundary: use a multiple of {}", fmt_us(step)),
+                    ));
+                    None
+                }
+                (Some(us), Some(_)) => Some(us),
+            }
+        }
+    };
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -338,6 +373,7 @@ pub fn parse(text: &str, file: &Path) -> Result<PipelineSpec, Vec<SpecProblem>> 
         allowed_lateness_us: raw.allowed_lateness.map_or(0, us),
         idle_timeout: raw.idle_timeout.map_or(Duration::from_secs(30), |d| d.0),
         emit: raw.emit,
+        live_from,
         fields,
         sql: raw.sql.into_inner(),
         sql_line,

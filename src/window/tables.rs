@@ -39,6 +39,16 @@ impl Pipelines {
         out
     }
 
+    /// A backfill: every pipeline writes only the windows before its `live_from` (the live
+    /// run writes the rest); a pipeline without one writes nothing.
+    pub fn backfill_only(&mut self) {
+        for ((q, t), l) in self.queries.iter().zip(&mut self.tables).zip(&mut self.late) {
+            let before = q.spec.live_from.unwrap_or(i64::MIN);
+            t.keep_windows(i64::MIN, before);
+            l.keep_windows(i64::MIN, before);
+        }
+    }
+
     /// Marks the pipeline writing table `name` failed before it runs (its table cannot take
     /// its rows); rows it had waiting are dropped with it. Logged with the reason.
     pub fn fail_table(&mut self, name: &str, why: &str) {

@@ -385,3 +385,80 @@ async fn three_workers_over_eight_shards_share_the_delta_tables() {
     support::assert_same_rows(&got, &want, "late_events: 3 workers, Delta vs replay --shards 8");
     eprintln!("events: {events}; late_events: {late}");
 }
+
+/// A pipeline added to a running deployment, handed over at `live_from` and backfilled from
+/// the archive, equals the same pipeline run live from the start: every window once, the
+/// late events too; a second backfill adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfilled_pipeline_equals_it_run_live_from_the_start() {
+    let entries = crate::faults::drill_entries(16_000, 52); // 26 min of event time from 00:00
+    let (first, second) = entries.split_at(8_000); // the first half ends before 00:14
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let names = ["revenue_per_minute", "checkout_funnel"]; // tumbling 1m; hopping 10m/1m
+    let all_along = tempfile::tempdir().unwrap();
+    let handed_over = tempfile::tempdir().unwrap();
+    for n in names {
+        let text = std::fs::read_to_string(examples.join(format!("{n}.toml"))).unwrap();
+        std::fs::write(all_along.path().join(format!("{n}.toml")), &text).unwrap();
+        let text = format!("live_from = \"2026-01-01T00:15:00Z\"\n{text}");
+        std::fs::write(handed_over.path().join(format!("{n}.toml")), text).unwrap();
+    }
+    let none = tempfile::tempdir().unwrap();
+    let idle = ["--exit-when-idle", "1s"];
+    let run = |redis: &str, lake: &Path, pipelines: &Path| {
+        let log = lake.join("eventide.log");
+        let mut c = eventide_delta(redis, lake, pipelines, &log, &idle);
+        let status = support::run_within(&mut c, Duration::from_secs(120), "a run", || log_tail(&log));
+        assert!(status.success(), "{}", log_tail(&log));
+    };
+
+    // A: the pipelines from the start, over everything.
+    let (redis_a, lake_a) = (RedisServer::start(), tempfile::tempdir().unwrap());
+    let mut conn = support::connect(&redis_a.url()).await;
+    eventide::generator::publish(&mut conn, "events", entries.clone(), 200, None).await.unwrap();
+    run(&redis_a.url(), lake_a.path(), all_along.path());
+
+    // B: the first half archived with no pipeline; then the pipelines added with live_from
+    // 00:15 (after every event so far) and the second half; then the backfill.
+    let (redis_b, lake_b) = (RedisServer::start(), tempfile::tempdir().unwrap());
+    let mut conn = support::connect(&redis_b.url()).await;
+    eventide::generator::publish(&mut conn, "events", first.to_vec(), 200, None).await.unwrap();
+    run(&redis_b.url(), lake_b.path(), none.path());
+    eventide::generator::publish(&mut conn, "events", second.to_vec(), 200, None).await.unwrap();
+    run(&redis_b.url(), lake_b.path(), handed_over.path());
+    let backfill = |name: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_eventide"))
+            .args(["backfill", "--pipeline", name, "--lake"])
+            .arg(lake_b.path())
+            .arg("--pipelines")
+            .arg(handed_over.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "backfill {name}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for n in names {
+        eprintln!("{}", backfill(n));
+    }
+    let again = backfill(names[0]);
+    assert!(again.contains("already backfilled"), "{again}");
+
+    let p = Pipelines::new(check_dir(all_along.path()).await.unwrap()).unwrap();
+    let (a, b) =
+        (Lake::open(lake_a.path().to_str().unwrap()).unwrap(), Lake::open(lake_b.path().to_str().unwrap()).unwrap());
+    for n in names {
+        let (want, got) = (table(&a, &p, n).await, table(&b, &p, n).await);
+        assert!(want.len() > 20, "{n}: {} rows", want.len());
+        support::assert_same_rows(&got, &want, &format!("{n}: handed over + backfilled vs live from the start"));
+        read_delta(&lake_b.path().join(n), &["--expect", lake_a.path().join(n).to_str().unwrap()]);
+    }
+    let late =
+        "SELECT pipeline, window_start, window_end, event_id, event_type, event_time, watermark FROM late_events";
+    let rows = async |lake: &Lake| {
+        let q = eventide::lake_sql::LakeQuery::open(lake, &p.output_schemas()).await.unwrap();
+        support::text_rows(&q.sql(late).await.unwrap().1)
+    };
+    let (want, got) = (rows(&a).await, rows(&b).await);
+    assert!(!want.is_empty(), "40 s of jitter makes some events late");
+    support::assert_same_rows(&got, &want, "late events: handed over + backfilled vs live from the start");
+}
