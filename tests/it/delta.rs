@@ -58,6 +58,29 @@ pub(crate) fn read_delta(table: &Path, args: &[&str]) -> String {
     stdout.trim().to_string()
 }
 
+/// Every pipeline table of the Delta lake `delta` equals the plain lake `plain`'s (an
+/// `emit = "updates"` table: each window's latest revision), read by delta-rs, Polars and
+/// DuckDB, and (final tables) by eventide's own SQL.
+async fn assert_tables_equal(delta: &Path, plain: &Path, p: &Pipelines, what: &str) {
+    let (d, l) = (Lake::open(delta.to_str().unwrap()).unwrap(), Lake::open(plain.to_str().unwrap()).unwrap());
+    for q in p.queries() {
+        let name = &q.spec.name;
+        let expect: PathBuf = plain.join(name);
+        let updates = q.spec.emit == eventide::window::spec::Emit::Updates;
+        let mut args = vec!["--expect", expect.to_str().unwrap()];
+        if updates {
+            args.push("--one-revision");
+        }
+        let summary = read_delta(&delta.join(name), &args);
+        assert!(rows_of(&summary) > 0, "{name} {what}: {summary}");
+        eprintln!("{name}: {summary}");
+        if !updates {
+            let (want, got) = (table(&l, p, name).await, table(&d, p, name).await);
+            support::assert_same_rows(&got, &want, &format!("{name} {what}, through LakeQuery"));
+        }
+    }
+}
+
 fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -105,23 +128,7 @@ async fn sigkills_leave_delta_tables_equal_to_an_uninterrupted_run() {
     assert_eq!(rows_of(&events), support::event_ids(&entries).len() as u64, "archive: {events}");
     let compiled = Pipelines::new(check_dir(pipelines.path()).await.unwrap()).unwrap();
     let live_lake = Lake::open(lake.path().to_str().unwrap()).unwrap();
-    for q in compiled.queries() {
-        let name = &q.spec.name;
-        let expect: PathBuf = replay_dir.path().join(name);
-        let updates = q.spec.emit == eventide::window::spec::Emit::Updates;
-        let mut args = vec!["--expect", expect.to_str().unwrap()];
-        if updates {
-            args.push("--one-revision");
-        }
-        let summary = read_delta(&lake.path().join(name), &args);
-        assert!(rows_of(&summary) > 0, "{name}: {summary}");
-        eprintln!("{name}: {summary}");
-        if !updates {
-            // And eventide's own reader of Delta tables (`eventide query`, the API).
-            let (want, got) = (table(&replay_lake, &compiled, name).await, table(&live_lake, &compiled, name).await);
-            support::assert_same_rows(&got, &want, &format!("{name} through LakeQuery"));
-        }
-    }
+    assert_tables_equal(lake.path(), replay_dir.path(), &compiled, "after the SIGKILLs vs an uninterrupted run").await;
     // Late rows without `stream_id`: a replay numbers lines, not Redis entries.
     let late = read_delta(
         &lake.path().join("late_events"),
@@ -144,16 +151,7 @@ async fn sigkills_leave_delta_tables_equal_to_an_uninterrupted_run() {
         .unwrap();
     assert!(out.status.success(), "replay: {}", String::from_utf8_lossy(&out.stderr));
     let replayed_lake = Lake::open(replayed.path().to_str().unwrap()).unwrap();
-    for q in compiled.queries() {
-        let name = &q.spec.name;
-        if q.spec.emit == eventide::window::spec::Emit::Updates {
-            let expect = replayed.path().join(name);
-            read_delta(&lake.path().join(name), &["--expect", expect.to_str().unwrap(), "--one-revision"]);
-            continue;
-        }
-        let (want, got) = (table(&live_lake, &compiled, name).await, table(&replayed_lake, &compiled, name).await);
-        support::assert_same_rows(&got, &want, &format!("{name}: replay of the Delta archive vs live"));
-    }
+    assert_tables_equal(lake.path(), replayed.path(), &compiled, "live vs a replay of the Delta archive").await;
     let (got, want) = (
         crate::merge::late_rows(&replayed_lake, &compiled).await,
         crate::merge::late_rows(&live_lake, &compiled).await,
@@ -368,18 +366,7 @@ async fn three_workers_over_eight_shards_share_the_delta_tables() {
     let (replay_dir, replayed) = crate::merge::replay_sharded(&input, pipelines.path(), SHARDS).await;
     let p = Pipelines::new(check_dir(pipelines.path()).await.unwrap()).unwrap();
     let live = Lake::open(lake.path().to_str().unwrap()).unwrap();
-    for q in p.queries() {
-        let name = &q.spec.name;
-        if q.spec.emit == eventide::window::spec::Emit::Updates {
-            let expect = replay_dir.path().join(name);
-            read_delta(&lake.path().join(name), &["--expect", expect.to_str().unwrap(), "--one-revision"]);
-            continue;
-        }
-        read_delta(&lake.path().join(name), &[]);
-        let (want, got) = (table(&replayed, &p, name).await, table(&live, &p, name).await);
-        assert!(!want.is_empty(), "{name}: the replay wrote nothing");
-        support::assert_same_rows(&got, &want, &format!("{name}: 3 workers, Delta vs replay --shards 8"));
-    }
+    assert_tables_equal(lake.path(), replay_dir.path(), &p, "3 workers, Delta vs replay --shards 8").await;
     let late = read_delta(&lake.path().join("late_events"), &[]);
     let (got, want) = (crate::merge::late_rows(&live, &p).await, crate::merge::late_rows(&replayed, &p).await);
     support::assert_same_rows(&got, &want, "late_events: 3 workers, Delta vs replay --shards 8");

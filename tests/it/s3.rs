@@ -73,8 +73,18 @@ impl Drop for Moto {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn archive_lands_on_s3_exactly_once() {
+/// A moto server with the bucket `analytics`, a Redis with 3,000 generated entries in
+/// `events`, and a test run's options for `lake` on that server.
+async fn setup(
+    seed: u64,
+    lake: &str,
+) -> (
+    Moto,
+    RedisServer,
+    redis::aio::MultiplexedConnection,
+    Vec<eventide::generator::GenEntry>,
+    eventide::config::RunOptions,
+) {
     let moto = Moto::start();
     moto.create_bucket("analytics");
     let redis = RedisServer::start();
@@ -82,12 +92,17 @@ async fn archive_lands_on_s3_exactly_once() {
     let entries = support::publish_generated(
         &mut conn,
         "events",
-        GenOptions { entries: 3000, duplicates: 0.05, seed: 13, ..Default::default() },
+        GenOptions { entries: 3000, duplicates: 0.05, seed, ..Default::default() },
     )
     .await;
-
-    let mut opts = support::options(&redis.url(), &["events"], "s3://analytics/lake", "c1");
+    let mut opts = support::options(&redis.url(), &["events"], lake, "c1");
     opts.lake_options = moto.options();
+    (moto, redis, conn, entries, opts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_lands_on_s3_exactly_once() {
+    let (moto, _redis, mut conn, entries, opts) = setup(13, "s3://analytics/lake").await;
     let s = support::run_until_idle(opts).await;
 
     let lake = Lake::open_with("s3://analytics/lake", &moto.options()).unwrap();
@@ -120,18 +135,7 @@ async fn archive_lands_on_s3_exactly_once() {
 /// table holds every event once, read by eventide's SQL and by delta-rs over S3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delta_tables_on_s3_hold_every_event_once() {
-    let moto = Moto::start();
-    moto.create_bucket("analytics");
-    let redis = RedisServer::start();
-    let mut conn = support::connect(&redis.url()).await;
-    let entries = support::publish_generated(
-        &mut conn,
-        "events",
-        GenOptions { entries: 3000, duplicates: 0.05, seed: 17, ..Default::default() },
-    )
-    .await;
-    let mut opts = support::options(&redis.url(), &["events"], "s3://analytics/delta", "c1");
-    opts.lake_options = moto.options();
+    let (moto, _redis, _conn, entries, mut opts) = setup(17, "s3://analytics/delta").await;
     opts.table_format = eventide::config::TableFormat::Delta;
     support::run_until_idle(opts).await;
 
