@@ -58,11 +58,16 @@ impl LakeQuery {
         pipelines: &[(PipelineSpec, SchemaRef)],
         memory_bytes: usize,
     ) -> Result<LakeQuery> {
+        // Fair shares for the spilling sorters, and memory set aside for merging their spill
+        // files (with the greedy pool and the default 10 MB reservation, the merge of a 2M-event
+        // archive sort could fail for want of memory instead of spilling).
+        let pool = datafusion::execution::memory_pool::FairSpillPool::new(memory_bytes);
         let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-            .with_memory_limit(memory_bytes, 1.0)
+            .with_memory_pool(Arc::new(pool))
             .build_arc()
             .map_err(query_err)?;
-        let ctx = SessionContext::new_with_config_rt(datafusion::prelude::SessionConfig::new(), runtime);
+        let config = datafusion::prelude::SessionConfig::new().with_sort_spill_reservation_bytes(memory_bytes / 8);
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
         LakeQuery::open_in(ctx, lake, pipelines).await
     }
 
