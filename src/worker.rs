@@ -86,7 +86,13 @@ pub async fn run(opts: RunOptions, published: Published, shutdown: impl Future<O
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
             _ = beat.tick() => {
-                let members = match tokio::time::timeout(opts.lease_ttl, membership.beat(&mut cmds)).await {
+                // Connecting may take longer than a TTL (a cluster's slot discovery after a
+                // failover): cut short, it would start over at every beat and never finish.
+                let limit = match cmds.is_connected() {
+                    true => opts.lease_ttl,
+                    false => opts.lease_ttl.max(crate::source::commands::CONNECT_TIMEOUT * 2),
+                };
+                let members = match tokio::time::timeout(limit, membership.beat(&mut cmds)).await {
                     Ok(Ok(m)) => m,
                     Ok(Err(Error::Config(e))) => break Err(Error::Config(e)),
                     Ok(Err(e)) => { tracing::warn!(error = %e, "Heartbeat failed; keeping the shards this worker runs."); continue }

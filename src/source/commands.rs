@@ -26,6 +26,9 @@ impl Request for Pipeline {
     }
 }
 
+/// How long connecting (to a server, or discovering a cluster's slots) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A lazily (re)connected multiplexed connection (to a server, or to a cluster).
 pub struct Commands {
     client: Connector,
@@ -38,9 +41,15 @@ impl Commands {
         Ok(Commands { client: Connector::new(redis)?, conn: None, retry_timeout })
     }
 
+    /// Whether a connection is up (a caller bounding a command by less than [`CONNECT_TIMEOUT`]
+    /// must allow for connecting first, or a cancelled connect starts over every time).
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
     async fn connection(&mut self) -> RedisResult<&mut Conn> {
         if self.conn.is_none() {
-            self.conn = Some(self.client.connect(Duration::from_secs(5), Duration::from_secs(30)).await?);
+            self.conn = Some(self.client.connect(CONNECT_TIMEOUT, Duration::from_secs(30)).await?);
         }
         // Just set above when it was missing.
         Ok(self.conn.as_mut().expect("connection present"))
