@@ -81,6 +81,22 @@ async fn assert_tables_equal(delta: &Path, plain: &Path, p: &Pipelines, what: &s
     }
 }
 
+/// An uninterrupted replay of `entries` (JSON lines written beside `lake`) through
+/// `pipelines` into a new plain-Parquet lake.
+async fn replay_plain(
+    entries: &[eventide::generator::GenEntry],
+    pipelines: &Path,
+    lake: &Path,
+) -> (tempfile::TempDir, Lake) {
+    let jsonl = lake.join("replay.jsonl");
+    write_jsonl(entries, &jsonl);
+    let dir = tempfile::tempdir().unwrap();
+    let out = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    let fresh = Pipelines::new(check_dir(pipelines).await.unwrap()).unwrap();
+    eventide::replay::run(&[jsonl], fresh, &out, Duration::from_secs(3600), "events").await.unwrap();
+    (dir, out)
+}
+
 fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -117,12 +133,7 @@ async fn sigkills_leave_delta_tables_equal_to_an_uninterrupted_run() {
     assert!(status.success(), "the last run: {}", log_tail(&log));
 
     // The uninterrupted run: a replay of the same events into plain Parquet.
-    let jsonl = lake.path().join("replay.jsonl");
-    write_jsonl(&entries, &jsonl);
-    let replay_dir = tempfile::tempdir().unwrap();
-    let replay_lake = Lake::open(replay_dir.path().to_str().unwrap()).unwrap();
-    let fresh = Pipelines::new(check_dir(pipelines.path()).await.unwrap()).unwrap();
-    eventide::replay::run(&[jsonl], fresh, &replay_lake, Duration::from_secs(3600), "events").await.unwrap();
+    let (replay_dir, _) = replay_plain(&entries, pipelines.path(), lake.path()).await;
 
     let events = read_delta(&lake.path().join("events"), &["--unique", "event_id"]);
     assert_eq!(rows_of(&events), support::event_ids(&entries).len() as u64, "archive: {events}");
@@ -238,12 +249,7 @@ async fn compaction_beside_a_live_run_never_shows_a_missing_or_doubled_row() {
     assert!(versions >= 5, "the reader saw too few versions to mean anything: {polled_out}");
     eprintln!("concurrent reader: {polled_out}");
 
-    let jsonl = lake.path().join("replay.jsonl");
-    write_jsonl(&entries, &jsonl);
-    let replay_dir = tempfile::tempdir().unwrap();
-    let replay_lake = Lake::open(replay_dir.path().to_str().unwrap()).unwrap();
-    let fresh = Pipelines::new(check_dir(pipelines.path()).await.unwrap()).unwrap();
-    eventide::replay::run(&[jsonl], fresh, &replay_lake, Duration::from_secs(3600), "events").await.unwrap();
+    let (replay_dir, _) = replay_plain(&entries, pipelines.path(), lake.path()).await;
     let check_all = |what: &str| {
         let summary = read_delta(&events, &["--unique", "event_id"]);
         assert_eq!(rows_of(&summary), support::event_ids(&entries).len() as u64, "{what}: archive {summary}");
