@@ -70,6 +70,8 @@ pub struct StreamBatch {
     /// Index of the stream in the configured stream list.
     pub stream: usize,
     pub entries: Vec<RawEntry>,
+    /// When the read that returned them started and returned (`None`: claimed entries).
+    pub read: Option<crate::telemetry::ReadTime>,
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 //! - [`ack`]: which entries are durable; [`dedup`]: exact dedup by `event_id`;
 //! - [`decode`]: entry → validated [`decode::Event`] (base events and Dapr CloudEvents);
 //! - [`events`]: the `events` columns, once; [`metrics`]: counters and the snapshot;
+//!   [`telemetry`]: OTLP traces of the event path (off by default);
 //! - [`config`]: settings and the option structs; [`entry`], [`names`], [`error`]: leaves;
 //! - [`generator`]: a load generator of realistic events (also used by tests and benchmarks).
 //!
@@ -46,6 +47,7 @@ pub mod names;
 pub mod replay;
 pub mod sink;
 pub mod source;
+pub mod telemetry;
 pub mod window;
 pub mod worker;
 

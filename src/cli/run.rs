@@ -138,6 +138,15 @@ pub struct RunArgs {
     /// Bound on the final checkpoint after SIGTERM/SIGINT.
     #[arg(long, env = "EVENTIDE_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<Dur>,
+    /// Export traces of the event path to this OTLP/HTTP collector (http://host:4318).
+    #[arg(long, env = "EVENTIDE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of batches traced (default 1).
+    #[arg(long, env = "EVENTIDE_OTLP_SAMPLE_RATIO")]
+    pub otlp_sample_ratio: Option<f64>,
+    /// Events' traceparents linked per traced batch (default 8).
+    #[arg(long, env = "EVENTIDE_OTLP_LINKS_PER_BATCH")]
+    pub otlp_links_per_batch: Option<usize>,
     /// Shards per stream: keys <stream>:{0} … <stream>:{N-1} (1: the key <stream>).
     #[arg(long, env = "EVENTIDE_SHARDS")]
     pub shards: Option<u32>,
@@ -173,6 +182,9 @@ impl RunArgs {
         }
         if a.dlq_stream.is_some() {
             cfg.dlq_stream = a.dlq_stream;
+        }
+        if a.otlp_endpoint.is_some() {
+            cfg.otlp_endpoint = a.otlp_endpoint;
         }
         if a.exit_when_idle.is_some() {
             cfg.exit_when_idle = a.exit_when_idle;
@@ -217,7 +229,9 @@ impl RunArgs {
             probe_interval,
             lease_ttl,
             shards,
-            shutdown_timeout
+            shutdown_timeout,
+            otlp_sample_ratio,
+            otlp_links_per_batch
         );
         if a.workers.is_some() || a.worker_index.is_some() {
             (cfg.workers, cfg.worker_index) = (a.workers.or(cfg.workers), a.worker_index.or(cfg.worker_index));

@@ -3,6 +3,7 @@
 //! unknown keys refused), [`Config::check`] reports every problem with its key and line,
 //! and [`Config::run_options`] builds the typed options the pipeline runs with.
 
+mod check;
 mod options;
 mod redis;
 mod units;
@@ -21,6 +22,7 @@ pub use units::{ByteSize, Dur};
 
 use crate::error::{Error, Result};
 use crate::names::{ShardId, sanitize_name};
+use crate::telemetry::OtlpOptions;
 
 /// Settings of `eventide run`. Every key is optional; defaults suit a local setup.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -140,6 +142,12 @@ pub struct Config {
     pub http_token_file: Option<String>,
     /// How often Redis is probed for lag, pending and trimmed entries.
     pub probe_interval: Dur,
+    /// OTLP/HTTP collector for traces of the event path (`http://host:4318`); unset: off.
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of batches traced (0..=1).
+    pub otlp_sample_ratio: f64,
+    /// Events' `traceparent`s linked per traced batch.
+    pub otlp_links_per_batch: usize,
 }
 
 impl Default for Config {
@@ -195,6 +203,9 @@ impl Default for Config {
             http_token: None,
             http_token_file: None,
             probe_interval: Dur::secs(5),
+            otlp_endpoint: None,
+            otlp_sample_ratio: 1.0,
+            otlp_links_per_batch: 8,
         }
     }
 }
@@ -228,151 +239,6 @@ impl Config {
         let text = std::fs::read_to_string(file)
             .map_err(|e| Error::Config(format!("{}: cannot read: {e}", file.display())))?;
         Config::from_toml(&text, file)
-    }
-
-    /// Every semantic problem, each with its key and what to do.
-    pub fn check(&self) -> Vec<Problem> {
-        let mut p = Vec::new();
-        let mut bad = |key: &'static str, message: String| p.push(Problem { key, message });
-        for url in self.redis_url.split(',').filter(|u| self.redis_cluster || !u.is_empty()) {
-            if let Err(e) = ::redis::Client::open(url.trim()) {
-                bad("redis_url", format!("{e}; expected redis://host:port or rediss://host:port"));
-            }
-        }
-        if self.redis_cluster && self.shards == 1 && self.streams.len() > 1 {
-            bad(
-                "streams",
-                "in a Redis Cluster one read covers keys of one slot: with several streams, use shards > 1 \
-                 (the keys of shard k share the tag {k}), or one stream per group"
-                    .into(),
-            );
-        }
-        for (key, file) in [
-            ("redis_password_file", &self.redis_password_file),
-            ("redis_ca_file", &self.redis_ca_file),
-            ("redis_client_cert", &self.redis_client_cert),
-            ("redis_client_key", &self.redis_client_key),
-            ("http_token_file", &self.http_token_file),
-        ] {
-            if let Some(f) = file
-                && let Err(e) = std::fs::metadata(f)
-            {
-                bad(key, format!("cannot read {f}: {e}"));
-            }
-        }
-        let tls = self.redis_ca_file.is_some() || self.redis_client_cert.is_some() || self.redis_client_key.is_some();
-        if tls && !self.redis_url.starts_with("rediss://") {
-            bad("redis_url", "TLS files are set: use a rediss:// URL".into());
-        }
-        if self.redis_client_cert.is_some() != self.redis_client_key.is_some() {
-            bad("redis_client_cert", "set redis_client_cert and redis_client_key together (mutual TLS)".into());
-        }
-        if self.http_token.is_some() && self.http_token_file.is_some() {
-            bad("http_token_file", "set http_token or http_token_file, not both".into());
-        }
-        if self.streams.is_empty() {
-            bad("streams", "no stream to read; list at least one stream key".into());
-        }
-        for s in &self.streams {
-            if s.trim().is_empty() {
-                bad("streams", "a stream key is empty".into());
-            }
-        }
-        let mut seen = std::collections::HashSet::new();
-        if let Some(dup) = self.streams.iter().find(|s| !seen.insert(*s)) {
-            bad("streams", format!("stream {dup:?} is listed twice"));
-        }
-        if !(1..=4096).contains(&self.shards) {
-            bad("shards", format!("{} is outside 1..=4096", self.shards));
-        }
-        match (self.workers, self.worker_index) {
-            (Some(n), Some(i)) if n == 0 || i >= n => {
-                bad("worker_index", format!("{i} is not below workers ({n}): index from 0 to workers - 1"))
-            }
-            (Some(_), None) | (None, Some(_)) => {
-                bad("workers", "set workers and worker_index together (or neither, for rendezvous hashing)".into())
-            }
-            _ => {}
-        }
-        if self.group.trim().is_empty() {
-            bad("group", "the consumer group name is empty".into());
-        }
-        if self.consumer.trim().is_empty() {
-            bad("consumer", "the consumer name is empty; use a name stable per instance".into());
-        }
-        if !matches!(self.read_mode.as_str(), "group" | "noack") {
-            bad(
-                "read_mode",
-                format!(
-                    "{:?}: use \"group\" (pending list, XACK) or \"noack\" (XREAD from checkpoints)",
-                    self.read_mode
-                ),
-            );
-        }
-        if let Err(e) = self.table_format.parse::<TableFormat>() {
-            bad("table_format", e);
-        }
-        if self.start_id != "0" && self.start_id != "$" && self.start_id.parse::<crate::entry::EntryId>().is_err() {
-            bad("start_id", format!("{:?} is not `0`, `$` or a stream id like 1767268800000-0", self.start_id));
-        }
-        if self.field.is_empty() {
-            bad("field", "the entry field name is empty (Dapr uses `data`)".into());
-        }
-        if self.read_max_bytes.0 < 64 * 1024 {
-            bad("read_max_bytes", "use at least 64KiB".into());
-        }
-        if !(1..=100_000).contains(&self.batch_size) {
-            bad("batch_size", format!("{} is outside 1..=100000", self.batch_size));
-        }
-        if self.block.0 < Duration::from_millis(1) || self.block.0 > Duration::from_secs(60) {
-            bad("block", "use a block time between 1ms and 60s".into());
-        }
-        if self.claim_min_idle.0 < self.roll_age.0 * 2 {
-            bad(
-                "claim_min_idle",
-                format!(
-                    "{} is less than 2 × roll_age ({}): entries still waiting for their file would be claimed back",
-                    self.claim_min_idle, self.roll_age
-                ),
-            );
-        }
-        if self.dedup_max_bytes.0 < 1 << 20 {
-            bad("dedup_max_bytes", "use at least 1MiB".into());
-        }
-        if self.dedup_horizon.0 < Duration::from_secs(1) {
-            bad("dedup_horizon", "use at least 1s".into());
-        }
-        if self.roll_bytes.0 < 1024 {
-            bad("roll_bytes", "use at least 1KiB (e.g. \"128MiB\")".into());
-        }
-        if self.max_buffered_bytes.0 < self.roll_bytes.0 {
-            bad("max_buffered_bytes", "must be at least roll_bytes".into());
-        }
-        if !(1..=1_000_000).contains(&self.max_open_files) {
-            bad("max_open_files", format!("{} is outside 1..=1000000", self.max_open_files));
-        }
-        if self.roll_age.0 < Duration::from_millis(10) {
-            bad("roll_age", "use at least 10ms".into());
-        }
-        if !(1..=22).contains(&self.zstd_level) {
-            bad("zstd_level", format!("{} is outside 1..=22", self.zstd_level));
-        }
-        if !self.http_addr.is_empty() && self.http_addr.parse::<std::net::SocketAddr>().is_err() {
-            bad(
-                "http_addr",
-                format!("{:?} is not an address like 127.0.0.1:9750 (empty turns the server off)", self.http_addr),
-            );
-        }
-        if self.lease_ttl.0 < Duration::from_millis(300) {
-            bad("lease_ttl", "use at least 300ms (it is renewed every third of it)".into());
-        }
-        if self.probe_interval.0 < Duration::from_millis(100) {
-            bad("probe_interval", "use at least 100ms".into());
-        }
-        if self.lake.trim().is_empty() {
-            bad("lake", "the lake location is empty; use a path or a URL".into());
-        }
-        p
     }
 
     /// Checks the configuration and builds the pipeline's options.
@@ -442,6 +308,12 @@ impl Config {
                 limits: Default::default(),
             }),
             probe_interval: self.probe_interval.0,
+            otlp: self.otlp_endpoint.as_ref().filter(|e| !e.trim().is_empty()).map(|e| OtlpOptions {
+                endpoint: e.trim().to_string(),
+                sample_ratio: self.otlp_sample_ratio,
+                links_per_batch: self.otlp_links_per_batch,
+            }),
+            spans: Default::default(),
         })
     }
 }

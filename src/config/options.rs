@@ -59,6 +59,10 @@ pub struct RunOptions {
     /// The ops HTTP server; `None`: off.
     pub api: Option<ApiOptions>,
     pub probe_interval: Duration,
+    /// Traces of the event path over OTLP/HTTP; `None`: off.
+    pub otlp: Option<crate::telemetry::OtlpOptions>,
+    /// The tracer the run uses (set by [`crate::app::run`] from `otlp`; off by default).
+    pub spans: crate::telemetry::Spans,
 }
 
 /// The lake's table format.

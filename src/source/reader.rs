@@ -92,7 +92,9 @@ pub async fn run(
         let cmd = read_command(&opts, &positions, count);
         // A stop request lets the read in flight finish (at most `block`): its entries are
         // delivered to this consumer already, so they are passed on and processed.
+        let started = std::time::SystemTime::now();
         let res = cmd.query_async::<Value>(c).await;
+        let read = Some(crate::telemetry::ReadTime { started, returned: std::time::SystemTime::now() });
         if let Err(e) = &res
             && e.code() == Some("NOGROUP")
         {
@@ -154,7 +156,7 @@ pub async fn run(
             if let Some(max) = entries.iter().map(|e| e.id).max() {
                 passed_on[stream] = passed_on[stream].max(max);
             }
-            if tx.send(ReaderMsg::Batch(StreamBatch { stream, entries })).await.is_err() {
+            if tx.send(ReaderMsg::Batch(StreamBatch { stream, entries, read })).await.is_err() {
                 return;
             }
         }

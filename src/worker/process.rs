@@ -22,6 +22,7 @@ use crate::source::acker::Acker;
 use crate::source::commands::Commands;
 use crate::source::group;
 use crate::source::lease::Fence;
+use crate::telemetry::{EpochTraces, Spans};
 use crate::window::Pipelines;
 
 use super::RunOptions;
@@ -31,6 +32,7 @@ mod acks;
 mod live;
 mod merge;
 mod report;
+mod trace;
 
 /// Claimed entries processed per stream per claim round.
 const CLAIM_MAX: usize = 10_000;
@@ -79,6 +81,10 @@ pub(super) struct Processor {
     merge: Option<merge::MergeSide>,
     /// The window bounds of the last checkpoint (several shards).
     committed_bounds: BTreeMap<String, checkpoint::WindowBound>,
+    /// Traces of the event path (off by default), and this epoch's traced batches.
+    spans: Spans,
+    traces: EpochTraces,
+    shard: u32,
 }
 
 impl Processor {
@@ -216,6 +222,9 @@ impl Processor {
             stats,
             merge,
             committed_bounds,
+            spans: opts.spans.clone(),
+            traces: EpochTraces::default(),
+            shard: opts.shard.index,
         })
     }
 
@@ -226,14 +235,20 @@ impl Processor {
         let stream = self.source.streams[batch.stream].as_str();
         let mut rejects: Vec<(usize, Rejection)> = Vec::new();
         let mut deleted = Vec::new();
+        let mut trace = self.spans.batch(batch.read);
+        if let Some(t) = trace.as_mut() {
+            t.decode_started();
+        }
         let Processor { ingest, archive, pipelines, stats, .. } = self;
         let before = (stats.accepted, stats.duplicates, stats.invalid);
+        let traced = (before.0, before.1, before.2.iter().sum::<u64>());
+        let mut links = trace::Traceparents(trace.as_mut());
         for (i, entry) in batch.entries.iter().enumerate() {
             if entry.is_deleted() {
                 deleted.push(entry.id);
                 continue;
             }
-            match ingest.entry(entry, stream, now_us, &mut (&mut *archive, &mut *pipelines))? {
+            match ingest.entry(entry, stream, now_us, &mut (&mut (&mut *archive, &mut *pipelines), &mut links))? {
                 Admitted::Rejected(r) => {
                     stats.invalid[r.reason.index()] += 1;
                     rejects.push((i, r));
@@ -244,6 +259,9 @@ impl Processor {
                     stats.accepted += 1;
                 }
             }
+        }
+        if let Some(t) = trace.as_mut() {
+            t.decode_done();
         }
         stats.read += batch.entries.len() as u64;
         self.read_bytes += batch.entries.iter().map(crate::entry::RawEntry::size).sum::<usize>() as u64;
@@ -290,6 +308,9 @@ impl Processor {
         // by the next checkpoint.
         let files = self.archive.commit_rolled().await?;
         self.epoch_files.extend(files);
+        if let Some(t) = trace {
+            self.finish_trace(t, &batch, traced);
+        }
         Ok(())
     }
 
@@ -311,6 +332,7 @@ impl Processor {
     /// point), publishes the files, acks every entry read, and prunes old checkpoints.
     pub async fn commit_all(&mut self, final_stop: bool) -> Result<()> {
         let t = Instant::now();
+        let mut cp_trace = self.spans.checkpoint();
         self.pipelines.process()?;
         let merge_news = self.merge_before_checkpoint(final_stop, self.checkpoint_interval).await?;
         let mut files = std::mem::take(&mut self.epoch_files);
@@ -329,6 +351,7 @@ impl Processor {
             Vec::new()
         };
         let t_files = t.elapsed();
+        cp_trace.phase("files");
         let nothing_new = files.is_empty() && tables.is_empty() && self.acks.pending_ids() == 0 && !merge_news;
         if nothing_new {
             return Ok(());
@@ -351,9 +374,11 @@ impl Processor {
         self.totals.files += (files.len() + tables.len()) as u64;
         m.totals = self.totals.clone();
         let t_state = t.elapsed();
+        cp_trace.phase("state");
         (m.token, m.lease_deadline_ms) = (self.token, Some(self.fence.deadline_unix_ms()));
         m.created_ms = chrono::Utc::now().timestamp_millis();
         self.fence.guard(self.cp.commit(&m)).await?;
+        cp_trace.phase("manifest");
         // Committed: from here on a crash (or a successor's recovery) rolls forward to this state.
         // File by file, each inside the lease (renewed meanwhile): an epoch of large files on
         // an object store may take longer than one lease to copy into place.
@@ -361,10 +386,12 @@ impl Processor {
             self.fence.guard(self.cp.publish_file(f)).await?;
         }
         self.fence.guard(self.cp.commit_tables(&m)).await?;
+        cp_trace.phase("publish");
         self.cp.published(&m);
         self.committed(&files, true);
         self.committed(&tables, false);
         let acked = self.ack_durable().await?;
+        cp_trace.phase("ack");
         self.fence.guard(self.cp.prune(&m)).await?;
         self.epoch += 1;
         self.epoch_started = Instant::now();
@@ -385,6 +412,8 @@ impl Processor {
             total_ms = t.elapsed().as_millis() as u64,
             "Checkpoint committed."
         );
+        let (rows, bytes) = files.iter().chain(&tables).fold((0, 0), |(r, b), f| (r + f.rows, b + f.bytes));
+        cp_trace.finish(epoch, m.files.len(), rows, bytes, &self.traces.take());
         Ok(())
     }
 
@@ -397,7 +426,7 @@ impl Processor {
             if !claimed.entries.is_empty() {
                 tracing::info!(stream = %name, entries = claimed.entries.len(), "Claimed idle entries from other consumers.");
                 self.stats.claimed += claimed.entries.len() as u64;
-                self.process(StreamBatch { stream, entries: claimed.entries }).await?;
+                self.process(StreamBatch { stream, entries: claimed.entries, read: None }).await?;
             }
         }
         Ok(())

@@ -28,4 +28,5 @@ mod session_property;
 mod shards;
 mod storage_faults;
 mod tls;
+mod traces;
 mod window_property;
