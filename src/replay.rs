@@ -11,7 +11,7 @@
 mod archive;
 mod sharded;
 
-pub use archive::{ARCHIVE_STREAMS, ArchiveFilter, archive_query, run_archive};
+pub use archive::{ARCHIVE_STREAMS, ArchiveFilter, archive_files, archive_query, run_archive, run_archive_merged};
 pub use sharded::{MERGE_EVERY, run as run_sharded};
 
 use std::path::{Path, PathBuf};

@@ -104,7 +104,7 @@ pub async fn run(a: BackfillArgs) -> anyhow::Result<ExitCode> {
     if let Some((_, why)) = log.prepare().await?.into_iter().next() {
         anyhow::bail!(why);
     }
-    let s = super::replay::archive_into(&lake, &ArchiveFilter::default(), pipelines, &lake).await?;
+    let s = super::replay::archive_into(&lake, &ArchiveFilter::default(), pipelines, &lake, false).await?;
     let files: Vec<NewFile> =
         s.files.iter().map(|f| NewFile { path: f.path.clone(), rows: f.rows, bytes: f.bytes }).collect();
     log.commit(&app, live_from as u64, &files).await?;

@@ -25,6 +25,10 @@ pub struct ReplayArgs {
     /// Archive input: only these event types (repeatable, or a comma list).
     #[arg(long = "event-type", value_delimiter = ',')]
     pub event_types: Vec<String>,
+    /// Archive input: sort the events with a query (spilling to disk) instead of merging
+    /// the files, each already in live order (for files written by other tools).
+    #[arg(long)]
+    pub full_sort: bool,
     /// Directory of pipeline files.
     #[arg(long, default_value = "pipelines", env = "EVENTIDE_PIPELINES")]
     pub pipelines: PathBuf,
@@ -134,7 +138,7 @@ async fn replay_archive(
         event_types: a.event_types.clone(),
     };
     let source = Lake::open(root.to_str().ok_or_else(|| anyhow::anyhow!("{}: not UTF-8", root.display()))?)?;
-    let s = archive_into(&source, &filter, pipelines, out).await?;
+    let s = archive_into(&source, &filter, pipelines, out, a.full_sort).await?;
     let rows: u64 = s.files.iter().map(|f| f.rows).sum();
     println!(
         "replayed {} archived events from {} in {:.2}s; wrote {rows} rows in {} file(s) under {}",
@@ -147,12 +151,17 @@ async fn replay_archive(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The pipelines over `source`'s archive (in the live run's order), into `out`.
+/// Rows decoded at once per archive file in the merge (bounds memory per open file).
+const MERGE_BATCH_ROWS: usize = 2048;
+
+/// The pipelines over `source`'s archive (in the live run's order), into `out`: the files
+/// merged, or (`full_sort`) sorted by a query.
 pub(super) async fn archive_into(
     source: &Lake,
     filter: &eventide::replay::ArchiveFilter,
     pipelines: Pipelines,
     out: &Lake,
+    full_sort: bool,
 ) -> anyhow::Result<eventide::replay::ReplaySummary> {
     let q = LakeQuery::open_bounded(source, &[], ARCHIVE_QUERY_MEMORY).await?;
     let (_, listed) = q.sql(eventide::replay::ARCHIVE_STREAMS).await?;
@@ -162,8 +171,16 @@ pub(super) async fn archive_into(
         let names = col.as_any().downcast_ref::<arrow::array::StringArray>();
         streams.extend(names.into_iter().flatten().flatten().map(str::to_string));
     }
-    let stream = q.stream(&eventide::replay::archive_query(filter)).await?;
-    Ok(eventide::replay::run_archive(stream, &streams, pipelines, out).await?)
+    if full_sort {
+        let stream = q.stream(&eventide::replay::archive_query(filter)).await?;
+        return Ok(eventide::replay::run_archive(stream, &streams, pipelines, out).await?);
+    }
+    let files = eventide::replay::archive_files(source, filter).await?;
+    let order = eventide::sink::merge::LiveOrder::open(source.store().clone(), files, MERGE_BATCH_ROWS).await?;
+    eventide::replay::run_archive_merged(order, filter, &streams, pipelines, out).await.map_err(|e| {
+        let hint = if e.to_string().contains("not in ingest order") { " (--full-sort sorts them instead)" } else { "" };
+        anyhow::anyhow!("{e}{hint}")
+    })
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]

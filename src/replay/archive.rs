@@ -6,21 +6,33 @@
 //! time), and the archive's streams are declared as a run declares its own, so the windows,
 //! late events and tables are those of the live run, over one stream or several. What the
 //! archive cannot tell: a stream the run read without events, and the run's idle timeouts
-//! (processing time). The caller runs the query (`lake_sql`, memory-bounded: the sort
-//! spills) and passes its batches.
+//! (processing time).
+//!
+//! Two ways in: [`run_archive_merged`] reads the files themselves in that order
+//! ([`crate::sink::merge::LiveOrder`]: every archive file is in it already, so a k-way merge
+//! replaces a sort; this is what `eventide replay` uses), and [`run_archive`] takes the
+//! batches of [`archive_query`] run by the caller (`lake_sql`, memory-bounded: the sort
+//! spills), for archives whose files are not in live order.
 
+use std::ops::Range;
 use std::time::Instant;
 
 use arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::TimestampMicrosecondType;
 use futures::{Stream, StreamExt};
+use object_store::path::Path;
 
 use super::ReplaySummary;
 use crate::decode::Event;
 use crate::entry::EntryId;
 use crate::error::{Error, Result};
+use crate::sink::delta::DeltaLog;
 use crate::sink::lake::Lake;
+use crate::sink::merge::LiveOrder;
 use crate::window::{BATCH_ROWS, Pipelines};
+
+/// The archive's table root in a lake.
+const ARCHIVE: &str = "events";
 
 /// Which archived events to replay: event time in `[from_us, to_us)`, these event types.
 #[derive(Debug, Clone, Default)]
@@ -62,7 +74,8 @@ pub const ARCHIVE_STREAMS: &str = "SELECT DISTINCT stream FROM events ORDER BY s
 
 /// Feeds the archived events of `batches` (rows of [`archive_query`]) to `pipelines`, with
 /// `streams` declared (see [`ARCHIVE_STREAMS`]), closes every window at the end and writes
-/// the tables to `lake`.
+/// the tables to `lake`. (The SQL path: [`run_archive_merged`] reads the files in order
+/// without the query's sort.)
 pub async fn run_archive(
     mut batches: impl Stream<Item = datafusion::error::Result<RecordBatch>> + Unpin,
     streams: &[String],
@@ -72,9 +85,10 @@ pub async fn run_archive(
     let started = Instant::now();
     pipelines.declare_streams(streams);
     let mut summary = ReplaySummary::default();
+    let all = ArchiveFilter::default();
     while let Some(batch) = batches.next().await {
         let batch = batch.map_err(|e| Error::Query { pipeline: "archive".into(), message: e.strip_backtrace() })?;
-        feed(&batch, &mut pipelines, &mut summary)?;
+        feed(&batch, 0..batch.num_rows(), &all, &mut pipelines, &mut summary)?;
     }
     pipelines.flush()?;
     summary.files = pipelines.commit(lake, "replay").await?;
@@ -82,10 +96,94 @@ pub async fn run_archive(
     Ok(summary)
 }
 
-fn feed(batch: &RecordBatch, pipelines: &mut Pipelines, summary: &mut ReplaySummary) -> Result<()> {
+/// The archive files of `source` that `filter` may need (by their `event_date=` and
+/// `event_type=` directories), with their sizes: a Delta archive's files of its latest
+/// version, else every `.parquet` file under `events/`.
+pub async fn archive_files(source: &Lake, filter: &ArchiveFilter) -> Result<Vec<(Path, u64)>> {
+    let mut files = Vec::new();
+    match DeltaLog::load(source, ARCHIVE).await? {
+        Some(table) => {
+            let snapshot =
+                table.snapshot().map_err(|e| Error::Delta { table: ARCHIVE.into(), message: e.to_string() })?;
+            for f in snapshot.log_data().iter() {
+                files.push((Path::from(format!("{ARCHIVE}/{}", f.path())), f.size() as u64));
+            }
+        }
+        None => {
+            let mut list = source.store().list(Some(&Path::from(ARCHIVE)));
+            while let Some(meta) = list.next().await {
+                let meta = meta?;
+                if meta.location.as_ref().ends_with(".parquet") && !meta.location.as_ref().contains("/_") {
+                    files.push((meta.location, meta.size));
+                }
+            }
+        }
+    }
+    files.retain(|(path, _)| filter.may_hold(path.as_ref()));
+    files.sort();
+    Ok(files)
+}
+
+impl ArchiveFilter {
+    /// Whether a file at `path` (`…/event_date=D/event_type=T/…`) may hold selected events.
+    fn may_hold(&self, path: &str) -> bool {
+        let part = |key: &str| path.split('/').find_map(|s| s.strip_prefix(key)?.strip_prefix('='));
+        let date = |us: i64| chrono::DateTime::from_timestamp_micros(us).map(|t| t.format("%Y-%m-%d").to_string());
+        if let Some(d) = part("event_date") {
+            if self.from_us.and_then(date).is_some_and(|from| d < from.as_str()) {
+                return false;
+            }
+            if self.to_us.and_then(|t| date(t.saturating_sub(1))).is_some_and(|to| d > to.as_str()) {
+                return false;
+            }
+        }
+        match part("event_type") {
+            Some(t) if !self.event_types.is_empty() => self.event_types.iter().any(|w| w == t),
+            _ => true,
+        }
+    }
+
+    fn keeps(&self, event_time_us: i64) -> bool {
+        self.from_us.is_none_or(|f| event_time_us >= f) && self.to_us.is_none_or(|t| event_time_us < t)
+    }
+}
+
+/// The archived events `order` yields ([`LiveOrder`] over [`archive_files`]) that `filter`
+/// selects, through `pipelines` with `streams` declared; every window closes at the end and
+/// the tables are written to `lake`. The windows run on their thread while the next rows are
+/// read (and the files decode on their tasks).
+pub async fn run_archive_merged(
+    mut order: LiveOrder,
+    filter: &ArchiveFilter,
+    streams: &[String],
+    mut pipelines: Pipelines,
+    lake: &Lake,
+) -> Result<ReplaySummary> {
+    let started = Instant::now();
+    pipelines.declare_streams(streams);
+    let mut summary = ReplaySummary::default();
+    while let Some((batch, rows)) = order.next().await? {
+        feed(&batch, rows, filter, &mut pipelines, &mut summary)?;
+    }
+    pipelines.flush()?;
+    summary.files = pipelines.commit(lake, "replay").await?;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+fn feed(
+    batch: &RecordBatch,
+    rows: Range<usize>,
+    filter: &ArchiveFilter,
+    pipelines: &mut Pipelines,
+    summary: &mut ReplaySummary,
+) -> Result<()> {
     // Text columns as plain strings (the query engine reads them as string views).
     let text = |name: &str| -> Result<StringArray> {
         let col = batch.column_by_name(name).ok_or_else(|| bad(format!("no column {name}")))?;
+        if let Some(s) = col.as_string_opt::<i32>() {
+            return Ok(s.clone());
+        }
         let utf8 = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8)?;
         utf8.as_string_opt::<i32>().cloned().ok_or_else(|| bad(format!("column {name} is not text")))
     };
@@ -97,7 +195,10 @@ fn feed(batch: &RecordBatch, pipelines: &mut Pipelines, summary: &mut ReplaySumm
         .column_by_name("event_time")
         .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
         .ok_or_else(|| bad("no event_time column of microseconds".into()))?;
-    for i in 0..batch.num_rows() {
+    for i in rows {
+        if !filter.keeps(times.value(i)) {
+            continue;
+        }
         summary.lines += 1;
         let id: EntryId =
             stream_ids.value(i).parse().map_err(|_| bad(format!("stream_id {:?}", stream_ids.value(i))))?;
@@ -115,7 +216,7 @@ fn feed(batch: &RecordBatch, pipelines: &mut Pipelines, summary: &mut ReplaySumm
         pipelines.append(&ev, streams.value(i), id);
         summary.accepted += 1;
         if pipelines.buffered() >= BATCH_ROWS {
-            pipelines.process()?;
+            pipelines.process_in_background()?;
         }
     }
     Ok(())

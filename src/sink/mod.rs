@@ -6,13 +6,17 @@
 //! - [`table`]: pipeline output tables (closed windows, late events), written per commit;
 //! - [`delta`]: the Delta log of each table (`table_format = "delta"`), one commit per
 //!   table and epoch;
-//! - [`dlq`]: the dead-letter stream for entries that failed decoding or validation.
+//! - [`dlq`]: the dead-letter stream for entries that failed decoding or validation;
+//! - [`file`](mod@file): a lake file as an async Parquet reader; [`merge`]: archive files merged back
+//!   into the order the live run processed their rows (replay, compaction).
 
 pub mod archive;
 mod chunks;
 pub mod delta;
 pub mod dlq;
+pub mod file;
 pub mod lake;
+pub mod merge;
 mod schema;
 pub mod table;
 

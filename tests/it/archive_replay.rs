@@ -38,25 +38,30 @@ fn replay(args: &[&str]) -> String {
     text
 }
 
-/// Replays `live`'s archive into a new lake: every pipeline table and the late events equal
-/// the live run's.
+/// Replays `live`'s archive into a new lake, its files merged in live order and (`--full-sort`)
+/// sorted by a query: every pipeline table and the late events equal the live run's.
 async fn assert_replay_equals_live(live: &std::path::Path, pipelines: &std::path::Path) {
-    let replayed = tempfile::tempdir().unwrap();
-    let events = live.join("events");
-    let (p_dir, out) = (pipelines.to_str().unwrap(), replayed.path().to_str().unwrap());
-    let said = replay(&[events.to_str().unwrap(), "--pipelines", p_dir, "--lake", out]);
-    assert!(said.contains("archived events"), "{said}");
-    let p = Pipelines::new(check_dir(pipelines).await.unwrap()).unwrap();
-    let (a, b) = (Lake::open(live.to_str().unwrap()).unwrap(), Lake::open(out).unwrap());
-    for q in p.queries() {
-        let name = &q.spec.name;
-        let want = table(&a, &p, name).await;
-        assert!(want.len() >= 3, "{name}: the live run wrote {} rows", want.len());
-        support::assert_same_rows(&table(&b, &p, name).await, &want, &format!("{name}: archive replay vs live"));
+    for how in [&[][..], &["--full-sort"][..]] {
+        let replayed = tempfile::tempdir().unwrap();
+        let events = live.join("events");
+        let (p_dir, out) = (pipelines.to_str().unwrap(), replayed.path().to_str().unwrap());
+        let mut args = vec![events.to_str().unwrap(), "--pipelines", p_dir, "--lake", out];
+        args.extend(how);
+        let said = replay(&args);
+        assert!(said.contains("archived events"), "{said}");
+        let p = Pipelines::new(check_dir(pipelines).await.unwrap()).unwrap();
+        let (a, b) = (Lake::open(live.to_str().unwrap()).unwrap(), Lake::open(out).unwrap());
+        for q in p.queries() {
+            let name = &q.spec.name;
+            let want = table(&a, &p, name).await;
+            assert!(want.len() >= 3, "{name}: the live run wrote {} rows", want.len());
+            let what = format!("{name}: archive replay {how:?} vs live");
+            support::assert_same_rows(&table(&b, &p, name).await, &want, &what);
+        }
+        let (got, want) = (crate::merge::late_rows(&b, &p).await, crate::merge::late_rows(&a, &p).await);
+        assert!(!want.is_empty(), "40 s of jitter makes some events late");
+        support::assert_same_rows(&got, &want, &format!("late_events: archive replay {how:?} vs live"));
     }
-    let (got, want) = (crate::merge::late_rows(&b, &p).await, crate::merge::late_rows(&a, &p).await);
-    assert!(!want.is_empty(), "40 s of jitter makes some events late");
-    support::assert_same_rows(&got, &want, "late_events: archive replay vs live");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

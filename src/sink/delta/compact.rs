@@ -154,18 +154,37 @@ fn pack(files: &[Small], target: u64) -> Vec<Vec<&Small>> {
     out
 }
 
-/// The rows of `group`, in order, as one Parquet file.
+/// The rows of `group`, in order, as one Parquet file: the archive's merged in live order
+/// (each file is in it, and so stays the result: replays merge instead of sorting), other
+/// tables' file after file.
 async fn rewrite(
     lake: &Lake,
     root: &str,
     group: &[&Small],
     props: &WriterProperties,
 ) -> Result<(Vec<u8>, u64, SchemaRef)> {
+    let Some(first) = group.first() else { return Err(delta_err(root, "nothing to compact")) };
+    let reader =
+        crate::sink::file::LakeFile::new(lake.store().clone(), Path::from(format!("{root}/{}", first.rel)), first.size);
+    let schema = ParquetRecordBatchStreamBuilder::new(reader).await?.schema().clone();
+    if crate::sink::merge::has_live_order(&schema) {
+        let files = group.iter().map(|f| (Path::from(format!("{root}/{}", f.rel)), f.size)).collect();
+        let mut order = crate::sink::merge::LiveOrder::open(lake.store().clone(), files, 8192).await?;
+        let mut w = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props.clone()))?;
+        let mut rows = 0;
+        while let Some((batch, range)) = order.next().await? {
+            rows += range.len() as u64;
+            let part = batch.slice(range.start, range.len());
+            w.write(&arrow::array::RecordBatch::try_new(schema.clone(), part.columns().to_vec())?)?;
+        }
+        return Ok((w.into_inner()?, rows, schema));
+    }
     // The files' own schema (the first file's; the table has one).
     let mut out: Option<(ArrowWriter<Vec<u8>>, SchemaRef)> = None;
     let mut rows = 0;
     for f in group {
-        let reader = super::file::LakeFile::new(lake.store().clone(), Path::from(format!("{root}/{}", f.rel)), f.size);
+        let reader =
+            crate::sink::file::LakeFile::new(lake.store().clone(), Path::from(format!("{root}/{}", f.rel)), f.size);
         let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
         if out.is_none() {
             let schema = builder.schema().clone();

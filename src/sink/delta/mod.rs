@@ -18,7 +18,6 @@
 //! beside [`super::lake`] whose store it uses; `lake_sql` reads a table's active files.
 
 pub mod compact;
-mod file;
 mod replace;
 mod sorted;
 pub mod stats;

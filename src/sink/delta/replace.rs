@@ -31,7 +31,7 @@ const WINDOW_COLUMN: &str = "window_start";
 
 /// Reads a whole Parquet file of the lake.
 pub(crate) async fn read_file(lake: &Lake, path: &str, size: u64) -> Result<Vec<RecordBatch>> {
-    let reader = super::file::LakeFile::new(lake.store().clone(), Path::from(path), size);
+    let reader = crate::sink::file::LakeFile::new(lake.store().clone(), Path::from(path), size);
     let stream = ParquetRecordBatchStreamBuilder::new(reader).await?.build()?;
     Ok(stream.try_collect().await?)
 }

@@ -23,7 +23,7 @@ const STRING_PREFIX: usize = 32;
 
 /// Reads `path`'s footer (one ranged read) and returns its Delta statistics as JSON text.
 pub async fn of_file(lake: &Lake, path: &Path, size: u64, schema: &SchemaRef) -> Result<String> {
-    let mut reader = super::file::LakeFile::new(lake.store().clone(), path.clone(), size);
+    let mut reader = crate::sink::file::LakeFile::new(lake.store().clone(), path.clone(), size);
     let meta = reader.get_metadata(None).await?;
     Ok(of_metadata(&meta, schema).to_string())
 }

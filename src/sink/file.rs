@@ -1,6 +1,6 @@
 //! A Parquet file of the lake as an async reader (ranged reads through the lake's store;
-//! the footer in one read of its last 64 KiB): for the statistics of a new file, the
-//! rewrites of `emit = "updates"` tables and compaction.
+//! the footer in one read of its last 64 KiB): for the statistics of a new Delta file, the
+//! rewrites of `emit = "updates"` tables, compaction and the archive's merge.
 
 use std::ops::Range;
 use std::sync::Arc;
