@@ -98,12 +98,19 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The lake whose archive `input` is (`<lake>/events`, or the lake itself), if it is one.
-fn archive_root(input: &std::path::Path) -> Option<PathBuf> {
-    if input.file_name().is_some_and(|n| n == "events") && has_parquet(input) {
-        return input.parent().map(std::path::Path::to_path_buf);
+/// The lake whose archive `input` is (`<lake>/events`, or the lake itself), if it is one:
+/// a local directory, or an object store URL ending in `/events` (`s3://bucket/lake/events`,
+/// configured from the environment as `--lake` is).
+fn archive_root(input: &std::path::Path) -> Option<String> {
+    let text = input.to_str()?;
+    if text.contains("://") && !text.starts_with("file://") {
+        return text.trim_end_matches('/').strip_suffix("/events").map(str::to_string);
     }
-    has_parquet(&input.join("events")).then(|| input.to_path_buf())
+    let input = std::path::Path::new(text.strip_prefix("file://").unwrap_or(text));
+    if input.file_name().is_some_and(|n| n == "events") && has_parquet(input) {
+        return input.parent().and_then(|p| p.to_str()).map(str::to_string);
+    }
+    has_parquet(&input.join("events")).then(|| text.to_string())
 }
 
 /// Whether `dir` holds a `*.parquet` file at any depth (stops at the first).
@@ -117,12 +124,7 @@ fn has_parquet(dir: &std::path::Path) -> bool {
 /// Memory the archive query may hold (its sort spills past it).
 const ARCHIVE_QUERY_MEMORY: usize = 512 << 20;
 
-async fn replay_archive(
-    a: &ReplayArgs,
-    root: &std::path::Path,
-    pipelines: Pipelines,
-    out: &Lake,
-) -> anyhow::Result<ExitCode> {
+async fn replay_archive(a: &ReplayArgs, root: &str, pipelines: Pipelines, out: &Lake) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.shards == 1, "--shards applies to JSON lines; an archive replays as one shard");
     let time = |what: &str, s: &Option<String>| -> anyhow::Result<Option<i64>> {
         s.as_deref()
@@ -137,13 +139,13 @@ async fn replay_archive(
         to_us: time("to", &a.to)?,
         event_types: a.event_types.clone(),
     };
-    let source = Lake::open(root.to_str().ok_or_else(|| anyhow::anyhow!("{}: not UTF-8", root.display()))?)?;
+    let source = Lake::open(root)?;
     let s = archive_into(&source, &filter, pipelines, out, a.full_sort).await?;
     let rows: u64 = s.files.iter().map(|f| f.rows).sum();
     println!(
         "replayed {} archived events from {} in {:.2}s; wrote {rows} rows in {} file(s) under {}",
         s.accepted,
-        root.join("events").display(),
+        format!("{}/events", root.trim_end_matches('/')),
         s.elapsed.as_secs_f64(),
         s.files.len(),
         a.lake
