@@ -9,9 +9,11 @@
 //! dedup decisions through the same `Ingest` in file order.
 
 mod archive;
+mod merged;
 mod sharded;
 
-pub use archive::{ARCHIVE_STREAMS, ArchiveFilter, archive_files, archive_query, run_archive, run_archive_merged};
+pub use archive::{ARCHIVE_STREAMS, ArchiveFilter, archive_files, archive_query, run_archive};
+pub use merged::run_archive_merged;
 pub use sharded::{MERGE_EVERY, run as run_sharded};
 
 use std::path::{Path, PathBuf};

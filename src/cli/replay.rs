@@ -143,9 +143,9 @@ async fn replay_archive(a: &ReplayArgs, root: &str, pipelines: Pipelines, out: &
     let s = archive_into(&source, &filter, pipelines, out, a.full_sort).await?;
     let rows: u64 = s.files.iter().map(|f| f.rows).sum();
     println!(
-        "replayed {} archived events from {} in {:.2}s; wrote {rows} rows in {} file(s) under {}",
+        "replayed {} archived events from {}/events in {:.2}s; wrote {rows} rows in {} file(s) under {}",
         s.accepted,
-        format!("{}/events", root.trim_end_matches('/')),
+        root.trim_end_matches('/'),
         s.elapsed.as_secs_f64(),
         s.files.len(),
         a.lake

@@ -8,7 +8,7 @@
 //! archive cannot tell: a stream the run read without events, and the run's idle timeouts
 //! (processing time).
 //!
-//! Two ways in: [`run_archive_merged`] reads the files themselves in that order
+//! Two ways in: [`super::run_archive_merged`] (`replay/merged.rs`) reads the files themselves in that order
 //! ([`crate::sink::merge::LiveOrder`]: every archive file is in it already, so a k-way merge
 //! replaces a sort; this is what `eventide replay` uses), and [`run_archive`] takes the
 //! batches of [`archive_query`] run by the caller (`lake_sql`, memory-bounded: the sort
@@ -28,7 +28,6 @@ use crate::entry::EntryId;
 use crate::error::{Error, Result};
 use crate::sink::delta::DeltaLog;
 use crate::sink::lake::Lake;
-use crate::sink::merge::LiveOrder;
 use crate::window::{BATCH_ROWS, Pipelines};
 
 /// The archive's table root in a lake.
@@ -74,8 +73,8 @@ pub const ARCHIVE_STREAMS: &str = "SELECT DISTINCT stream FROM events ORDER BY s
 
 /// Feeds the archived events of `batches` (rows of [`archive_query`]) to `pipelines`, with
 /// `streams` declared (see [`ARCHIVE_STREAMS`]), closes every window at the end and writes
-/// the tables to `lake`. (The SQL path: [`run_archive_merged`] reads the files in order
-/// without the query's sort.)
+/// the tables to `lake`. (The SQL path: [`super::run_archive_merged`] reads the files in
+/// order without the query's sort.)
 pub async fn run_archive(
     mut batches: impl Stream<Item = datafusion::error::Result<RecordBatch>> + Unpin,
     streams: &[String],
@@ -148,29 +147,6 @@ impl ArchiveFilter {
     }
 }
 
-/// The archived events `order` yields ([`LiveOrder`] over [`archive_files`]) that `filter`
-/// selects, through `pipelines` with `streams` declared; every window closes at the end and
-/// the tables are written to `lake`. The windows run on their thread while the next rows are
-/// read (and the files decode on their tasks).
-pub async fn run_archive_merged(
-    mut order: LiveOrder,
-    filter: &ArchiveFilter,
-    streams: &[String],
-    mut pipelines: Pipelines,
-    lake: &Lake,
-) -> Result<ReplaySummary> {
-    let started = Instant::now();
-    pipelines.declare_streams(streams);
-    let mut summary = ReplaySummary::default();
-    while let Some((batch, rows)) = order.next().await? {
-        feed(&batch, rows, filter, &mut pipelines, &mut summary)?;
-    }
-    pipelines.flush()?;
-    summary.files = pipelines.commit(lake, "replay").await?;
-    summary.elapsed = started.elapsed();
-    Ok(summary)
-}
-
 fn feed(
     batch: &RecordBatch,
     rows: Range<usize>,
@@ -178,6 +154,25 @@ fn feed(
     pipelines: &mut Pipelines,
     summary: &mut ReplaySummary,
 ) -> Result<()> {
+    let mut pending = Ok(());
+    let n = rows_as_events(batch, rows, filter, |ev, stream, id| {
+        pipelines.append(ev, stream, id);
+        if pipelines.buffered() >= BATCH_ROWS && pending.is_ok() {
+            pending = pipelines.process_in_background();
+        }
+    })?;
+    (summary.lines, summary.accepted) = (summary.lines + n, summary.accepted + n);
+    pending
+}
+
+/// Calls `each` with every row of `rows` of an archive batch that `filter` keeps, as an
+/// event with its stream and entry id; returns how many.
+pub(super) fn rows_as_events(
+    batch: &RecordBatch,
+    rows: Range<usize>,
+    filter: &ArchiveFilter,
+    mut each: impl FnMut(&Event<'_>, &str, EntryId),
+) -> Result<u64> {
     // Text columns as plain strings (the query engine reads them as string views).
     let text = |name: &str| -> Result<StringArray> {
         let col = batch.column_by_name(name).ok_or_else(|| bad(format!("no column {name}")))?;
@@ -195,11 +190,11 @@ fn feed(
         .column_by_name("event_time")
         .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
         .ok_or_else(|| bad("no event_time column of microseconds".into()))?;
+    let mut n = 0;
     for i in rows {
         if !filter.keeps(times.value(i)) {
             continue;
         }
-        summary.lines += 1;
         let id: EntryId =
             stream_ids.value(i).parse().map_err(|_| bad(format!("stream_id {:?}", stream_ids.value(i))))?;
         let ev = Event {
@@ -213,13 +208,10 @@ fn feed(
             source: opt(source, i).map(Into::into),
             traceparent: opt(trace, i).map(Into::into),
         };
-        pipelines.append(&ev, streams.value(i), id);
-        summary.accepted += 1;
-        if pipelines.buffered() >= BATCH_ROWS {
-            pipelines.process_in_background()?;
-        }
+        each(&ev, streams.value(i), id);
+        n += 1;
     }
-    Ok(())
+    Ok(n)
 }
 
 /// Row `i` of `a`, `None` when null.
