@@ -29,7 +29,15 @@ pub async fn run(mut opts: RunOptions, shutdown: impl Future<Output = ()>) -> Re
     let (stop_api, stopped) = watch::channel(false);
     let server = match &opts.api {
         Some(a) => {
-            let (listener, addr) = api::bind(a).await?;
+            let (listener, addr) = match api::bind(a).await {
+                Ok(bound) => bound,
+                Err(e) => {
+                    if let Some(x) = exporter {
+                        x.shutdown().await;
+                    }
+                    return Err(e);
+                }
+            };
             tracing::info!(%addr, "Serving /metrics, /healthz, /readyz, /api/status and /api/pipelines.");
             let ctx = ApiContext::new(a.clone(), published.registry.clone(), published.live.clone());
             let mut stopped = stopped;
