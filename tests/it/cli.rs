@@ -33,6 +33,10 @@ fn validate_names_file_line_and_fix() {
     let (ok, text) = validate("block = \"5\"\n");
     assert!(!ok);
     assert!(text.contains("line 1") && text.contains("no unit"), "{text}");
+    let (ok, text) = validate("streams = [\"orders\"]\notlp_endpoint = \"localhost:4318\"\notlp_sample_ratio = 2.0\n");
+    assert!(!ok);
+    assert!(text.contains("FILE:2: otlp_endpoint:") && text.contains("http://"), "{text}");
+    assert!(text.contains("FILE:3: otlp_sample_ratio:") && text.contains("0..=1"), "{text}");
 }
 
 fn validate_pipelines(files: &[(&str, &str)]) -> (bool, String) {
