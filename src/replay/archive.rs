@@ -17,7 +17,7 @@
 use std::ops::Range;
 use std::time::Instant;
 
-use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::array::{Array, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::TimestampMicrosecondType;
 use futures::{Stream, StreamExt};
 use object_store::path::Path;
@@ -155,7 +155,7 @@ fn feed(
     summary: &mut ReplaySummary,
 ) -> Result<()> {
     let mut pending = Ok(());
-    let n = rows_as_events(batch, rows, filter, |ev, stream, id| {
+    let n = EventRows::new(batch)?.each(rows, None, filter, |ev, stream, id| {
         pipelines.append(ev, stream, id);
         if pipelines.buffered() >= BATCH_ROWS && pending.is_ok() {
             pending = pipelines.process_in_background();
@@ -165,53 +165,89 @@ fn feed(
     pending
 }
 
-/// Calls `each` with every row of `rows` of an archive batch that `filter` keeps, as an
-/// event with its stream and entry id; returns how many.
-pub(super) fn rows_as_events(
-    batch: &RecordBatch,
-    rows: Range<usize>,
-    filter: &ArchiveFilter,
-    mut each: impl FnMut(&Event<'_>, &str, EntryId),
-) -> Result<u64> {
-    // Text columns as plain strings (the query engine reads them as string views).
-    let text = |name: &str| -> Result<StringArray> {
-        let col = batch.column_by_name(name).ok_or_else(|| bad(format!("no column {name}")))?;
-        if let Some(s) = col.as_string_opt::<i32>() {
-            return Ok(s.clone());
-        }
-        let utf8 = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8)?;
-        utf8.as_string_opt::<i32>().cloned().ok_or_else(|| bad(format!("column {name} is not text")))
-    };
-    let (ids, types, versions, data, metadata) =
-        (&text("event_id")?, &text("event_type")?, &text("version")?, &text("data")?, &text("metadata")?);
-    let (correlation, source, trace) = (&text("correlation_id")?, &text("source")?, &text("traceparent")?);
-    let (streams, stream_ids) = (&text("stream")?, &text("stream_id")?);
-    let times = batch
-        .column_by_name("event_time")
-        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
-        .ok_or_else(|| bad("no event_time column of microseconds".into()))?;
-    let mut n = 0;
-    for i in rows {
-        if !filter.keeps(times.value(i)) {
-            continue;
-        }
-        let id: EntryId =
-            stream_ids.value(i).parse().map_err(|_| bad(format!("stream_id {:?}", stream_ids.value(i))))?;
-        let ev = Event {
-            event_id: ids.value(i).into(),
-            event_type: types.value(i).into(),
-            event_time_us: times.value(i),
-            version: opt(versions, i).map(Into::into),
-            data: opt(data, i),
-            metadata: opt(metadata, i),
-            correlation_id: opt(correlation, i).map(Into::into),
-            source: opt(source, i).map(Into::into),
-            traceparent: opt(trace, i).map(Into::into),
+/// An archive batch's event columns, looked up (and cast to plain strings: the query engine
+/// reads them as string views) once.
+pub(super) struct EventRows {
+    ids: StringArray,
+    types: StringArray,
+    versions: StringArray,
+    data: StringArray,
+    metadata: StringArray,
+    correlation: StringArray,
+    source: StringArray,
+    trace: StringArray,
+    streams: StringArray,
+    stream_ids: StringArray,
+    times: TimestampMicrosecondArray,
+}
+
+impl EventRows {
+    pub(super) fn new(batch: &RecordBatch) -> Result<EventRows> {
+        let text = |name: &str| -> Result<StringArray> {
+            let col = batch.column_by_name(name).ok_or_else(|| bad(format!("no column {name}")))?;
+            if let Some(s) = col.as_string_opt::<i32>() {
+                return Ok(s.clone());
+            }
+            let utf8 = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8)?;
+            utf8.as_string_opt::<i32>().cloned().ok_or_else(|| bad(format!("column {name} is not text")))
         };
-        each(&ev, streams.value(i), id);
-        n += 1;
+        Ok(EventRows {
+            ids: text("event_id")?,
+            types: text("event_type")?,
+            versions: text("version")?,
+            data: text("data")?,
+            metadata: text("metadata")?,
+            correlation: text("correlation_id")?,
+            source: text("source")?,
+            trace: text("traceparent")?,
+            streams: text("stream")?,
+            stream_ids: text("stream_id")?,
+            times: batch
+                .column_by_name("event_time")
+                .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+                .cloned()
+                .ok_or_else(|| bad("no event_time column of microseconds".into()))?,
+        })
     }
-    Ok(n)
+
+    /// Calls `each` with every row of `rows` that `filter` keeps, as an event with its stream
+    /// and entry id (from `parsed` when given, else parsed from `stream_id`); returns how many.
+    pub(super) fn each(
+        &self,
+        rows: Range<usize>,
+        parsed: Option<&[EntryId]>,
+        filter: &ArchiveFilter,
+        mut each: impl FnMut(&Event<'_>, &str, EntryId),
+    ) -> Result<u64> {
+        let mut n = 0;
+        for i in rows {
+            let t = self.times.value(i);
+            if !filter.keeps(t) {
+                continue;
+            }
+            let id = match parsed {
+                Some(ids) => ids[i],
+                None => {
+                    let s = self.stream_ids.value(i);
+                    s.parse().map_err(|_| bad(format!("stream_id {s:?}")))?
+                }
+            };
+            let ev = Event {
+                event_id: self.ids.value(i).into(),
+                event_type: self.types.value(i).into(),
+                event_time_us: t,
+                version: opt(&self.versions, i).map(Into::into),
+                data: opt(&self.data, i),
+                metadata: opt(&self.metadata, i),
+                correlation_id: opt(&self.correlation, i).map(Into::into),
+                source: opt(&self.source, i).map(Into::into),
+                traceparent: opt(&self.trace, i).map(Into::into),
+            };
+            each(&ev, self.streams.value(i), id);
+            n += 1;
+        }
+        Ok(n)
+    }
 }
 
 /// Row `i` of `a`, `None` when null.

@@ -14,17 +14,17 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
 use super::ReplaySummary;
-use super::archive::{ArchiveFilter, rows_as_events};
+use super::archive::{ArchiveFilter, EventRows};
 use crate::error::{Error, Result};
 use crate::sink::lake::Lake;
-use crate::sink::merge::LiveOrder;
+use crate::sink::merge::{ArchiveBatch, LiveOrder};
 use crate::window::columns::EventColumns;
 use crate::window::{BATCH_ROWS, PipelineSpec, Pipelines};
 
 /// Runs of rows in live order, numbered.
 struct Chunk {
     seq: u64,
-    runs: Vec<(RecordBatch, Range<usize>)>,
+    runs: Vec<(Arc<ArchiveBatch>, Range<usize>)>,
 }
 
 /// A chunk's `events` batches (one per pipeline) and how many events it held.
@@ -145,11 +145,22 @@ fn replay(
     .map(|p| (p, summary))
 }
 
-/// The `events` batches of one chunk's rows.
+/// The `events` batches of one chunk's rows (each archive batch's columns looked up once
+/// per chunk, not per run).
 fn build(chunk: &Chunk, filter: &ArchiveFilter, cols: &mut EventColumns, schemas: &[SchemaRef]) -> Result<Built> {
     let mut events = 0;
+    let mut typed: Vec<(*const ArchiveBatch, EventRows)> = Vec::new();
     for (batch, range) in &chunk.runs {
-        events += rows_as_events(batch, range.clone(), filter, |ev, stream, id| cols.append(ev, stream, id))?;
+        let key = Arc::as_ptr(batch);
+        let at = match typed.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                typed.push((key, EventRows::new(&batch.batch)?));
+                typed.len() - 1
+            }
+        };
+        let rows = &typed[at].1;
+        events += rows.each(range.clone(), Some(&batch.ids), filter, |ev, stream, id| cols.append(ev, stream, id))?;
     }
     Ok(Built { seq: chunk.seq, batches: cols.finish(schemas)?, events })
 }

@@ -16,7 +16,7 @@ use std::collections::BinaryHeap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{Array, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::TimestampMicrosecondType;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
@@ -50,17 +50,17 @@ struct Pending {
     min_ingest_us: i64,
 }
 
-/// The key columns of a batch.
-struct Cursor {
-    batch: RecordBatch,
-    ingest: TimestampMicrosecondArray,
-    stream: StringArray,
-    ids: StringArray,
-    row: usize,
+/// A decoded archive batch with its key columns typed once: the runs cut from it share it.
+pub struct ArchiveBatch {
+    pub batch: RecordBatch,
+    pub ingest: TimestampMicrosecondArray,
+    pub stream: StringArray,
+    /// `stream_id` parsed.
+    pub ids: Vec<EntryId>,
 }
 
-impl Cursor {
-    fn new(batch: RecordBatch, path: &Path) -> Result<Cursor> {
+impl ArchiveBatch {
+    fn new(batch: RecordBatch, path: &Path) -> Result<ArchiveBatch> {
         let col = |c: Col| batch.column_by_name(c.name()).ok_or_else(|| bad(path, format!("no column {}", c.name())));
         let ingest = col(Col::IngestTime)?
             .as_primitive_opt::<TimestampMicrosecondType>()
@@ -69,42 +69,60 @@ impl Cursor {
         let text = |c: Col| -> Result<StringArray> {
             col(c)?.as_string_opt::<i32>().cloned().ok_or_else(|| bad(path, format!("{} is not text", c.name())))
         };
-        let (stream, ids) = (text(Col::Stream)?, text(Col::StreamId)?);
-        Ok(Cursor { batch, ingest, stream, ids, row: 0 })
+        let (stream, sids) = (text(Col::Stream)?, text(Col::StreamId)?);
+        let ids = (0..sids.len())
+            .map(|i| {
+                sids.value(i)
+                    .parse()
+                    .map_err(|_| bad(path, format!("stream_id {:?} is not an entry id", sids.value(i))))
+            })
+            .collect::<Result<Vec<EntryId>>>()?;
+        Ok(ArchiveBatch { batch, ingest, stream, ids })
+    }
+}
+
+/// Where a file's merge is: its current batch and row.
+struct Cursor {
+    rows: Arc<ArchiveBatch>,
+    row: usize,
+}
+
+impl Cursor {
+    fn new(batch: RecordBatch, path: &Path) -> Result<Cursor> {
+        Ok(Cursor { rows: Arc::new(ArchiveBatch::new(batch, path)?), row: 0 })
     }
 
-    fn key(&self, i: usize, path: &Path) -> Result<Key> {
-        let id = self.ids.value(i);
-        Ok(Key {
-            ingest_us: self.ingest.value(i),
-            stream: self.stream.value(i).into(),
-            id: id.parse().map_err(|_| bad(path, format!("stream_id {id:?} is not an entry id")))?,
-        })
+    fn len(&self) -> usize {
+        self.rows.ids.len()
+    }
+
+    fn key(&self, i: usize) -> Key {
+        let r = &self.rows;
+        Key { ingest_us: r.ingest.value(i), stream: r.stream.value(i).into(), id: r.ids[i] }
     }
 
     /// Whether row `a` sorts after row `b` (compared without allocating).
     fn after(&self, a: usize, b: usize) -> bool {
-        let (ta, tb) = (self.ingest.value(a), self.ingest.value(b));
+        let r = &self.rows;
+        let (ta, tb) = (r.ingest.value(a), r.ingest.value(b));
         if ta != tb {
             return ta > tb;
         }
-        match self.stream.value(a).cmp(self.stream.value(b)) {
-            std::cmp::Ordering::Equal => {
-                let id = |i: usize| self.ids.value(i).parse::<EntryId>().unwrap_or_default();
-                id(a) > id(b)
-            }
+        match r.stream.value(a).cmp(r.stream.value(b)) {
+            std::cmp::Ordering::Equal => r.ids[a] > r.ids[b],
             o => o == std::cmp::Ordering::Greater,
         }
     }
 
     /// Whether row `i` sorts before `bound` (compared without allocating).
     fn before(&self, i: usize, bound: &Key) -> bool {
-        let ingest = self.ingest.value(i);
+        let r = &self.rows;
+        let ingest = r.ingest.value(i);
         if ingest != bound.ingest_us {
             return ingest < bound.ingest_us;
         }
-        match self.stream.value(i).cmp(&bound.stream) {
-            std::cmp::Ordering::Equal => self.ids.value(i).parse::<EntryId>().is_ok_and(|id| id < bound.id),
+        match r.stream.value(i).cmp(&bound.stream) {
+            std::cmp::Ordering::Equal => r.ids[i] < bound.id,
             o => o == std::cmp::Ordering::Less,
         }
     }
@@ -153,7 +171,7 @@ impl LiveOrder {
 
     /// The next run of rows in live order (a batch and a range of its rows, at least one),
     /// or `None` when every file is read.
-    pub async fn next(&mut self) -> Result<Option<(RecordBatch, Range<usize>)>> {
+    pub async fn next(&mut self) -> Result<Option<(Arc<ArchiveBatch>, Range<usize>)>> {
         // Open every file that may hold a row at or before the smallest one in hand.
         while let Some(p) = self.pending.last() {
             if self.heap.peek().is_some_and(|Reverse((k, _))| k.ingest_us < p.min_ingest_us) {
@@ -174,7 +192,7 @@ impl LiveOrder {
         let c = &input.cursor;
         let start = c.row;
         let mut end = start + 1;
-        while end < c.batch.num_rows() && bound.as_ref().is_none_or(|b| c.before(end, b)) {
+        while end < c.len() && bound.as_ref().is_none_or(|b| c.before(end, b)) {
             end += 1;
         }
         // Within a file the order must hold: from the last row handed out to this run's
@@ -183,20 +201,20 @@ impl LiveOrder {
         if disorder {
             return Err(bad(&input.path, "rows are not in ingest order (ingest_time, stream, stream_id)".into()));
         }
-        input.last = Some(c.key(end - 1, &input.path)?);
-        let out = (c.batch.clone(), start..end);
+        input.last = Some(c.key(end - 1));
+        let out = (c.rows.clone(), start..end);
         input.cursor.row = end;
-        if end == input.cursor.batch.num_rows() {
+        if end == input.cursor.len() {
             match next_batch(&mut input.rx, &input.path).await? {
                 Some(next) => {
-                    let first = next.key(0, &input.path)?;
+                    let first = next.key(0);
                     input.cursor = next;
                     self.heap.push(Reverse((first, i)));
                 }
                 None => self.inputs[i] = None,
             }
         } else {
-            let k = input.cursor.key(end, &input.path)?;
+            let k = input.cursor.key(end);
             self.heap.push(Reverse((k, i)));
         }
         Ok(Some(out))
@@ -226,7 +244,7 @@ impl LiveOrder {
             }
         });
         if let Some(cursor) = next_batch(&mut rx, &p.path).await? {
-            let first = cursor.key(0, &p.path)?;
+            let first = cursor.key(0);
             self.heap.push(Reverse((first, self.inputs.len())));
             self.inputs.push(Some(Input { path: p.path, rx, cursor, last: None }));
         }
@@ -313,9 +331,8 @@ mod tests {
         let mut order = LiveOrder::open(store, list, batch_rows).await?;
         let mut out = Vec::new();
         while let Some((b, range)) = order.next().await? {
-            let c = Cursor::new(b, &Path::from("x"))?;
             for r in range {
-                out.push((c.ingest.value(r), c.stream.value(r).to_string(), c.ids.value(r).to_string()));
+                out.push((b.ingest.value(r), b.stream.value(r).to_string(), b.ids[r].to_string()));
             }
         }
         Ok(out)

@@ -174,7 +174,7 @@ async fn rewrite(
         let mut rows = 0;
         while let Some((batch, range)) = order.next().await? {
             rows += range.len() as u64;
-            let part = batch.slice(range.start, range.len());
+            let part = batch.batch.slice(range.start, range.len());
             w.write(&arrow::array::RecordBatch::try_new(schema.clone(), part.columns().to_vec())?)?;
         }
         return Ok((w.into_inner()?, rows, schema));
