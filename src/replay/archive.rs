@@ -26,6 +26,7 @@ use super::ReplaySummary;
 use crate::decode::Event;
 use crate::entry::EntryId;
 use crate::error::{Error, Result};
+use crate::events::Col;
 use crate::sink::delta::DeltaLog;
 use crate::sink::lake::Lake;
 use crate::window::{BATCH_ROWS, Pipelines};
@@ -184,7 +185,13 @@ pub(super) struct EventRows {
 impl EventRows {
     pub(super) fn new(batch: &RecordBatch) -> Result<EventRows> {
         let text = |name: &str| -> Result<StringArray> {
-            let col = batch.column_by_name(name).ok_or_else(|| bad(format!("no column {name}")))?;
+            let Some(col) = batch.column_by_name(name) else {
+                // Not read (the pipelines do not use it): NULL, as when a nullable one is.
+                return match Col::named(name).is_some_and(Col::nullable) {
+                    true => Ok(StringArray::new_null(batch.num_rows())),
+                    false => Err(bad(format!("no column {name}"))),
+                };
+            };
             if let Some(s) = col.as_string_opt::<i32>() {
                 return Ok(s.clone());
             }

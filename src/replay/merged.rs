@@ -16,9 +16,10 @@ use arrow::datatypes::SchemaRef;
 use super::ReplaySummary;
 use super::archive::{ArchiveFilter, EventRows};
 use crate::error::{Error, Result};
+use crate::events::Col;
 use crate::sink::lake::Lake;
 use crate::sink::merge::{ArchiveBatch, LiveOrder};
-use crate::window::columns::EventColumns;
+use crate::window::columns::{ALWAYS_USED, EventColumns};
 use crate::window::{BATCH_ROWS, PipelineSpec, Pipelines};
 
 /// Runs of rows in live order, numbered.
@@ -46,6 +47,8 @@ pub async fn run_archive_merged(
 ) -> Result<ReplaySummary> {
     let started = Instant::now();
     pipelines.declare_streams(streams);
+    let mut order = order;
+    order.project(&read_columns(&pipelines));
     let handle = tokio::runtime::Handle::current();
     let filter = filter.clone();
     let (mut pipelines, mut summary) = tokio::task::spawn_blocking(move || replay(handle, order, &filter, pipelines))
@@ -55,6 +58,21 @@ pub async fn run_archive_merged(
     summary.files = pipelines.commit(lake, "replay").await?;
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// The archive columns the pipelines need: the ones every pipeline reads, the base columns
+/// some SQL uses, and `data` / `metadata` when a declared field comes from it.
+fn read_columns(pipelines: &Pipelines) -> Vec<&'static str> {
+    let mut cols: Vec<&'static str> = ALWAYS_USED.iter().map(|c| c.name()).collect();
+    cols.extend(pipelines.used_base_columns().iter().map(|c| c.name()));
+    for q in pipelines.queries() {
+        for f in &q.spec.fields {
+            cols.push(if f.path[0] == "data" { Col::Data.name() } else { Col::Metadata.name() });
+        }
+    }
+    cols.sort_unstable();
+    cols.dedup();
+    cols
 }
 
 fn replay(

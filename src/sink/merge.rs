@@ -21,7 +21,7 @@ use arrow::datatypes::TimestampMicrosecondType;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use object_store::path::Path;
-use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::file::statistics::Statistics;
 use tokio::sync::mpsc;
 
@@ -145,6 +145,8 @@ pub struct LiveOrder {
     inputs: Vec<Option<Input>>,
     heap: BinaryHeap<Reverse<(Key, usize)>>,
     batch_rows: usize,
+    /// Columns read (`None`: all); the key columns always are.
+    columns: Option<Vec<String>>,
 }
 
 impl LiveOrder {
@@ -166,7 +168,25 @@ impl LiveOrder {
             .try_collect()
             .await?;
         pending.sort_by(|a, b| (b.min_ingest_us, &b.path).cmp(&(a.min_ingest_us, &a.path)));
-        Ok(LiveOrder { store, pending, inputs: Vec::new(), heap: BinaryHeap::new(), batch_rows: batch_rows.max(1) })
+        Ok(LiveOrder {
+            store,
+            pending,
+            inputs: Vec::new(),
+            heap: BinaryHeap::new(),
+            batch_rows: batch_rows.max(1),
+            columns: None,
+        })
+    }
+
+    /// Reads only these columns (and the key columns) of the files opened from now on.
+    pub fn project(&mut self, columns: &[&str]) {
+        let mut cols: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+        for k in [Col::IngestTime, Col::Stream, Col::StreamId] {
+            if !cols.iter().any(|c| c == k.name()) {
+                cols.push(k.name().to_string());
+            }
+        }
+        self.columns = Some(cols);
     }
 
     /// The next run of rows in live order (a batch and a range of its rows, at least one),
@@ -224,9 +244,14 @@ impl LiveOrder {
     async fn activate(&mut self, p: Pending) -> Result<()> {
         let (tx, mut rx) = mpsc::channel(PREFETCH);
         let (store, path, size, rows) = (self.store.clone(), p.path.clone(), p.size, self.batch_rows);
+        let columns = self.columns.clone();
         tokio::spawn(async move {
             let stream = async {
-                let b = ParquetRecordBatchStreamBuilder::new(LakeFile::new(store, path.clone(), size)).await?;
+                let mut b = ParquetRecordBatchStreamBuilder::new(LakeFile::new(store, path.clone(), size)).await?;
+                if let Some(cols) = &columns {
+                    let mask = ProjectionMask::columns(b.parquet_schema(), cols.iter().map(String::as_str));
+                    b = b.with_projection(mask);
+                }
                 b.with_batch_size(rows).build()
             };
             let mut stream = match stream.await {
