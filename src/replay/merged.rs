@@ -182,3 +182,34 @@ fn build(chunk: &Chunk, filter: &ArchiveFilter, cols: &mut EventColumns, schemas
     }
     Ok(Built { seq: chunk.seq, batches: cols.finish(schemas)?, events })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pipelines(texts: &[&str]) -> Pipelines {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, t) in texts.iter().enumerate() {
+            std::fs::write(dir.path().join(format!("p{i}.toml")), t).unwrap();
+        }
+        Pipelines::new(crate::window::check_dir(dir.path()).await.expect("valid pipelines")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_replay_reads_only_the_columns_its_pipelines_use() {
+        let data = r#"window = { kind = "tumbling", size = "1m" }
+fields = { amount = "double" }
+sql = "SELECT event_type, sum(amount) AS revenue FROM events GROUP BY event_type"
+"#;
+        let meta = r#"window = { kind = "tumbling", size = "1m" }
+fields = { tenant = { path = "metadata.tenant", type = "string" } }
+sql = "SELECT tenant, count(*) AS n, count(DISTINCT correlation_id) AS c FROM events GROUP BY tenant"
+"#;
+        let cols = read_columns(&pipelines(&[data]).await);
+        assert_eq!(cols, ["data", "event_id", "event_time", "event_type", "stream", "stream_id"]);
+        let cols = read_columns(&pipelines(&[meta]).await);
+        assert!(cols.contains(&"metadata") && cols.contains(&"correlation_id") && !cols.contains(&"data"), "{cols:?}");
+        let cols = read_columns(&pipelines(&[data, meta]).await);
+        assert!(cols.contains(&"metadata") && cols.contains(&"data") && !cols.contains(&"traceparent"), "{cols:?}");
+    }
+}
