@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
 use deltalake_core::kernel::Action;
-use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
 use deltalake_core::protocol::DeltaOperation;
 use futures::TryStreamExt;
 use object_store::PutPayload;
@@ -82,6 +82,7 @@ pub async fn compact(lake: &Lake, root: &str, opts: &CompactOptions) -> Result<C
         }
     }
     let mut report = CompactReport::default();
+    let mut latest: Option<deltalake_core::table::state::DeltaTableState> = None;
     let stamp = chrono::Utc::now().timestamp_millis();
     let mut n = 0;
     for (key, mut files) in by_partition {
@@ -121,10 +122,14 @@ pub async fn compact(lake: &Lake, root: &str, opts: &CompactOptions) -> Result<C
         let op = DeltaOperation::Optimize { predicate: None, target_size: opts.target_bytes as i64 };
         let commit = CommitBuilder::from(CommitProperties::default())
             .with_actions(actions)
-            .build(Some(snapshot), table.log_store(), op)
+            .build(Some(latest.as_ref().unwrap_or(snapshot) as &dyn TableReference), table.log_store(), op)
             .await;
         match commit {
-            Ok(_) => report.partitions += 1,
+            Ok(done) => {
+                // The next partition's commit builds on this one (no conflict check to pass).
+                latest = Some(done.snapshot());
+                report.partitions += 1;
+            }
             Err(e) => {
                 tracing::warn!(table = root, error = %e, "Compaction of a partition conflicted with a commit; skipped.");
                 for p in written {
