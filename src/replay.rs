@@ -215,25 +215,12 @@ fn replay_blocking(
         let (out_tx, out_rx) = std::sync::mpsc::sync_channel::<Result<Decoded>>(workers * 2);
         let (pool_tx, pool_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(workers * 4);
         let reader = scope.spawn(move || read_chunks(inputs, chunk_tx, pool_rx));
-        for _ in 0..workers {
-            let (rx, tx, pool) = (chunk_rx.clone(), out_tx.clone(), pool_tx.clone());
-            let (specs, schemas, used) = (&specs, &schemas, &used);
-            scope.spawn(move || {
-                // Kept across chunks: the builders come back sized for a chunk.
-                let refs: Vec<&PipelineSpec> = specs.iter().collect();
-                let mut cols = EventColumns::new(&refs).only(used);
-                loop {
-                    let next = rx.lock().map_err(|_| ()).and_then(|r| r.recv().map_err(|_| ()));
-                    let Ok(chunk) = next else { break };
-                    let decoded = decode_chunk(&chunk, &mut cols, schemas, stream, inputs, now_us);
-                    let _ = pool.try_send(chunk.data);
-                    if tx.send(decoded).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(out_tx);
+        let (schemas, pool) = (&schemas, pool_tx.clone());
+        column_workers(scope, workers, &chunk_rx, out_tx, &specs, &used, move |chunk: Chunk, cols| {
+            let decoded = decode_chunk(&chunk, cols, schemas, stream, inputs, now_us);
+            let _ = pool.try_send(chunk.data);
+            decoded
+        });
         drop(pool_tx);
         // The windows run on their own thread, fed in file order by this one (dedup).
         let (win_tx, win_rx) = std::sync::mpsc::sync_channel::<Deduplicated>(2);
@@ -331,6 +318,34 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> Result<usize> {
         }
     }
     Ok(got)
+}
+
+/// `workers` threads, each with its own [`EventColumns`] for `specs` (only the `used` base
+/// columns; kept across chunks, so the builders come back sized for one), turning the chunks
+/// of `rx` into what `work` makes of them, sent to `tx`, until either side closes.
+fn column_workers<'scope, 'env, C: Send + 'scope, O: Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    workers: usize,
+    rx: &std::sync::Arc<std::sync::Mutex<std::sync::mpsc::Receiver<C>>>,
+    tx: std::sync::mpsc::SyncSender<O>,
+    specs: &'env [PipelineSpec],
+    used: &'env [crate::events::Col],
+    work: impl Fn(C, &mut EventColumns) -> O + Send + Clone + 'scope,
+) {
+    for _ in 0..workers {
+        let (rx, tx, work) = (rx.clone(), tx.clone(), work.clone());
+        scope.spawn(move || {
+            let refs: Vec<&PipelineSpec> = specs.iter().collect();
+            let mut cols = EventColumns::new(&refs).only(used);
+            loop {
+                let next = rx.lock().map_err(|_| ()).and_then(|r| r.recv().map_err(|_| ()));
+                let Ok(chunk) = next else { break };
+                if tx.send(work(chunk, &mut cols)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
 }
 
 fn decode_chunk(

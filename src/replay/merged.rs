@@ -108,22 +108,10 @@ fn replay(
             }
             Ok(())
         });
-        for _ in 0..workers {
-            let (rx, tx) = (chunk_rx.clone(), out_tx.clone());
-            let (specs, schemas, used) = (&specs, &schemas, &used);
-            scope.spawn(move || {
-                let refs: Vec<&PipelineSpec> = specs.iter().collect();
-                let mut cols = EventColumns::new(&refs).only(used);
-                loop {
-                    let next = rx.lock().map_err(|_| ()).and_then(|r| r.recv().map_err(|_| ()));
-                    let Ok(chunk) = next else { break };
-                    if tx.send(build(&chunk, filter, &mut cols, schemas)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(out_tx);
+        let schemas = &schemas;
+        super::column_workers(scope, workers, &chunk_rx, out_tx, &specs, &used, |chunk: Chunk, cols| {
+            build(&chunk, filter, cols, schemas)
+        });
         let (win_tx, win_rx) = sync_channel::<Vec<RecordBatch>>(2);
         let windows = scope.spawn(move || -> Result<Pipelines> {
             let mut pipelines = pipelines;

@@ -150,17 +150,7 @@ async fn sigkills_leave_delta_tables_equal_to_an_uninterrupted_run() {
 
     // Replay from the Delta archive (its latest version's files) into a new lake: the live
     // run's tables again.
-    let replayed = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_eventide"))
-        .arg("replay")
-        .arg(lake.path().join("events"))
-        .arg("--pipelines")
-        .arg(pipelines.path())
-        .arg("--lake")
-        .arg(replayed.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "replay: {}", String::from_utf8_lossy(&out.stderr));
+    let replayed = replay_archive(&lake.path().join("events"), pipelines.path());
     let replayed_lake = Lake::open(replayed.path().to_str().unwrap()).unwrap();
     assert_tables_equal(lake.path(), replayed.path(), &compiled, "live vs a replay of the Delta archive").await;
     let (got, want) = (
@@ -168,6 +158,22 @@ async fn sigkills_leave_delta_tables_equal_to_an_uninterrupted_run() {
         crate::merge::late_rows(&live_lake, &compiled).await,
     );
     support::assert_same_rows(&got, &want, "late_events: replay of the Delta archive vs live");
+}
+
+/// `eventide replay <archive>` with `pipelines` into a new plain lake.
+fn replay_archive(events: &Path, pipelines: &Path) -> tempfile::TempDir {
+    let replayed = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_eventide"))
+        .arg("replay")
+        .arg(events)
+        .arg("--pipelines")
+        .arg(pipelines)
+        .arg("--lake")
+        .arg(replayed.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "replay of {}: {}", events.display(), String::from_utf8_lossy(&out.stderr));
+    replayed
 }
 
 /// Files per partition of a Delta table's latest version, by delta-rs.
@@ -275,17 +281,7 @@ async fn compaction_beside_a_live_run_never_shows_a_missing_or_doubled_row() {
 
     // The compacted archive's files are still in live order (compaction merges in it): a
     // replay merging them gives the live run's tables.
-    let replayed = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_eventide"))
-        .arg("replay")
-        .arg(&events)
-        .arg("--pipelines")
-        .arg(pipelines.path())
-        .arg("--lake")
-        .arg(replayed.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "replay of the compacted archive: {}", String::from_utf8_lossy(&out.stderr));
+    let replayed = replay_archive(&events, pipelines.path());
     let compiled = Pipelines::new(check_dir(pipelines.path()).await.unwrap()).unwrap();
     assert_tables_equal(lake.path(), replayed.path(), &compiled, "live vs a replay of the compacted archive").await;
 }
