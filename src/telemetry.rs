@@ -144,7 +144,8 @@ pub struct ReadTime {
 }
 
 impl Spans {
-    /// A trace for one batch, or `None` (tracing off, or this batch not sampled).
+    /// A trace for one batch, its decode starting now, or `None` (tracing off, or this batch
+    /// not sampled).
     pub fn batch(&self, read: Option<ReadTime>) -> Option<BatchTrace> {
         let inner = self.inner.as_ref()?;
         if inner.ratio < 1.0 && rand::random::<f64>() >= inner.ratio {
@@ -206,10 +207,6 @@ impl BatchTrace {
             return;
         }
         self.links.push(Link::with_context(sc));
-    }
-
-    pub fn decode_started(&mut self) {
-        self.decode_started = SystemTime::now();
     }
 
     pub fn decode_done(&mut self) {

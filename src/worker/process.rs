@@ -235,13 +235,10 @@ impl Processor {
         let stream = self.source.streams[batch.stream].as_str();
         let mut rejects: Vec<(usize, Rejection)> = Vec::new();
         let mut deleted = Vec::new();
+        // Started now: the decode span runs from here.
         let mut trace = self.spans.batch(batch.read);
-        if let Some(t) = trace.as_mut() {
-            t.decode_started();
-        }
         let Processor { ingest, archive, pipelines, stats, .. } = self;
         let before = (stats.accepted, stats.duplicates, stats.invalid);
-        let traced = (before.0, before.1, before.2.iter().sum::<u64>());
         let mut links = trace::Traceparents(trace.as_mut());
         for (i, entry) in batch.entries.iter().enumerate() {
             if entry.is_deleted() {
@@ -309,7 +306,7 @@ impl Processor {
         let files = self.archive.commit_rolled().await?;
         self.epoch_files.extend(files);
         if let Some(t) = trace {
-            self.finish_trace(t, &batch, traced);
+            self.finish_trace(t, &batch, (before.0, before.1, before.2.iter().sum()));
         }
         Ok(())
     }
