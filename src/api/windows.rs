@@ -13,7 +13,10 @@
 //! to it over a bounded channel (full: `503`, never a queue that grows) and waits at most
 //! [`LIVE_WAIT`] for the answer; at most [`MAX_CONCURRENT`] window requests run at once. The
 //! lake's query context is opened once and reused (opened again only until every table has
-//! data to register).
+//! data to register), and the committed rows a query read are kept until the term's next
+//! commit, at most [`CACHE_TTL`] (other workers' commits to shared tables), for the last
+//! [`CACHED_QUERIES`] queries: a dashboard polling every few milliseconds costs a lake query
+//! per commit, not per request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +40,8 @@ pub struct WindowsSource {
     live: Arc<LiveWindows>,
     query: tokio::sync::Mutex<Option<Arc<LakeQuery>>>,
     permits: tokio::sync::Semaphore,
+    /// Committed rows by query, with the commit count they were read at (newest last).
+    committed: std::sync::Mutex<std::collections::VecDeque<Cached>>,
 }
 
 /// The API's view of the [`LiveSlot`]: a [`WindowsSource`] per term, made when the term
@@ -72,10 +77,28 @@ const MAX_LIMIT: usize = 100_000;
 pub const LIVE_WAIT: Duration = Duration::from_secs(2);
 /// Window requests served at once; more wait for a turn (at most [`LIVE_WAIT`]).
 pub const MAX_CONCURRENT: usize = 4;
+/// Lake queries whose rows are kept until the next commit.
+pub const CACHED_QUERIES: usize = 16;
+/// How long committed rows are kept at most: tables this term does not write (other
+/// workers' shards) change without its commit count.
+pub const CACHE_TTL: Duration = Duration::from_millis(500);
+
+/// A lake query's rows: the commit count and time they were read at, the SQL.
+struct Cached {
+    commits: u64,
+    at: std::time::Instant,
+    sql: String,
+    rows: Vec<RecordBatch>,
+}
 
 impl WindowsSource {
     fn new(live: Arc<LiveWindows>) -> Self {
-        WindowsSource { live, query: Default::default(), permits: tokio::sync::Semaphore::new(MAX_CONCURRENT) }
+        WindowsSource {
+            live,
+            query: Default::default(),
+            permits: tokio::sync::Semaphore::new(MAX_CONCURRENT),
+            committed: Default::default(),
+        }
     }
 
     /// The lake's query context, opened once (again while `table` has no data registered).
@@ -87,6 +110,34 @@ impl WindowsSource {
         let open = Arc::new(LakeQuery::open(&self.live.lake, &self.live.tables).await?);
         *q = Some(open.clone());
         Ok(open)
+    }
+
+    /// The rows `sql` reads from the lake: kept from an earlier request while the term has
+    /// committed nothing since (read before the commit count: a commit in between makes the
+    /// next request read again).
+    async fn committed_rows(&self, table: &str, sql: &str) -> Result<Vec<RecordBatch>> {
+        let commits = self.live.commits.load(std::sync::atomic::Ordering::Acquire);
+        {
+            let cache = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+            let fresh = |c: &&Cached| c.commits == commits && c.at.elapsed() < CACHE_TTL && c.sql == sql;
+            if let Some(c) = cache.iter().find(fresh) {
+                return Ok(c.rows.clone());
+            }
+        }
+        let at = std::time::Instant::now();
+        let q = self.lake_query(table).await?;
+        let rows = match q.sql(sql).await {
+            Ok((_, b)) => b,
+            Err(Error::Config(_)) => Vec::new(), // nothing committed yet
+            Err(e) => return Err(e),
+        };
+        let mut cache = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|c| c.commits == commits && c.sql != sql);
+        if cache.len() >= CACHED_QUERIES {
+            cache.pop_front();
+        }
+        cache.push_back(Cached { commits, at, sql: sql.to_string(), rows: rows.clone() });
+        Ok(rows)
     }
 
     pub async fn handle(&self, req: &Request) -> Response {
@@ -150,7 +201,6 @@ impl WindowsSource {
         .min(MAX_LIMIT);
 
         // Committed rows.
-        let q = self.lake_query(name).await?;
         let mut cond = Vec::new();
         if let Some(f) = from {
             cond.push(format!("window_start >= to_timestamp_micros({f})"));
@@ -161,11 +211,7 @@ impl WindowsSource {
         let filter = if cond.is_empty() { String::new() } else { format!("WHERE {}", cond.join(" AND ")) };
         let sql =
             format!("SELECT * EXCEPT (window_date) FROM {name} {filter} ORDER BY window_start DESC LIMIT {limit}");
-        let committed = match q.sql(&sql).await {
-            Ok((_, b)) => b,
-            Err(Error::Config(_)) => Vec::new(), // nothing committed yet
-            Err(e) => return Err(e),
-        };
+        let committed = self.committed_rows(name, &sql).await?;
 
         // Rows only the processor has.
         let (reply, answer) = oneshot::channel();

@@ -217,9 +217,9 @@ impl Checkpoints {
     }
 
     /// Writes a state blob of epoch `epoch`; returns its path.
-    pub async fn put_blob(&self, epoch: u64, name: &str, bytes: Vec<u8>) -> Result<String> {
+    pub async fn put_blob(&self, epoch: u64, name: &str, bytes: impl Into<PutPayload>) -> Result<String> {
         let path = Path::from(format!("{}/{epoch:020}/{name}", self.root));
-        self.lake.put_atomic(&path, PutPayload::from(bytes)).await?;
+        self.lake.put_atomic(&path, bytes.into()).await?;
         Ok(path.to_string())
     }
 
@@ -341,7 +341,7 @@ impl Checkpoints {
 
     /// Removes manifests before `m` and state blobs `m` does not reference.
     pub async fn prune(&self, m: &Manifest) -> Result<()> {
-        let segments = m.open_files.iter().flat_map(|f| &f.segments);
+        let segments = m.open_files.iter().flat_map(|f| f.pieces.iter().map(|p| &p.blob).chain(&f.segments));
         let keep: BTreeSet<&str> = m
             .dedup_snapshot
             .iter()

@@ -10,11 +10,13 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
+use object_store::PutPayload;
 
 use super::{Checkpoints, Manifest, from_ipc, to_ipc};
 use crate::dedup::Dedup;
 use crate::error::{Error, Result};
 use crate::sink::archive::Archive;
+use crate::sink::segments::{Unsaved, rows_of_pieces};
 
 /// Largest object of a dedup snapshot (S3 takes at most 5 GB in one put).
 const SNAPSHOT_PART_BYTES: usize = 256 << 20;
@@ -29,24 +31,34 @@ pub trait Checkpointed {
     fn restore(&mut self, cp: &Checkpoints, m: &Manifest) -> impl Future<Output = Result<()>> + Send;
 }
 
-/// Archive files kept open across checkpoints: the rows not yet saved go into one segment
-/// blob per file (encoded on blocking threads, written concurrently); restored, the files
-/// reopen with their segments' rows.
+/// Archive files kept open across checkpoints: what each got since the last checkpoint goes
+/// into one blob per file, written concurrently: a Parquet piece (the file's new bytes and a
+/// footer) or, for few new rows, an IPC segment (encoded on a blocking thread); restored,
+/// the files reopen with their pieces' and segments' rows ([`crate::sink::segments`]).
 impl Checkpointed for Archive {
     async fn save(&mut self, cp: &Checkpoints, m: &mut Manifest) -> Result<()> {
         let epoch = m.epoch;
-        let saved: Vec<_> = futures::stream::iter(self.unsaved_rows().await?.into_iter().enumerate())
-            .map(|(n, (key, rows))| async move {
-                let bytes = tokio::task::spawn_blocking(move || to_ipc(&rows))
-                    .await
-                    .map_err(|e| Error::Internal(format!("segment encoder: {e}")))??;
-                Ok::<_, Error>((key, cp.put_blob(epoch, &format!("open-{n}.arrow"), bytes).await?))
+        let saved: Vec<_> = futures::stream::iter(self.unsaved().await?.into_iter().enumerate())
+            .map(|(n, (key, unsaved))| async move {
+                let (blob, piece) = match unsaved {
+                    Unsaved::Parquet { data, len } => {
+                        let payload: PutPayload = data.into_iter().collect();
+                        (cp.put_blob(epoch, &format!("open-{n}.parquet"), payload).await?, Some(len))
+                    }
+                    Unsaved::Rows(rows) => {
+                        let bytes = tokio::task::spawn_blocking(move || to_ipc(&rows))
+                            .await
+                            .map_err(|e| Error::Internal(format!("segment encoder: {e}")))??;
+                        (cp.put_blob(epoch, &format!("open-{n}.arrow"), bytes).await?, None)
+                    }
+                };
+                Ok::<_, Error>((key, blob, piece))
             })
             .buffer_unordered(4)
             .try_collect()
             .await?;
-        for (key, blob) in saved {
-            self.saved(&key, blob);
+        for (key, blob, piece) in saved {
+            self.saved(&key, blob, piece);
         }
         m.open_files = self.open_files();
         Ok(())
@@ -54,7 +66,19 @@ impl Checkpointed for Archive {
 
     async fn restore(&mut self, cp: &Checkpoints, m: &Manifest) -> Result<()> {
         for f in &m.open_files {
-            let mut rows = Vec::new();
+            let mut blobs = Vec::with_capacity(f.pieces.len());
+            for piece in &f.pieces {
+                blobs.push(cp.get_blob(&piece.blob).await?);
+            }
+            let mut rows = match f.pieces.is_empty() {
+                true => Vec::new(),
+                false => {
+                    let pieces = f.pieces.clone();
+                    tokio::task::spawn_blocking(move || rows_of_pieces(&pieces, blobs))
+                        .await
+                        .map_err(|e| Error::Internal(format!("piece decoder: {e}")))??
+                }
+            };
             for seg in &f.segments {
                 rows.extend(from_ipc(&cp.get_blob(seg).await?)?);
             }

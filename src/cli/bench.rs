@@ -102,6 +102,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     );
 
     let bare = bare_drain(&mut conn, &drain_key, a.batch_size).await?;
+    let bare_xread = bare_xread(&mut conn, &drain_key, a.batch_size).await?;
     let idle = if to_publish_live.is_some() { "2s" } else { "50ms" };
     let live = match (to_publish_live.take(), a.rate) {
         (Some(entries), Some(rate)) => {
@@ -114,6 +115,9 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let bare_rate = published.entries as f64 / bare.as_secs_f64();
     eprintln!("bare XREADGROUP+XACK drain: {:.2}s, {:.0} entries/s", bare.as_secs_f64(), bare_rate);
+    // What the run adds to Redis's memory (the group's pending list): sampled while it runs.
+    let memory_before = used_memory(&mut conn).await?;
+    let mut memory_peak = memory_before;
 
     let tmp = tempfile::tempdir()?;
     let lake = a.lake.clone().unwrap_or_else(|| tmp.path().join("lake"));
@@ -143,7 +147,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     // Drained = every entry delivered and acked (archive committed): poll the group.
     let mut drained_at = None;
     let mut outputs = Vec::new();
+    let mut polls = 0u64;
     while !children.is_empty() {
+        polls += 1;
+        if polls.is_multiple_of(4) {
+            memory_peak = memory_peak.max(used_memory(&mut conn).await?);
+        }
         let publishing = live.as_ref().is_some_and(|h| !h.is_finished());
         if drained_at.is_none() && !publishing && all_done(&mut conn, &e2e_key, a.shards).await? {
             drained_at = Some(started.elapsed());
@@ -176,12 +185,15 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         published.entries, published.events, published.duplicates
     );
     println!("bare drain:         {:.0} entries/s ({:.2}s)", bare_rate, bare.as_secs_f64());
+    let xread_rate = published.entries as f64 / bare_xread.as_secs_f64();
+    println!("bare XREAD drain:   {:.0} entries/s ({:.2}s; no group, no acks)", xread_rate, bare_xread.as_secs_f64());
     match a.rate {
         None => println!(
-            "end to end:         {:.0} entries/s ({:.2}s to the last ack) = {:.0}% of the bare drain",
+            "end to end:         {:.0} entries/s ({:.2}s to the last ack) = {:.0}% of the bare drain ({:.0}% of XREAD's)",
             rate,
             e2e.as_secs_f64(),
-            100.0 * rate / bare_rate
+            100.0 * rate / bare_rate,
+            100.0 * rate / xread_rate
         ),
         Some(r) => println!(
             "live:               published at up to {r:.0}/s; {:.0} entries/s over {:.2}s to the last ack (paced, not a ceiling)",
@@ -190,6 +202,13 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         ),
     }
     println!("peak RSS (run):     {rss} MiB");
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "Redis used_memory:  {:.0} MiB before the run, peak {:.0} MiB during it (+{:.1} MiB)",
+        mib(memory_before),
+        mib(memory_peak),
+        mib(memory_peak.saturating_sub(memory_before))
+    );
     println!("archive:            {} files, {} bytes, {:.1} bytes/event", files, bytes, bytes as f64 / accepted as f64);
     let _ = redis::cmd("DEL").arg(&drain_key).arg(&e2e_key).query_async::<()>(&mut conn).await;
     for shard in ShardId::all(a.shards).filter(|_| a.shards > 1) {
@@ -244,6 +263,29 @@ async fn bare_drain(conn: &mut MultiplexedConnection, key: &str, count: usize) -
         ack.query_async::<u64>(conn).await?;
     }
     Ok(t.elapsed())
+}
+
+/// A bare `XREAD COUNT` loop over the whole stream (no group, no pending list, no acks).
+async fn bare_xread(conn: &mut MultiplexedConnection, key: &str, count: usize) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let mut after = "0-0".to_string();
+    loop {
+        let v: Value =
+            redis::cmd("XREAD").arg("COUNT").arg(count).arg("STREAMS").arg(key).arg(&after).query_async(conn).await?;
+        let streams = eventide::source::reply::xread(v)?;
+        let Some((_, entries)) = streams.into_iter().next().filter(|(_, e)| !e.is_empty()) else { break };
+        after = entries.last().map(|e| e.id.to_string()).unwrap_or(after);
+    }
+    Ok(t.elapsed())
+}
+
+/// Redis's `used_memory` (bytes).
+async fn used_memory(conn: &mut MultiplexedConnection) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("INFO memory has no used_memory")
 }
 
 /// Every shard of `key` delivered and acked to the `bench` group.

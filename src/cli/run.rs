@@ -47,7 +47,8 @@ pub struct RunArgs {
     /// Where a new group starts: 0 (all history) or $ (new entries only).
     #[arg(long, env = "EVENTIDE_START_ID")]
     pub start_id: Option<String>,
-    /// `group` (XREADGROUP + XACK, default) or `noack` (XREAD from checkpointed positions).
+    /// `auto` (default: noack unless the group has pending entries), `group` (XREADGROUP +
+    /// XACK, for a shared group) or `noack` (XREAD from checkpointed positions).
     #[arg(long, env = "EVENTIDE_READ_MODE")]
     pub read_mode: Option<String>,
     /// Entry field holding the event JSON (default data).
@@ -55,6 +56,9 @@ pub struct RunArgs {
     pub field: Option<String>,
     #[arg(long, env = "EVENTIDE_BATCH_SIZE")]
     pub batch_size: Option<usize>,
+    /// `group` mode: entries read and not yet acked that commit a checkpoint early (default 1000000).
+    #[arg(long, env = "EVENTIDE_MAX_PENDING_ENTRIES")]
+    pub max_pending_entries: Option<u64>,
     /// Byte budget of one read (default 16MiB): COUNT is lowered for large entries.
     #[arg(long, env = "EVENTIDE_READ_MAX_BYTES")]
     pub read_max_bytes: Option<ByteSize>,
@@ -202,6 +206,7 @@ impl RunArgs {
             read_mode,
             field,
             batch_size,
+            max_pending_entries,
             read_max_bytes,
             block,
             claim_interval,

@@ -76,11 +76,12 @@ impl Config {
         if self.consumer.trim().is_empty() {
             bad("consumer", "the consumer name is empty; use a name stable per instance".into());
         }
-        if !matches!(self.read_mode.as_str(), "group" | "noack") {
+        if !matches!(self.read_mode.as_str(), "auto" | "group" | "noack") {
             bad(
                 "read_mode",
                 format!(
-                    "{:?}: use \"group\" (pending list, XACK) or \"noack\" (XREAD from checkpoints)",
+                    "{:?}: use \"auto\" (noack unless the group has pending entries), \"group\" (pending \
+                     list, XACK; a group shared with other consumers) or \"noack\" (XREAD from checkpoints)",
                     self.read_mode
                 ),
             );
@@ -96,6 +97,9 @@ impl Config {
         }
         if self.read_max_bytes.0 < 64 * 1024 {
             bad("read_max_bytes", "use at least 64KiB".into());
+        }
+        if !(1_000..=1_000_000_000).contains(&self.max_pending_entries) {
+            bad("max_pending_entries", format!("{} is outside 1000..=1000000000", self.max_pending_entries));
         }
         if !(1..=100_000).contains(&self.batch_size) {
             bad("batch_size", format!("{} is outside 1..=100000", self.batch_size));

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use options::{
-    ApiOptions, ArchiveOptions, Assignment, DecodeOptions, DlqOptions, HttpLimits, RunOptions, SourceOptions,
+    ApiOptions, ArchiveOptions, Assignment, DecodeOptions, DlqOptions, HttpLimits, ReadMode, RunOptions, SourceOptions,
     TableFormat,
 };
 pub use redis::{Certs, RedisOptions, TlsFiles, redact};
@@ -60,9 +60,11 @@ pub struct Config {
     pub consumer: String,
     /// Where a newly created group starts: `0` (all retained history) or `$` (new only).
     pub start_id: String,
-    /// `group` (default): XREADGROUP with a pending-entries list, XACK after each checkpoint;
-    /// works with any consumer. `noack`: XREAD from the checkpointed positions, no pending
-    /// list (cheaper for Redis); the group's position moves with each checkpoint.
+    /// `auto` (default): `noack` unless the group has pending entries when a term starts
+    /// (then `group` for that term, to ack them). `group`: XREADGROUP with a pending-entries
+    /// list, XACK after each checkpoint; for a group shared with other consumers. `noack`:
+    /// XREAD from the checkpointed positions, no pending list (cheaper for Redis, faster);
+    /// the group's position moves with each checkpoint. For a group eventide owns.
     pub read_mode: String,
     /// Entry field holding the event (Dapr: `data`).
     pub field: String,
@@ -70,6 +72,9 @@ pub struct Config {
     pub batch_size: usize,
     /// Byte budget of one read: `COUNT` is lowered when entries are large.
     pub read_max_bytes: ByteSize,
+    /// `group` mode: most entries read and not yet acked (Redis keeps each in the group's
+    /// pending list, ~100 B apiece); reaching it commits a checkpoint early.
+    pub max_pending_entries: u64,
     /// `BLOCK` time of a read.
     pub block: Dur,
     /// How often to claim entries from dead consumers.
@@ -108,9 +113,10 @@ pub struct Config {
     pub roll_bytes: ByteSize,
     /// …or at this age (archive and pipeline table files): how long until rows are visible.
     pub roll_age: Dur,
-    /// How often a checkpoint commits (and entries are acked); default: `roll_age`. Shorter:
-    /// files stay open across checkpoints until `roll_age` / `roll_bytes`, their new rows saved
-    /// with each checkpoint (costly: see BENCHMARKS.md).
+    /// How often a checkpoint commits (and entries are acked), at most `roll_age`; default
+    /// 1 s. Shorter than `roll_age`: files stay open across checkpoints until `roll_age` /
+    /// `roll_bytes`, each checkpoint saving what they gained (Parquet pieces, see
+    /// `sink::segments`).
     pub checkpoint_interval: Option<Dur>,
     /// How often (at most) the dedup snapshot is saved after a commit; always at a clean stop.
     pub state_interval: Dur,
@@ -167,9 +173,10 @@ impl Default for Config {
             worker_index: None,
             consumer: default_consumer(),
             start_id: "0".into(),
-            read_mode: "group".into(),
+            read_mode: "auto".into(),
             field: "data".into(),
             batch_size: 1000,
+            max_pending_entries: 1_000_000,
             read_max_bytes: ByteSize(16 << 20),
             block: Dur::secs(2),
             claim_interval: Dur::secs(30),
@@ -188,7 +195,7 @@ impl Default for Config {
             table_format: "parquet".into(),
             roll_bytes: ByteSize(128 << 20),
             roll_age: Dur::secs(30),
-            checkpoint_interval: None,
+            checkpoint_interval: Some(Dur::secs(1)),
             state_interval: Dur::secs(60),
             max_buffered_bytes: ByteSize(512 << 20),
             max_open_files: 1000,
@@ -256,8 +263,9 @@ impl Config {
                 group: self.group.clone(),
                 consumer: self.consumer.clone(),
                 start_id: self.start_id.clone(),
-                noack: self.read_mode == "noack",
+                read_mode: self.read_mode()?,
                 batch_size: self.batch_size,
+                max_pending: self.max_pending_entries,
                 read_max_bytes: self.read_max_bytes.0 as usize,
                 block: self.block.0,
                 claim_min_idle: self.claim_min_idle.0,
@@ -335,6 +343,15 @@ impl Config {
     }
 
     /// The HTTP bearer token, given directly or in its file.
+    fn read_mode(&self) -> Result<ReadMode> {
+        match self.read_mode.as_str() {
+            "auto" => Ok(ReadMode::Auto),
+            "group" => Ok(ReadMode::Group),
+            "noack" => Ok(ReadMode::NoAck),
+            other => Err(Error::Config(format!("read_mode {other:?}: use \"auto\", \"group\" or \"noack\""))),
+        }
+    }
+
     fn http_token(&self) -> Result<Option<String>> {
         match &self.http_token_file {
             Some(f) => Ok(Some(read_secret("http_token_file", f)?)),

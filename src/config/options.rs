@@ -97,17 +97,33 @@ pub struct SourceOptions {
     pub consumer: String,
     /// Where a newly created group starts (`0` = all retained history, `$` = new entries).
     pub start_id: String,
-    /// Read with XREAD from checkpointed positions instead of XREADGROUP (no pending list).
-    pub noack: bool,
+    /// How entries are read and acknowledged (see [`ReadMode`]).
+    pub read_mode: ReadMode,
     /// Most entries per read (`COUNT`), lowered to keep a read near `read_max_bytes`.
     pub batch_size: usize,
     /// Byte budget of one read (all streams).
     pub read_max_bytes: usize,
+    /// `group` mode: entries read and not yet acked that make a checkpoint due early.
+    pub max_pending: u64,
     pub block: Duration,
     /// Entries pending longer than this at another consumer are claimed.
     pub claim_min_idle: Duration,
     /// How long a command keeps retrying a lost connection before the pipeline stops.
     pub retry_timeout: Duration,
+}
+
+/// How a term reads its streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// `XREADGROUP` with a pending-entries list; every entry `XACK`ed after its checkpoint.
+    /// For a group shared with other consumers.
+    Group,
+    /// `XREAD` after the checkpointed positions; the group's position moves at each
+    /// checkpoint (no pending list). For a group eventide owns.
+    NoAck,
+    /// `NoAck`, unless the group has pending entries when a term starts (left by `group`
+    /// mode or another consumer): that term reads in `Group` mode to process and ack them.
+    Auto,
 }
 
 /// Decoding rules that come from the configuration.
@@ -217,6 +233,7 @@ impl RunOptions {
         o.dlq_stream = self.dlq_stream.as_ref().map(|d| shard.stream_key(d));
         let n = shard.count.max(1) as usize;
         o.source.read_max_bytes = (self.source.read_max_bytes / n).max(64 << 10);
+        o.source.max_pending = (self.source.max_pending / n as u64).max(10_000);
         o.archive.max_buffered_bytes = (self.archive.max_buffered_bytes / n).max(4 << 20);
         o.archive.max_open_files = (self.archive.max_open_files / n).max(16);
         o.dedup_max_bytes = (self.dedup_max_bytes / n).max(1 << 20);

@@ -119,6 +119,8 @@ impl Snapshot {
             b.archive_memory_bytes += ob.archive_memory_bytes;
             b.archive_early_open_files += ob.archive_early_open_files;
             b.archive_early_memory += ob.archive_early_memory;
+            b.checkpoints_early_pending += ob.checkpoints_early_pending;
+            b.checkpoints_early_unsaved += ob.checkpoints_early_unsaved;
             b.read_bytes += ob.read_bytes;
             b.dedup_horizon_secs = b.dedup_horizon_secs.min(ob.dedup_horizon_secs);
             b.dedup_evicted += ob.dedup_evicted;

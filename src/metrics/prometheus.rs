@@ -25,6 +25,7 @@ pub const PROCESS_LATENCY: &str = "eventide_publish_to_processed_seconds";
 pub const COMMIT_DURATION: &str = "eventide_commit_duration_seconds";
 pub const LAST_COMMIT: &str = "eventide_last_commit_timestamp_seconds";
 pub const CHECKPOINTS: &str = "eventide_checkpoints_total";
+pub const CHECKPOINTS_EARLY: &str = "eventide_checkpoints_early_total";
 pub const CHECKPOINT_EPOCH: &str = "eventide_checkpoint_epoch";
 pub const MERGED_WINDOWS: &str = "eventide_merged_windows_total";
 pub const MERGE_WAITING: &str = "eventide_merge_waiting_seconds";
@@ -259,6 +260,13 @@ pub fn render_with(s: &Snapshot, now: Instant, now_unix_ms: i64, more: impl FnOn
     o.family(ARCHIVE_EARLY, "counter", "Archive files finished before their size or age, by the bound that made them.");
     o.sample(ARCHIVE_EARLY, &[("reason", "max_open_files")], b.archive_early_open_files);
     o.sample(ARCHIVE_EARLY, &[("reason", "max_buffered_bytes")], b.archive_early_memory);
+    o.family(
+        CHECKPOINTS_EARLY,
+        "counter",
+        "Checkpoints committed before checkpoint_interval, by the bound that made them.",
+    );
+    o.sample(CHECKPOINTS_EARLY, &[("reason", "max_pending_entries")], b.checkpoints_early_pending);
+    o.sample(CHECKPOINTS_EARLY, &[("reason", "max_buffered_bytes")], b.checkpoints_early_unsaved);
     o.one(
         READ_COUNT,
         "gauge",

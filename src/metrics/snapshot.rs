@@ -69,6 +69,10 @@ pub struct Bounds {
     /// Archive files finished early: too many partitions open / over the memory budget.
     pub archive_early_open_files: u64,
     pub archive_early_memory: u64,
+    /// Checkpoints committed before their interval: `group` mode's pending entries at
+    /// `max_pending_entries` / open files' unsaved rows at their budget.
+    pub checkpoints_early_pending: u64,
+    pub checkpoints_early_unsaved: u64,
     /// Entry bytes read from Redis.
     pub read_bytes: u64,
     /// The dedup horizon in force (shorter than configured while the memory cap holds it).

@@ -6,8 +6,8 @@
 //! buffered total exceeds its budget, or at a checkpoint (when it reached `roll_age`, or at
 //! every checkpoint unless files are kept open); finished files are staged and published by
 //! the checkpoint that lists them ([`crate::checkpoint`]). A file kept open across a checkpoint
-//! hands the rows it got since the previous one to the checkpoint (segments) and can be
-//! reopened from them.
+//! hands what it got since the previous one to the checkpoint (its new Parquet bytes, or its
+//! new rows when few: [`super::segments`]) and can be reopened from them.
 //!
 //! **Memory is bounded by settings, whatever the input.** Every open file counts its encoded
 //! bytes, its builders' bytes and a fixed overhead ([`FILE_OVERHEAD`]: the writer and its
@@ -31,6 +31,8 @@ use tokio::task::JoinHandle;
 use super::chunks::Chunks;
 use super::lake::{Lake, Placement};
 use super::schema::{Columns, archive_schema};
+pub use super::segments::OpenFileState;
+use super::segments::{PIECE_MIN_ROWS, Piece, Unsaved, flush_piece};
 pub use crate::config::ArchiveOptions;
 use crate::decode::Event;
 use crate::decode::timestamp::civil_from_days;
@@ -92,23 +94,19 @@ struct OpenFile {
     opened_ms: i64,
     /// Where the file will be visible (fixed when it opens, so a recovery finishes the same file).
     target: Path,
-    /// Rows encoded since the last checkpoint (saved by the next one as a segment).
-    captured: Vec<arrow::array::RecordBatch>,
-    /// Checkpoint blobs holding this file's earlier rows.
-    segments: Vec<String>,
     keep_segments: bool,
-}
-
-/// An archive file kept open across checkpoints: where it goes and the checkpoint blobs
-/// (Arrow IPC) holding its rows so far.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct OpenFileState {
-    pub day: i32,
-    pub event_type: String,
-    pub target: String,
-    pub opened_ms: i64,
-    pub rows: u64,
-    pub segments: Vec<String>,
+    /// Rows handed to the writer since the file's last Parquet piece (or its opening).
+    since_piece: usize,
+    /// Rows encoded since the last checkpoint, kept while the next save may be an IPC
+    /// segment (fewer than [`PIECE_MIN_ROWS`] new rows); dropped once it will be a piece.
+    captured: Vec<arrow::array::RecordBatch>,
+    /// Something to save at the next checkpoint (new rows, or a reopened file).
+    dirty: bool,
+    /// Checkpoint blobs holding this file so far: Parquet pieces, and IPC segments after them.
+    pieces: Vec<Piece>,
+    segments: Vec<String>,
+    /// Bytes of the file the pieces hold.
+    saved_bytes: usize,
 }
 
 impl OpenFile {
@@ -137,7 +135,14 @@ impl OpenFile {
 
     fn encode(&mut self, mut w: Writer, batch: arrow::array::RecordBatch) {
         if self.keep_segments {
-            self.captured.push(batch.clone());
+            self.since_piece += batch.num_rows();
+            self.dirty = true;
+            if self.since_piece < PIECE_MIN_ROWS {
+                self.captured.push(batch.clone());
+            } else {
+                // The next save is a Parquet piece: it holds these rows.
+                self.captured.clear();
+            }
         }
         self.encoder = Encoder::Busy(tokio::task::spawn_blocking(move || {
             w.write(&batch)?;
@@ -253,9 +258,13 @@ impl Archive {
             opened: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
             opened_ms,
             target: target.unwrap_or_else(|| self.file_path(key, now_ms, self.files)),
-            captured: Vec::new(),
-            segments: Vec::new(),
             keep_segments: self.keep_segments,
+            since_piece: 0,
+            captured: Vec::new(),
+            dirty: false,
+            pieces: Vec::new(),
+            segments: Vec::new(),
+            saved_bytes: 0,
         })
     }
 
@@ -358,27 +367,55 @@ impl Archive {
         self.commit_keys(keys).await
     }
 
-    /// For a checkpoint: every open file's rows since the last checkpoint (partial batches are
-    /// handed to the encoder first), by file; record the blob that saved them with
+    /// For a checkpoint: what every open file got since the last checkpoint (partial batches
+    /// are handed to the encoder first), by file: a Parquet piece (row groups closed on
+    /// blocking threads, concurrently) or IPC rows; record the blob that saved it with
     /// [`Archive::saved`].
-    pub async fn unsaved_rows(&mut self) -> Result<Vec<((i32, Box<str>), Vec<arrow::array::RecordBatch>)>> {
+    pub async fn unsaved(&mut self) -> Result<Vec<((i32, Box<str>), Unsaved)>> {
         let mut out = Vec::new();
+        let mut flushing = Vec::new();
         for (k, f) in self.open.iter_mut() {
             if f.columns.rows > 0 {
                 f.encode_buffered().await?;
             }
-            if !f.captured.is_empty() {
-                out.push((k.clone(), std::mem::take(&mut f.captured)));
+            if !f.dirty {
+                continue;
             }
+            if f.since_piece < PIECE_MIN_ROWS {
+                out.push((k.clone(), Unsaved::Rows(std::mem::take(&mut f.captured))));
+                continue;
+            }
+            let (mut w, from) = (f.writer().await?, f.saved_bytes);
+            flushing.push((
+                k.clone(),
+                tokio::task::spawn_blocking(move || flush_piece(&mut w, from).map(|piece| (w, piece))),
+            ));
+        }
+        for (k, task) in flushing {
+            let (w, piece) = task.await.map_err(|e| Error::Internal(format!("encoder task: {e}")))??;
+            if let Some(f) = self.open.get_mut(&k) {
+                f.encoded_size = w.bytes_written();
+                f.encoder = Encoder::Idle(Box::new(w));
+            }
+            out.push((k, piece));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 
-    /// Records that `segment` holds the rows [`Archive::unsaved_rows`] returned for `key`.
-    pub fn saved(&mut self, key: &(i32, Box<str>), segment: String) {
-        if let Some(f) = self.open.get_mut(key) {
-            f.segments.push(segment);
+    /// Records that `blob` holds what [`Archive::unsaved`] returned for `key` (`piece`: the
+    /// length of a Parquet piece's data; `None`: an IPC segment).
+    pub fn saved(&mut self, key: &(i32, Box<str>), blob: String, piece: Option<u64>) {
+        let Some(f) = self.open.get_mut(key) else { return };
+        f.dirty = false;
+        match piece {
+            Some(len) => {
+                f.pieces.push(Piece { blob, len });
+                f.saved_bytes += len as usize;
+                f.segments.clear();
+                (f.since_piece, f.captured) = (0, Vec::new());
+            }
+            None => f.segments.push(blob),
         }
     }
 
@@ -398,6 +435,7 @@ impl Archive {
                 target: f.target.to_string(),
                 opened_ms: f.opened_ms,
                 rows: f.rows,
+                pieces: f.pieces.clone(),
                 segments: f.segments.clone(),
             })
             .collect();
@@ -414,8 +452,10 @@ impl Archive {
             let w = f.writer().await?;
             f.encode(w, batch);
         }
+        // The rows are encoded anew: the next checkpoint saves the whole file as one piece
+        // (until it commits, the recovered checkpoint's blobs are the file).
         f.captured.clear();
-        f.segments = state.segments.clone();
+        (f.since_piece, f.dirty) = (f.since_piece.max(PIECE_MIN_ROWS), true);
         self.open.insert(key, f);
         Ok(())
     }

@@ -17,6 +17,29 @@ pub(super) struct Chunks {
 }
 
 impl Chunks {
+    /// Bytes written so far.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.done.iter().map(Bytes::len).sum::<usize>() + self.current.len()
+    }
+
+    /// The bytes from `offset` on (whole chunks shared, the current one copied).
+    pub fn tail(&self, offset: usize) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        for b in &self.done {
+            let end = at + b.len();
+            if end > offset {
+                out.push(b.slice(offset.saturating_sub(at)..));
+            }
+            at = end;
+        }
+        if at + self.current.len() > offset {
+            out.push(Bytes::copy_from_slice(&self.current[offset.saturating_sub(at)..]));
+        }
+        out
+    }
+
     pub fn into_payload(mut self) -> PutPayload {
         if !self.current.is_empty() {
             self.done.push(Bytes::from(self.current));
@@ -62,5 +85,17 @@ mod tests {
         assert_eq!(payload.content_length(), data.len());
         let joined: Vec<u8> = payload.iter().flat_map(|b| b.iter().copied()).collect();
         assert_eq!(joined, data);
+    }
+
+    #[test]
+    fn a_tail_is_every_byte_from_its_offset() {
+        let mut c = Chunks::default();
+        let data: Vec<u8> = (0..(2 * CHUNK + 5)).map(|i| (i % 253) as u8).collect();
+        c.write_all(&data).unwrap();
+        assert_eq!(c.len(), data.len());
+        for offset in [0, 1, CHUNK - 1, CHUNK, CHUNK + 7, 2 * CHUNK, data.len() - 1, data.len()] {
+            let tail: Vec<u8> = c.tail(offset).iter().flat_map(|b| b.iter().copied()).collect();
+            assert_eq!(tail, data[offset..], "offset {offset}");
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`delta`]: the Delta log of each table (`table_format = "delta"`), one commit per
 //!   table and epoch;
 //! - [`dlq`]: the dead-letter stream for entries that failed decoding or validation;
+//! - [`segments`]: what a checkpoint saves of an archive file kept open;
 //! - [`file`](mod@file): a lake file as an async Parquet reader; [`merge`]: archive files merged back
 //!   into the order the live run processed their rows (replay, compaction).
 
@@ -18,6 +19,7 @@ pub mod file;
 pub mod lake;
 pub mod merge;
 mod schema;
+pub mod segments;
 pub mod table;
 
 pub use schema::archive_schema;

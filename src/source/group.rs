@@ -88,20 +88,50 @@ pub async fn position(cmds: &mut Commands, stream: &str, group: &str) -> Result<
 }
 
 /// `noack` mode: moves the group to `id` (the last entry a committed checkpoint holds), with
-/// its `entries-read`, so `XINFO GROUPS` lag shows what is not checkpointed yet.
+/// its `entries-read`, so `XINFO GROUPS` lag shows what is not checkpointed yet. Returns the
+/// `entries-read` set (the stream's `entries-added` once caught up, as `XREADGROUP` counts).
 pub async fn set_position(
     cmds: &mut Commands,
     stream: &str,
     group: &str,
     id: EntryId,
     read: Option<u64>,
-) -> Result<()> {
+) -> Result<Option<u64>> {
+    // Caught up with the stream: every entry added so far is read (or trimmed unread), as
+    // `XREADGROUP` would count it; else the count of entries read, at most what was added.
+    let mut xinfo = redis::cmd("XINFO");
+    xinfo.arg("STREAM").arg(stream);
+    let end = match cmds.query::<Value, _>(&xinfo).await {
+        Ok(info) => super::probe::stream_end(&info),
+        // No such key: the stream was deleted (the group with it, handled below).
+        Err(Error::Redis(e)) if e.code().is_some() => (None, None),
+        Err(e) => return Err(e),
+    };
+    let read = match end {
+        (Some(last), Some(added)) if id >= last => Some(added),
+        (_, Some(added)) => read.map(|r| r.min(added)),
+        _ => read,
+    };
     let mut cmd = redis::cmd("XGROUP");
     cmd.arg("SETID").arg(stream).arg(group).arg(id.to_string());
     if let Some(n) = read {
         cmd.arg("ENTRIESREAD").arg(n);
     }
-    cmds.query::<(), _>(&cmd).await
+    match cmds.query::<(), _>(&cmd).await {
+        // The stream (and its group) was deleted while we ran: recreate the group where the
+        // checkpoint stands (new entries get higher ids), as group mode's reader does.
+        Err(Error::Redis(e)) if e.code() == Some("NOGROUP") => {
+            tracing::warn!(stream, group, "Consumer group missing; recreating it at the checkpointed position.");
+            let mut create = redis::cmd("XGROUP");
+            create.arg("CREATE").arg(stream).arg(group).arg(id.to_string()).arg("MKSTREAM");
+            // A new stream's count of entries added starts again: Redis estimates the group's.
+            match cmds.query::<(), _>(&create).await {
+                Err(Error::Redis(e)) if e.code() == Some("BUSYGROUP") => cmds.query::<(), _>(&cmd).await.map(|()| read),
+                other => other.map(|()| None),
+            }
+        }
+        other => other.map(|()| read),
+    }
 }
 
 /// Entries of `stream` with `after < id <= upto`.

@@ -131,6 +131,13 @@ pub async fn probe(conn: &mut Conn, t: &ProbeTarget) -> redis::RedisResult<Vec<S
     Ok(out)
 }
 
+/// From an `XINFO STREAM` reply: the last generated id and `entries-added`.
+pub fn stream_end(info: &Value) -> (Option<EntryId>, Option<u64>) {
+    let info = pairs(info);
+    let last = text(field(&info, "last-generated-id")).and_then(|s| s.parse::<EntryId>().ok());
+    (last, int(field(&info, "entries-added")))
+}
+
 /// From an `XINFO GROUPS` reply: `group`'s last-delivered id, `entries-read` (nil before a
 /// first read) and pending count.
 pub fn group_info(groups: &Value, group: &str) -> Option<(String, Option<u64>, u64)> {

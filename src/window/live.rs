@@ -37,6 +37,9 @@ pub struct LiveWindows {
     pub lake: Lake,
     pub tables: Vec<(PipelineSpec, SchemaRef)>,
     pub requests: mpsc::Sender<LiveRequest>,
+    /// Commits this term made so far: the tables change only when it grows, so a reader may
+    /// keep what it read of them until then.
+    pub commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The live windows of whichever term of this process holds the lease (`None`: on standby).

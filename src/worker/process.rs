@@ -26,7 +26,7 @@ use crate::telemetry::{EpochTraces, Spans};
 use crate::window::Pipelines;
 
 use super::RunOptions;
-use super::recovery::{noack_positions, take_over};
+use super::recovery::{noack_positions, read_without_acks, take_over};
 
 mod acks;
 mod live;
@@ -54,6 +54,10 @@ pub(super) struct Processor {
     roll_age: Duration,
     /// Unsaved rows of open files that make a checkpoint due before its interval.
     max_unsaved_bytes: usize,
+    /// Checkpoints made due early: by the pending bound, by unsaved segment rows.
+    early_checkpoints: [u64; 2],
+    /// Commits published by this term (the aggregates API keeps committed rows until it grows).
+    pub commits: Arc<std::sync::atomic::AtomicU64>,
     last_commit_unix_ms: Option<i64>,
     cp: Checkpoints,
     /// The epoch being built (the last checkpoint is `epoch - 1`).
@@ -118,10 +122,11 @@ impl Processor {
         // the reader re-reads them, in id order, before new entries.
         let mut stats = Stats { streams: vec![Default::default(); opts.source.streams.len()], ..Stats::default() };
         let mut noack = None;
-        if opts.source.noack {
+        let read_noack = read_without_acks(&mut cmds, &opts.source).await?;
+        if read_noack {
             noack = Some(noack_positions(&mut cmds, &opts.source, &latest).await?);
         }
-        for stream in opts.source.streams.iter().filter(|_| !opts.source.noack) {
+        for stream in opts.source.streams.iter().filter(|_| !read_noack) {
             let (n, deleted) = group::claim_all_pending(&mut cmds, &opts.source, stream).await?;
             (stats.claimed, stats.deleted_pending) = (stats.claimed + n, stats.deleted_pending + deleted);
             if n > 0 {
@@ -200,6 +205,8 @@ impl Processor {
             checkpoint_interval: opts.checkpoint_interval,
             roll_age: opts.roll_age,
             max_unsaved_bytes: opts.archive.max_buffered_bytes / 4,
+            early_checkpoints: [0; 2],
+            commits: Default::default(),
             last_commit_unix_ms: None,
             epoch,
             epoch_started: Instant::now(),
@@ -313,14 +320,25 @@ impl Processor {
 
     /// Whether a checkpoint is due: the epoch is `interval` old and read something, or files
     /// reached `roll_age` (they become visible at a checkpoint).
-    pub fn checkpoint_due(&self, interval: Duration, roll_age: Duration) -> bool {
+    pub fn checkpoint_due(&mut self, interval: Duration, roll_age: Duration) -> bool {
         let files_due = self.archive.oldest_age().is_some_and(|a| a >= roll_age)
             || self.pipelines.pending_age().is_some_and(|a| a >= roll_age);
-        // Rows kept for the next checkpoint's segments are bounded too.
+        // Rows kept for the next checkpoint's segments are bounded too, and so is the
+        // group's pending list (Redis's memory).
         let unsaved_full = self.archive.keep_segments && self.archive.unsaved_bytes() >= self.max_unsaved_bytes;
-        let epoch_due = (self.epoch_started.elapsed() >= interval || unsaved_full)
-            && (self.acks.pending_ids() > 0 || !self.epoch_files.is_empty() || files_due);
-        epoch_due || self.merge_due(interval)
+        let pending_full = self.noack.is_none() && self.acks.pending_ids() as u64 >= self.source.max_pending;
+        let work = self.acks.pending_ids() > 0 || !self.epoch_files.is_empty() || files_due;
+        if work && self.epoch_started.elapsed() < interval {
+            if pending_full {
+                self.early_checkpoints[0] += 1;
+                return true;
+            }
+            if unsaved_full {
+                self.early_checkpoints[1] += 1;
+                return true;
+            }
+        }
+        (work && self.epoch_started.elapsed() >= interval) || self.merge_due(interval)
     }
 
     /// A checkpoint: stages every open archive file and pipeline table file, saves dedup
@@ -385,6 +403,7 @@ impl Processor {
         self.fence.guard(self.cp.commit_tables(&m)).await?;
         cp_trace.phase("publish");
         self.cp.published(&m);
+        self.commits.fetch_add(1, std::sync::atomic::Ordering::Release);
         self.committed(&files, true);
         self.committed(&tables, false);
         let acked = self.ack_durable().await?;
@@ -449,6 +468,11 @@ impl Processor {
 
     pub fn dlq_keys(&self) -> &[String] {
         &self.dlq_keys
+    }
+
+    /// Whether this term reads without a pending list (`noack`; `auto` chose it).
+    pub(crate) fn noack(&self) -> bool {
+        self.noack.is_some()
     }
 
     /// `noack` mode: where the reader starts, per stream.

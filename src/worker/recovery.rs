@@ -4,6 +4,7 @@
 
 use crate::checkpoint::legacy;
 use crate::checkpoint::{self, Checkpointed, Checkpoints, Manifest};
+use crate::config::ReadMode;
 use crate::dedup::Dedup;
 use crate::entry::EntryId;
 use crate::error::{Error, Result};
@@ -73,6 +74,32 @@ async fn abort(cp: &Checkpoints) -> Result<()> {
     Ok(())
 }
 
+/// Whether this term reads with `XREAD` (no pending list): `noack`, or `auto` when no stream's
+/// group has pending entries (else `auto` reads this term in `group` mode, which processes
+/// and acks them; the next term reads without).
+pub(super) async fn read_without_acks(cmds: &mut Commands, source: &crate::source::SourceOptions) -> Result<bool> {
+    match source.read_mode {
+        ReadMode::Group => Ok(false),
+        ReadMode::NoAck => Ok(true),
+        ReadMode::Auto => {
+            let mut pending = 0;
+            for stream in &source.streams {
+                pending += group::position(cmds, stream, &source.group).await?.2;
+            }
+            if pending > 0 {
+                tracing::info!(
+                    group = %source.group,
+                    pending,
+                    "read_mode = \"auto\": the group has pending entries (left by read_mode = \"group\" or \
+                     another consumer); this term reads in group mode to process and ack them, the next one \
+                     without a pending list."
+                );
+            }
+            Ok(pending == 0)
+        }
+    }
+}
+
 /// `noack` mode: where each stream's reading resumes (the checkpoint's position, else the
 /// group's) and the group's `entries-read`. Refuses a group with pending entries (left by
 /// `group` mode: drain them in that mode first, or they would never be acked).
@@ -86,8 +113,8 @@ pub(super) async fn noack_positions(
         let (delivered, read, pending) = group::position(cmds, stream, &source.group).await?;
         if pending > 0 {
             return Err(Error::Config(format!(
-                "read_mode = \"noack\": group {:?} has {pending} pending entries on {stream:?}; run once with \
-                 read_mode = \"group\" to process and ack them, then switch",
+                "read_mode = \"noack\": group {:?} has {pending} pending entries on {stream:?}; use \
+                 read_mode = \"auto\" (the default: it processes and acks them in group mode first)",
                 source.group
             )));
         }

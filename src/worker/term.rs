@@ -73,6 +73,7 @@ pub(super) async fn lead<S: Future<Output = ()>>(
             lake: p.lake().clone(),
             tables: p.pipelines.output_schemas(),
             requests: live_tx.clone(),
+            commits: p.commits.clone(),
         }));
     }
     drop(live_tx);
@@ -133,7 +134,7 @@ pub(super) async fn lead<S: Future<Output = ()>>(
                     if p.checkpoint_due(opts.checkpoint_interval, opts.roll_age) {
                         p.commit_all(false).await?;
                     }
-                    if !opts.source.noack && last_claim.is_none_or(|t| t.elapsed() >= opts.claim_interval) {
+                    if !p.noack() && last_claim.is_none_or(|t| t.elapsed() >= opts.claim_interval) {
                         last_claim = Some(Instant::now());
                         p.claim().await?;
                     }

@@ -108,11 +108,12 @@ async fn sigkill_at_random_points_counts_every_event_exactly_once() {
     sigkill_drill(kills, &[]).await;
 }
 
-/// The same drill reading with `XREAD` from checkpointed positions (no pending list).
+/// The same drill in `group` mode (`XREADGROUP`, a pending list, `XACK` after each
+/// checkpoint); the default (`auto`) reads this group without a pending list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_in_noack_mode_counts_every_event_exactly_once() {
+async fn sigkill_in_group_mode_counts_every_event_exactly_once() {
     let kills: usize = std::env::var("EVENTIDE_FAULT_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    sigkill_drill(kills / 2, &["--read-mode", "noack"]).await;
+    sigkill_drill(kills / 2, &["--read-mode", "group"]).await;
 }
 
 async fn sigkill_drill(kills: usize, mode: &[&str]) {
@@ -176,8 +177,9 @@ async fn sigkill_drill(kills: usize, mode: &[&str]) {
     );
 
     assert_exactly_once(&entries, &mut conn, lake.path(), &format!("after {kills} SIGKILLs {mode:?}")).await;
-    if !mode.is_empty() {
-        // noack: the group's position followed the checkpoints, so its lag is 0 at the end.
+    if mode.is_empty() {
+        // The default reads this group without a pending list: the group's position followed
+        // the checkpoints, so its lag is 0 at the end.
         let groups: redis::Value =
             redis::cmd("XINFO").arg("GROUPS").arg("events").query_async(&mut conn).await.unwrap();
         let (_, read, _) = eventide::source::probe::group_info(&groups, "analytics").unwrap();

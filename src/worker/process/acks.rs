@@ -12,27 +12,28 @@ impl Processor {
         let mut n = 0;
         let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
         // Called right after a checkpoint: everything read so far is in it.
+        let taken = self.acks.take_all();
+        for id in taken.iter().flat_map(|(_, ids)| ids) {
+            let ms = now_ms.saturating_sub(id.ms);
+            self.stats.durable_latency.record(ms);
+            self.durable_exact.record(ms);
+        }
         if let Some(positions) = self.noack.as_mut() {
             // No pending list: move the group's position to what the checkpoint holds.
-            for (stream, ids) in self.acks.take_all() {
+            for (stream, ids) in taken {
                 let Some(&max) = ids.iter().max() else { continue };
                 let (at, read) = &mut positions[stream];
                 *at = (*at).max(max);
                 *read = read.map(|r| r + ids.len() as u64);
                 n += ids.len() as u64;
                 let (name, g) = (&self.source.streams[stream], &self.source.group);
-                self.fence.guard(group::set_position(&mut self.cmds, name, g, *at, *read)).await?;
+                *read = self.fence.guard(group::set_position(&mut self.cmds, name, g, *at, *read)).await?;
             }
             self.stats.acked += n;
             return Ok(n);
         }
-        for (stream, ids) in self.acks.take_all() {
+        for (stream, ids) in taken {
             n += ids.len() as u64;
-            for id in &ids {
-                let ms = now_ms.saturating_sub(id.ms);
-                self.stats.durable_latency.record(ms);
-                self.durable_exact.record(ms);
-            }
             let sent = match self.acker.as_mut() {
                 Some(a) => a.send(stream, ids).await,
                 None => false,

@@ -37,6 +37,8 @@ impl Processor {
                 archive_memory_bytes: a.memory_bytes as u64,
                 archive_early_open_files: a.early_open_files,
                 archive_early_memory: a.early_memory,
+                checkpoints_early_pending: self.early_checkpoints[0],
+                checkpoints_early_unsaved: self.early_checkpoints[1],
                 read_bytes: self.read_bytes,
                 dedup_horizon_secs: self.ingest.dedup.effective_horizon_secs().max(0) as u64,
                 dedup_evicted: self.ingest.dedup.evicted,

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Publish -> live aggregate latency, as a dashboard sees it (issue #14, item 4).
+
+Starts a private redis-server and `eventide run` (the repository's pipelines, the ops API on a
+free port), puts a background load on the stream with `eventide gen --rate`, and meanwhile
+publishes marker events one at a time: each marker is an `order.*` event with an event type of
+its own, so it is a new group of `revenue_per_minute`'s open window. After its `XADD` the
+aggregates API is polled (`--poll-ms` apart, back to back by default) until the marker's group
+shows; the time from just before the `XADD` to the answer that shows it is its latency.
+
+    scripts/bench-freshness.py --eventide target/release/eventide --rate 100000 --markers 300
+
+Prints p50/p90/p99/max per run. Standard library only (a RESP client and http.client).
+"""
+
+import argparse
+import http.client
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Resp:
+    """A minimal RESP2 client: enough for XADD and PING."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def command(self, *args):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        self.sock.sendall(b"".join(out))
+        return self._reply()
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("redis closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _reply(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"-":
+            raise RuntimeError(rest.decode())
+        if kind in (b"+", b":"):
+            return rest
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            while len(self.buf) < n + 2:
+                self.buf += self.sock.recv(65536)
+            data, self.buf = self.buf[:n], self.buf[n + 2:]
+            return data
+        raise RuntimeError(f"unexpected reply {line!r}")
+
+
+def wait_port(port, what, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} did not listen on {port}")
+
+
+def marker_event(n, run_tag):
+    now = datetime.now(timezone.utc)
+    return {
+        "event_id": str(uuid.uuid4()),
+        "event_type": f"order.marker.m{run_tag}x{n}",
+        "timestamp": now.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "version": "1.0",
+        "data": {"order_id": f"marker-{n}", "customer_id": "marker", "amount": 1.0},
+        "metadata": {"correlation_id": str(uuid.uuid4()), "source": "freshness-bench"},
+    }
+
+
+def percentile(sorted_ms, p):
+    if not sorted_ms:
+        return float("nan")
+    k = min(len(sorted_ms) - 1, max(0, round(p / 100 * (len(sorted_ms) - 1))))
+    return sorted_ms[k]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--eventide", default="target/release/eventide")
+    ap.add_argument("--rate", type=float, default=0, help="background load, entries/s (0: none)")
+    ap.add_argument("--markers", type=int, default=300)
+    ap.add_argument("--poll-ms", type=float, default=0, help="pause between polls (0: back to back)")
+    ap.add_argument("--warmup", type=float, default=3, help="seconds of load before the first marker")
+    ap.add_argument("--run-arg", action="append", default=[], help="extra argument for eventide run")
+    a = ap.parse_args()
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tmp = tempfile.mkdtemp(prefix="eventide-freshness-")
+    rport, hport = free_port(), free_port()
+    procs = []
+    try:
+        procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", tmp], stdout=subprocess.DEVNULL))
+        wait_port(rport, "redis-server")
+        url = f"redis://127.0.0.1:{rport}"
+        run = subprocess.Popen(
+            [a.eventide, "run", "--config", "/dev/null", "--redis-url", url, "--stream", "events",
+             "--pipelines", os.path.join(repo, "pipelines"), "--lake", os.path.join(tmp, "lake"),
+             "--http-addr", f"127.0.0.1:{hport}", "--block", "100ms", *a.run_arg],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "run.log"), "w"))
+        procs.append(run)
+        wait_port(hport, "eventide's API")
+        redis = Resp(rport)
+        api = http.client.HTTPConnection("127.0.0.1", hport)
+        api.sock = None
+
+        load = None
+        if a.rate > 0:
+            # Event times near now, as many per second as entries (the watermark follows the clock).
+            spacing_ms = 1000.0 / a.rate
+            load = subprocess.Popen(
+                [a.eventide, "gen", "--redis-url", url, "--stream", "events", "--events", str(int(a.rate * 3600)),
+                 "--rate", str(a.rate), "--spacing", f"{spacing_ms:.6f}ms", "--seed", "7"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(load)
+        time.sleep(a.warmup)
+
+        tag = random.randrange(1 << 30)
+        lat = []
+        polls = 0
+        for n in range(a.markers):
+            ev = marker_event(n, tag)
+            minute = ev["timestamp"][:16] + ":00Z"
+            path = f"/api/pipelines/revenue_per_minute/windows?from={minute}&limit=100000"
+            body = json.dumps(ev, separators=(",", ":"))
+            t0 = time.perf_counter()
+            redis.command("XADD", "events", "*", "data", body)
+            want = ev["event_type"].encode()
+            while True:
+                api.request("GET", path)
+                resp = api.getresponse()
+                data = resp.read()
+                polls += 1
+                if resp.status == 200 and want in data:
+                    lat.append((time.perf_counter() - t0) * 1000)
+                    break
+                if time.perf_counter() - t0 > 10:
+                    sys.exit(f"marker {n} not visible after 10 s (status {resp.status})")
+                if a.poll_ms:
+                    time.sleep(a.poll_ms / 1000)
+            time.sleep(random.uniform(0.01, 0.03))
+        lat.sort()
+        if load and load.poll() is not None:
+            print("warning: the background load ended before the markers did", file=sys.stderr)
+        print(
+            f"rate {a.rate:.0f}/s, {len(lat)} markers, {polls / len(lat):.1f} polls each: "
+            f"p50 {percentile(lat, 50):.1f} ms, p90 {percentile(lat, 90):.1f} ms, "
+            f"p99 {percentile(lat, 99):.1f} ms, max {lat[-1]:.1f} ms"
+        )
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
