@@ -152,6 +152,7 @@ def main():
         tag = random.randrange(1 << 30)
         lat = []
         polls = 0
+        added0, t_start = int(redis.command("XLEN", "events")), time.perf_counter()
         for n in range(a.markers):
             ev = marker_event(n, tag)
             minute = ev["timestamp"][:16] + ":00Z"
@@ -173,11 +174,12 @@ def main():
                 if a.poll_ms:
                     time.sleep(a.poll_ms / 1000)
             time.sleep(random.uniform(0.01, 0.03))
+        achieved = (int(redis.command("XLEN", "events")) - added0 - a.markers) / (time.perf_counter() - t_start)
         lat.sort()
         if load and load.poll() is not None:
             print("warning: the background load ended before the markers did", file=sys.stderr)
         print(
-            f"rate {a.rate:.0f}/s, {len(lat)} markers, {polls / len(lat):.1f} polls each: "
+            f"rate {a.rate:.0f}/s (published {achieved:.0f}/s), {len(lat)} markers, {polls / len(lat):.1f} polls each: "
             f"p50 {percentile(lat, 50):.1f} ms, p90 {percentile(lat, 90):.1f} ms, "
             f"p99 {percentile(lat, 99):.1f} ms, max {lat[-1]:.1f} ms"
         )
