@@ -76,7 +76,7 @@ impl Config {
         if self.consumer.trim().is_empty() {
             bad("consumer", "the consumer name is empty; use a name stable per instance".into());
         }
-        if !matches!(self.read_mode.as_str(), "auto" | "group" | "noack") {
+        if self.read_mode().is_err() {
             bad(
                 "read_mode",
                 format!(

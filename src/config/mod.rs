@@ -342,8 +342,8 @@ impl Config {
         Ok(RedisOptions::new(&self.redis_url, password, &tls)?.in_cluster(self.redis_cluster))
     }
 
-    /// The HTTP bearer token, given directly or in its file.
-    fn read_mode(&self) -> Result<ReadMode> {
+    /// `read_mode` parsed (the one list of valid modes; `check` reports the error with its line).
+    pub(super) fn read_mode(&self) -> Result<ReadMode> {
         match self.read_mode.as_str() {
             "auto" => Ok(ReadMode::Auto),
             "group" => Ok(ReadMode::Group),
@@ -352,6 +352,7 @@ impl Config {
         }
     }
 
+    /// The HTTP bearer token, given directly or in its file.
     fn http_token(&self) -> Result<Option<String>> {
         match &self.http_token_file {
             Some(f) => Ok(Some(read_secret("http_token_file", f)?)),
