@@ -14,7 +14,7 @@
 //! [`LIVE_WAIT`] for the answer; at most [`MAX_CONCURRENT`] window requests run at once. The
 //! lake's query context is opened once and reused (opened again only until every table has
 //! data to register), and the committed rows a query read are kept until the term's next
-//! commit, at most [`CACHE_TTL`] (other workers' commits to shared tables), for the last
+//! commit of table files, at most [`CACHE_TTL`] (other workers' commits to shared tables), for the last
 //! [`CACHED_QUERIES`] queries: a dashboard polling every few milliseconds costs a lake query
 //! per commit, not per request.
 

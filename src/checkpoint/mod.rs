@@ -18,10 +18,12 @@
 //! are processed as new. See ARCHITECTURE.md for the invariants.
 
 mod blob;
+mod epoch;
 pub mod legacy;
 mod part;
 
 pub use blob::{from_ipc, pack, to_ipc, unpack};
+pub use epoch::EpochBlobs;
 pub use part::{Checkpointed, DedupLine, DedupPart};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -214,6 +216,11 @@ impl Checkpoints {
 
     fn manifest_path(&self, epoch: u64) -> Path {
         Path::from(format!("{}/manifest-{epoch:020}.json", self.root))
+    }
+
+    /// Epoch `epoch`'s state blobs, to be named by the parts and written before its manifest.
+    pub fn epoch_blobs(&self, epoch: u64) -> EpochBlobs {
+        EpochBlobs::new(&self.root, epoch)
     }
 
     /// Writes a state blob of epoch `epoch`; returns its path.

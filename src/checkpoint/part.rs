@@ -2,6 +2,8 @@
 //! checkpoint hook and Kafka Streams' tasks carry their stores): each writes its part of an
 //! epoch (blobs and its fields of the [`Manifest`]) and comes back from a committed one. The
 //! processor builds a manifest from the parts and commits it ([`Checkpoints::commit`]).
+//! A part's save runs while the processor is paused, so it only names its blobs
+//! ([`EpochBlobs`]); they are written with the manifest, in the background.
 //!
 //! Implemented by the archive's open files and the dedup state (here: both sit below this
 //! layer) and by the pipelines' windows ([`crate::window`]).
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use object_store::PutPayload;
 
-use super::{Checkpoints, Manifest, from_ipc, to_ipc};
+use super::{Checkpoints, EpochBlobs, Manifest, from_ipc, to_ipc};
 use crate::dedup::Dedup;
 use crate::error::{Error, Result};
 use crate::sink::archive::Archive;
@@ -23,41 +25,39 @@ const SNAPSHOT_PART_BYTES: usize = 256 << 20;
 
 /// A stage's part of a checkpoint.
 pub trait Checkpointed {
-    /// Saves this stage's state into the epoch `m` is built for: its blobs (through `cp`)
-    /// and its fields of `m`.
-    fn save(&mut self, cp: &Checkpoints, m: &mut Manifest) -> impl Future<Output = Result<()>> + Send;
+    /// Saves this stage's state into the epoch `m` is built for: its blobs (named in `out`,
+    /// written later) and its fields of `m`.
+    fn save(&mut self, out: &mut EpochBlobs, m: &mut Manifest) -> impl Future<Output = Result<()>> + Send;
 
     /// Restores this (fresh) stage from the committed manifest `m`.
     fn restore(&mut self, cp: &Checkpoints, m: &Manifest) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// Archive files kept open across checkpoints: what each got since the last checkpoint goes
-/// into one blob per file, written concurrently: a Parquet piece (the file's new bytes and a
-/// footer) or, for few new rows, an IPC segment (encoded on a blocking thread); restored,
+/// into one blob per file: a Parquet piece (the file's new bytes and a footer) or, for few
+/// new rows, an IPC segment (encoded on blocking threads, concurrently); restored,
 /// the files reopen with their pieces' and segments' rows ([`crate::sink::segments`]).
 impl Checkpointed for Archive {
-    async fn save(&mut self, cp: &Checkpoints, m: &mut Manifest) -> Result<()> {
-        let epoch = m.epoch;
-        let saved: Vec<_> = futures::stream::iter(self.unsaved().await?.into_iter().enumerate())
-            .map(|(n, (key, unsaved))| async move {
-                let (blob, piece) = match unsaved {
-                    Unsaved::Parquet { data, len } => {
-                        let payload: PutPayload = data.into_iter().collect();
-                        (cp.put_blob(epoch, &format!("open-{n}.parquet"), payload).await?, Some(len))
-                    }
+    async fn save(&mut self, out: &mut EpochBlobs, m: &mut Manifest) -> Result<()> {
+        let encoded: Vec<_> = futures::stream::iter(self.unsaved().await?)
+            .map(|(key, unsaved)| async move {
+                let blob = match unsaved {
+                    Unsaved::Parquet { data, len } => (data.into_iter().collect::<PutPayload>(), Some(len)),
                     Unsaved::Rows(rows) => {
                         let bytes = tokio::task::spawn_blocking(move || to_ipc(&rows))
                             .await
                             .map_err(|e| Error::Internal(format!("segment encoder: {e}")))??;
-                        (cp.put_blob(epoch, &format!("open-{n}.arrow"), bytes).await?, None)
+                        (PutPayload::from(bytes), None)
                     }
                 };
-                Ok::<_, Error>((key, blob, piece))
+                Ok::<_, Error>((key, blob))
             })
-            .buffer_unordered(4)
+            .buffered(4)
             .try_collect()
             .await?;
-        for (key, blob, piece) in saved {
+        for (n, (key, (payload, piece))) in encoded.into_iter().enumerate() {
+            let ext = if piece.is_some() { "parquet" } else { "arrow" };
+            let blob = out.put(&format!("open-{n}.{ext}"), payload);
             self.saved(&key, blob, piece);
         }
         m.open_files = self.open_files();
@@ -123,19 +123,19 @@ pub struct DedupPart<'a> {
 impl Checkpointed for DedupPart<'_> {
     /// A full snapshot when the line has none, when asked, or when the last one is older than
     /// the interval; else the ids added since (if any).
-    async fn save(&mut self, cp: &Checkpoints, m: &mut Manifest) -> Result<()> {
+    async fn save(&mut self, out: &mut EpochBlobs, m: &mut Manifest) -> Result<()> {
         let line = &mut *self.line;
         if line.snapshot.is_none() || line.full || line.last_snapshot.elapsed() >= line.interval {
             let (first, rest) = self.dedup.to_parts(SNAPSHOT_PART_BYTES);
-            line.snapshot = Some(cp.put_blob(m.epoch, "dedup.bin", first).await?);
+            line.snapshot = Some(out.put("dedup.bin", first));
             self.dedup.clear_delta();
             line.deltas.clear();
             for (i, part) in rest.into_iter().enumerate() {
-                line.deltas.push(cp.put_blob(m.epoch, &format!("dedup-part-{}.bin", i + 1), part).await?);
+                line.deltas.push(out.put(&format!("dedup-part-{}.bin", i + 1), part));
             }
             (line.last_snapshot, line.full) = (Instant::now(), false);
         } else if let Some(delta) = self.dedup.take_delta() {
-            line.deltas.push(cp.put_blob(m.epoch, "dedup-delta.bin", delta).await?);
+            line.deltas.push(out.put("dedup-delta.bin", delta));
         }
         m.dedup_snapshot.clone_from(&line.snapshot);
         m.dedup_deltas.clone_from(&line.deltas);

@@ -13,7 +13,7 @@ use arrow_ipc::writer::StreamWriter;
 
 use super::query::QueryState;
 use super::{Pipelines, query_error};
-use crate::checkpoint::{Checkpointed, Checkpoints, Manifest};
+use crate::checkpoint::{Checkpointed, Checkpoints, EpochBlobs, Manifest};
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"EVWIN001";
@@ -94,21 +94,20 @@ pub(super) fn parse_state(bytes: &[u8]) -> Result<Vec<(QueryState, Vec<RecordBat
 /// windows' partial states (`partials.bin`) and how far each pipeline has closed
 /// (`window_bounds`, see [`super::merge`]).
 impl Checkpointed for Pipelines {
-    async fn save(&mut self, cp: &Checkpoints, m: &mut Manifest) -> Result<()> {
-        let epoch = m.epoch;
+    async fn save(&mut self, out: &mut EpochBlobs, m: &mut Manifest) -> Result<()> {
         if !self.is_empty() {
             // First: it processes what is buffered (which may close windows into the tables).
-            m.windows = Some(cp.put_blob(epoch, "windows.bin", self.save_state()?).await?);
+            m.windows = Some(out.put("windows.bin", self.save_state()?));
         }
         let pending = self.save_tables()?;
         if !pending.is_empty() {
-            m.tables = Some(cp.put_blob(epoch, "tables.bin", crate::checkpoint::pack(&pending)).await?);
+            m.tables = Some(out.put("tables.bin", crate::checkpoint::pack(&pending)));
         }
         if self.partial() {
             let w = self.shard_windows()?;
             if w.states.values().any(|s| !s.windows.is_empty()) {
                 let blob = super::merge::encode_states(&w.states)?;
-                m.partials = Some(cp.put_blob(epoch, "partials.bin", blob).await?);
+                m.partials = Some(out.put("partials.bin", blob));
             }
             m.window_bounds = w.bounds;
         }

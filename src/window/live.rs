@@ -37,8 +37,8 @@ pub struct LiveWindows {
     pub lake: Lake,
     pub tables: Vec<(PipelineSpec, SchemaRef)>,
     pub requests: mpsc::Sender<LiveRequest>,
-    /// Commits this term made so far: the tables change only when it grows, so a reader may
-    /// keep what it read of them until then.
+    /// Commits this term made to the pipeline tables so far: they change only when it grows,
+    /// so a reader may keep what it read of them until then.
     pub commits: Arc<std::sync::atomic::AtomicU64>,
 }
 

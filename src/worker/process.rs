@@ -1,13 +1,14 @@
 //! The processor: one batch at a time through decode → dedup → archive + windows, rejects
 //! to the DLQ; every output file is staged, and a checkpoint ([`crate::checkpoint`]) commits
-//! an epoch's files and state at once, publishes the files, then acks the epoch's entries.
+//! an epoch's files and state at once, publishes the files, then acks the epoch's entries
+//! (its writing overlaps with the next epoch's reading: [`commit`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::ack::AckTracker;
-use crate::checkpoint::{self, Checkpointed, Checkpoints, Manifest, Totals};
+use crate::checkpoint::{self, Checkpointed, Checkpoints, Totals};
 use crate::decode::{Decoder, Rejection};
 use crate::entry::{EntryId, StreamBatch};
 use crate::error::{Error, Result};
@@ -29,10 +30,13 @@ use super::RunOptions;
 use super::recovery::{noack_positions, read_without_acks, take_over};
 
 mod acks;
+mod commit;
 mod live;
 mod merge;
 mod report;
 mod trace;
+
+pub(super) use commit::{Writing, Written};
 
 /// Claimed entries processed per stream per claim round.
 const CLAIM_MAX: usize = 10_000;
@@ -42,6 +46,8 @@ pub(super) struct Processor {
     dlq_keys: Vec<String>,
     cmds: Commands,
     acker: Option<Acker>,
+    /// What a checkpoint's background half takes along (away while one is in flight).
+    commit_ctx: Option<commit::CommitCtx>,
     /// Decode → dedup → fan-out (the archive and the pipelines).
     ingest: Ingest,
     archive: Archive,
@@ -56,7 +62,7 @@ pub(super) struct Processor {
     max_unsaved_bytes: usize,
     /// Checkpoints made due early: by the pending bound, by unsaved segment rows.
     early_checkpoints: [u64; 2],
-    /// Commits published by this term (the aggregates API keeps committed rows until it grows).
+    /// Table commits published by this term (the aggregates API keeps committed rows until it grows).
     pub commits: Arc<std::sync::atomic::AtomicU64>,
     last_commit_unix_ms: Option<i64>,
     cp: Checkpoints,
@@ -73,7 +79,6 @@ pub(super) struct Processor {
     dlq: DlqOptions,
     /// Until when the group's lease is surely held: every side effect checks it first.
     fence: Fence,
-    token: u64,
     /// `noack` mode: per stream, the position to read after and the group's `entries-read`.
     noack: Option<Vec<(EntryId, Option<u64>)>>,
     /// Entry bytes read from Redis.
@@ -191,11 +196,21 @@ impl Processor {
                 "Reopened archive files kept open across the last checkpoint."
             );
         }
+        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         Ok(Processor {
             source: opts.source.clone(),
             dlq_keys,
             cmds,
             acker: Some(Acker::start(&opts.source, fence.clone())?),
+            commit_ctx: Some(commit::CommitCtx {
+                cp: cp.clone(),
+                fence: fence.clone(),
+                token,
+                cmds: Commands::new(&opts.source.redis, opts.source.retry_timeout)?,
+                commits: commits.clone(),
+                streams: opts.source.streams.clone(),
+                group: opts.source.group.clone(),
+            }),
             ingest: Ingest::new(Decoder::new(opts.decode.clone()), dedup),
             archive,
             pipelines,
@@ -206,7 +221,7 @@ impl Processor {
             roll_age: opts.roll_age,
             max_unsaved_bytes: opts.archive.max_buffered_bytes / 4,
             early_checkpoints: [0; 2],
-            commits: Default::default(),
+            commits,
             last_commit_unix_ms: None,
             epoch,
             epoch_started: Instant::now(),
@@ -221,7 +236,6 @@ impl Processor {
             totals: latest.as_ref().map(|m| m.totals.clone()).unwrap_or_default(),
             dlq: opts.dlq.clone(),
             fence,
-            token,
             noack,
             cp,
             durable_exact: Default::default(),
@@ -339,98 +353,6 @@ impl Processor {
             }
         }
         (work && self.epoch_started.elapsed() >= interval) || self.merge_due(interval)
-    }
-
-    /// A checkpoint: stages every open archive file and pipeline table file, saves dedup
-    /// (a full snapshot when `final_stop` or when the last one is older than the state
-    /// interval, else the ids added since) and window state, writes the manifest (the commit
-    /// point), publishes the files, acks every entry read, and prunes old checkpoints.
-    pub async fn commit_all(&mut self, final_stop: bool) -> Result<()> {
-        let t = Instant::now();
-        let mut cp_trace = self.spans.checkpoint();
-        self.pipelines.process()?;
-        let merge_news = self.merge_before_checkpoint(final_stop, self.checkpoint_interval).await?;
-        let mut files = std::mem::take(&mut self.epoch_files);
-        // Files that reached their age (all at a stop) are finished; the others stay open and
-        // their new rows are saved with the checkpoint.
-        let finish_all = final_stop || !self.archive.keep_segments;
-        files.extend(match finish_all {
-            true => self.archive.commit_all().await?,
-            false => self.archive.commit_older(self.roll_age).await?,
-        });
-        let placement = self.archive.placement.clone();
-        let tables = if finish_all || self.pipelines.pending_age().is_some_and(|a| a >= self.roll_age) {
-            self.pipelines.commit_to(&self.lake, &self.writer, &placement).await?
-        } else {
-            self.pipelines.process()?;
-            Vec::new()
-        };
-        let t_files = t.elapsed();
-        cp_trace.phase("files");
-        let nothing_new = files.is_empty() && tables.is_empty() && self.acks.pending_ids() == 0 && !merge_news;
-        if nothing_new {
-            return Ok(());
-        }
-        let epoch = self.epoch;
-        let mut m: Manifest = checkpoint::manifest(&self.cp, epoch, self.epoch_started_ms);
-        // The stages' parts: archive files kept open, the pipelines' windows and tables.
-        self.archive.save(&self.cp, &mut m).await?;
-        self.pipelines.save(&self.cp, &mut m).await?;
-        self.save_merge_progress(&mut m).await?;
-        m.files = checkpoint::file_entries(&files);
-        m.files.extend(checkpoint::file_entries(&tables));
-        self.dedup_line.full |= final_stop;
-        checkpoint::DedupPart { dedup: &mut self.ingest.dedup, line: &mut self.dedup_line }
-            .save(&self.cp, &mut m)
-            .await?;
-        m.positions = self.positions.iter().map(|(s, id)| (s.clone(), id.to_string())).collect();
-        self.totals.archived_rows += files.iter().map(|f| f.rows).sum::<u64>();
-        self.totals.table_rows += tables.iter().map(|f| f.rows).sum::<u64>();
-        self.totals.files += (files.len() + tables.len()) as u64;
-        m.totals = self.totals.clone();
-        let t_state = t.elapsed();
-        cp_trace.phase("state");
-        (m.token, m.lease_deadline_ms) = (self.token, Some(self.fence.deadline_unix_ms()));
-        m.created_ms = chrono::Utc::now().timestamp_millis();
-        self.fence.guard(self.cp.commit(&m)).await?;
-        cp_trace.phase("manifest");
-        // Committed: from here on a crash (or a successor's recovery) rolls forward to this state.
-        // File by file, each inside the lease (renewed meanwhile): an epoch of large files on
-        // an object store may take longer than one lease to copy into place.
-        for f in &m.files {
-            self.fence.guard(self.cp.publish_file(f)).await?;
-        }
-        self.fence.guard(self.cp.commit_tables(&m)).await?;
-        cp_trace.phase("publish");
-        self.cp.published(&m);
-        self.commits.fetch_add(1, std::sync::atomic::Ordering::Release);
-        self.committed(&files, true);
-        self.committed(&tables, false);
-        let acked = self.ack_durable().await?;
-        cp_trace.phase("ack");
-        self.fence.guard(self.cp.prune(&m)).await?;
-        self.epoch += 1;
-        self.epoch_started = Instant::now();
-        self.epoch_started_ms = m.created_ms;
-        self.archive.placement = Placement::Staged(self.cp.staging_prefix(self.epoch));
-        self.stats.commit_duration.record(t.elapsed().as_millis() as u64);
-        self.stats.checkpoints += 1;
-        self.stats.checkpoint_epoch = epoch;
-        self.last_commit_unix_ms = Some(chrono::Utc::now().timestamp_millis());
-        tracing::info!(
-            epoch,
-            files = m.files.len(),
-            rows = files.iter().chain(&tables).map(|f| f.rows).sum::<u64>(),
-            bytes = files.iter().chain(&tables).map(|f| f.bytes).sum::<u64>(),
-            ack_queued = acked,
-            files_ms = t_files.as_millis() as u64,
-            state_ms = (t_state - t_files).as_millis() as u64,
-            total_ms = t.elapsed().as_millis() as u64,
-            "Checkpoint committed."
-        );
-        let (rows, bytes) = files.iter().chain(&tables).fold((0, 0), |(r, b), f| (r + f.rows, b + f.bytes));
-        cp_trace.finish(epoch, m.files.len(), rows, bytes, &self.traces.take());
-        Ok(())
     }
 
     /// Claims entries other consumers left pending too long, and processes them.

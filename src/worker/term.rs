@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use super::process::Processor;
+use super::process::{Processor, Writing};
 use super::{RunOptions, RunSummary, probe_lake};
 use crate::error::{Error, Result};
 use crate::metrics::{Registry, Role, Stats};
@@ -91,6 +91,8 @@ pub(super) async fn lead<S: Future<Output = ()>>(
         registry.update(|s| s.read_count = read_count.load(std::sync::atomic::Ordering::Relaxed));
     };
 
+    // A checkpoint's second half in flight (one at a time); dropped on an error (aborted).
+    let mut writing: Option<Writing> = None;
     let result = async {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -100,6 +102,9 @@ pub(super) async fn lead<S: Future<Output = ()>>(
         let mut last_progress = Instant::now();
         let mut bounded_input_done = false;
         loop {
+            // In this order: a lost lease, a stop, the checkpoint written, the tick (a checkpoint
+            // due is begun even under full load), a live request (answered after at most the
+            // batch in progress), then the next batch.
             tokio::select! {
                 biased;
                 _ = lost_rx.changed() => {
@@ -110,20 +115,10 @@ pub(super) async fn lead<S: Future<Output = ()>>(
                     tracing::info!("Shutdown requested; committing.");
                     break;
                 }
-                msg = rx.recv() => match msg {
-                    Some(ReaderMsg::Batch(batch)) => {
-                        last_data = Instant::now();
-                        drained = false;
-                        p.process(batch).await?;
-                    }
-                    Some(ReaderMsg::Idle) => drained = true,
-                    Some(ReaderMsg::Disconnected(e)) => {
-                        drained = false;
-                        p.stats.disconnects += 1;
-                        tracing::warn!(error = %e, "Reader lost Redis; reconnecting.");
-                    }
-                    None => break,
-                },
+                done = written(&mut writing), if writing.is_some() => {
+                    writing = None;
+                    p.end_checkpoint(done?).await?;
+                }
                 Some(req) = live_rx.recv() => {
                     // An error goes to the asker (the API answers 500), not to the term.
                     let _ = req.reply.send(p.live_rows(&req.pipeline).await);
@@ -131,8 +126,8 @@ pub(super) async fn lead<S: Future<Output = ()>>(
                 _ = tick.tick() => {
                     p.pipelines.on_tick(Instant::now())?;
                     publish(&p);
-                    if p.checkpoint_due(opts.checkpoint_interval, opts.roll_age) {
-                        p.commit_all(false).await?;
+                    if writing.is_none() && p.checkpoint_due(opts.checkpoint_interval, opts.roll_age) {
+                        writing = p.checkpoint(false).await?;
                     }
                     if !p.noack() && last_claim.is_none_or(|t| t.elapsed() >= opts.claim_interval) {
                         last_claim = Some(Instant::now());
@@ -148,6 +143,20 @@ pub(super) async fn lead<S: Future<Output = ()>>(
                         break;
                     }
                 }
+                msg = rx.recv() => match msg {
+                    Some(ReaderMsg::Batch(batch)) => {
+                        last_data = Instant::now();
+                        drained = false;
+                        p.process(batch).await?;
+                    }
+                    Some(ReaderMsg::Idle) => drained = true,
+                    Some(ReaderMsg::Disconnected(e)) => {
+                        drained = false;
+                        p.stats.disconnects += 1;
+                        tracing::warn!(error = %e, "Reader lost Redis; reconnecting.");
+                    }
+                    None => break,
+                },
             }
         }
         registry.update(|s| s.role = Role::Stopping);
@@ -164,12 +173,19 @@ pub(super) async fn lead<S: Future<Output = ()>>(
         Ok::<bool, Error>(bounded_input_done)
     }
     .await;
+    if result.is_err() {
+        // Stopped mid-write, as by a crash: the next holder's recovery finishes or discards it.
+        writing = None;
+    }
 
     drop(rx);
     let shutdown_timeout = opts.shutdown_timeout;
     let finished = async {
         let bounded_input_done = result?;
         let last = async {
+            if let Some(w) = writing.take() {
+                p.end_checkpoint(w.await?).await?;
+            }
             p.commit_all(true).await?;
             if bounded_input_done {
                 // Shard 0 merges what the other shards close at their end too.
@@ -230,6 +246,14 @@ pub(super) async fn lead<S: Future<Output = ()>>(
     };
     p.log_progress(summary.elapsed);
     Ok(summary)
+}
+
+/// The checkpoint in flight, once written (never, without one).
+async fn written(writing: &mut Option<Writing>) -> Result<super::process::Written> {
+    match writing {
+        Some(w) => w.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits for `task` at most `grace`, then aborts it (logged).

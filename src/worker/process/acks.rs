@@ -1,39 +1,14 @@
-//! After a checkpoint: the entries it holds are acknowledged (XACK through the acker task,
-//! or in `noack` mode the group's position moved).
+//! After a checkpoint: the entries it holds are acknowledged, through the acker task (group
+//! mode; in `noack` mode the checkpoint's writer moved the group, [`super::commit`]).
 
 use super::Processor;
+use crate::entry::EntryId;
 use crate::error::{Error, Result};
-use crate::source::group;
 
 impl Processor {
-    /// After a checkpoint: hands every entry read so far to the acker (or, `noack`, moves the
-    /// group); returns how many entries.
-    pub(super) async fn ack_durable(&mut self) -> Result<u64> {
-        let mut n = 0;
-        let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-        // Called right after a checkpoint: everything read so far is in it.
-        let taken = self.acks.take_all();
-        for id in taken.iter().flat_map(|(_, ids)| ids) {
-            let ms = now_ms.saturating_sub(id.ms);
-            self.stats.durable_latency.record(ms);
-            self.durable_exact.record(ms);
-        }
-        if let Some(positions) = self.noack.as_mut() {
-            // No pending list: move the group's position to what the checkpoint holds.
-            for (stream, ids) in taken {
-                let Some(&max) = ids.iter().max() else { continue };
-                let (at, read) = &mut positions[stream];
-                *at = (*at).max(max);
-                *read = read.map(|r| r + ids.len() as u64);
-                n += ids.len() as u64;
-                let (name, g) = (&self.source.streams[stream], &self.source.group);
-                *read = self.fence.guard(group::set_position(&mut self.cmds, name, g, *at, *read)).await?;
-            }
-            self.stats.acked += n;
-            return Ok(n);
-        }
+    /// After a checkpoint (group mode): hands the entries it holds to the acker.
+    pub(super) async fn ack(&mut self, taken: Vec<(usize, Vec<EntryId>)>) -> Result<()> {
         for (stream, ids) in taken {
-            n += ids.len() as u64;
             let sent = match self.acker.as_mut() {
                 Some(a) => a.send(stream, ids).await,
                 None => false,
@@ -46,7 +21,7 @@ impl Processor {
                 };
             }
         }
-        Ok(n)
+        Ok(())
     }
 
     /// Waits for every queued acknowledgement; call last.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::Processor;
-use crate::checkpoint::{Checkpoints, Manifest};
+use crate::checkpoint::{Checkpoints, EpochBlobs, Manifest};
 use crate::error::Result;
 use crate::names::ShardId;
 use crate::window::merge::{self, MergeRound, ShardWindows};
@@ -87,7 +87,7 @@ impl Processor {
 
     /// After the pipelines' part of `m` (their window states and bounds): (shard 0) the
     /// merger's progress, committed with the rows it merged.
-    pub(super) async fn save_merge_progress(&mut self, m: &mut Manifest) -> Result<()> {
+    pub(super) fn save_merge_progress(&mut self, out: &mut EpochBlobs, m: &mut Manifest) -> Result<()> {
         if !self.pipelines.partial() {
             return Ok(());
         }
@@ -96,7 +96,7 @@ impl Processor {
             m.merge_keep = side.merger.keep().clone();
             if let Some(carry) = side.merger.carry() {
                 let blob = merge::encode_carry(carry)?;
-                m.merger = Some(self.cp.put_blob(m.epoch, "merger.bin", blob).await?);
+                m.merger = Some(out.put("merger.bin", blob));
             }
         }
         self.committed_bounds.clone_from(&m.window_bounds);
