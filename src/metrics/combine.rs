@@ -58,6 +58,7 @@ impl Stats {
             (&mut self.table_bytes_committed, o.table_bytes_committed),
             (&mut self.disconnects, o.disconnects),
             (&mut self.checkpoints, o.checkpoints),
+            (&mut self.checkpoints_inline, o.checkpoints_inline),
             (&mut self.merged_windows, o.merged_windows),
         ];
         for (a, b) in sums {

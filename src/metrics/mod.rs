@@ -60,6 +60,9 @@ pub struct Stats {
     /// Checkpoints committed by this process, and the last one's epoch.
     pub checkpoints: u64,
     pub checkpoint_epoch: u64,
+    /// Of those, written on the processor's loop (table commits, the stop, shards of
+    /// several); the others were written while it read on.
+    pub checkpoints_inline: u64,
     /// Shards: windows the merger (shard 0's holder) evaluated from every shard's states,
     /// and the end (µs) of the oldest window some shard closed that waits for another.
     pub merged_windows: u64,

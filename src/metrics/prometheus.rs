@@ -25,6 +25,7 @@ pub const PROCESS_LATENCY: &str = "eventide_publish_to_processed_seconds";
 pub const COMMIT_DURATION: &str = "eventide_commit_duration_seconds";
 pub const LAST_COMMIT: &str = "eventide_last_commit_timestamp_seconds";
 pub const CHECKPOINTS: &str = "eventide_checkpoints_total";
+pub const CHECKPOINTS_INLINE: &str = "eventide_checkpoints_inline_total";
 pub const CHECKPOINTS_EARLY: &str = "eventide_checkpoints_early_total";
 pub const CHECKPOINT_EPOCH: &str = "eventide_checkpoint_epoch";
 pub const MERGED_WINDOWS: &str = "eventide_merged_windows_total";
@@ -218,6 +219,12 @@ pub fn render_with(s: &Snapshot, now: Instant, now_unix_ms: i64, more: impl FnOn
     );
     o.histogram(COMMIT_DURATION, &[], &s.stats.commit_duration);
     o.one(CHECKPOINTS, "counter", "Checkpoints committed by this process.", s.stats.checkpoints);
+    o.one(
+        CHECKPOINTS_INLINE,
+        "counter",
+        "Checkpoints written on the processor's loop (table commits, the stop); the others overlap with reading.",
+        s.stats.checkpoints_inline,
+    );
     o.one(
         CHECKPOINT_EPOCH,
         "gauge",

@@ -25,13 +25,14 @@ fn pipelines_dir() -> std::path::PathBuf {
 }
 
 /// Runs stream `stream` into `dir` through a store failing from write `fail_from` on;
-/// returns whether the run succeeded and how many writes it attempted.
-async fn run(redis: &str, stream: &str, dir: &Path, fail_from: usize) -> (bool, usize) {
+/// returns whether the run succeeded, how many writes it attempted and how many of its
+/// checkpoints were written in the background (while the loop read on).
+async fn run(redis: &str, stream: &str, dir: &Path, fail_from: usize) -> (bool, usize, u64) {
     let inner = Arc::new(LocalFileSystem::new_with_prefix(dir).unwrap());
     run_on(redis, stream, dir, FaultyStore::new(inner, fail_from)).await
 }
 
-async fn run_on(redis: &str, stream: &str, dir: &Path, store: Arc<FaultyStore>) -> (bool, usize) {
+async fn run_on(redis: &str, stream: &str, dir: &Path, store: Arc<FaultyStore>) -> (bool, usize, u64) {
     let mut opts = support::options(redis, &[stream], dir.to_str().unwrap(), "c1");
     opts.lake_store = Some(store.clone());
     opts.pipelines = Some(pipelines_dir());
@@ -42,7 +43,8 @@ async fn run_on(redis: &str, stream: &str, dir: &Path, store: Arc<FaultyStore>) 
     let res = tokio::time::timeout(Duration::from_secs(120), eventide::run(opts, std::future::pending()))
         .await
         .expect("the run ended in time");
-    (res.is_ok(), store.writes.load(Ordering::SeqCst))
+    let background = res.as_ref().map_or(0, |s| s.stats.checkpoints - s.stats.checkpoints_inline);
+    (res.is_ok(), store.writes.load(Ordering::SeqCst), background)
 }
 
 async fn everything(dir: &Path, redis: &mut redis::aio::MultiplexedConnection, stream: &str) -> Vec<Vec<String>> {
@@ -87,8 +89,10 @@ async fn storage_failures_at_every_commit_step_lose_and_duplicate_nothing() {
     // The reference: no failure.
     let entries = support::publish_generated(&mut conn, "ref", gen_opts(9)).await;
     let ref_dir = tempfile::tempdir().unwrap();
-    let (ok, writes) = run(&redis.url(), "ref", ref_dir.path(), usize::MAX).await;
+    let (ok, writes, background) = run(&redis.url(), "ref", ref_dir.path(), usize::MAX).await;
     assert!(ok);
+    // Failures below hit the background half too (100 ms checkpoints, tables every 300 ms).
+    assert!(background >= 1, "no checkpoint was written in the background");
     let want = everything(ref_dir.path(), &mut conn, "ref").await;
     let ids: BTreeSet<String> = want[0].iter().cloned().collect();
     assert_eq!(ids, support::event_ids(&entries));
@@ -102,9 +106,9 @@ async fn storage_failures_at_every_commit_step_lose_and_duplicate_nothing() {
         let stream = format!("s{k}");
         support::publish_generated(&mut conn, &stream, gen_opts(9)).await;
         let dir = tempfile::tempdir().unwrap();
-        let (ok, _) = run(&redis.url(), &stream, dir.path(), k).await;
+        let (ok, ..) = run(&redis.url(), &stream, dir.path(), k).await;
         failed += usize::from(!ok);
-        let (ok, _) = run(&redis.url(), &stream, dir.path(), usize::MAX).await;
+        let (ok, ..) = run(&redis.url(), &stream, dir.path(), usize::MAX).await;
         assert!(ok, "write {k}: the restart on a healthy store failed");
         let got = everything(dir.path(), &mut conn, &stream).await;
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -120,7 +124,7 @@ async fn storage_failures_at_every_commit_step_lose_and_duplicate_nothing() {
         support::publish_generated(&mut conn, &stream, gen_opts(9)).await;
         let dir = tempfile::tempdir().unwrap();
         let inner = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
-        let (ok, _) = run_on(&redis.url(), &stream, dir.path(), FaultyStore::transient(inner, k)).await;
+        let (ok, ..) = run_on(&redis.url(), &stream, dir.path(), FaultyStore::transient(inner, k)).await;
         assert!(ok, "a transient failure of write {k} stopped the run");
         let got = everything(dir.path(), &mut conn, &stream).await;
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {

@@ -218,6 +218,7 @@ impl Processor {
         let t = p.started.elapsed();
         self.stats.commit_duration.record(t.as_millis() as u64);
         self.stats.checkpoints += 1;
+        self.stats.checkpoints_inline += u64::from(p.inline);
         self.stats.checkpoint_epoch = p.m.epoch;
         self.last_commit_unix_ms = Some(chrono::Utc::now().timestamp_millis());
         let (rows, bytes) = p.files.iter().chain(&p.tables).fold((0, 0), |(r, b), f| (r + f.rows, b + f.bytes));
