@@ -115,6 +115,7 @@ def main():
     ap.add_argument("--poll-ms", type=float, default=0, help="pause between polls (0: back to back)")
     ap.add_argument("--warmup", type=float, default=3, help="seconds of load before the first marker")
     ap.add_argument("--run-arg", action="append", default=[], help="extra argument for eventide run")
+    ap.add_argument("--keep-log", help="copy eventide's log here at the end (its checkpoint timings)")
     a = ap.parse_args()
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -191,6 +192,8 @@ def main():
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if a.keep_log:
+            shutil.copy(os.path.join(tmp, "run.log"), a.keep_log)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -72,8 +72,13 @@ pub struct Manifest {
     pub windows: Option<String>,
     /// Archive files kept open across checkpoints, with the blobs holding their rows so far.
     pub open_files: Vec<crate::sink::archive::OpenFileState>,
-    /// Closed-window and late rows waiting for the next table file (Arrow IPC per table).
+    /// Closed-window and late rows waiting for the next table file (Arrow IPC per table), as
+    /// checkpoints of earlier versions saved them (all in one blob); read before `table_parts`.
     pub tables: Option<String>,
+    /// The same rows as a line of blobs, in order: each holds the rows that arrived in one
+    /// epoch (a checkpoint saves only those; the line starts anew when the tables commit).
+    #[serde(default)]
+    pub table_parts: Vec<String>,
     /// Per stream, the last entry id processed (for ops; pending entries are re-read).
     pub positions: BTreeMap<String, String>,
     /// Running totals as of this checkpoint.
@@ -355,6 +360,7 @@ impl Checkpoints {
             .chain(&m.dedup_deltas)
             .chain(&m.windows)
             .chain(&m.tables)
+            .chain(&m.table_parts)
             .chain(&m.partials)
             .chain(&m.merger)
             .chain(segments)
@@ -416,6 +422,7 @@ pub fn manifest(cp: &Checkpoints, epoch: u64, started_ms: i64) -> Manifest {
         windows: None,
         open_files: Vec::new(),
         tables: None,
+        table_parts: Vec::new(),
         positions: BTreeMap::new(),
         totals: Totals::default(),
         token: 0,

@@ -31,6 +31,8 @@ pub struct TableBuffer {
     /// Index of the timestamp column that picks the date partition.
     date_column: usize,
     days: BTreeMap<i64, Vec<RecordBatch>>,
+    /// Rows pushed since the last checkpoint saved them ([`TableBuffer::take_unsaved`]).
+    unsaved: Vec<RecordBatch>,
     rows: usize,
     files: u64,
     /// When the oldest buffered row arrived.
@@ -50,6 +52,7 @@ impl TableBuffer {
             schema,
             date_column,
             days: BTreeMap::new(),
+            unsaved: Vec::new(),
             rows: 0,
             files: 0,
             since: None,
@@ -91,6 +94,11 @@ impl TableBuffer {
         self.days.values().flatten().cloned().collect()
     }
 
+    /// The rows pushed since the last call (or commit): what a checkpoint has not saved yet.
+    pub fn take_unsaved(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.unsaved)
+    }
+
     /// Buffers a batch, split by date.
     pub fn push(&mut self, batch: RecordBatch) -> Result<()> {
         let batch = match self.windows {
@@ -109,6 +117,7 @@ impl TableBuffer {
             return Ok(());
         }
         self.rows += n;
+        self.unsaved.push(batch.clone());
         self.since.get_or_insert_with(std::time::Instant::now);
         let col = batch.column(self.date_column).as_primitive::<TimestampMicrosecondType>();
         let day = |i: usize| col.value(i).div_euclid(DAY_US);
@@ -151,6 +160,7 @@ impl TableBuffer {
         }
         self.rows = 0;
         self.since = None;
+        self.unsaved.clear();
         Ok(out)
     }
 }

@@ -99,10 +99,12 @@ impl Checkpointed for Pipelines {
             // First: it processes what is buffered (which may close windows into the tables).
             m.windows = Some(out.put("windows.bin", self.save_state()?));
         }
-        let pending = self.save_tables()?;
-        if !pending.is_empty() {
-            m.tables = Some(out.put("tables.bin", crate::checkpoint::pack(&pending)));
+        // The table rows: only those since the last checkpoint, in a blob added to the line.
+        let new = self.save_tables()?;
+        if !new.is_empty() {
+            self.table_line.push(out.put("tables-part.bin", crate::checkpoint::pack(&new)));
         }
+        m.table_parts.clone_from(&self.table_line);
         if self.partial() {
             let w = self.shard_windows()?;
             if w.states.values().any(|s| !s.windows.is_empty()) {
@@ -122,9 +124,12 @@ impl Checkpointed for Pipelines {
         if let Some(path) = &m.partials {
             self.restore_partials(&cp.get_blob(path).await?, &m.window_bounds)?;
         }
-        if let Some(path) = &m.tables {
+        // Checkpoints of earlier versions saved every waiting row in `tables`.
+        let line: Vec<String> = m.tables.iter().chain(&m.table_parts).cloned().collect();
+        for path in &line {
             self.restore_tables(crate::checkpoint::unpack(&cp.get_blob(path).await?)?)?;
         }
+        self.table_line = line;
         Ok(())
     }
 }

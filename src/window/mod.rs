@@ -56,6 +56,10 @@ pub struct Pipelines {
     schemas: Vec<SchemaRef>,
     tables: Vec<TableBuffer>,
     late: Vec<TableBuffer>,
+    /// The checkpoint blobs that hold the rows `tables` and `late` wait with, in order: each
+    /// checkpoint adds the rows that arrived since the last one; a commit of the tables
+    /// starts the line anew.
+    table_line: Vec<String>,
     /// Live runs: a pipeline whose query fails at run time is marked failed and skipped,
     /// the others go on (else the error stops the caller).
     isolate: bool,
@@ -124,6 +128,7 @@ impl Pipelines {
             late,
             isolate: false,
             max_state_bytes: usize::MAX,
+            table_line: Vec::new(),
         })
     }
 
@@ -318,11 +323,15 @@ impl Pipelines {
         self.tables.iter().chain(&self.late).filter_map(TableBuffer::age).max()
     }
 
-    /// Rows waiting for table files, for a checkpoint: (table prefix, Arrow IPC).
-    pub fn save_tables(&self) -> Result<Vec<(String, Vec<u8>)>> {
+    /// Rows that arrived for table files since the last call (or commit), for a checkpoint:
+    /// (table prefix, Arrow IPC) per table that got any.
+    pub fn save_tables(&mut self) -> Result<Vec<(String, Vec<u8>)>> {
         let mut out = Vec::new();
-        for t in self.tables.iter().chain(&self.late).filter(|t| t.rows() > 0) {
-            out.push((t.prefix().to_string(), crate::checkpoint::to_ipc(&t.buffered())?));
+        for t in self.tables.iter_mut().chain(&mut self.late) {
+            let new = t.take_unsaved();
+            if !new.is_empty() {
+                out.push((t.prefix().to_string(), crate::checkpoint::to_ipc(&new)?));
+            }
         }
         Ok(out)
     }
@@ -341,6 +350,10 @@ impl Pipelines {
                     tracing::warn!(table = %prefix, "Dropping saved rows: the table's columns changed.");
                 }
             }
+        }
+        // Restored rows are saved already (the blobs they came from stay in the line).
+        for t in self.tables.iter_mut().chain(&mut self.late) {
+            t.take_unsaved();
         }
         Ok(())
     }
@@ -362,6 +375,7 @@ impl Pipelines {
         for t in self.tables.iter_mut().chain(&mut self.late) {
             out.extend(t.commit(lake, writer, placement).await?);
         }
+        self.table_line.clear();
         Ok(out)
     }
 }

@@ -58,6 +58,8 @@ pub(in crate::worker) struct Prepared {
     /// The first half's time in its two phases.
     t_files: Duration,
     t_state: Duration,
+    /// Of the state phase: the open files' pieces, the windows, the rest (dedup, merge).
+    t_parts: [Duration; 3],
     trace: CheckpointTrace,
     traced: Vec<SpanContext>,
 }
@@ -146,8 +148,11 @@ impl Processor {
         let mut m: Manifest = checkpoint::manifest(&self.cp, epoch, self.epoch_started_ms);
         let mut blobs = self.cp.epoch_blobs(epoch);
         // The stages' parts: archive files kept open, the pipelines' windows and tables.
+        let t_part = Instant::now();
         self.archive.save(&mut blobs, &mut m).await?;
+        let t_open = t_part.elapsed();
         self.pipelines.save(&mut blobs, &mut m).await?;
+        let t_windows = t_part.elapsed() - t_open;
         self.save_merge_progress(&mut blobs, &mut m)?;
         m.files = checkpoint::file_entries(&files);
         m.files.extend(checkpoint::file_entries(&tables));
@@ -171,6 +176,7 @@ impl Processor {
             positions
         });
         let t_state = t.elapsed() - t_files;
+        let t_parts = [t_open, t_windows, t_state.saturating_sub(t_open + t_windows)];
         trace.phase("state");
         self.epoch += 1;
         self.epoch_started = Instant::now();
@@ -189,6 +195,7 @@ impl Processor {
             started: t,
             t_files,
             t_state,
+            t_parts,
             trace,
             traced,
         }))
@@ -231,6 +238,9 @@ impl Processor {
             inline = p.inline,
             files_ms = p.t_files.as_millis() as u64,
             state_ms = p.t_state.as_millis() as u64,
+            open_files_ms = p.t_parts[0].as_millis() as u64,
+            windows_ms = p.t_parts[1].as_millis() as u64,
+            dedup_ms = p.t_parts[2].as_millis() as u64,
             total_ms = t.as_millis() as u64,
             "Checkpoint committed."
         );
