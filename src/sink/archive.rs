@@ -372,33 +372,26 @@ impl Archive {
     /// blocking threads, concurrently) or IPC rows; record the blob that saved it with
     /// [`Archive::saved`].
     pub async fn unsaved(&mut self) -> Result<Vec<((i32, Box<str>), Unsaved)>> {
-        let mut out = Vec::new();
-        let mut flushing = Vec::new();
-        for (k, f) in self.open.iter_mut() {
+        // Every file at once: each one's last rows are encoded and its row group closed on the
+        // blocking pool while the others' are (a checkpoint waits for the slowest, not the sum).
+        let per_file = self.open.iter_mut().map(|(k, f)| async move {
             if f.columns.rows > 0 {
                 f.encode_buffered().await?;
             }
             if !f.dirty {
-                continue;
+                return Ok(None);
             }
             if f.since_piece < PIECE_MIN_ROWS {
-                out.push((k.clone(), Unsaved::Rows(std::mem::take(&mut f.captured))));
-                continue;
+                return Ok(Some((k.clone(), Unsaved::Rows(std::mem::take(&mut f.captured)))));
             }
             let (mut w, from) = (f.writer().await?, f.saved_bytes);
-            flushing.push((
-                k.clone(),
-                tokio::task::spawn_blocking(move || flush_piece(&mut w, from).map(|piece| (w, piece))),
-            ));
-        }
-        for (k, task) in flushing {
-            let (w, piece) = task.await.map_err(|e| Error::Internal(format!("encoder task: {e}")))??;
-            if let Some(f) = self.open.get_mut(&k) {
-                f.encoded_size = w.bytes_written();
-                f.encoder = Encoder::Idle(Box::new(w));
-            }
-            out.push((k, piece));
-        }
+            let flushed = tokio::task::spawn_blocking(move || flush_piece(&mut w, from).map(|piece| (w, piece)));
+            let (w, piece) = flushed.await.map_err(|e| Error::Internal(format!("encoder task: {e}")))??;
+            f.encoded_size = w.bytes_written();
+            f.encoder = Encoder::Idle(Box::new(w));
+            Ok::<_, Error>(Some((k.clone(), piece)))
+        });
+        let mut out: Vec<_> = futures::future::try_join_all(per_file).await?.into_iter().flatten().collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
