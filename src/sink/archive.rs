@@ -207,7 +207,10 @@ pub fn writer_props(zstd_level: i32) -> Result<WriterProperties> {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_created_by(format!("eventide {}", env!("CARGO_PKG_VERSION")))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        // Pages close (and are compressed) as rows are encoded, not when the row group closes:
+        // a checkpoint closing a row group finds little left to do.
+        .set_data_page_row_count_limit(ENCODE_ROWS);
     // Unique or near-unique columns: dictionaries only cost time there.
     for col in
         ["event_id", "event_time", "data", "metadata", "correlation_id", "traceparent", "stream_id", "ingest_time"]
@@ -289,6 +292,22 @@ impl Archive {
     pub async fn encode_ready(&mut self) -> Result<()> {
         for file in self.open.values_mut() {
             if file.columns.rows >= ENCODE_ROWS {
+                file.encode_buffered().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts encoding the rows of every file that buffered at least `min_rows` and whose
+    /// encoder is free (call on a clock): a file that fills slowly is encoded as it goes,
+    /// not all at the next checkpoint, which waits for it.
+    pub async fn encode_waiting(&mut self, min_rows: usize) -> Result<()> {
+        for file in self.open.values_mut() {
+            let free = match &file.encoder {
+                Encoder::Busy(h) => h.is_finished(),
+                _ => true,
+            };
+            if free && file.columns.rows >= min_rows {
                 file.encode_buffered().await?;
             }
         }

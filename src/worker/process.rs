@@ -38,6 +38,10 @@ mod trace;
 
 pub(super) use commit::{Writing, Written};
 
+/// Rows a file buffers before the clock hands them to its encoder (fewer are left for the
+/// checkpoint, which encodes what is left).
+const TICK_ENCODE_ROWS: usize = 512;
+
 /// Claimed entries processed per stream per claim round.
 const CLAIM_MAX: usize = 10_000;
 
@@ -330,6 +334,13 @@ impl Processor {
             self.finish_trace(t, &batch, (before.0, before.1, before.2.iter().sum()));
         }
         Ok(())
+    }
+
+    /// On the term's clock: the pipelines' (windows closed by the clock) and the archive's
+    /// (rows waiting in slowly filling files are handed to their encoders).
+    pub async fn on_tick(&mut self) -> Result<()> {
+        self.pipelines.on_tick(Instant::now())?;
+        self.archive.encode_waiting(TICK_ENCODE_ROWS).await
     }
 
     /// Whether a checkpoint is due: the epoch is `interval` old and read something, or files

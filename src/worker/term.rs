@@ -124,7 +124,7 @@ pub(super) async fn lead<S: Future<Output = ()>>(
                     let _ = req.reply.send(p.live_rows(&req.pipeline).await);
                 }
                 _ = tick.tick() => {
-                    p.pipelines.on_tick(Instant::now())?;
+                    p.on_tick().await?;
                     publish(&p);
                     if writing.is_none() && p.checkpoint_due(opts.checkpoint_interval, opts.roll_age) {
                         writing = p.checkpoint(false).await?;
