@@ -391,26 +391,14 @@ impl Archive {
     /// blocking threads, concurrently) or IPC rows; record the blob that saved it with
     /// [`Archive::saved`].
     pub async fn unsaved(&mut self) -> Result<Vec<((i32, Box<str>), Unsaved)>> {
-        // Every file at once: each one's last rows are encoded and its row group closed on the
-        // blocking pool while the others' are (a checkpoint waits for the slowest, not the sum).
-        let per_file = self.open.iter_mut().map(|(k, f)| async move {
-            if f.columns.rows > 0 {
-                f.encode_buffered().await?;
-            }
-            if !f.dirty {
-                return Ok(None);
-            }
-            if f.since_piece < PIECE_MIN_ROWS {
-                return Ok(Some((k.clone(), Unsaved::Rows(std::mem::take(&mut f.captured)))));
-            }
-            let (mut w, from) = (f.writer().await?, f.saved_bytes);
-            let flushed = tokio::task::spawn_blocking(move || flush_piece(&mut w, from).map(|piece| (w, piece)));
-            let (w, piece) = flushed.await.map_err(|e| Error::Internal(format!("encoder task: {e}")))??;
-            f.encoded_size = w.bytes_written();
-            f.encoder = Encoder::Idle(Box::new(w));
-            Ok::<_, Error>(Some((k.clone(), piece)))
-        });
-        let mut out: Vec<_> = futures::future::try_join_all(per_file).await?.into_iter().flatten().collect();
+        // Several files at once: each one's last rows are encoded and its row group closed on
+        // the blocking pool while others' are (not all: each holds its pages in memory).
+        let mut files: Vec<_> = self.open.iter_mut().collect();
+        let mut out = Vec::new();
+        for group in files.chunks_mut(COMMIT_CONCURRENCY) {
+            let saved = futures::future::try_join_all(group.iter_mut().map(|(k, f)| unsaved_of(k, f))).await?;
+            out.extend(saved.into_iter().flatten());
+        }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
@@ -504,4 +492,23 @@ impl Archive {
             self.opts.prefix, self.opts.writer
         ))
     }
+}
+
+/// One open file's part of [`Archive::unsaved`] (`None`: nothing new since the last one).
+async fn unsaved_of(key: &(i32, Box<str>), f: &mut OpenFile) -> Result<Option<((i32, Box<str>), Unsaved)>> {
+    if f.columns.rows > 0 {
+        f.encode_buffered().await?;
+    }
+    if !f.dirty {
+        return Ok(None);
+    }
+    if f.since_piece < PIECE_MIN_ROWS {
+        return Ok(Some((key.clone(), Unsaved::Rows(std::mem::take(&mut f.captured)))));
+    }
+    let (mut w, from) = (f.writer().await?, f.saved_bytes);
+    let flushed = tokio::task::spawn_blocking(move || flush_piece(&mut w, from).map(|piece| (w, piece)));
+    let (w, piece) = flushed.await.map_err(|e| Error::Internal(format!("encoder task: {e}")))??;
+    f.encoded_size = w.bytes_written();
+    f.encoder = Encoder::Idle(Box::new(w));
+    Ok(Some((key.clone(), piece)))
 }

@@ -90,7 +90,8 @@ pub(super) fn parse_state(bytes: &[u8]) -> Result<Vec<(QueryState, Vec<RecordBat
 }
 
 /// The pipelines' part of a checkpoint: every pipeline's window state (`windows.bin`), the
-/// rows waiting for table files (`tables.bin`) and, as one shard of several, the closed
+/// rows waiting for table files (a line of `tables-part.bin`, one per epoch that added rows,
+/// restarted at each table commit) and, as one shard of several, the closed
 /// windows' partial states (`partials.bin`) and how far each pipeline has closed
 /// (`window_bounds`, see [`super::merge`]).
 impl Checkpointed for Pipelines {
