@@ -28,22 +28,12 @@ impl EpochBlobs {
         EpochBlobs { epoch, root: root.to_string(), blobs: Vec::new() }
     }
 
-    /// The epoch these blobs belong to.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
     /// Names blob `name` of the epoch holding `bytes`; returns its path (written later).
     pub fn put(&mut self, name: &str, bytes: impl Into<PutPayload>) -> String {
         let path = Path::from(format!("{}/{:020}/{name}", self.root, self.epoch));
         let out = path.to_string();
         self.blobs.push((path, bytes.into()));
         out
-    }
-
-    /// How many blobs, and their bytes.
-    pub fn size(&self) -> (usize, usize) {
-        (self.blobs.len(), self.blobs.iter().map(|(_, p)| p.content_length()).sum())
     }
 
     /// Writes every blob (each atomically, several at a time).
