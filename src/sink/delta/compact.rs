@@ -7,7 +7,10 @@
 //! It runs beside a live run: live commits are blind appends (no conflict) and new files
 //! simply stay for the next compaction; a commit that removed one of the files being
 //! compacted (an `emit = "updates"` revision) makes the partition's compaction conflict and
-//! it is skipped (its new file deleted) until the next round. The old files stay on storage
+//! it is skipped (its new file deleted) until the next round; a revision planned before a
+//! compaction landed fails its commit and is planned again on the compacted files (delta-rs
+//! would let it through: its conflict checker ignores `dataChange = false` removals, so the
+//! revision it replaced would live on in the compacted file). The old files stay on storage
 //! for readers of older versions until [`vacuum`] deletes those removed longer ago than the
 //! retention period.
 //!

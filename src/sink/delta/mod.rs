@@ -21,9 +21,12 @@ pub mod compact;
 mod replace;
 mod sorted;
 pub mod stats;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake_core::kernel::engine::arrow_conversion::TryFromArrow;
@@ -97,8 +100,9 @@ impl std::fmt::Debug for DeltaLog {
     }
 }
 
-/// Attempts of one table's commit against concurrent writers (other shards, a compaction).
-const COMMIT_ATTEMPTS: usize = 8;
+/// Attempts of one table's commit against concurrent writers (other shards, a compaction),
+/// 5 ms apart, doubling up to 320 ms.
+const COMMIT_ATTEMPTS: usize = 10;
 
 pub(crate) fn delta_err(table: &str, e: impl std::fmt::Display) -> Error {
     Error::Delta { table: table.to_string(), message: e.to_string() }
@@ -252,10 +256,19 @@ impl DeltaLog {
                 }
                 actions.push(Action::Add(self.add_action(decl, f, &rel).await?));
             }
+            let mut props = CommitProperties::default().with_application_transaction(Transaction::new(app_id, version));
             if decl.kind == Kind::ReplaceWindows {
-                actions.extend(replace::plan(&self.lake, decl, snapshot, files, version).await?);
+                let removes = replace::plan(&self.lake, decl, snapshot, files, version).await?;
+                if !removes.is_empty() {
+                    // The plan holds for this snapshot only. delta-rs's own retry would put it
+                    // on top of any newer version whose removals are `dataChange = false`: a
+                    // compaction that moved an old revision into a new file would keep it
+                    // (its conflict checker ignores such removals). So any newer version
+                    // fails the commit, and it is planned again on that version.
+                    props = props.with_max_retries(0);
+                }
+                actions.extend(removes);
             }
-            let props = CommitProperties::default().with_application_transaction(Transaction::new(app_id, version));
             let op = DeltaOperation::Write {
                 mode: SaveMode::Append,
                 partition_by: Some(decl.partitions.clone()),
@@ -272,6 +285,7 @@ impl DeltaLog {
                     // this line): load the table again and decide anew.
                     tracing::info!(table = root, attempt, error = %e, "Delta commit conflicted; retrying.");
                     last_err = Some(e);
+                    tokio::time::sleep(Duration::from_millis(5 << attempt.min(6))).await;
                 }
             }
         }
