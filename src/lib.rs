@@ -25,6 +25,7 @@
 //! - [`events`]: the `events` columns, once; [`metrics`]: counters and the snapshot;
 //!   [`telemetry`]: OTLP traces of the event path (off by default);
 //! - [`config`]: settings and the option structs; [`entry`], [`names`], [`error`]: leaves;
+//!   [`pool`]: the encoding threads (CPU work off the runtime, as many as cores);
 //! - [`generator`]: a load generator of realistic events (also used by tests and benchmarks).
 //!
 //! The library never touches signals: [`run`] takes a shutdown future.
@@ -44,6 +45,7 @@ pub mod ingest;
 pub mod lake_sql;
 pub mod metrics;
 pub mod names;
+pub mod pool;
 pub mod replay;
 pub mod sink;
 pub mod source;

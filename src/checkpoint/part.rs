@@ -35,7 +35,7 @@ pub trait Checkpointed {
 
 /// Archive files kept open across checkpoints: what each got since the last checkpoint goes
 /// into one blob per file: a Parquet piece (the file's new bytes and a footer) or, for few
-/// new rows, an IPC segment (encoded on blocking threads, concurrently); restored,
+/// new rows, an IPC segment (encoded on the encoding pool, concurrently); restored,
 /// the files reopen with their pieces' and segments' rows ([`crate::sink::segments`]).
 impl Checkpointed for Archive {
     async fn save(&mut self, out: &mut EpochBlobs, m: &mut Manifest) -> Result<()> {
@@ -44,9 +44,7 @@ impl Checkpointed for Archive {
                 let blob = match unsaved {
                     Unsaved::Parquet { data, len } => (data.into_iter().collect::<PutPayload>(), Some(len)),
                     Unsaved::Rows(rows) => {
-                        let bytes = tokio::task::spawn_blocking(move || to_ipc(&rows))
-                            .await
-                            .map_err(|e| Error::Internal(format!("segment encoder: {e}")))??;
+                        let bytes = crate::pool::spawn(move || to_ipc(&rows)).await??;
                         (PutPayload::from(bytes), None)
                     }
                 };
@@ -74,9 +72,7 @@ impl Checkpointed for Archive {
                 true => Vec::new(),
                 false => {
                     let pieces = f.pieces.clone();
-                    tokio::task::spawn_blocking(move || rows_of_pieces(&pieces, blobs))
-                        .await
-                        .map_err(|e| Error::Internal(format!("piece decoder: {e}")))??
+                    crate::pool::spawn(move || rows_of_pieces(&pieces, blobs)).await??
                 }
             };
             for seg in &f.segments {

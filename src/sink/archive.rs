@@ -26,7 +26,6 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use tokio::task::JoinHandle;
 
 use super::chunks::Chunks;
 use super::lake::{Lake, Placement};
@@ -38,6 +37,7 @@ use crate::decode::Event;
 use crate::decode::timestamp::civil_from_days;
 use crate::entry::EntryId;
 use crate::error::{Error, Result};
+use crate::pool::{self, Task};
 
 /// Rows buffered per partition before they are encoded.
 const ENCODE_ROWS: usize = 8192;
@@ -76,10 +76,10 @@ impl Equivalent<(i32, Box<str>)> for KeyRef<'_> {
 
 type Writer = ArrowWriter<Chunks>;
 
-/// A file's Parquet writer: here, or encoding a batch on a blocking thread.
+/// A file's Parquet writer: here, or encoding a batch on the encoding pool ([`crate::pool`]).
 enum Encoder {
     Idle(Box<Writer>),
-    Busy(JoinHandle<Result<Writer>>),
+    Busy(Task<Result<Writer>>),
     /// An earlier encode failed (its error was returned then).
     Lost,
 }
@@ -115,7 +115,7 @@ impl OpenFile {
         match std::mem::replace(&mut self.encoder, Encoder::Lost) {
             Encoder::Idle(w) => Ok(*w),
             Encoder::Busy(h) => {
-                let w = h.await.map_err(|e| Error::Internal(format!("encoder task: {e}")))??;
+                let w = h.await??;
                 self.encoded_size = w.bytes_written() + w.in_progress_size();
                 Ok(w)
             }
@@ -123,7 +123,7 @@ impl OpenFile {
         }
     }
 
-    /// Hands the buffered rows to a blocking thread, so encoding and compression overlap with
+    /// Hands the buffered rows to the encoding pool, so encoding and compression overlap with
     /// decoding the next entries. Waits for this file's previous encode first (backpressure).
     async fn encode_buffered(&mut self) -> Result<()> {
         let w = self.writer().await?;
@@ -144,7 +144,7 @@ impl OpenFile {
                 self.captured.clear();
             }
         }
-        self.encoder = Encoder::Busy(tokio::task::spawn_blocking(move || {
+        self.encoder = Encoder::Busy(pool::spawn(move || {
             w.write(&batch)?;
             Ok(w)
         }));
@@ -154,14 +154,13 @@ impl OpenFile {
     async fn finish(mut self) -> Result<PutPayload> {
         let mut w = self.writer().await?;
         let rest = (self.columns.rows > 0).then(|| self.columns.finish());
-        tokio::task::spawn_blocking(move || {
+        pool::spawn(move || {
             if let Some(batch) = rest {
                 w.write(&batch)?;
             }
             Ok(w.into_inner()?.into_payload())
         })
-        .await
-        .map_err(|e| Error::Internal(format!("encoder task: {e}")))?
+        .await?
     }
 
     fn size(&self) -> usize {
@@ -506,8 +505,7 @@ async fn unsaved_of(key: &(i32, Box<str>), f: &mut OpenFile) -> Result<Option<((
         return Ok(Some((key.clone(), Unsaved::Rows(std::mem::take(&mut f.captured)))));
     }
     let (mut w, from) = (f.writer().await?, f.saved_bytes);
-    let flushed = tokio::task::spawn_blocking(move || flush_piece(&mut w, from).map(|piece| (w, piece)));
-    let (w, piece) = flushed.await.map_err(|e| Error::Internal(format!("encoder task: {e}")))??;
+    let (w, piece) = pool::spawn(move || flush_piece(&mut w, from).map(|piece| (w, piece))).await??;
     f.encoded_size = w.bytes_written();
     f.encoder = Encoder::Idle(Box::new(w));
     Ok(Some((key.clone(), piece)))

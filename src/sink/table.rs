@@ -191,10 +191,10 @@ pub fn writer_props() -> Result<WriterProperties> {
         .build())
 }
 
-/// Encodes a batch as a zstd Parquet file on a blocking thread.
+/// Encodes a batch as a zstd Parquet file on the encoding pool.
 pub(crate) async fn encode(batch: &RecordBatch) -> Result<Vec<u8>> {
     let batch = batch.clone();
-    tokio::task::spawn_blocking(move || {
+    crate::pool::spawn(move || {
         let props = writer_props()?;
         let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2 + 1024);
         let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
@@ -202,6 +202,5 @@ pub(crate) async fn encode(batch: &RecordBatch) -> Result<Vec<u8>> {
         w.close()?;
         Ok::<_, crate::error::Error>(buf)
     })
-    .await
-    .map_err(|e| crate::error::Error::Internal(format!("encoder task: {e}")))?
+    .await?
 }
