@@ -11,7 +11,6 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
 use object_store::PutPayload;
 
 use super::{Checkpoints, EpochBlobs, Manifest, from_ipc, to_ipc};
@@ -35,27 +34,23 @@ pub trait Checkpointed {
 
 /// Archive files kept open across checkpoints: what each got since the last checkpoint goes
 /// into one blob per file: a Parquet piece (the file's new bytes and a footer) or, for few
-/// new rows, an IPC segment (encoded on the encoding pool, concurrently); restored,
+/// new rows, an IPC segment; both are made on the encoding pool while the processor goes on
+/// (the background half writes them when they are done); restored,
 /// the files reopen with their pieces' and segments' rows ([`crate::sink::segments`]).
 impl Checkpointed for Archive {
     async fn save(&mut self, out: &mut EpochBlobs, m: &mut Manifest) -> Result<()> {
-        let encoded: Vec<_> = futures::stream::iter(self.unsaved().await?)
-            .map(|(key, unsaved)| async move {
-                let blob = match unsaved {
-                    Unsaved::Parquet { data, len } => (data.into_iter().collect::<PutPayload>(), Some(len)),
-                    Unsaved::Rows(rows) => {
-                        let bytes = crate::pool::spawn(move || to_ipc(&rows)).await??;
-                        (PutPayload::from(bytes), None)
-                    }
-                };
-                Ok::<_, Error>((key, blob))
-            })
-            .buffered(4)
-            .try_collect()
-            .await?;
-        for (n, (key, (payload, piece))) in encoded.into_iter().enumerate() {
-            let ext = if piece.is_some() { "parquet" } else { "arrow" };
-            let blob = out.put(&format!("open-{n}.{ext}"), payload);
+        for (n, (key, unsaved)) in self.unsaved().await?.into_iter().enumerate() {
+            let (blob, piece) = match unsaved {
+                Unsaved::Parquet(piece) => {
+                    let bytes = async move { Ok(piece.await?.into_iter().collect::<PutPayload>()) };
+                    (out.put_later(&format!("open-{n}.parquet"), bytes), true)
+                }
+                Unsaved::Rows(rows) => {
+                    let encoding = crate::pool::spawn(move || to_ipc(&rows));
+                    let bytes = async move { Ok(PutPayload::from(encoding.await??)) };
+                    (out.put_later(&format!("open-{n}.arrow"), bytes), false)
+                }
+            };
             self.saved(&key, blob, piece);
         }
         m.open_files = self.open_files();

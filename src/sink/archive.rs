@@ -11,7 +11,8 @@
 //!
 //! **Memory is bounded by settings, whatever the input.** Every open file counts its encoded
 //! bytes, its builders' bytes and a fixed overhead ([`FILE_OVERHEAD`]: the writer and its
-//! builders' first allocations) against `max_buffered_bytes`; at most `max_open_files`
+//! builders' first allocations; [`ROW_GROUP_OVERHEAD`] once its writer has rows: a file
+//! that stays small keeps its rows for the writer until it finishes) against `max_buffered_bytes`; at most `max_open_files`
 //! partitions are open (a flood of distinct event types or dates). Over either bound the
 //! oldest files are finished early (staged, published by the next checkpoint): data is never
 //! refused, files just get smaller. [`Archive::bounds`] counts what happened, for metrics.
@@ -26,12 +27,14 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use super::chunks::Chunks;
 use super::lake::{Lake, Placement};
 use super::schema::{Columns, archive_schema};
 pub use super::segments::OpenFileState;
-use super::segments::{PIECE_MIN_ROWS, Piece, Unsaved, flush_piece};
+use super::segments::{PIECE_MIN_ROWS, Piece, PieceTask, Unsaved, flush_piece};
 pub use crate::config::ArchiveOptions;
 use crate::decode::Event;
 use crate::decode::timestamp::civil_from_days;
@@ -41,6 +44,8 @@ use crate::pool::{self, Task};
 
 /// Rows buffered per partition before they are encoded.
 const ENCODE_ROWS: usize = 8192;
+/// Rows a file being saved by a checkpoint buffers before its next encode waits for the save.
+const SAVING_MAX_ROWS: usize = 4 * ENCODE_ROWS;
 /// Rows per Parquet row group (DuckDB's own row group size): row groups are flushed as the
 /// file grows, so a commit only finishes the last one.
 const ROW_GROUP_ROWS: usize = 122_880;
@@ -50,6 +55,9 @@ const COMMIT_CONCURRENCY: usize = 4;
 /// builders' first allocations. Measured with the bounds lifted: 20,000 open one-row
 /// partitions held ~1.5 GiB, ~75 KiB each (BENCHMARKS.md); rounded up.
 pub const FILE_OVERHEAD: usize = 96 * 1024;
+/// Memory of a row group being written: its two bloom filters (`event_id`, `correlation_id`:
+/// 122,880 values at 1 % each take 256 KiB, allocated with the row group's first rows).
+pub const ROW_GROUP_OVERHEAD: usize = 512 * 1024;
 
 /// What a commit made visible.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,13 +83,79 @@ impl Equivalent<(i32, Box<str>)> for KeyRef<'_> {
 }
 
 type Writer = ArrowWriter<Chunks>;
+type PieceSender = oneshot::Sender<Result<Vec<bytes::Bytes>>>;
 
 /// A file's Parquet writer: here, or encoding a batch on the encoding pool ([`crate::pool`]).
 enum Encoder {
     Idle(Box<Writer>),
     Busy(Task<Result<Writer>>),
+    /// A checkpoint's save of the file: its last rows encoded after any encode in flight
+    /// and, for a piece, its row group closed (the processor does not wait for it).
+    /// `piece`: the writer's bytes then are all saved.
+    Saving {
+        task: JoinHandle<Result<Writer>>,
+        piece: bool,
+    },
     /// An earlier encode failed (its error was returned then).
     Lost,
+}
+
+impl Encoder {
+    /// Nothing in flight (or it is done: taking the writer does not wait).
+    fn is_free(&self) -> bool {
+        match self {
+            Encoder::Busy(t) => t.is_finished(),
+            Encoder::Saving { task, .. } => task.is_finished(),
+            _ => true,
+        }
+    }
+
+    /// The writer, once what is in flight is done.
+    async fn into_writer(self) -> Result<Writer> {
+        match self {
+            Encoder::Idle(w) => Ok(*w),
+            Encoder::Busy(t) => t.await?,
+            Encoder::Saving { task, .. } => task.await.map_err(|e| Error::Internal(format!("encoder task: {e}")))?,
+            Encoder::Lost => Err(Error::Internal("archive writer lost after an earlier encode error".into())),
+        }
+    }
+
+    /// After this encoder's work: `rest` encoded and, with `piece` (from the byte where the
+    /// last piece ended), the row group closed and the piece's bytes sent; all in a task, on
+    /// the encoding pool.
+    fn then_save(self, rest: Vec<arrow::array::RecordBatch>, piece: Option<(usize, PieceSender)>) -> Encoder {
+        let is_piece = piece.is_some();
+        let (from, tx) = piece.map_or((None, None), |(from, tx)| (Some(from), Some(tx)));
+        let task = tokio::spawn(async move {
+            let done = match self.into_writer().await {
+                Ok(mut w) => pool::spawn(move || {
+                    for batch in &rest {
+                        w.write(batch)?;
+                    }
+                    let bytes = from.map(|from| flush_piece(&mut w, from)).transpose()?;
+                    Ok::<_, Error>((w, bytes))
+                })
+                .await
+                .and_then(|r| r),
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok((w, bytes)) => {
+                    if let (Some(tx), Some(bytes)) = (tx, bytes) {
+                        let _ = tx.send(Ok(bytes));
+                    }
+                    Ok(w)
+                }
+                Err(e) => {
+                    if let Some(tx) = tx {
+                        let _ = tx.send(Err(Error::Internal(format!("archive piece: {e}"))));
+                    }
+                    Err(e)
+                }
+            }
+        });
+        Encoder::Saving { task, piece: is_piece }
+    }
 }
 
 struct OpenFile {
@@ -105,35 +179,85 @@ struct OpenFile {
     /// Checkpoint blobs holding this file so far: Parquet pieces, and IPC segments after them.
     pieces: Vec<Piece>,
     segments: Vec<String>,
-    /// Bytes of the file the pieces hold.
+    /// Bytes of the file the pieces hold (updated when a save that made a piece is done).
     saved_bytes: usize,
+    /// Rows taken from the builders for a checkpoint's IPC segment and not handed to the
+    /// writer yet (with their builders' bytes): a file that stays small starts no row group
+    /// (whose bloom filters take [`ROW_GROUP_OVERHEAD`]) until it is finished or grows.
+    deferred: Vec<arrow::array::RecordBatch>,
+    deferred_rows: usize,
+    deferred_bytes: usize,
+    /// The writer has been handed rows (its row group and bloom filters exist).
+    writing: bool,
 }
 
 impl OpenFile {
     /// The writer, once any in-flight encode is done.
     async fn writer(&mut self) -> Result<Writer> {
-        match std::mem::replace(&mut self.encoder, Encoder::Lost) {
-            Encoder::Idle(w) => Ok(*w),
-            Encoder::Busy(h) => {
-                let w = h.await??;
-                self.encoded_size = w.bytes_written() + w.in_progress_size();
-                Ok(w)
-            }
-            Encoder::Lost => Err(Error::Internal("archive writer lost after an earlier encode error".into())),
+        let (idle, piece) = match &self.encoder {
+            Encoder::Idle(_) => (true, false),
+            Encoder::Saving { piece, .. } => (false, *piece),
+            _ => (false, false),
+        };
+        let w = std::mem::replace(&mut self.encoder, Encoder::Lost).into_writer().await?;
+        if !idle {
+            self.encoded_size = w.bytes_written() + w.in_progress_size();
         }
+        if piece {
+            // A piece ends where the writer's bytes do (`flush_piece` checked).
+            self.saved_bytes = w.bytes_written();
+        }
+        Ok(w)
     }
 
     /// Hands the buffered rows to the encoding pool, so encoding and compression overlap with
     /// decoding the next entries. Waits for this file's previous encode first (backpressure).
     async fn encode_buffered(&mut self) -> Result<()> {
         let w = self.writer().await?;
-        self.encoded_size += self.columns.bytes / 4;
-        let batch = self.columns.finish();
-        self.encode(w, batch);
+        let batches = self.take_for_writer();
+        self.encode(w, batches);
         Ok(())
     }
 
-    fn encode(&mut self, mut w: Writer, batch: arrow::array::RecordBatch) {
+    /// Rows buffered in the builders or deferred.
+    fn waiting_rows(&self) -> usize {
+        self.columns.rows + self.deferred_rows
+    }
+
+    /// Takes the builders' rows as a batch, deferred (noted for the next save).
+    fn defer_buffered(&mut self) {
+        if self.columns.rows == 0 {
+            return;
+        }
+        let bytes = self.columns.bytes;
+        let batch = self.columns.finish();
+        self.note_encoding(&batch);
+        (self.deferred_rows, self.deferred_bytes) =
+            (self.deferred_rows + batch.num_rows(), self.deferred_bytes + bytes);
+        self.deferred.push(batch);
+    }
+
+    /// Every row not handed to the writer yet, as batches for it (counted as encoding).
+    fn take_for_writer(&mut self) -> Vec<arrow::array::RecordBatch> {
+        self.defer_buffered();
+        self.encoded_size += self.deferred_bytes / 4;
+        (self.deferred_rows, self.deferred_bytes) = (0, 0);
+        let batches = std::mem::take(&mut self.deferred);
+        self.writing |= !batches.is_empty();
+        batches
+    }
+
+    fn encode(&mut self, mut w: Writer, batches: Vec<arrow::array::RecordBatch>) {
+        self.encoder = Encoder::Busy(pool::spawn(move || {
+            for batch in &batches {
+                w.write(batch)?;
+            }
+            Ok(w)
+        }));
+    }
+
+    /// What the next save holds of rows going to the writer.
+    fn note_encoding(&mut self, batch: &arrow::array::RecordBatch) {
         if self.keep_segments {
             self.since_piece += batch.num_rows();
             self.dirty = true;
@@ -144,19 +268,15 @@ impl OpenFile {
                 self.captured.clear();
             }
         }
-        self.encoder = Encoder::Busy(pool::spawn(move || {
-            w.write(&batch)?;
-            Ok(w)
-        }));
     }
 
     /// Encodes what is left and returns the complete Parquet file.
     async fn finish(mut self) -> Result<PutPayload> {
         let mut w = self.writer().await?;
-        let rest = (self.columns.rows > 0).then(|| self.columns.finish());
+        let rest = self.take_for_writer();
         pool::spawn(move || {
-            if let Some(batch) = rest {
-                w.write(&batch)?;
+            for batch in &rest {
+                w.write(batch)?;
             }
             Ok(w.into_inner()?.into_payload())
         })
@@ -164,12 +284,13 @@ impl OpenFile {
     }
 
     fn size(&self) -> usize {
-        self.encoded_size + self.columns.bytes / 4
+        self.encoded_size + (self.columns.bytes + self.deferred_bytes) / 4
     }
 
     /// Memory held: encoded bytes, buffered rows and the writer's own overhead.
     fn memory(&self) -> usize {
-        self.encoded_size + self.columns.bytes + FILE_OVERHEAD
+        let row_group = if self.writing { ROW_GROUP_OVERHEAD } else { 0 };
+        self.encoded_size + self.columns.bytes + self.deferred_bytes + FILE_OVERHEAD + row_group
     }
 }
 
@@ -267,6 +388,10 @@ impl Archive {
             pieces: Vec::new(),
             segments: Vec::new(),
             saved_bytes: 0,
+            deferred: Vec::new(),
+            deferred_rows: 0,
+            deferred_bytes: 0,
+            writing: false,
         })
     }
 
@@ -290,7 +415,11 @@ impl Archive {
     /// Starts encoding every partition that buffered enough rows (call once per batch).
     pub async fn encode_ready(&mut self) -> Result<()> {
         for file in self.open.values_mut() {
-            if file.columns.rows >= ENCODE_ROWS {
+            // A file a checkpoint is saving takes rows until the save is done (up to a bound:
+            // then this waits for it).
+            let saving = matches!(file.encoder, Encoder::Saving { .. }) && !file.encoder.is_free();
+            let ready = if saving { SAVING_MAX_ROWS } else { ENCODE_ROWS };
+            if file.waiting_rows() >= ready {
                 file.encode_buffered().await?;
             }
         }
@@ -302,11 +431,7 @@ impl Archive {
     /// not all at the next checkpoint, which waits for it.
     pub async fn encode_waiting(&mut self, min_rows: usize) -> Result<()> {
         for file in self.open.values_mut() {
-            let free = match &file.encoder {
-                Encoder::Busy(h) => h.is_finished(),
-                _ => true,
-            };
-            if free && file.columns.rows >= min_rows {
+            if file.encoder.is_free() && file.waiting_rows() >= min_rows {
                 file.encode_buffered().await?;
             }
         }
@@ -385,36 +510,30 @@ impl Archive {
         self.commit_keys(keys).await
     }
 
-    /// For a checkpoint: what every open file got since the last checkpoint (partial batches
-    /// are handed to the encoder first), by file: a Parquet piece (row groups closed on
-    /// blocking threads, concurrently) or IPC rows; record the blob that saved it with
-    /// [`Archive::saved`].
+    /// For a checkpoint: what every open file got since the last checkpoint, by file: a
+    /// Parquet piece (its last rows encoded and its row group closed on the encoding pool,
+    /// after any encode in flight: the piece is a task) or IPC rows; record the blob that
+    /// saves it with [`Archive::saved`].
     pub async fn unsaved(&mut self) -> Result<Vec<((i32, Box<str>), Unsaved)>> {
-        // Several files at once: each one's last rows are encoded and its row group closed on
-        // the blocking pool while others' are (not all: each holds its pages in memory).
-        let mut files: Vec<_> = self.open.iter_mut().collect();
         let mut out = Vec::new();
-        for group in files.chunks_mut(COMMIT_CONCURRENCY) {
-            let saved = futures::future::try_join_all(group.iter_mut().map(|(k, f)| unsaved_of(k, f))).await?;
-            out.extend(saved.into_iter().flatten());
+        for (k, f) in self.open.iter_mut() {
+            out.extend(unsaved_of(k, f).await?);
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 
-    /// Records that `blob` holds what [`Archive::unsaved`] returned for `key` (`piece`: the
-    /// length of a Parquet piece's data; `None`: an IPC segment).
-    pub fn saved(&mut self, key: &(i32, Box<str>), blob: String, piece: Option<u64>) {
+    /// Records that `blob` holds (or will: it is written with the checkpoint) what
+    /// [`Archive::unsaved`] returned for `key`: a Parquet piece, or an IPC segment.
+    pub fn saved(&mut self, key: &(i32, Box<str>), blob: String, piece: bool) {
         let Some(f) = self.open.get_mut(key) else { return };
         f.dirty = false;
-        match piece {
-            Some(len) => {
-                f.pieces.push(Piece { blob, len });
-                f.saved_bytes += len as usize;
-                f.segments.clear();
-                (f.since_piece, f.captured) = (0, Vec::new());
-            }
-            None => f.segments.push(blob),
+        if piece {
+            f.pieces.push(Piece { blob, len: None });
+            f.segments.clear();
+            (f.since_piece, f.captured) = (0, Vec::new());
+        } else {
+            f.segments.push(blob);
         }
     }
 
@@ -449,7 +568,7 @@ impl Archive {
         for batch in rows {
             f.rows += batch.num_rows() as u64;
             let w = f.writer().await?;
-            f.encode(w, batch);
+            f.encode(w, vec![batch]);
         }
         // The rows are encoded anew: the next checkpoint saves the whole file as one piece
         // (until it commits, the recovered checkpoint's blobs are the file).
@@ -466,7 +585,7 @@ impl Archive {
             let Some(file) = self.open.remove(&key) else { continue };
             jobs.push((file.target.clone(), file));
         }
-        // Files are finished (last pages, footer) on blocking threads and written concurrently.
+        // Files are finished (last pages, footer) on the encoding pool and written concurrently.
         let (lake, placement) = (&self.lake, &self.placement);
         let mut out: Vec<CommittedFile> = futures::stream::iter(jobs)
             .map(|(path, file)| async move {
@@ -494,19 +613,22 @@ impl Archive {
 }
 
 /// One open file's part of [`Archive::unsaved`] (`None`: nothing new since the last one).
+/// Waits for nothing but the file's previous save (done: its checkpoint was written): the
+/// last rows are encoded and a piece's row group is closed by [`Encoder::then_save`].
 async fn unsaved_of(key: &(i32, Box<str>), f: &mut OpenFile) -> Result<Option<((i32, Box<str>), Unsaved)>> {
-    if f.columns.rows > 0 {
-        f.encode_buffered().await?;
+    if matches!(f.encoder, Encoder::Saving { .. }) {
+        // Where the last piece ended.
+        let w = f.writer().await?;
+        f.encoder = Encoder::Idle(Box::new(w));
     }
-    if !f.dirty {
-        return Ok(None);
+    f.defer_buffered();
+    if !f.dirty || f.since_piece < PIECE_MIN_ROWS {
+        // An IPC segment: the rows wait for the writer (until the file grows or finishes).
+        return Ok(f.dirty.then(|| (key.clone(), Unsaved::Rows(std::mem::take(&mut f.captured)))));
     }
-    if f.since_piece < PIECE_MIN_ROWS {
-        return Ok(Some((key.clone(), Unsaved::Rows(std::mem::take(&mut f.captured)))));
-    }
-    let (mut w, from) = (f.writer().await?, f.saved_bytes);
-    let (w, piece) = pool::spawn(move || flush_piece(&mut w, from).map(|piece| (w, piece))).await??;
-    f.encoded_size = w.bytes_written();
-    f.encoder = Encoder::Idle(Box::new(w));
-    Ok(Some((key.clone(), piece)))
+    let rest = f.take_for_writer();
+    let prev = std::mem::replace(&mut f.encoder, Encoder::Lost);
+    let (tx, rx) = oneshot::channel();
+    f.encoder = prev.then_save(rest, Some((f.saved_bytes, tx)));
+    Ok(Some((key.clone(), Unsaved::Parquet(PieceTask(rx)))))
 }

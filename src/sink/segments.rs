@@ -12,11 +12,16 @@
 //! The checkpoint's blobs are written by [`crate::checkpoint`]; a recovery reads the pieces
 //! and segments back as rows ([`rows_of_pieces`]) and encodes them into a new writer.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use arrow::array::RecordBatch;
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::file::metadata::{FileMetaData, ParquetMetaDataBuilder, ParquetMetaDataWriter, RowGroupMetaData};
+use tokio::sync::oneshot;
 
 use super::chunks::Chunks;
 use super::schema::archive_schema;
@@ -42,26 +47,58 @@ pub struct OpenFileState {
     pub segments: Vec<String>,
 }
 
-/// A blob holding `len` bytes of a file from where the previous piece ended; the blob of the
-/// last piece continues with the footer of every row group up to it.
+/// A blob holding bytes of a file from where the previous piece ended, then the footer of
+/// every row group up to it (the footer's own length, in its last 8 bytes, tells where the
+/// bytes end: only the last piece's footer is used).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Piece {
     pub blob: String,
-    pub len: u64,
+    /// The file's bytes the blob holds (before the footer). Written by versions that named a
+    /// piece only once it was encoded; checked when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub len: Option<u64>,
 }
 
 /// What a checkpoint saves of one open file.
 pub enum Unsaved {
     /// Rows since the last save, for an IPC segment.
     Rows(Vec<RecordBatch>),
-    /// The file's bytes since the last piece (`len` of them), then the footer: the blob of
-    /// a [`Piece`].
-    Parquet { data: Vec<Bytes>, len: u64 },
+    /// The blob of a [`Piece`], once the file's writer has closed its row group (on the
+    /// encoding pool, while the processor goes on).
+    Parquet(PieceTask),
+}
+
+/// A Parquet piece being made: its blob's bytes (the file's since the last piece, then
+/// the footer).
+pub struct PieceTask(pub(super) oneshot::Receiver<Result<Vec<Bytes>>>);
+
+impl Future for PieceTask {
+    type Output = Result<Vec<Bytes>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(Error::Internal("an archive piece's encoder stopped".into()))))
+    }
+}
+
+/// The file's bytes a piece's blob holds: all but its footer.
+fn piece_data<'a>(piece: &Piece, blob: &'a [u8]) -> std::result::Result<&'a [u8], String> {
+    let n = blob.len();
+    if n < 8 || &blob[n - 4..] != b"PAR1" {
+        return Err(format!("{}: not a Parquet piece (no footer)", piece.blob));
+    }
+    let footer = u32::from_le_bytes([blob[n - 8], blob[n - 7], blob[n - 6], blob[n - 5]]) as usize;
+    let len = n.checked_sub(footer + 8).ok_or_else(|| format!("{}: footer longer than the piece", piece.blob))?;
+    if piece.len.is_some_and(|l| l != len as u64) {
+        return Err(format!("{}: {len} bytes before the footer, the checkpoint says {:?}", piece.blob, piece.len));
+    }
+    Ok(&blob[..len])
 }
 
 /// Closes the writer's row group and returns the bytes written from `from` on plus the
 /// footer of every row group so far (blocking: it encodes the row group's last pages).
-pub(super) fn flush_piece(w: &mut ArrowWriter<Chunks>, from: usize) -> Result<Unsaved> {
+pub(super) fn flush_piece(w: &mut ArrowWriter<Chunks>, from: usize) -> Result<Vec<Bytes>> {
     w.flush()?;
     // The writer buffers its last bytes (a `BufWriter`): they belong to the piece.
     w.sync()?;
@@ -71,9 +108,8 @@ pub(super) fn flush_piece(w: &mut ArrowWriter<Chunks>, from: usize) -> Result<Un
         let written = w.bytes_written();
         return Err(Error::Internal(format!("a Parquet piece of bytes {from}..{} of {written} written", from + len)));
     }
-    let len = len as u64;
     data.push(Bytes::from(footer(w.flushed_row_groups())?));
-    Ok(Unsaved::Parquet { data, len })
+    Ok(data)
 }
 
 /// A Parquet footer (metadata, its length, magic) for `row_groups`.
@@ -97,10 +133,10 @@ pub fn rows_of_pieces(pieces: &[Piece], blobs: Vec<Bytes>) -> Result<Vec<RecordB
     let mut file = Vec::with_capacity(blobs.iter().map(Bytes::len).sum());
     let last = blobs.len().saturating_sub(1);
     for (i, (piece, blob)) in pieces.iter().zip(&blobs).enumerate() {
-        let len = usize::try_from(piece.len).unwrap_or(usize::MAX);
+        let data = piece_data(piece, blob).map_err(&bad)?;
         if i < last {
             // Earlier pieces' footers are superseded by the last one's.
-            file.extend_from_slice(blob.get(..len).ok_or_else(|| bad(format!("piece shorter than {len} bytes")))?);
+            file.extend_from_slice(data);
         } else {
             file.extend_from_slice(blob);
         }
@@ -178,10 +214,10 @@ mod tests {
         for (key, unsaved) in a.unsaved().await.unwrap() {
             let name = format!("blob-{}", blobs.len());
             let (blob, piece) = match unsaved {
-                Unsaved::Parquet { data, len } => (Ok(Bytes::from(data.concat())), Some(len)),
-                Unsaved::Rows(rows) => (Err(rows), None),
+                Unsaved::Parquet(task) => (Ok(Bytes::from(task.await.unwrap().concat())), true),
+                Unsaved::Rows(rows) => (Err(rows), false),
             };
-            kinds.push(piece.is_some());
+            kinds.push(piece);
             blobs.push((name.clone(), blob));
             a.saved(&key, name, piece);
         }

@@ -25,26 +25,19 @@ fn bad(reason: impl Into<String>) -> Error {
 impl Pipelines {
     /// Every pipeline's window state (buffered events are processed first).
     pub fn save_state(&mut self) -> Result<Vec<u8>> {
+        encode_state(self.state_parts()?)
+    }
+
+    /// The window state's parts, to be encoded (on the encoding pool): per pipeline its JSON
+    /// header and its batches (buffered events are processed first).
+    pub(crate) fn state_parts(&mut self) -> Result<StateParts> {
         self.process()?;
-        let mut out = MAGIC.to_vec();
-        out.extend((self.queries.len() as u32).to_le_bytes());
+        let mut out = Vec::with_capacity(self.queries.len());
         for q in &mut self.queries {
             let (state, batches) = q.save().map_err(|e| query_error(&q.spec, e))?;
-            let header = serde_json::to_vec(&state).map_err(|e| bad(e.to_string()))?;
-            out.extend((header.len() as u32).to_le_bytes());
-            out.extend(header);
-            out.extend((batches.len() as u32).to_le_bytes());
-            for b in &batches {
-                let mut buf = Vec::new();
-                let mut w = StreamWriter::try_new(&mut buf, &b.schema())?;
-                w.write(b)?;
-                w.finish()?;
-                drop(w);
-                out.extend((buf.len() as u64).to_le_bytes());
-                out.extend(buf);
-            }
+            out.push((serde_json::to_vec(&state).map_err(|e| bad(e.to_string()))?, batches));
         }
-        Ok(out)
+        Ok(StateParts(out))
     }
 
     /// Restores [`Pipelines::save_state`] into freshly loaded pipelines; returns the names of
@@ -65,6 +58,31 @@ impl Pipelines {
         }
         Ok(restored)
     }
+}
+
+/// The pipelines' window states, taken ([`Pipelines::state_parts`]) and not encoded yet.
+pub struct StateParts(Vec<(Vec<u8>, Vec<RecordBatch>)>);
+
+/// The window state blob of `parts` (the batches as Arrow IPC streams: CPU work, for the
+/// encoding pool).
+pub fn encode_state(parts: StateParts) -> Result<Vec<u8>> {
+    let mut out = MAGIC.to_vec();
+    out.extend((parts.0.len() as u32).to_le_bytes());
+    for (header, batches) in parts.0 {
+        out.extend((header.len() as u32).to_le_bytes());
+        out.extend(header);
+        out.extend((batches.len() as u32).to_le_bytes());
+        for b in &batches {
+            let mut buf = Vec::new();
+            let mut w = StreamWriter::try_new(&mut buf, &b.schema())?;
+            w.write(b)?;
+            w.finish()?;
+            drop(w);
+            out.extend((buf.len() as u64).to_le_bytes());
+            out.extend(buf);
+        }
+    }
+    Ok(out)
 }
 
 /// The pipelines' states in a [`Pipelines::save_state`] blob.
@@ -98,7 +116,12 @@ impl Checkpointed for Pipelines {
     async fn save(&mut self, out: &mut EpochBlobs, m: &mut Manifest) -> Result<()> {
         if !self.is_empty() {
             // First: it processes what is buffered (which may close windows into the tables).
-            m.windows = Some(out.put("windows.bin", self.save_state()?));
+            // Taken now (the batches are the windows' arrays); encoded on the pool.
+            let encoding = crate::pool::spawn({
+                let parts = self.state_parts()?;
+                move || encode_state(parts)
+            });
+            m.windows = Some(out.put_later("windows.bin", async move { Ok(encoding.await??.into()) }));
         }
         // The table rows: only those since the last checkpoint, in a blob added to the line.
         let new = self.save_tables()?;
