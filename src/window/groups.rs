@@ -111,12 +111,21 @@ pub(super) struct Frozen {
     pub keys: Option<Rows>,
     pub groups: usize,
     pub states: Vec<Vec<ArrayRef>>,
+    /// [`Frozen::to_batch`], made once: a frozen state does not change, and checkpoints save
+    /// it again until it is merged.
+    batch: std::sync::OnceLock<RecordBatch>,
 }
 
 impl Frozen {
     pub fn size(&self) -> usize {
-        self.keys.as_ref().map_or(0, Rows::size)
-            + self.states.iter().flatten().map(|a| a.get_array_memory_size()).sum::<usize>()
+        let states = self.states.iter().flatten().map(|a| a.get_array_memory_size()).sum::<usize>();
+        // The saved batch shares the state columns; its `_row` and key columns are its own.
+        let n_states = self.states.iter().map(Vec::len).sum::<usize>();
+        let saved = self.batch.get().map_or(0, |b| {
+            let own = b.num_columns().saturating_sub(n_states);
+            b.columns()[..own].iter().map(|c| c.get_array_memory_size()).sum::<usize>()
+        });
+        self.keys.as_ref().map_or(0, Rows::size) + states + saved
     }
 }
 
@@ -168,7 +177,7 @@ impl Partial {
     /// Takes the intermediate state, leaving nothing behind.
     pub fn freeze(mut self) -> Result<Frozen> {
         let states = self.accs.iter_mut().map(|a| a.state(EmitTo::All)).collect::<Result<Vec<_>>>()?;
-        Ok(Frozen { keys: self.groups.keys.take(), groups: self.groups.len(), states })
+        Ok(Frozen { keys: self.groups.keys.take(), groups: self.groups.len(), states, batch: Default::default() })
     }
 
     /// Final values: a batch of key columns + aggregate columns.
@@ -189,14 +198,22 @@ impl Frozen {
     /// As one batch for a checkpoint: `_row`, the key columns, then every state column;
     /// `widths` gets each aggregate's number of state columns.
     pub fn to_batch(&self, conv: Option<&RowConverter>, widths: &mut Vec<usize>) -> Result<RecordBatch> {
+        widths.clear();
+        widths.extend(self.states.iter().map(Vec::len));
+        if let Some(b) = self.batch.get() {
+            return Ok(b.clone());
+        }
+        let b = self.make_batch(conv)?;
+        Ok(self.batch.get_or_init(|| b).clone())
+    }
+
+    fn make_batch(&self, conv: Option<&RowConverter>) -> Result<RecordBatch> {
         let mut fields = vec![arrow::datatypes::Field::new("_row", arrow::datatypes::DataType::UInt32, false)];
         let mut cols: Vec<ArrayRef> = vec![std::sync::Arc::new(UInt32Array::from_iter_values(0..self.groups as u32))];
         if let (Some(c), Some(keys)) = (conv, &self.keys) {
             cols.extend(c.convert_rows(keys.iter())?);
         }
-        widths.clear();
         for s in &self.states {
-            widths.push(s.len());
             cols.extend(s.iter().cloned());
         }
         for (i, c) in cols.iter().enumerate().skip(1) {
@@ -224,7 +241,7 @@ impl Frozen {
                 b.columns()[at - w..at].to_vec()
             })
             .collect();
-        Ok(Frozen { keys, groups: b.num_rows(), states })
+        Ok(Frozen { keys, groups: b.num_rows(), states, batch: b.clone().into() })
     }
 }
 

@@ -8,8 +8,11 @@ use datafusion::error::{DataFusionError, Result};
 use super::{FixedWindows, Frozen, Partial, Slide};
 use crate::window::plan::Compiled;
 
-/// A checkpoint of [`FixedWindows`]: its bookkeeping, and per slide one frozen state
-/// (`batches[i]` belongs to `slides[i]`).
+/// Frozen states a slide keeps at most after a checkpoint.
+const MAX_FROZEN: usize = 8;
+
+/// A checkpoint of [`FixedWindows`]: its bookkeeping, and per slide its frozen states
+/// (`batches[i]` belongs to `slides[i]`; a slide may repeat).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FixedState {
     closed_before: i64,
@@ -21,19 +24,27 @@ pub struct FixedState {
 }
 
 impl FixedWindows {
-    /// Saves the state (open partials are frozen and each slide's states merged into one,
-    /// as a live view does: later rows and closing are unaffected).
+    /// Saves the state (open partials are frozen, as a live view does: later rows and
+    /// closing are unaffected). A slide keeps a few frozen states, each about half the one
+    /// before (the newest are merged while they are not, or when there are more than
+    /// [`MAX_FROZEN`]): a checkpoint merges what arrived since the last one into small
+    /// states, rarely into the whole slide, and each state's batch is made once.
     pub fn save(&mut self, plan: &Compiled, conv: Option<&RowConverter>) -> Result<(FixedState, Vec<RecordBatch>)> {
         self.freeze(..)?;
         let mut widths = Vec::new();
         let (mut slides, mut batches) = (Vec::new(), Vec::new());
         for (&s, bin) in self.bins.iter_mut() {
-            if bin.frozen.len() > 1 {
-                bin.frozen = vec![Partial::compact(plan, conv, &bin.frozen)?];
+            while let [.., older, newest] = bin.frozen.as_slice() {
+                if newest.groups * 2 < older.groups && bin.frozen.len() <= MAX_FROZEN {
+                    break;
+                }
+                let tail = bin.frozen.split_off(bin.frozen.len() - 2);
+                bin.frozen.push(Partial::compact(plan, conv, &tail)?);
             }
-            let Some(f) = bin.frozen.first() else { continue };
-            slides.push(s);
-            batches.push(f.to_batch(conv, &mut widths)?);
+            for f in &bin.frozen {
+                slides.push(s);
+                batches.push(f.to_batch(conv, &mut widths)?);
+            }
         }
         let u = self.updates.as_ref();
         let state = FixedState {
@@ -67,7 +78,7 @@ impl FixedWindows {
         self.bins.clear();
         for (&s, b) in state.slides.iter().zip(batches) {
             let frozen = Frozen::from_batch(b, conv, n_keys, &state.widths)?;
-            self.bins.insert(s, Slide { open: None, frozen: vec![frozen] });
+            self.bins.entry(s).or_insert_with(|| Slide { open: None, frozen: Vec::new() }).frozen.push(frozen);
         }
         Ok(())
     }
