@@ -125,6 +125,11 @@ async fn one_case(seed: u64) -> u64 {
             let (open, _) = replay.pipelines.live_rows("prop").unwrap().unwrap();
             assert!(open.iter().all(|b| b.num_rows() > 0));
         }
+        if rng.random_bool(0.01) {
+            // A checkpoint without a restart: slides keep several frozen states (the newest
+            // merged while not halving), which a later restart saves and restores.
+            replay.pipelines.save_state().unwrap();
+        }
         if rng.random_bool(0.003) {
             // A restart: commit, save the window state, continue in fresh pipelines restored
             // from it. Nothing may change.
