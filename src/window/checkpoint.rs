@@ -34,7 +34,9 @@ impl Pipelines {
         self.process()?;
         let mut out = Vec::with_capacity(self.queries.len());
         for q in &mut self.queries {
+            let t = std::time::Instant::now();
             let (state, batches) = q.save().map_err(|e| query_error(&q.spec, e))?;
+            tracing::debug!(pipeline = %q.spec.name, ms = t.elapsed().as_millis() as u64, "Window state taken.");
             out.push((serde_json::to_vec(&state).map_err(|e| bad(e.to_string()))?, batches));
         }
         Ok(StateParts(out))
