@@ -27,7 +27,7 @@ impl FixedWindows {
     /// Saves the state (open partials are frozen, as a live view does: later rows and
     /// closing are unaffected). A slide keeps a few frozen states, each about half the one
     /// before (the newest are merged while they are not, or when there are more than
-    /// [`MAX_FROZEN`]): a checkpoint merges what arrived since the last one into small
+    /// `MAX_FROZEN`): a checkpoint merges what arrived since the last one into small
     /// states, rarely into the whole slide, and each state's batch is made once.
     pub fn save(&mut self, plan: &Compiled, conv: Option<&RowConverter>) -> Result<(FixedState, Vec<RecordBatch>)> {
         self.freeze(..)?;
