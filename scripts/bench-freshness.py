@@ -110,6 +110,7 @@ def percentile(sorted_ms, p):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--eventide", default="target/release/eventide")
+    ap.add_argument("--gen", help="the eventide binary whose `gen` makes the load (default: --eventide)")
     ap.add_argument("--rate", type=float, default=0, help="background load, entries/s (0: none)")
     ap.add_argument("--markers", type=int, default=300)
     ap.add_argument("--poll-ms", type=float, default=0, help="pause between polls (0: back to back)")
@@ -141,11 +142,11 @@ def main():
 
         load = None
         if a.rate > 0:
-            # Event times near now, as many per second as entries (the watermark follows the clock).
-            spacing_ms = 1000.0 / a.rate
+            # Event times are the clock's (a live service's events), so the load is in the same
+            # open windows as the markers and the watermark follows the clock.
             load = subprocess.Popen(
-                [a.eventide, "gen", "--redis-url", url, "--stream", "events", "--events", str(int(a.rate * 3600)),
-                 "--rate", str(a.rate), "--spacing", f"{spacing_ms:.6f}ms", "--seed", "7"],
+                [a.gen or a.eventide, "gen", "--redis-url", url, "--stream", "events", "--events", str(int(a.rate * 3600)),
+                 "--rate", str(a.rate), "--live-times", "--seed", "7"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(load)
         time.sleep(a.warmup)

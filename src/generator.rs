@@ -36,6 +36,9 @@ pub struct GenOptions {
     pub start_us: i64,
     /// Event-time spacing between consecutive events (µs).
     pub spacing_us: i64,
+    /// Each event's time is the clock when it is made (less any jitter), as a live service
+    /// stamps its events; `start_us` and `spacing_us` are not used.
+    pub live_times: bool,
     /// Size of the oversize malformed class (should exceed the pipeline's max_entry_bytes).
     pub oversize_bytes: usize,
 }
@@ -51,6 +54,7 @@ impl Default for GenOptions {
             seed: 42,
             start_us: chrono::Utc::now().timestamp_micros() - 600_000_000,
             spacing_us: 1_000,
+            live_times: false,
             oversize_bytes: (1 << 20) + 1024,
         }
     }
@@ -115,7 +119,11 @@ impl Generator {
     fn time(&mut self, i: u64) -> String {
         let jitter = self.opts.jitter.as_micros() as i64;
         let back = if jitter > 0 { self.rng.random_range(0..=jitter) } else { 0 };
-        rfc3339(self.opts.start_us + i as i64 * self.opts.spacing_us - back)
+        let at = match self.opts.live_times {
+            true => chrono::Utc::now().timestamp_micros(),
+            false => self.opts.start_us + i as i64 * self.opts.spacing_us,
+        };
+        rfc3339(at - back)
     }
 
     fn new_event(&mut self) -> (String, &'static str, Vec<u8>) {

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::http::{Request, Response};
 use crate::error::{Error, Result};
 use crate::lake_sql::LakeQuery;
-use crate::window::live::{LiveRequest, LiveSlot, LiveWindows};
+use crate::window::live::{LiveRequest, LiveSlot, LiveWindows, Starts};
 use crate::window::query::REVISION_COLUMN;
 
 /// Where window rows come from: one term's [`LiveWindows`], with the lake's query context
@@ -215,10 +215,15 @@ impl WindowsSource {
 
         // Rows only the processor has.
         let (reply, answer) = oneshot::channel();
-        self.live.requests.try_send(LiveRequest { pipeline: name.to_string(), reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Error::Busy("busy: the processor has live requests queued".into()),
-            mpsc::error::TrySendError::Closed(_) => Error::Busy("the pipeline has stopped (standby)".into()),
-        })?;
+        self.live
+            .requests
+            .try_send(LiveRequest { pipeline: name.to_string(), starts: Starts { from, to }, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    Error::Busy("busy: the processor has live requests queued".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => Error::Busy("the pipeline has stopped (standby)".into()),
+            })?;
         let (open, pending) = tokio::time::timeout(LIVE_WAIT, answer)
             .await
             .map_err(|_| Error::Busy(format!("busy: the processor did not answer within {LIVE_WAIT:?}")))?

@@ -40,6 +40,10 @@ pub struct GenArgs {
     /// Event-time spacing between events (their times end near now).
     #[arg(long, default_value = "1ms")]
     pub spacing: Dur,
+    /// Stamp each event with the time it is made, as a live service does (with `--rate`:
+    /// event times follow the clock); `--spacing` is then not used.
+    #[arg(long)]
+    pub live_times: bool,
     /// Write the events' JSON to this file, one per line, instead of Redis (input for
     /// `eventide replay`; Dapr envelopes and malformed entries are written as they are).
     #[arg(long)]
@@ -62,6 +66,7 @@ pub async fn run(a: GenArgs) -> anyhow::Result<ExitCode> {
         seed: a.seed,
         start_us,
         spacing_us,
+        live_times: a.live_times,
         ..GenOptions::default()
     };
     if let Some(path) = &a.out {

@@ -12,7 +12,7 @@ use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 
 use super::query::QueryState;
-use super::{Pipelines, query_error};
+use super::{Pipelines, encode_tables, query_error};
 use crate::checkpoint::{Checkpointed, Checkpoints, EpochBlobs, Manifest};
 use crate::error::{Error, Result};
 
@@ -125,10 +125,12 @@ impl Checkpointed for Pipelines {
             });
             m.windows = Some(out.put_later("windows.bin", async move { Ok(encoding.await??.into()) }));
         }
-        // The table rows: only those since the last checkpoint, in a blob added to the line.
-        let new = self.save_tables()?;
+        // The table rows: only those since the last checkpoint, in a blob added to the line
+        // (encoded on the pool: a flood of late events makes megabytes a second).
+        let new = self.take_tables();
         if !new.is_empty() {
-            self.table_line.push(out.put("tables-part.bin", crate::checkpoint::pack(&new)));
+            let encoding = crate::pool::spawn(move || encode_tables(&new).map(|p| crate::checkpoint::pack(&p)));
+            self.table_line.push(out.put_later("tables-part.bin", async move { Ok(encoding.await??.into()) }));
         }
         m.table_parts.clone_from(&self.table_line);
         if self.partial() {

@@ -111,12 +111,25 @@ pub(super) struct Frozen {
     pub keys: Option<Rows>,
     pub groups: usize,
     pub states: Vec<Vec<ArrayRef>>,
+    /// Bytes of the keys and states when frozen: what merging it costs, about.
+    pub weight: usize,
     /// [`Frozen::to_batch`], made once: a frozen state does not change, and checkpoints save
     /// it again until it is merged.
     batch: std::sync::OnceLock<RecordBatch>,
 }
 
 impl Frozen {
+    fn new(
+        keys: Option<Rows>,
+        groups: usize,
+        states: Vec<Vec<ArrayRef>>,
+        batch: std::sync::OnceLock<RecordBatch>,
+    ) -> Self {
+        let weight = keys.as_ref().map_or(0, Rows::size)
+            + states.iter().flatten().map(|a| a.get_array_memory_size()).sum::<usize>();
+        Frozen { keys, groups, states, weight, batch }
+    }
+
     pub fn size(&self) -> usize {
         let states = self.states.iter().flatten().map(|a| a.get_array_memory_size()).sum::<usize>();
         // The saved batch shares the state columns; its `_row` and key columns are its own.
@@ -177,7 +190,7 @@ impl Partial {
     /// Takes the intermediate state, leaving nothing behind.
     pub fn freeze(mut self) -> Result<Frozen> {
         let states = self.accs.iter_mut().map(|a| a.state(EmitTo::All)).collect::<Result<Vec<_>>>()?;
-        Ok(Frozen { keys: self.groups.keys.take(), groups: self.groups.len(), states, batch: Default::default() })
+        Ok(Frozen::new(self.groups.keys.take(), self.groups.len(), states, Default::default()))
     }
 
     /// Final values: a batch of key columns + aggregate columns.
@@ -241,8 +254,23 @@ impl Frozen {
                 b.columns()[at - w..at].to_vec()
             })
             .collect();
-        Ok(Frozen { keys, groups: b.num_rows(), states, batch: b.clone().into() })
+        Ok(Frozen::new(keys, b.num_rows(), states, b.clone().into()))
     }
+}
+
+/// Keeps a slide's frozen states geometric: the newest two are merged while the newest is
+/// not under half the one before (by [`Frozen::weight`]) or while there are more than `max`.
+/// Over a slide's life each state is merged about log2(n) times, and a live view or a
+/// checkpoint meets only a few states.
+pub(super) fn settle(plan: &Compiled, conv: Option<&RowConverter>, frozen: &mut Vec<Frozen>, max: usize) -> Result<()> {
+    while let [.., older, newest] = frozen.as_slice() {
+        if newest.weight * 2 < older.weight && frozen.len() <= max {
+            break;
+        }
+        let tail = frozen.split_off(frozen.len() - 2);
+        frozen.push(Partial::compact(plan, conv, &tail)?);
+    }
+    Ok(())
 }
 
 impl Partial {

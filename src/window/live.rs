@@ -25,9 +25,27 @@ use crate::sink::lake::Lake;
 /// Rows not in the table yet: (open windows, closed windows waiting for a commit).
 pub type LiveRows = (Vec<RecordBatch>, Vec<RecordBatch>);
 
+/// Which windows a live request wants: those starting in `[from, to)` (µs; `None`: open).
+/// The processor evaluates only those.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Starts {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+impl Starts {
+    /// Every window.
+    pub const ALL: Starts = Starts { from: None, to: None };
+
+    pub fn contains(&self, start: i64) -> bool {
+        self.from.is_none_or(|f| start >= f) && self.to.is_none_or(|t| start < t)
+    }
+}
+
 /// A request to the processor for a pipeline's live rows (`None`: no such pipeline).
 pub struct LiveRequest {
     pub pipeline: String,
+    pub starts: Starts,
     pub reply: oneshot::Sender<Result<Option<LiveRows>>>,
 }
 
@@ -91,7 +109,7 @@ impl Pipelines {
     /// waiting for a commit.
     pub fn live_rows_across(&mut self, name: &str, merged: i64, others: &[&ShardLive]) -> Result<Option<LiveRows>> {
         // Settles and processes what is buffered first.
-        let Some((_, pending)) = self.live_rows(name)? else { return Ok(None) };
+        let Some((_, pending)) = self.live_rows(name, Starts::ALL)? else { return Ok(None) };
         let Some(q) = self.queries.iter_mut().find(|q| q.spec.name == name) else { return Ok(None) };
         let Some(own) = q.live_states().map_err(|e| query_error(&q.spec, e))? else {
             return Ok(Some((Vec::new(), pending)));

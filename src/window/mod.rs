@@ -87,6 +87,12 @@ pub async fn check_dir(dir: &Path) -> Result<Vec<(PipelineSpec, plan::Compiled)>
     if problems.is_empty() { Ok(out) } else { Err(problems) }
 }
 
+/// [`Pipelines::take_tables`] as a checkpoint blob's parts: (table prefix, Arrow IPC) per
+/// table (CPU work, for the encoding pool).
+pub fn encode_tables(tables: &[(String, Vec<arrow::array::RecordBatch>)]) -> Result<Vec<(String, Vec<u8>)>> {
+    tables.iter().map(|(prefix, rows)| Ok((prefix.clone(), crate::checkpoint::to_ipc(rows)?))).collect()
+}
+
 impl Pipelines {
     /// Loads `dir` (no directory: no pipelines).
     pub async fn load(dir: &Path) -> Result<Pipelines> {
@@ -296,11 +302,12 @@ impl Pipelines {
         self.tables.iter().chain(&self.late).map(TableBuffer::rows).sum()
     }
 
-    /// Rows of pipeline `name` not yet in its table: open windows as they stand (`final`
-    /// false) and closed windows waiting for the next commit (`final` true).
+    /// Rows of pipeline `name` not yet in its table: open windows starting in `starts` as
+    /// they stand (`final` false) and closed windows waiting for the next commit (`final` true).
     pub fn live_rows(
         &mut self,
         name: &str,
+        starts: live::Starts,
     ) -> Result<Option<(Vec<arrow::array::RecordBatch>, Vec<arrow::array::RecordBatch>)>> {
         self.settle()?;
         let Some(i) = self.queries.iter().position(|q| q.spec.name == name) else { return Ok(None) };
@@ -313,7 +320,7 @@ impl Pipelines {
         // waiting for a commit are shard 0's.
         let open = match q.partials {
             Some(_) => Vec::new(),
-            None => q.peek().map_err(|e| query_error(&q.spec, e))?,
+            None => q.peek(&starts).map_err(|e| query_error(&q.spec, e))?,
         };
         Ok(Some((open, self.tables[i].buffered())))
     }
@@ -324,19 +331,19 @@ impl Pipelines {
     }
 
     /// Rows that arrived for table files since the last call (or commit), for a checkpoint:
-    /// (table prefix, Arrow IPC) per table that got any.
-    pub fn save_tables(&mut self) -> Result<Vec<(String, Vec<u8>)>> {
+    /// (table prefix, batches) per table that got any; [`encode_tables`] makes the blob's parts.
+    pub fn take_tables(&mut self) -> Vec<(String, Vec<arrow::array::RecordBatch>)> {
         let mut out = Vec::new();
         for t in self.tables.iter_mut().chain(&mut self.late) {
             let new = t.take_unsaved();
             if !new.is_empty() {
-                out.push((t.prefix().to_string(), crate::checkpoint::to_ipc(&new)?));
+                out.push((t.prefix().to_string(), new));
             }
         }
-        Ok(out)
+        out
     }
 
-    /// Restores [`Pipelines::save_tables`] (tables that no longer exist are dropped).
+    /// Restores [`encode_tables`]' parts (tables that no longer exist are dropped).
     pub fn restore_tables(&mut self, saved: Vec<(String, Vec<u8>)>) -> Result<()> {
         for (prefix, bytes) in saved {
             let Some(t) = self.tables.iter_mut().chain(&mut self.late).find(|t| t.prefix() == prefix) else {

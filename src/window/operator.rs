@@ -17,7 +17,8 @@ use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use arrow::row::RowConverter;
 use datafusion::error::{DataFusionError, Result};
 
-use super::groups::{Frozen, Inputs, Partial};
+use super::groups::{Frozen, Inputs, Partial, settle};
+use super::live::Starts;
 use super::plan::Compiled;
 
 mod checkpoint;
@@ -74,6 +75,9 @@ pub fn as_mask(a: ArrayRef) -> Result<BooleanArray> {
         .cloned()
         .ok_or_else(|| DataFusionError::Plan(format!("a filter is {}, not boolean", a.data_type())))
 }
+
+/// Frozen states a slide keeps at most (see `groups::settle`).
+const MAX_FROZEN: usize = 8;
 
 #[derive(Default)]
 struct Slide {
@@ -172,6 +176,11 @@ impl FixedWindows {
     /// Windows not closed yet that hold rows.
     pub fn open_windows(&self) -> usize {
         self.window_ends(i64::MAX).len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn frozen_per_slide(&self) -> Vec<usize> {
+        self.bins.values().map(|s| s.frozen.len()).collect()
     }
 
     pub fn state_bytes(&self) -> usize {
@@ -289,7 +298,7 @@ impl FixedWindows {
                 }
             };
             if self.partials {
-                self.freeze(last - k + 1..=last)?;
+                self.freeze(plan, conv, last - k + 1..=last)?;
                 out.extend(self.merged_state(plan, conv, e)?);
                 continue;
             }
@@ -305,7 +314,7 @@ impl FixedWindows {
                 }
                 continue;
             }
-            self.freeze(last - k + 1..=last)?;
+            self.freeze(plan, conv, last - k + 1..=last)?;
             out.extend(self.merged(plan, conv, e)?.map(|c| Closed { revision, ..c }));
         }
         self.closed_before = boundary;
@@ -340,7 +349,7 @@ impl FixedWindows {
         let k = self.slides_per_window();
         for (e, revision) in todo {
             let last = e / self.slide - 1;
-            self.freeze(last - k + 1..=last)?;
+            self.freeze(plan, conv, last - k + 1..=last)?;
             // One shard of several: the window's state as of this boundary, for the merger.
             let c = match self.partials {
                 true => self.merged_state(plan, conv, e)?,
@@ -369,10 +378,10 @@ impl FixedWindows {
     /// The current values of every window not closed yet that has rows (a live view for
     /// dashboards). Open partial states are frozen and merged, so later rows keep adding
     /// to them and the final rows are unchanged.
-    pub fn peek(&mut self, plan: &Compiled, conv: Option<&RowConverter>) -> Result<Vec<Closed>> {
-        self.freeze(..)?;
+    pub fn peek(&mut self, plan: &Compiled, conv: Option<&RowConverter>, starts: &Starts) -> Result<Vec<Closed>> {
+        self.freeze(plan, conv, ..)?;
         let mut out = Vec::new();
-        for e in self.window_ends(i64::MAX) {
+        for e in self.window_ends(i64::MAX).into_iter().filter(|e| starts.contains(e - self.size)) {
             let revision = self.live_revision(e);
             out.extend(self.merged(plan, conv, e)?.map(|c| Closed { revision, ..c }));
         }
@@ -394,11 +403,18 @@ impl FixedWindows {
         ends
     }
 
-    /// Turns the open partials of the slides in `range` into frozen states.
-    fn freeze(&mut self, range: impl std::ops::RangeBounds<i64>) -> Result<()> {
+    /// Turns the open partials of the slides in `range` into frozen states (kept few, see
+    /// `settle`).
+    fn freeze(
+        &mut self,
+        plan: &Compiled,
+        conv: Option<&RowConverter>,
+        range: impl std::ops::RangeBounds<i64>,
+    ) -> Result<()> {
         for (_, bin) in self.bins.range_mut(range) {
             if let Some(p) = bin.open.take() {
                 bin.frozen.push(p.freeze()?);
+                settle(plan, conv, &mut bin.frozen, MAX_FROZEN)?;
             }
         }
         Ok(())

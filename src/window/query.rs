@@ -16,6 +16,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMi
 use arrow::row::RowConverter;
 use datafusion::error::Result;
 
+use super::live::Starts;
 use super::operator::{Closed, FixedWindows, Late, as_mask, keep, key_converter};
 use super::plan::Compiled;
 use super::session::Sessions;
@@ -181,6 +182,15 @@ impl WindowedQuery {
         kept + match &self.op {
             Op::Fixed(f) => f.state_bytes(),
             Op::Session(s) => s.state_bytes(),
+        }
+    }
+
+    /// Frozen states per slide (tumbling and hopping windows; sessions have none).
+    #[cfg(test)]
+    pub(crate) fn frozen_per_slide(&self) -> Vec<usize> {
+        match &self.op {
+            Op::Fixed(f) => f.frozen_per_slide(),
+            Op::Session(_) => Vec::new(),
         }
     }
 
@@ -394,11 +404,12 @@ impl WindowedQuery {
         Ok(Some(RecordBatch::try_new(self.output.clone(), cols)?))
     }
 
-    /// Rows of the windows still open, as they stand (same schema as the table).
-    pub fn peek(&mut self) -> Result<Vec<RecordBatch>> {
+    /// Rows of the windows still open that start in `starts`, as they stand (same schema as
+    /// the table).
+    pub fn peek(&mut self, starts: &Starts) -> Result<Vec<RecordBatch>> {
         let closed = match &mut self.op {
-            Op::Fixed(f) => f.peek(&self.plan, self.conv.as_ref())?,
-            Op::Session(s) => s.peek(&self.plan, self.conv.as_ref())?,
+            Op::Fixed(f) => f.peek(&self.plan, self.conv.as_ref(), starts)?,
+            Op::Session(s) => s.peek(&self.plan, self.conv.as_ref(), starts)?,
         };
         let mut out = Vec::new();
         for c in closed {

@@ -27,6 +27,7 @@ use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use hashbrown::HashMap;
 
 use super::groups::Inputs;
+use super::live::Starts;
 use super::operator::{Closed, Late};
 use super::plan::Compiled;
 
@@ -453,7 +454,7 @@ impl Sessions {
     }
 
     /// The current values of every open session (a live view; the sessions are unchanged).
-    pub fn peek(&mut self, plan: &Compiled, conv: Option<&RowConverter>) -> Result<Vec<Closed>> {
+    pub fn peek(&mut self, plan: &Compiled, conv: Option<&RowConverter>, starts: &Starts) -> Result<Vec<Closed>> {
         // Evaluate a copy (state → fresh accumulators): evaluating consumes the groups.
         let states = self.states(plan)?;
         let all: Vec<usize> = (0..self.slot_owner.len()).collect();
@@ -464,7 +465,9 @@ impl Sessions {
         }
         let mut open: Vec<(i64, usize)> = Vec::new();
         for (slot, id) in self.slot_owner.iter().enumerate() {
-            if let Some(s) = self.sessions.get(id).filter(|s| matches!(s.state, State::Open { .. })) {
+            if let Some(s) =
+                self.sessions.get(id).filter(|s| matches!(s.state, State::Open { .. }) && starts.contains(s.start))
+            {
                 open.push((s.start, slot));
             }
         }

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Pipelines, plan, spec};
+use super::{Pipelines, live, plan, spec};
 use crate::replay::Replayer;
 
 async fn replayer(toml: &str) -> Replayer {
@@ -47,6 +47,41 @@ async fn state_is_bounded_by_groups_not_events() {
         assert!(sizes[1] <= sizes[0] * 3 / 2, "{window}: state grew from {} to {} bytes", sizes[0], sizes[1]);
         assert!(sizes[1] < 2 << 20, "{window}: {} bytes of state", sizes[1]);
     }
+}
+
+/// A dashboard polling a live window (each request freezes what arrived since the last)
+/// leaves a few frozen states per slide, not one per request, and sees every event, however
+/// little the state grows (`count(DISTINCT …)` over few values; no GROUP BY).
+#[tokio::test]
+async fn live_polls_keep_few_frozen_states() {
+    let mut r = replayer(
+        "window = { kind = \"tumbling\", size = \"1h\" }\nfields = { amount = \"double\" }\n\
+         sql = \"SELECT count(*) AS n, count(DISTINCT amount) AS d FROM events\"\n",
+    )
+    .await;
+    let base = 1_767_225_600_000_000i64;
+    let mut most = 0;
+    for i in 0..20_000u64 {
+        r.feed(&line(i, base + i as i64 * 1000), || ("t".into(), i)).unwrap();
+        if i % 10 == 9 {
+            r.end_batch().unwrap();
+            let (open, _) =
+                r.pipelines.live_rows(&r.pipelines.queries()[0].spec.name.clone(), live::Starts::ALL).unwrap().unwrap();
+            let n = open.iter().map(|b| b.num_rows()).sum::<usize>();
+            assert_eq!(n, 1, "one open window");
+            let frozen = r.pipelines.queries()[0].frozen_per_slide();
+            most = most.max(frozen.iter().copied().max().unwrap_or(0));
+        }
+    }
+    assert!(most <= 8, "a slide kept {most} frozen states");
+    // The last view has every event: 20,000 of them, 1,000 distinct amounts.
+    let (open, _) =
+        r.pipelines.live_rows(&r.pipelines.queries()[0].spec.name.clone(), live::Starts::ALL).unwrap().unwrap();
+    let b = &open[0];
+    let col = |name: &str| {
+        b.column_by_name(name).unwrap().as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().value(0)
+    };
+    assert_eq!((col("n"), col("d")), (20_000, 1000));
 }
 
 /// The merger's committed progress is kept for a pipeline defined as then, and dropped for

@@ -121,7 +121,10 @@ pub(super) async fn lead<S: Future<Output = ()>>(
                 }
                 Some(req) = live_rx.recv() => {
                     // An error goes to the asker (the API answers 500), not to the term.
-                    let _ = req.reply.send(p.live_rows(&req.pipeline).await);
+                    let t = Instant::now();
+                    let rows = p.live_rows(&req.pipeline, req.starts).await;
+                    tracing::trace!(pipeline = %req.pipeline, us = t.elapsed().as_micros() as u64, "Live request answered.");
+                    let _ = req.reply.send(rows);
                 }
                 _ = tick.tick() => {
                     p.on_tick().await?;

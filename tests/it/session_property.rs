@@ -80,7 +80,7 @@ async fn one_case(seed: u64) -> (usize, usize, usize) {
         }
         if rng.random_bool(0.005) {
             replay.end_batch().unwrap();
-            let (open, _) = replay.pipelines.live_rows("sess").unwrap().unwrap();
+            let (open, _) = replay.pipelines.live_rows("sess", eventide::window::live::Starts::ALL).unwrap().unwrap();
             assert!(open.iter().all(|b| b.num_rows() > 0));
         }
         if rng.random_bool(0.005) {

@@ -5,11 +5,8 @@ use arrow::array::RecordBatch;
 use arrow::row::RowConverter;
 use datafusion::error::{DataFusionError, Result};
 
-use super::{FixedWindows, Frozen, Partial, Slide};
+use super::{FixedWindows, Frozen, Slide};
 use crate::window::plan::Compiled;
-
-/// Frozen states a slide keeps at most after a checkpoint.
-const MAX_FROZEN: usize = 8;
 
 /// A checkpoint of [`FixedWindows`]: its bookkeeping, and per slide its frozen states
 /// (`batches[i]` belongs to `slides[i]`; a slide may repeat).
@@ -26,21 +23,13 @@ pub struct FixedState {
 impl FixedWindows {
     /// Saves the state (open partials are frozen, as a live view does: later rows and
     /// closing are unaffected). A slide keeps a few frozen states, each about half the one
-    /// before (the newest are merged while they are not, or when there are more than
-    /// `MAX_FROZEN`): a checkpoint merges what arrived since the last one into small
-    /// states, rarely into the whole slide, and each state's batch is made once.
+    /// before (`groups::settle`): a checkpoint merges what arrived since the last one into
+    /// small states, rarely into the whole slide, and each state's batch is made once.
     pub fn save(&mut self, plan: &Compiled, conv: Option<&RowConverter>) -> Result<(FixedState, Vec<RecordBatch>)> {
-        self.freeze(..)?;
+        self.freeze(plan, conv, ..)?;
         let mut widths = Vec::new();
         let (mut slides, mut batches) = (Vec::new(), Vec::new());
-        for (&s, bin) in self.bins.iter_mut() {
-            while let [.., older, newest] = bin.frozen.as_slice() {
-                if newest.groups * 2 < older.groups && bin.frozen.len() <= MAX_FROZEN {
-                    break;
-                }
-                let tail = bin.frozen.split_off(bin.frozen.len() - 2);
-                bin.frozen.push(Partial::compact(plan, conv, &tail)?);
-            }
+        for (&s, bin) in &self.bins {
             for f in &bin.frozen {
                 slides.push(s);
                 batches.push(f.to_batch(conv, &mut widths)?);

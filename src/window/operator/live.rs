@@ -12,7 +12,7 @@ impl FixedWindows {
     /// [`Closed::state`]). Open partials are frozen and merged, as a live view does: later
     /// rows and closing are unaffected.
     pub fn open_states(&mut self, plan: &Compiled, conv: Option<&RowConverter>) -> Result<Vec<Closed>> {
-        self.freeze(..)?;
+        self.freeze(plan, conv, ..)?;
         let mut out = Vec::new();
         for e in self.window_ends(i64::MAX) {
             out.extend(self.merged_state(plan, conv, e)?);

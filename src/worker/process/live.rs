@@ -9,7 +9,7 @@ use super::Processor;
 use super::merge::manifest_of;
 use crate::checkpoint::{Checkpoints, WindowBound};
 use crate::error::{Error, Result};
-use crate::window::live::{LiveRows, ShardLive};
+use crate::window::live::{LiveRows, ShardLive, Starts};
 
 /// How long after a live request the merger keeps the other shards' windows fresh.
 const WATCHED: Duration = Duration::from_secs(60);
@@ -26,8 +26,9 @@ pub(in crate::worker) struct LiveCache {
 impl Processor {
     /// Rows of pipeline `name` not in its table yet; over several shards (shard 0), merged
     /// with the other shards' latest checkpointed windows.
-    pub(in crate::worker) async fn live_rows(&mut self, name: &str) -> Result<Option<LiveRows>> {
-        let Some(side) = self.merge.as_mut() else { return self.pipelines.live_rows(name) };
+    /// (Over one shard, only the open windows starting in `starts`.)
+    pub(in crate::worker) async fn live_rows(&mut self, name: &str, starts: Starts) -> Result<Option<LiveRows>> {
+        let Some(side) = self.merge.as_mut() else { return self.pipelines.live_rows(name, starts) };
         // Nobody watched for a while (the merger stopped refreshing): read now, not stale.
         let stale = side.live.refreshed.is_none_or(|t| t.elapsed() >= WATCHED);
         side.live.asked = Some(Instant::now());
