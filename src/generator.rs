@@ -412,4 +412,26 @@ mod tests {
             assert_eq!(reasons.len(), Reason::ALL.len(), "every class generated");
         }
     }
+
+    /// `live_times`: each event carries the clock's time when it was made, not `start_us` on.
+    #[test]
+    fn live_times_follow_the_clock() {
+        let before = chrono::Utc::now().timestamp_micros();
+        let opts = GenOptions { entries: 200, live_times: true, start_us: 0, ..Default::default() };
+        let mut d = Decoder::new(DecodeOptions::default());
+        for e in Generator::new(opts) {
+            let raw = RawEntry {
+                id: EntryId::default(),
+                fields: e.fields.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.clone())).collect(),
+            };
+            let ev = d.decode(&raw, chrono::Utc::now().timestamp_micros()).unwrap();
+            let after = chrono::Utc::now().timestamp_micros();
+            // Times are to the millisecond.
+            assert!(
+                (before - 1000..=after).contains(&ev.event_time_us),
+                "{} not in [{before}, {after}]",
+                ev.event_time_us
+            );
+        }
+    }
 }

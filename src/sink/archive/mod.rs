@@ -21,26 +21,23 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use hashbrown::{Equivalent, HashMap};
-use object_store::PutPayload;
 use object_store::path::Path;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use super::chunks::Chunks;
 use super::lake::{Lake, Placement};
 use super::schema::{Columns, archive_schema};
 pub use super::segments::OpenFileState;
-use super::segments::{PIECE_MIN_ROWS, Piece, PieceTask, Unsaved, flush_piece};
+use super::segments::{PIECE_MIN_ROWS, Piece, PieceTask, Unsaved};
 pub use crate::config::ArchiveOptions;
 use crate::decode::Event;
 use crate::decode::timestamp::civil_from_days;
 use crate::entry::EntryId;
 use crate::error::{Error, Result};
-use crate::pool::{self, Task};
 
 /// Rows buffered per partition before they are encoded.
 const ENCODE_ROWS: usize = 8192;
@@ -58,6 +55,10 @@ pub const FILE_OVERHEAD: usize = 96 * 1024;
 /// Memory of a row group being written: its two bloom filters (`event_id`, `correlation_id`:
 /// 122,880 values at 1 % each take 256 KiB, allocated with the row group's first rows).
 pub const ROW_GROUP_OVERHEAD: usize = 512 * 1024;
+
+mod open_file;
+
+use open_file::{Encoder, OpenFile};
 
 /// What a commit made visible.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,218 +80,6 @@ struct KeyRef<'a> {
 impl Equivalent<(i32, Box<str>)> for KeyRef<'_> {
     fn equivalent(&self, key: &(i32, Box<str>)) -> bool {
         self.day == key.0 && self.event_type == &*key.1
-    }
-}
-
-type Writer = ArrowWriter<Chunks>;
-type PieceSender = oneshot::Sender<Result<Vec<bytes::Bytes>>>;
-
-/// A file's Parquet writer: here, or encoding a batch on the encoding pool ([`crate::pool`]).
-enum Encoder {
-    Idle(Box<Writer>),
-    Busy(Task<Result<Writer>>),
-    /// A checkpoint's save of the file: its last rows encoded after any encode in flight
-    /// and, for a piece, its row group closed (the processor does not wait for it).
-    /// `piece`: the writer's bytes then are all saved.
-    Saving {
-        task: JoinHandle<Result<Writer>>,
-        piece: bool,
-    },
-    /// An earlier encode failed (its error was returned then).
-    Lost,
-}
-
-impl Encoder {
-    /// Nothing in flight (or it is done: taking the writer does not wait).
-    fn is_free(&self) -> bool {
-        match self {
-            Encoder::Busy(t) => t.is_finished(),
-            Encoder::Saving { task, .. } => task.is_finished(),
-            _ => true,
-        }
-    }
-
-    /// The writer, once what is in flight is done.
-    async fn into_writer(self) -> Result<Writer> {
-        match self {
-            Encoder::Idle(w) => Ok(*w),
-            Encoder::Busy(t) => t.await?,
-            Encoder::Saving { task, .. } => task.await.map_err(|e| Error::Internal(format!("encoder task: {e}")))?,
-            Encoder::Lost => Err(Error::Internal("archive writer lost after an earlier encode error".into())),
-        }
-    }
-
-    /// After this encoder's work: `rest` encoded and, with `piece` (from the byte where the
-    /// last piece ended), the row group closed and the piece's bytes sent; all in a task, on
-    /// the encoding pool.
-    fn then_save(self, rest: Vec<arrow::array::RecordBatch>, piece: Option<(usize, PieceSender)>) -> Encoder {
-        let is_piece = piece.is_some();
-        let (from, tx) = piece.map_or((None, None), |(from, tx)| (Some(from), Some(tx)));
-        let task = tokio::spawn(async move {
-            let done = match self.into_writer().await {
-                Ok(mut w) => pool::spawn(move || {
-                    for batch in &rest {
-                        w.write(batch)?;
-                    }
-                    let bytes = from.map(|from| flush_piece(&mut w, from)).transpose()?;
-                    Ok::<_, Error>((w, bytes))
-                })
-                .await
-                .and_then(|r| r),
-                Err(e) => Err(e),
-            };
-            match done {
-                Ok((w, bytes)) => {
-                    if let (Some(tx), Some(bytes)) = (tx, bytes) {
-                        let _ = tx.send(Ok(bytes));
-                    }
-                    Ok(w)
-                }
-                Err(e) => {
-                    if let Some(tx) = tx {
-                        let _ = tx.send(Err(Error::Internal(format!("archive piece: {e}"))));
-                    }
-                    Err(e)
-                }
-            }
-        });
-        Encoder::Saving { task, piece: is_piece }
-    }
-}
-
-struct OpenFile {
-    columns: Columns,
-    encoder: Encoder,
-    /// Encoded bytes as of the last finished encode, plus batches in flight (estimated).
-    encoded_size: usize,
-    rows: u64,
-    opened: Instant,
-    opened_ms: i64,
-    /// Where the file will be visible (fixed when it opens, so a recovery finishes the same file).
-    target: Path,
-    keep_segments: bool,
-    /// Rows handed to the writer since the file's last Parquet piece (or its opening).
-    since_piece: usize,
-    /// Rows encoded since the last checkpoint, kept while the next save may be an IPC
-    /// segment (fewer than [`PIECE_MIN_ROWS`] new rows); dropped once it will be a piece.
-    captured: Vec<arrow::array::RecordBatch>,
-    /// Something to save at the next checkpoint (new rows, or a reopened file).
-    dirty: bool,
-    /// Checkpoint blobs holding this file so far: Parquet pieces, and IPC segments after them.
-    pieces: Vec<Piece>,
-    segments: Vec<String>,
-    /// Bytes of the file the pieces hold (updated when a save that made a piece is done).
-    saved_bytes: usize,
-    /// Rows taken from the builders for a checkpoint's IPC segment and not handed to the
-    /// writer yet (with their builders' bytes): a file that stays small starts no row group
-    /// (whose bloom filters take [`ROW_GROUP_OVERHEAD`]) until it is finished or grows.
-    deferred: Vec<arrow::array::RecordBatch>,
-    deferred_rows: usize,
-    deferred_bytes: usize,
-    /// The writer has been handed rows (its row group and bloom filters exist).
-    writing: bool,
-}
-
-impl OpenFile {
-    /// The writer, once any in-flight encode is done.
-    async fn writer(&mut self) -> Result<Writer> {
-        let (idle, piece) = match &self.encoder {
-            Encoder::Idle(_) => (true, false),
-            Encoder::Saving { piece, .. } => (false, *piece),
-            _ => (false, false),
-        };
-        let w = std::mem::replace(&mut self.encoder, Encoder::Lost).into_writer().await?;
-        if !idle {
-            self.encoded_size = w.bytes_written() + w.in_progress_size();
-        }
-        if piece {
-            // A piece ends where the writer's bytes do (`flush_piece` checked).
-            self.saved_bytes = w.bytes_written();
-        }
-        Ok(w)
-    }
-
-    /// Hands the buffered rows to the encoding pool, so encoding and compression overlap with
-    /// decoding the next entries. Waits for this file's previous encode first (backpressure).
-    async fn encode_buffered(&mut self) -> Result<()> {
-        let w = self.writer().await?;
-        let batches = self.take_for_writer();
-        self.encode(w, batches);
-        Ok(())
-    }
-
-    /// Rows buffered in the builders or deferred.
-    fn waiting_rows(&self) -> usize {
-        self.columns.rows + self.deferred_rows
-    }
-
-    /// Takes the builders' rows as a batch, deferred (noted for the next save).
-    fn defer_buffered(&mut self) {
-        if self.columns.rows == 0 {
-            return;
-        }
-        let bytes = self.columns.bytes;
-        let batch = self.columns.finish();
-        self.note_encoding(&batch);
-        (self.deferred_rows, self.deferred_bytes) =
-            (self.deferred_rows + batch.num_rows(), self.deferred_bytes + bytes);
-        self.deferred.push(batch);
-    }
-
-    /// Every row not handed to the writer yet, as batches for it (counted as encoding).
-    fn take_for_writer(&mut self) -> Vec<arrow::array::RecordBatch> {
-        self.defer_buffered();
-        self.encoded_size += self.deferred_bytes / 4;
-        (self.deferred_rows, self.deferred_bytes) = (0, 0);
-        let batches = std::mem::take(&mut self.deferred);
-        self.writing |= !batches.is_empty();
-        batches
-    }
-
-    fn encode(&mut self, mut w: Writer, batches: Vec<arrow::array::RecordBatch>) {
-        self.encoder = Encoder::Busy(pool::spawn(move || {
-            for batch in &batches {
-                w.write(batch)?;
-            }
-            Ok(w)
-        }));
-    }
-
-    /// What the next save holds of rows going to the writer.
-    fn note_encoding(&mut self, batch: &arrow::array::RecordBatch) {
-        if self.keep_segments {
-            self.since_piece += batch.num_rows();
-            self.dirty = true;
-            if self.since_piece < PIECE_MIN_ROWS {
-                self.captured.push(batch.clone());
-            } else {
-                // The next save is a Parquet piece: it holds these rows.
-                self.captured.clear();
-            }
-        }
-    }
-
-    /// Encodes what is left and returns the complete Parquet file.
-    async fn finish(mut self) -> Result<PutPayload> {
-        let mut w = self.writer().await?;
-        let rest = self.take_for_writer();
-        pool::spawn(move || {
-            for batch in &rest {
-                w.write(batch)?;
-            }
-            Ok(w.into_inner()?.into_payload())
-        })
-        .await?
-    }
-
-    fn size(&self) -> usize {
-        self.encoded_size + (self.columns.bytes + self.deferred_bytes) / 4
-    }
-
-    /// Memory held: encoded bytes, buffered rows and the writer's own overhead.
-    fn memory(&self) -> usize {
-        let row_group = if self.writing { ROW_GROUP_OVERHEAD } else { 0 };
-        self.encoded_size + self.columns.bytes + self.deferred_bytes + FILE_OVERHEAD + row_group
     }
 }
 
