@@ -193,7 +193,7 @@ impl WindowsSource {
                 }),
             }
         };
-        let (from, to) = (bound("from")?, bound("to")?);
+        let starts = Starts { from: bound("from")?, to: bound("to")? };
         let limit = match req.param("limit") {
             None => 1000,
             Some(v) => v.parse::<usize>().map_err(|_| Error::Config(format!("limit={v:?} is not a number")))?,
@@ -202,10 +202,10 @@ impl WindowsSource {
 
         // Committed rows.
         let mut cond = Vec::new();
-        if let Some(f) = from {
+        if let Some(f) = starts.from {
             cond.push(format!("window_start >= to_timestamp_micros({f})"));
         }
-        if let Some(t) = to {
+        if let Some(t) = starts.to {
             cond.push(format!("window_start < to_timestamp_micros({t})"));
         }
         let filter = if cond.is_empty() { String::new() } else { format!("WHERE {}", cond.join(" AND ")) };
@@ -215,15 +215,14 @@ impl WindowsSource {
 
         // Rows only the processor has.
         let (reply, answer) = oneshot::channel();
-        self.live
-            .requests
-            .try_send(LiveRequest { pipeline: name.to_string(), starts: Starts { from, to }, reply })
-            .map_err(|e| match e {
+        self.live.requests.try_send(LiveRequest { pipeline: name.to_string(), starts, reply }).map_err(
+            |e| match e {
                 mpsc::error::TrySendError::Full(_) => {
                     Error::Busy("busy: the processor has live requests queued".into())
                 }
                 mpsc::error::TrySendError::Closed(_) => Error::Busy("the pipeline has stopped (standby)".into()),
-            })?;
+            },
+        )?;
         let (open, pending) = tokio::time::timeout(LIVE_WAIT, answer)
             .await
             .map_err(|_| Error::Busy(format!("busy: the processor did not answer within {LIVE_WAIT:?}")))?
@@ -237,7 +236,7 @@ impl WindowsSource {
         {
             for b in batches {
                 let b = cast_to(&b, schema)?;
-                let b = in_range(&b, from, to)?;
+                let b = in_range(&b, &starts)?;
                 if b.num_rows() > 0 {
                     rank.extend(revisions(&b).into_iter().map(|r| ((source as u64) << 32) | u64::from(r)));
                     let mut cols = b.columns().to_vec();
@@ -299,17 +298,17 @@ fn cast_to(b: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }
 
-fn in_range(b: &RecordBatch, from: Option<i64>, to: Option<i64>) -> Result<RecordBatch> {
-    if from.is_none() && to.is_none() {
+/// The rows of `b` whose `window_start` (its first column) is in `starts`.
+fn in_range(b: &RecordBatch, starts: &Starts) -> Result<RecordBatch> {
+    if *starts == Starts::ALL {
         return Ok(b.clone());
     }
-    let starts = b
+    let starts_col = b
         .column(0)
         .as_any()
         .downcast_ref::<TimestampMicrosecondArray>()
         .ok_or_else(|| Error::Internal("window_start is not a timestamp".into()))?;
-    let mask: BooleanArray =
-        starts.iter().map(|v| v.map(|v| from.is_none_or(|f| v >= f) && to.is_none_or(|t| v < t))).collect();
+    let mask: BooleanArray = starts_col.iter().map(|v| v.map(|v| starts.contains(v))).collect();
     Ok(filter_record_batch(b, &mask)?)
 }
 
