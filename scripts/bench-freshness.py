@@ -117,6 +117,9 @@ def main():
     ap.add_argument("--warmup", type=float, default=3, help="seconds of load before the first marker")
     ap.add_argument("--run-arg", action="append", default=[], help="extra argument for eventide run")
     ap.add_argument("--keep-log", help="copy eventide's log here at the end (its checkpoint timings)")
+    ap.add_argument("--stages", action="store_true",
+                    help="split each marker's latency into stages (eventide's per-batch stage log, "
+                         "target eventide::stages) and print their percentiles and the slowest markers' splits")
     a = ap.parse_args()
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,7 +135,8 @@ def main():
         run = subprocess.Popen(
             [a.eventide, "run", "--config", "/dev/null", "--redis-url", url, "--stream", "events",
              "--pipelines", os.path.join(repo, "pipelines"), "--lake", os.path.join(tmp, "lake"),
-             "--http-addr", f"127.0.0.1:{hport}", "--block", "100ms", *a.run_arg],
+             "--http-addr", f"127.0.0.1:{hport}", "--block", "100ms", *a.run_arg,
+             *(["--log-format", "json", "--log", "info,eventide::stages=trace"] if a.stages else [])],
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "run.log"), "w"))
         procs.append(run)
         wait_port(hport, "eventide's API")
@@ -153,6 +157,7 @@ def main():
 
         tag = random.randrange(1 << 30)
         lat = []
+        marks = []  # (entry id, unix s before the XADD, unix s of the answer that showed it)
         polls = 0
         added0, t_start = int(redis.command("XLEN", "events")), time.perf_counter()
         for n in range(a.markers):
@@ -160,8 +165,8 @@ def main():
             minute = ev["timestamp"][:16] + ":00Z"
             path = f"/api/pipelines/revenue_per_minute/windows?from={minute}&limit=100000"
             body = json.dumps(ev, separators=(",", ":"))
-            t0 = time.perf_counter()
-            redis.command("XADD", "events", "*", "data", body)
+            t0, wall0 = time.perf_counter(), time.time()
+            entry_id = redis.command("XADD", "events", "*", "data", body)
             want = ev["event_type"].encode()
             while True:
                 api.request("GET", path)
@@ -170,6 +175,7 @@ def main():
                 polls += 1
                 if resp.status == 200 and want in data:
                     lat.append((time.perf_counter() - t0) * 1000)
+                    marks.append((entry_id.decode(), wall0, time.time()))
                     break
                 if time.perf_counter() - t0 > 10:
                     sys.exit(f"marker {n} not visible after 10 s (status {resp.status})")
@@ -193,9 +199,68 @@ def main():
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if a.stages and lat:
+            print_stages(os.path.join(tmp, "run.log"), marks)
         if a.keep_log:
             shutil.copy(os.path.join(tmp, "run.log"), a.keep_log)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def parse_id(text):
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def print_stages(log_path, marks):
+    """Splits each marker's latency (XADD -> the answer that showed it) into: until its read
+    returned, waiting in the reader's channel, its batch's processing, and until the live
+    request that showed it reached the processor (poll wait), then that request and the HTTP
+    answer. Times from eventide's stage log (unix µs) and this client's clock (same machine)."""
+    batches, answers = [], []
+    with open(log_path) as f:
+        for line in f:
+            if not line.startswith("{"):
+                continue
+            rec = json.loads(line)
+            if rec.get("message") == "Batch processed.":
+                batches.append((parse_id(rec["first"]), parse_id(rec["last"]), rec["read_returned_us"],
+                                rec["dequeued_us"], rec["done_us"], rec["entries"]))
+            elif rec.get("message") == "Live request answered.":
+                answers.append((rec["got_us"], rec["us"]))
+    answers.sort()
+    got = [g for g, _ in answers]
+    import bisect
+    rows = []
+    for entry_id, wall0, wall1 in marks:
+        key = parse_id(entry_id)
+        b = next((b for b in batches if b[0] <= key <= b[1]), None)
+        if b is None:
+            continue
+        xadd_us, seen_us = wall0 * 1e6, wall1 * 1e6
+        read_ret, deq, done, n = b[2], b[3], b[4], b[5]
+        k = bisect.bisect_left(got, done)
+        got_us, ans_us = answers[k] if k < len(answers) else (seen_us, 0)
+        rows.append({
+            "total": (seen_us - xadd_us) / 1e3,
+            "read": (read_ret - xadd_us) / 1e3 if read_ret else float("nan"),
+            "queued": (deq - read_ret) / 1e3 if read_ret else float("nan"),
+            "process": (done - deq) / 1e3,
+            "poll_wait": (got_us - done) / 1e3,
+            "answer": ans_us / 1e3,
+            "http": (seen_us - got_us - ans_us) / 1e3,
+            "batch": n,
+        })
+    if not rows:
+        print("stages: no marker matched a logged batch")
+        return
+    keys = ["total", "read", "queued", "process", "poll_wait", "answer", "http", "batch"]
+    print(f"stages of {len(rows)} markers (ms; batch = entries in the marker's batch):")
+    for p in (50, 90, 99):
+        vals = [percentile(sorted(r[k] for r in rows), p) for k in keys]
+        print(f"  p{p}: " + ", ".join(f"{k} {v:.1f}" for k, v in zip(keys, vals)))
+    print("  the slowest 5%, stage by stage (mean):")
+    slow = sorted(rows, key=lambda r: r["total"])[-max(1, len(rows) // 20):]
+    print("    " + ", ".join(f"{k} {sum(r[k] for r in slow) / len(slow):.1f}" for k in keys))
 
 
 if __name__ == "__main__":

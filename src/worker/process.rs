@@ -258,6 +258,7 @@ impl Processor {
     pub async fn process(&mut self, batch: StreamBatch) -> Result<()> {
         let now_us = chrono::Utc::now().timestamp_micros();
         let stream = self.source.streams[batch.stream].as_str();
+        let stages = tracing::enabled!(target: STAGES, tracing::Level::TRACE).then_some(now_us);
         let mut rejects: Vec<(usize, Rejection)> = Vec::new();
         let mut deleted = Vec::new();
         // Started now: the decode span runs from here.
@@ -332,6 +333,9 @@ impl Processor {
         self.epoch_files.extend(files);
         if let Some(t) = trace {
             self.finish_trace(t, &batch, (before.0, before.1, before.2.iter().sum()));
+        }
+        if let Some(dequeued_us) = stages {
+            log_stages(&batch, dequeued_us);
         }
         Ok(())
     }
@@ -416,6 +420,29 @@ impl Processor {
     pub fn dedup_len(&self) -> usize {
         self.ingest.dedup.len()
     }
+}
+
+/// The tracing target of the per-batch stage times (`EVENTIDE_LOG=eventide::stages=trace`):
+/// what `scripts/bench-freshness.py --stages` reads to split a marker's latency.
+pub(super) const STAGES: &str = "eventide::stages";
+
+/// One batch's stages, as unix µs: its read started and returned, the processor took it,
+/// and was done with it (its events visible to a live request from then on).
+fn log_stages(batch: &StreamBatch, dequeued_us: i64) {
+    let us = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+    let (first, last) = (batch.entries.first().map(|e| e.id), batch.entries.last().map(|e| e.id));
+    tracing::trace!(
+        target: STAGES,
+        stream = batch.stream,
+        entries = batch.entries.len(),
+        first = %first.unwrap_or_default(),
+        last = %last.unwrap_or_default(),
+        read_started_us = batch.read.map_or(0, |r| us(r.started)),
+        read_returned_us = batch.read.map_or(0, |r| us(r.returned)),
+        dequeued_us,
+        done_us = chrono::Utc::now().timestamp_micros(),
+        "Batch processed."
+    );
 }
 
 /// The lake's Delta logs: the archive, every pipeline's table and `late_events`, each

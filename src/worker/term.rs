@@ -122,8 +122,15 @@ pub(super) async fn lead<S: Future<Output = ()>>(
                 Some(req) = live_rx.recv() => {
                     // An error goes to the asker (the API answers 500), not to the term.
                     let t = Instant::now();
+                    let got_us = chrono::Utc::now().timestamp_micros();
                     let rows = p.live_rows(&req.pipeline, req.starts).await;
-                    tracing::trace!(pipeline = %req.pipeline, us = t.elapsed().as_micros() as u64, "Live request answered.");
+                    tracing::trace!(
+                        target: super::process::STAGES,
+                        pipeline = %req.pipeline,
+                        us = t.elapsed().as_micros() as u64,
+                        got_us,
+                        "Live request answered."
+                    );
                     let _ = req.reply.send(rows);
                 }
                 _ = tick.tick() => {
