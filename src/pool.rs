@@ -29,6 +29,22 @@ const QUEUE: usize = 4096;
 
 static POOL: OnceLock<SyncSender<Job>> = OnceLock::new();
 
+/// The nice value of the pool's threads: encoding is throughput work, so under contention for
+/// the cores the threads that a live answer waits on (the runtime's: reading, processing,
+/// answering) run first. It takes the same cores when they are free.
+pub const NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`NICE`] (Linux: the nice value is
+/// per thread). Best effort: a refusal leaves it as it was.
+pub fn behind_latency() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority on the calling thread; no memory is touched.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, NICE);
+    }
+}
+
 /// Threads in the pool: one per core, at least 2, at most 8.
 pub fn threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
@@ -49,6 +65,7 @@ fn pool() -> &'static SyncSender<Job> {
 }
 
 fn work(rx: &Mutex<Receiver<Job>>) {
+    behind_latency();
     loop {
         let job = match rx.lock() {
             Ok(rx) => rx.recv(),

@@ -110,6 +110,8 @@ impl Pipelines {
     pub fn live_rows_across(&mut self, name: &str, merged: i64, others: &[&ShardLive]) -> Result<Option<LiveRows>> {
         // Settles and processes what is buffered first.
         let Some((_, pending)) = self.live_rows(name, Starts::ALL)? else { return Ok(None) };
+        // The other pipelines may be on a window thread with the events just buffered.
+        self.settle()?;
         let Some(q) = self.queries.iter_mut().find(|q| q.spec.name == name) else { return Ok(None) };
         let Some(own) = q.live_states().map_err(|e| query_error(&q.spec, e))? else {
             return Ok(Some((Vec::new(), pending)));

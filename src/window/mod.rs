@@ -12,6 +12,7 @@ mod checkpoint;
 pub mod columns;
 mod extract;
 mod groups;
+mod live_partial;
 pub mod merge;
 pub mod operator;
 pub mod plan;
@@ -209,13 +210,27 @@ impl Pipelines {
             return Ok(());
         }
         let batches = self.columns.finish(&self.schemas)?;
+        self.spawn_batches(batches, None)
+    }
+
+    /// Runs `batches` (one per pipeline) through the pipelines on a window thread, but for
+    /// pipeline `done` (processed already); nothing to run, no thread.
+    fn spawn_batches(&mut self, batches: Vec<arrow::array::RecordBatch>, done: Option<usize>) -> Result<()> {
+        if (0..batches.len()).all(|i| Some(i) == done) {
+            return Ok(());
+        }
         let mut queries = std::mem::take(&mut self.queries);
         let isolate = self.isolate;
         let job = std::thread::Builder::new()
             .name("eventide-windows".into())
             .spawn(move || {
+                // Throughput work: a live answer or a read waiting for a core goes first.
+                crate::pool::behind_latency();
                 let mut result = Ok(());
-                for (q, b) in queries.iter_mut().zip(&batches) {
+                for (i, (q, b)) in queries.iter_mut().zip(&batches).enumerate() {
+                    if Some(i) == done {
+                        continue;
+                    }
                     if let Err(e) = run_one(q, isolate, |q| q.process(b)) {
                         result = Err(e);
                         break;
@@ -311,18 +326,30 @@ impl Pipelines {
     ) -> Result<Option<(Vec<arrow::array::RecordBatch>, Vec<arrow::array::RecordBatch>)>> {
         self.settle()?;
         let Some(i) = self.queries.iter().position(|q| q.spec.name == name) else { return Ok(None) };
-        self.process()?;
-        let q = &mut self.queries[i];
-        if let Some(why) = &q.failed {
-            return Err(Error::Query { pipeline: q.spec.name.clone(), message: format!("failed: {why}") });
-        }
-        // One shard of several: its open windows hold its own events only; the merged ones
-        // waiting for a commit are shard 0's.
-        let open = match q.partials {
-            Some(_) => Vec::new(),
-            None => q.peek(&starts).map_err(|e| query_error(&q.spec, e))?,
+        // The buffered events: the asked pipeline takes them now, the others on a window
+        // thread once the answer is made (the answer waits for one pipeline, not all).
+        let batches = if self.columns.is_empty() { None } else { Some(self.columns.finish(&self.schemas)?) };
+        let processed = match &batches {
+            Some(b) => run_one(&mut self.queries[i], self.isolate, |q| q.process(&b[i])).and_then(|()| self.collect()),
+            None => Ok(()),
         };
-        Ok(Some((open, self.tables[i].buffered())))
+        let answer = processed.and_then(|()| {
+            let q = &mut self.queries[i];
+            if let Some(why) = &q.failed {
+                return Err(Error::Query { pipeline: q.spec.name.clone(), message: format!("failed: {why}") });
+            }
+            // One shard of several: its open windows hold its own events only; the merged
+            // ones waiting for a commit are shard 0's.
+            let open = match q.partials {
+                Some(_) => Vec::new(),
+                None => q.peek(&starts).map_err(|e| query_error(&q.spec, e))?,
+            };
+            Ok(Some((open, self.tables[i].buffered())))
+        });
+        if let Some(b) = batches {
+            self.spawn_batches(b, Some(i))?;
+        }
+        answer
     }
 
     /// How long the oldest row waiting for a table file has waited.

@@ -18,7 +18,7 @@ use arrow::row::RowConverter;
 use datafusion::error::{DataFusionError, Result};
 
 use super::groups::{Frozen, Inputs, Partial, settle};
-use super::live::Starts;
+use super::live_partial::LivePartial;
 use super::plan::Compiled;
 
 mod checkpoint;
@@ -83,6 +83,10 @@ const MAX_FROZEN: usize = 8;
 struct Slide {
     open: Option<Partial>,
     frozen: Vec<Frozen>,
+    /// Tumbling windows that a live view asked for: every row of the window, read in place
+    /// by later live views (see [`LivePartial`]); the window's rows come from `open` and
+    /// `frozen` as ever.
+    live: Option<LivePartial>,
 }
 
 /// Tumbling (`slide == size`) or hopping windows.
@@ -186,7 +190,11 @@ impl FixedWindows {
     pub fn state_bytes(&self) -> usize {
         self.bins
             .values()
-            .map(|s| s.open.as_ref().map_or(0, Partial::size) + s.frozen.iter().map(Frozen::size).sum::<usize>())
+            .map(|s| {
+                s.open.as_ref().map_or(0, Partial::size)
+                    + s.frozen.iter().map(Frozen::size).sum::<usize>()
+                    + s.live.as_ref().map_or(0, LivePartial::size)
+            })
             .sum()
     }
 
@@ -250,7 +258,11 @@ impl FixedWindows {
                 Some(p) => p,
                 None => bin.open.insert(Partial::new(plan, conv)?),
             };
-            p.update(&inputs, if single { None } else { Some(rows) })?;
+            let which = if single { None } else { Some(rows.as_slice()) };
+            p.update(&inputs, which)?;
+            if let Some(live) = &mut bin.live {
+                live.update(&inputs, which)?;
+            }
         }
         self.scratch = groups;
         Ok(())
@@ -375,19 +387,6 @@ impl FixedWindows {
 }
 
 impl FixedWindows {
-    /// The current values of every window not closed yet that has rows (a live view for
-    /// dashboards). Open partial states are frozen and merged, so later rows keep adding
-    /// to them and the final rows are unchanged.
-    pub fn peek(&mut self, plan: &Compiled, conv: Option<&RowConverter>, starts: &Starts) -> Result<Vec<Closed>> {
-        self.freeze(plan, conv, ..)?;
-        let mut out = Vec::new();
-        for e in self.window_ends(i64::MAX).into_iter().filter(|e| starts.contains(e - self.size)) {
-            let revision = self.live_revision(e);
-            out.extend(self.merged(plan, conv, e)?.map(|c| Closed { revision, ..c }));
-        }
-        Ok(out)
-    }
-
     /// Ends of the windows not closed yet, up to `upto`, that hold at least one slide.
     fn window_ends(&self, upto: i64) -> BTreeSet<i64> {
         let k = self.slides_per_window();

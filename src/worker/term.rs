@@ -119,20 +119,7 @@ pub(super) async fn lead<S: Future<Output = ()>>(
                     writing = None;
                     p.end_checkpoint(done?).await?;
                 }
-                Some(req) = live_rx.recv() => {
-                    // An error goes to the asker (the API answers 500), not to the term.
-                    let t = Instant::now();
-                    let got_us = chrono::Utc::now().timestamp_micros();
-                    let rows = p.live_rows(&req.pipeline, req.starts).await;
-                    tracing::trace!(
-                        target: super::process::STAGES,
-                        pipeline = %req.pipeline,
-                        us = t.elapsed().as_micros() as u64,
-                        got_us,
-                        "Live request answered."
-                    );
-                    let _ = req.reply.send(rows);
-                }
+                Some(req) = live_rx.recv() => p.answer_live(req).await,
                 _ = tick.tick() => {
                     p.on_tick().await?;
                     publish(&p);

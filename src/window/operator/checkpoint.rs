@@ -5,7 +5,7 @@ use arrow::array::RecordBatch;
 use arrow::row::RowConverter;
 use datafusion::error::{DataFusionError, Result};
 
-use super::{FixedWindows, Frozen, Slide};
+use super::{FixedWindows, Frozen};
 use crate::window::plan::Compiled;
 
 /// A checkpoint of [`FixedWindows`]: its bookkeeping, and per slide its frozen states
@@ -67,7 +67,7 @@ impl FixedWindows {
         self.bins.clear();
         for (&s, b) in state.slides.iter().zip(batches) {
             let frozen = Frozen::from_batch(b, conv, n_keys, &state.widths)?;
-            self.bins.entry(s).or_insert_with(|| Slide { open: None, frozen: Vec::new() }).frozen.push(frozen);
+            self.bins.entry(s).or_default().frozen.push(frozen);
         }
         Ok(())
     }

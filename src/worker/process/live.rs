@@ -9,7 +9,7 @@ use super::Processor;
 use super::merge::manifest_of;
 use crate::checkpoint::{Checkpoints, WindowBound};
 use crate::error::{Error, Result};
-use crate::window::live::{LiveRows, ShardLive, Starts};
+use crate::window::live::{LiveRequest, LiveRows, ShardLive, Starts};
 
 /// How long after a live request the merger keeps the other shards' windows fresh.
 const WATCHED: Duration = Duration::from_secs(60);
@@ -39,6 +39,22 @@ impl Processor {
         let merged = side.merger.merged().get(name).copied().unwrap_or(i64::MIN);
         let others: Vec<&ShardLive> = side.live.shards.values().map(|(_, s)| s).collect();
         self.pipelines.live_rows_across(name, merged, &others)
+    }
+
+    /// Answers a live request. An error of the request goes to the asker (the API answers
+    /// 500), not to the term.
+    pub(in crate::worker) async fn answer_live(&mut self, req: LiveRequest) {
+        let got = std::time::Instant::now();
+        let got_us = chrono::Utc::now().timestamp_micros();
+        let rows = self.live_rows(&req.pipeline, req.starts).await;
+        tracing::trace!(
+            target: super::STAGES,
+            pipeline = %req.pipeline,
+            us = got.elapsed().as_micros() as u64,
+            got_us,
+            "Live request answered."
+        );
+        let _ = req.reply.send(rows);
     }
 
     /// Whether the live view's cache is watched and older than `interval`.
