@@ -82,6 +82,17 @@ pub(super) struct Inputs {
 }
 
 impl Inputs {
+    /// Aggregate `a`'s argument arrays and FILTER mask of the rows `idx` only.
+    pub fn take(&self, a: usize, idx: &UInt32Array) -> Result<(Vec<ArrayRef>, Option<BooleanArray>)> {
+        let (vals, filter) = &self.args[a];
+        let vals = vals.iter().map(|v| take(v, idx, None)).collect::<Result<Vec<_>, _>>()?;
+        let filter = match filter {
+            Some(f) => Some(super::operator::as_mask(take(f, idx, None)?)?),
+            None => None,
+        };
+        Ok((vals, filter))
+    }
+
     /// Evaluates group keys, aggregate arguments and FILTER clauses over `batch`.
     pub fn evaluate(plan: &Compiled, conv: Option<&RowConverter>, batch: &RecordBatch) -> Result<Inputs> {
         let n = batch.num_rows();
@@ -161,15 +172,11 @@ impl Partial {
         self.groups.assign(inputs.keys.as_ref(), which, n, &mut self.scratch);
         let total = self.groups.len();
         let idx = which.map(|w| UInt32Array::from(w.to_vec()));
-        for (acc, (vals, filter)) in self.accs.iter_mut().zip(&inputs.args) {
+        for (a, (acc, (vals, filter))) in self.accs.iter_mut().zip(&inputs.args).enumerate() {
             match &idx {
                 None => acc.update_batch(vals, &self.scratch, filter.as_ref(), total)?,
                 Some(idx) => {
-                    let vals = vals.iter().map(|v| take(v, idx, None)).collect::<Result<Vec<_>, _>>()?;
-                    let filter = match filter {
-                        Some(f) => Some(super::operator::as_mask(take(f, idx, None)?)?),
-                        None => None,
-                    };
+                    let (vals, filter) = inputs.take(a, idx)?;
                     acc.update_batch(&vals, &self.scratch, filter.as_ref(), total)?;
                 }
             }

@@ -59,17 +59,12 @@ impl LivePartial {
         let n = which.map_or(inputs.rows, <[u32]>::len);
         self.groups.assign(inputs.keys.as_ref(), which, n, &mut self.scratch);
         let total = self.groups.len();
-        for (acc, (vals, filter)) in self.accs.iter_mut().zip(&inputs.args) {
-            match which {
+        let idx = which.map(|w| arrow::array::UInt32Array::from(w.to_vec()));
+        for (a, (acc, (vals, filter))) in self.accs.iter_mut().zip(&inputs.args).enumerate() {
+            match &idx {
                 None => acc.update(vals, &self.scratch, filter.as_ref(), total)?,
-                Some(w) => {
-                    let idx = arrow::array::UInt32Array::from(w.to_vec());
-                    let vals =
-                        vals.iter().map(|v| arrow::compute::take(v, &idx, None)).collect::<Result<Vec<_>, _>>()?;
-                    let filter = match filter {
-                        Some(f) => Some(super::operator::as_mask(arrow::compute::take(f, &idx, None)?)?),
-                        None => None,
-                    };
+                Some(idx) => {
+                    let (vals, filter) = inputs.take(a, idx)?;
                     acc.update(&vals, &self.scratch, filter.as_ref(), total)?;
                 }
             }
