@@ -32,9 +32,9 @@ static POOL: OnceLock<SyncSender<Job>> = OnceLock::new();
 /// The nice value of the pool's threads: encoding is throughput work, so under contention for
 /// the cores the threads that a live answer waits on (the runtime's: reading, processing,
 /// answering) run first. It takes the same cores when they are free.
-pub const NICE: i32 = 10;
+const NICE: i32 = 10;
 
-/// Lowers the calling thread's scheduling priority to [`NICE`] (Linux: the nice value is
+/// Lowers the calling thread's scheduling priority to nice 10 (Linux: the nice value is
 /// per thread). Best effort: a refusal leaves it as it was.
 pub fn behind_latency() {
     #[cfg(target_os = "linux")]

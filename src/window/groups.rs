@@ -82,15 +82,35 @@ pub(super) struct Inputs {
 }
 
 impl Inputs {
-    /// Aggregate `a`'s argument arrays and FILTER mask of the rows `idx` only.
-    pub fn take(&self, a: usize, idx: &UInt32Array) -> Result<(Vec<ArrayRef>, Option<BooleanArray>)> {
-        let (vals, filter) = &self.args[a];
-        let vals = vals.iter().map(|v| take(v, idx, None)).collect::<Result<Vec<_>, _>>()?;
-        let filter = match filter {
-            Some(f) => Some(super::operator::as_mask(take(f, idx, None)?)?),
-            None => None,
-        };
-        Ok((vals, filter))
+    /// Feeds the rows `which` (all when `None`) to a bin: assigns their groups in `groups`
+    /// (indices into `scratch`), then calls `update` per aggregate with its arguments and
+    /// FILTER mask of those rows, the rows' group indices and the number of groups. What
+    /// [`Partial`] and `live_partial::LivePartial` share.
+    pub fn feed(
+        &self,
+        which: Option<&[u32]>,
+        groups: &mut Groups,
+        scratch: &mut Vec<usize>,
+        mut update: impl FnMut(usize, &[ArrayRef], Option<&BooleanArray>, &[usize], usize) -> Result<()>,
+    ) -> Result<()> {
+        let n = which.map_or(self.rows, <[u32]>::len);
+        groups.assign(self.keys.as_ref(), which, n, scratch);
+        let total = groups.len();
+        let idx = which.map(|w| UInt32Array::from(w.to_vec()));
+        for (a, (vals, filter)) in self.args.iter().enumerate() {
+            match &idx {
+                None => update(a, vals, filter.as_ref(), scratch, total)?,
+                Some(idx) => {
+                    let vals = vals.iter().map(|v| take(v, idx, None)).collect::<Result<Vec<_>, _>>()?;
+                    let filter = match filter {
+                        Some(f) => Some(super::operator::as_mask(take(f, idx, None)?)?),
+                        None => None,
+                    };
+                    update(a, &vals, filter.as_ref(), scratch, total)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Evaluates group keys, aggregate arguments and FILTER clauses over `batch`.
@@ -168,20 +188,10 @@ impl Partial {
 
     /// Adds the rows `which` of the sub-batch (all when `None`).
     pub fn update(&mut self, inputs: &Inputs, which: Option<&[u32]>) -> Result<()> {
-        let n = which.map_or(inputs.rows, <[u32]>::len);
-        self.groups.assign(inputs.keys.as_ref(), which, n, &mut self.scratch);
-        let total = self.groups.len();
-        let idx = which.map(|w| UInt32Array::from(w.to_vec()));
-        for (a, (acc, (vals, filter))) in self.accs.iter_mut().zip(&inputs.args).enumerate() {
-            match &idx {
-                None => acc.update_batch(vals, &self.scratch, filter.as_ref(), total)?,
-                Some(idx) => {
-                    let (vals, filter) = inputs.take(a, idx)?;
-                    acc.update_batch(&vals, &self.scratch, filter.as_ref(), total)?;
-                }
-            }
-        }
-        Ok(())
+        let accs = &mut self.accs;
+        inputs.feed(which, &mut self.groups, &mut self.scratch, |a, vals, filter, groups, total| {
+            accs[a].update_batch(vals, groups, filter, total)
+        })
     }
 
     /// Merges a frozen bin's state into this one.

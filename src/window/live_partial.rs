@@ -56,20 +56,10 @@ impl LivePartial {
 
     /// Adds the rows `which` of the sub-batch (all when `None`), as `Partial::update` does.
     pub fn update(&mut self, inputs: &Inputs, which: Option<&[u32]>) -> Result<()> {
-        let n = which.map_or(inputs.rows, <[u32]>::len);
-        self.groups.assign(inputs.keys.as_ref(), which, n, &mut self.scratch);
-        let total = self.groups.len();
-        let idx = which.map(|w| arrow::array::UInt32Array::from(w.to_vec()));
-        for (a, (acc, (vals, filter))) in self.accs.iter_mut().zip(&inputs.args).enumerate() {
-            match &idx {
-                None => acc.update(vals, &self.scratch, filter.as_ref(), total)?,
-                Some(idx) => {
-                    let (vals, filter) = inputs.take(a, idx)?;
-                    acc.update(&vals, &self.scratch, filter.as_ref(), total)?;
-                }
-            }
-        }
-        Ok(())
+        let accs = &mut self.accs;
+        inputs.feed(which, &mut self.groups, &mut self.scratch, |a, vals, filter, groups, total| {
+            accs[a].update(vals, groups, filter, total)
+        })
     }
 
     /// Merges a frozen state of the window (as `Partial::merge` does).
@@ -154,11 +144,7 @@ impl Peek {
                     if values.is_null(i) || filter.is_some_and(|f| !f.is_valid(i) || !f.value(i)) {
                         continue;
                     }
-                    let row = rows.row(i);
-                    if !sets[g].contains(row.as_ref()) {
-                        *bytes += row.as_ref().len();
-                        sets[g].insert(row.as_ref().into());
-                    }
+                    add(&mut sets[g], bytes, rows.row(i).as_ref());
                 }
                 Ok(())
             }
@@ -181,11 +167,7 @@ impl Peek {
                     let values = plain(&lists.value(i))?;
                     let rows = conv.convert_columns(std::slice::from_ref(&values))?;
                     for j in (0..values.len()).filter(|&j| values.is_valid(j)) {
-                        let row = rows.row(j);
-                        if !sets[g].contains(row.as_ref()) {
-                            *bytes += row.as_ref().len();
-                            sets[g].insert(row.as_ref().into());
-                        }
+                        add(&mut sets[g], bytes, rows.row(j).as_ref());
                     }
                 }
                 Ok(())
@@ -211,6 +193,14 @@ impl Peek {
                 read.evaluate(EmitTo::All)
             }
         }
+    }
+}
+
+/// Adds a distinct value (row format) to a group's set, counting the bytes of a new one.
+fn add(set: &mut HashSet<Box<[u8]>>, bytes: &mut usize, row: &[u8]) {
+    if !set.contains(row) {
+        *bytes += row.len();
+        set.insert(row.into());
     }
 }
 

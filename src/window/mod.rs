@@ -214,9 +214,9 @@ impl Pipelines {
     }
 
     /// Runs `batches` (one per pipeline) through the pipelines on a window thread, but for
-    /// pipeline `done` (processed already); nothing to run, no thread.
+    /// pipeline `done` (processed already); nothing to run (no rows for the others), no thread.
     fn spawn_batches(&mut self, batches: Vec<arrow::array::RecordBatch>, done: Option<usize>) -> Result<()> {
-        if (0..batches.len()).all(|i| Some(i) == done) {
+        if batches.iter().enumerate().all(|(i, b)| Some(i) == done || b.num_rows() == 0) {
             return Ok(());
         }
         let mut queries = std::mem::take(&mut self.queries);

@@ -5,7 +5,7 @@
 use arrow::row::RowConverter;
 use datafusion::error::Result;
 
-use super::{Closed, FixedWindows, MAX_FROZEN, settle};
+use super::{Closed, FixedWindows};
 use crate::window::live::Starts;
 use crate::window::live_partial::LivePartial;
 use crate::window::plan::Compiled;
@@ -39,14 +39,13 @@ impl FixedWindows {
     /// from its frozen states, its open partial frozen first, if it has none yet).
     fn live_window(&mut self, plan: &Compiled, conv: Option<&RowConverter>, e: i64) -> Result<Option<Closed>> {
         let s = e / self.slide - 1;
+        if self.bins.get(&s).is_some_and(|b| b.live.is_none()) {
+            self.freeze(plan, conv, s..=s)?;
+        }
         let Some(bin) = self.bins.get_mut(&s) else { return Ok(None) };
         let live = match &mut bin.live {
             Some(live) => live,
             None => {
-                if let Some(p) = bin.open.take() {
-                    bin.frozen.push(p.freeze()?);
-                    settle(plan, conv, &mut bin.frozen, MAX_FROZEN)?;
-                }
                 let mut live = LivePartial::new(plan, conv)?;
                 for f in &bin.frozen {
                     live.merge(f)?;
