@@ -216,7 +216,7 @@ def print_stages(log_path, marks):
     returned, waiting in the reader's channel, its batch's processing, and until the live
     request that showed it reached the processor (poll wait), then that request and the HTTP
     answer. Times from eventide's stage log (unix µs) and this client's clock (same machine)."""
-    batches, answers = [], []
+    batches, answers, turns = [], [], []
     with open(log_path) as f:
         for line in f:
             if not line.startswith("{"):
@@ -227,9 +227,14 @@ def print_stages(log_path, marks):
                                 rec["dequeued_us"], rec["done_us"], rec["entries"]))
             elif rec.get("message") == "Live request answered.":
                 answers.append((rec["got_us"], rec["us"]))
+            elif rec.get("message") in ("Loop turn.", "Lake query."):
+                turns.append((rec["what"], rec["started_us"], rec["started_us"] + rec["us"]))
     answers.sort()
     got = [g for g, _ in answers]
     import bisect
+    spans = sorted([(a, z, w) for w, a, z in turns] + [(bb[3], bb[4], "batches") for bb in batches]
+                   + [(g, g + u, "answers") for g, u in answers])
+    span_starts = [a for a, _, _ in spans]
     rows = []
     for entry_id, wall0, wall1 in marks:
         key = parse_id(entry_id)
@@ -240,7 +245,18 @@ def print_stages(log_path, marks):
         read_ret, deq, done, n = b[2], b[3], b[4], b[5]
         k = bisect.bisect_left(got, done)
         got_us, ans_us = answers[k] if k < len(answers) else (seen_us, 0)
+        # What kept the loop busy while this marker was on its way (ms of overlap).
+        busy = {}
+        lo = bisect.bisect_left(span_starts, xadd_us - 1e6)
+        hi = bisect.bisect_right(span_starts, seen_us)
+        for a, z, what in spans[lo:hi]:
+            if what == "batches" and (a, z) == (deq, done):
+                continue  # the marker's own batch
+            o = min(z, seen_us) - max(a, xadd_us)
+            if o > 0:
+                busy[what] = busy.get(what, 0) + o / 1e3
         rows.append({
+            "busy": busy,
             "total": (seen_us - xadd_us) / 1e3,
             "read": (read_ret - xadd_us) / 1e3 if read_ret else float("nan"),
             "queued": (deq - read_ret) / 1e3 if read_ret else float("nan"),
@@ -261,6 +277,11 @@ def print_stages(log_path, marks):
     print("  the slowest 5%, stage by stage (mean):")
     slow = sorted(rows, key=lambda r: r["total"])[-max(1, len(rows) // 20):]
     print("    " + ", ".join(f"{k} {sum(r[k] for r in slow) / len(slow):.1f}" for k in keys))
+    kinds = sorted({k for r in rows for k in r["busy"]})
+    print("  the loop's work while a marker was on its way, mean ms (all / the slowest 5%):")
+    print("    " + ", ".join(
+        f"{k} {sum(r['busy'].get(k, 0) for r in rows) / len(rows):.1f} / "
+        f"{sum(r['busy'].get(k, 0) for r in slow) / len(slow):.1f}" for k in kinds))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,11 @@
 //! Spans are built after the fact with the times measured, so nothing is held open across an
 //! `await`.
 
+/// The tracing target of the stage times (`EVENTIDE_LOG=eventide::stages=trace`): per batch,
+/// per live request, per long turn of the term's loop and per lake query of the aggregates
+/// API; what `scripts/bench-freshness.py --stages` reads to split a marker's latency.
+pub const STAGES: &str = "eventide::stages";
+
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

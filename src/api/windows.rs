@@ -14,9 +14,11 @@
 //! [`LIVE_WAIT`] for the answer; at most [`MAX_CONCURRENT`] window requests run at once. The
 //! lake's query context is opened once and reused (opened again only until every table has
 //! data to register), and the committed rows a query read are kept until the term's next
-//! commit of table files, at most [`CACHE_TTL`] (other workers' commits to shared tables), for the last
-//! [`CACHED_QUERIES`] queries: a dashboard polling every few milliseconds costs a lake query
-//! per commit, not per request.
+//! commit of table files, for the last [`CACHED_QUERIES`] queries: a dashboard polling every
+//! few milliseconds costs a lake query per commit, not per request. Rows older than
+//! [`CACHE_TTL`] (other writers' commits to shared tables, e.g. a backfill) are read again in
+//! the background while the kept ones answer, so only a request after this term's own commit
+//! waits for the lake.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,8 +81,8 @@ pub const LIVE_WAIT: Duration = Duration::from_secs(2);
 pub const MAX_CONCURRENT: usize = 4;
 /// Lake queries whose rows are kept until the next commit.
 pub const CACHED_QUERIES: usize = 16;
-/// How long committed rows are kept at most: tables this term does not write (other
-/// workers' shards) change without its commit count.
+/// How old kept committed rows may get before they are read again (in the background):
+/// tables this term does not write alone (a backfill) change without its commit count.
 pub const CACHE_TTL: Duration = Duration::from_millis(500);
 
 /// A lake query's rows: the commit count and time they were read at, the SQL.
@@ -89,6 +91,8 @@ struct Cached {
     at: std::time::Instant,
     sql: String,
     rows: Vec<RecordBatch>,
+    /// A background read of newer rows is under way.
+    refreshing: bool,
 }
 
 impl WindowsSource {
@@ -114,33 +118,59 @@ impl WindowsSource {
 
     /// The rows `sql` reads from the lake: kept from an earlier request while the term has
     /// committed nothing since (read before the commit count: a commit in between makes the
-    /// next request read again).
-    async fn committed_rows(&self, table: &str, sql: &str) -> Result<Vec<RecordBatch>> {
+    /// next request read again). Kept rows older than [`CACHE_TTL`] are still answered, and
+    /// read again in the background (one read per query at a time): a dashboard's request
+    /// never waits for a lake query unless this term committed table rows since.
+    async fn committed_rows(self: &Arc<Self>, table: &str, sql: &str) -> Result<Vec<RecordBatch>> {
         let commits = self.live.commits.load(std::sync::atomic::Ordering::Acquire);
         {
-            let cache = self.committed.lock().unwrap_or_else(|e| e.into_inner());
-            let fresh = |c: &&Cached| c.commits == commits && c.at.elapsed() < CACHE_TTL && c.sql == sql;
-            if let Some(c) = cache.iter().find(fresh) {
+            let mut cache = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = cache.iter_mut().find(|c| c.commits == commits && c.sql == sql) {
+                if c.at.elapsed() >= CACHE_TTL && !c.refreshing {
+                    c.refreshing = true;
+                    let (me, table, sql) = (self.clone(), table.to_string(), sql.to_string());
+                    tokio::spawn(async move {
+                        if let Err(e) = me.read_committed(&table, &sql, commits).await {
+                            tracing::debug!(error = %e, table, "Reading committed rows again failed; the next request retries.");
+                            let mut cache = me.committed.lock().unwrap_or_else(|e| e.into_inner());
+                            if let Some(c) = cache.iter_mut().find(|c| c.sql == sql) {
+                                c.refreshing = false;
+                            }
+                        }
+                    });
+                }
                 return Ok(c.rows.clone());
             }
         }
+        self.read_committed(table, sql, commits).await
+    }
+
+    /// Runs `sql` on the lake and keeps its rows as of commit count `commits`.
+    async fn read_committed(&self, table: &str, sql: &str, commits: u64) -> Result<Vec<RecordBatch>> {
         let at = std::time::Instant::now();
+        let at_us = chrono::Utc::now().timestamp_micros();
         let q = self.lake_query(table).await?;
         let rows = match q.sql(sql).await {
             Ok((_, b)) => b,
             Err(Error::Config(_)) => Vec::new(), // nothing committed yet
             Err(e) => return Err(e),
         };
+        let us = at.elapsed().as_micros() as u64;
+        tracing::trace!(target: crate::telemetry::STAGES, what = "lake_query", started_us = at_us, us, "Lake query.");
         let mut cache = self.committed.lock().unwrap_or_else(|e| e.into_inner());
-        cache.retain(|c| c.commits == commits && c.sql != sql);
+        // A newer commit's rows are never replaced by older ones.
+        if cache.iter().any(|c| c.sql == sql && c.commits > commits) {
+            return Ok(rows);
+        }
+        cache.retain(|c| c.commits >= commits && c.sql != sql);
         if cache.len() >= CACHED_QUERIES {
             cache.pop_front();
         }
-        cache.push_back(Cached { commits, at, sql: sql.to_string(), rows: rows.clone() });
+        cache.push_back(Cached { commits, at, sql: sql.to_string(), rows: rows.clone(), refreshing: false });
         Ok(rows)
     }
 
-    pub async fn handle(&self, req: &Request) -> Response {
+    pub async fn handle(self: &Arc<Self>, req: &Request) -> Response {
         let rest = req.path.trim_start_matches("/api/pipelines").trim_start_matches('/');
         if rest.is_empty() {
             return self.list();
@@ -181,7 +211,7 @@ impl WindowsSource {
         Response::new(200, "application/json", serde_json::Value::Array(list).to_string())
     }
 
-    async fn windows(&self, name: &str, req: &Request) -> Result<Response> {
+    async fn windows(self: &Arc<Self>, name: &str, req: &Request) -> Result<Response> {
         let Some((_, schema)) = self.live.tables.iter().find(|(s, _)| s.name == name) else {
             return Ok(Response::text(404, format!("no pipeline {name:?}\n")));
         };
@@ -349,5 +379,91 @@ fn encode(rows: &RecordBatch, req: &Request) -> Result<Response> {
             Ok(Response::new(200, "application/json", buf))
         }
         other => Err(Error::Config(format!("format={other:?}: use json, csv or arrow"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use arrow::array::{Int64Array, StringArray};
+
+    use super::*;
+    use crate::sink::lake::{Lake, Placement};
+    use crate::sink::table::TableBuffer;
+    use crate::window::{Pipelines, plan, spec};
+
+    /// 2026-12-07T00:00:00Z, µs.
+    const DAY: i64 = 1_796_601_600_000_000;
+
+    /// One committed row of window `minute` (as another writer, e.g. a backfill, writes it).
+    async fn write_row(lake: &Lake, schema: &SchemaRef, minute: i64) {
+        let start = DAY + minute * 60_000_000;
+        let cols: Vec<ArrayRef> = schema
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Timestamp(_, tz) => {
+                    Arc::new(TimestampMicrosecondArray::from(vec![start]).with_timezone_opt(tz.clone())) as ArrayRef
+                }
+                DataType::Utf8 => Arc::new(StringArray::from(vec!["order.created"])),
+                DataType::Int64 => Arc::new(Int64Array::from(vec![minute])),
+                other => panic!("column {} of type {other} not in this test's pipeline", f.name()),
+            })
+            .collect();
+        let mut table = TableBuffer::new("counts".into(), schema.clone(), 0);
+        table.push(RecordBatch::try_new(schema.clone(), cols).unwrap()).unwrap();
+        table.commit(lake, &format!("backfill-{minute}"), &Placement::Direct).await.unwrap();
+    }
+
+    async fn rows(source: &Arc<WindowsSource>) -> usize {
+        let r = source.handle(&Request::get("/api/pipelines/counts/windows?format=csv")).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        String::from_utf8_lossy(&r.body).lines().count() - 1
+    }
+
+    /// Committed rows are kept until this term commits again: another writer's rows show
+    /// after `CACHE_TTL` without a request waiting for the lake (the stale rows answer while
+    /// they are read again in the background), and this term's commit is read at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kept_rows_are_read_again_in_the_background_and_at_once_after_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let toml = "window = { kind = \"tumbling\", size = \"1m\" }\n\
+                    sql = \"SELECT event_type, count(*) AS n FROM events GROUP BY event_type\"\n";
+        let s = spec::parse(toml, Path::new("counts.toml")).unwrap();
+        let c = plan::compile(&s).await.unwrap();
+        let tables = Pipelines::new(vec![(s, c)]).unwrap().output_schemas();
+        let schema = tables[0].1.clone();
+        // The processor's side: no open windows.
+        let (requests, mut rx) = mpsc::channel::<LiveRequest>(8);
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                let _ = r.reply.send(Ok(Some((Vec::new(), Vec::new()))));
+            }
+        });
+        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let live = Arc::new(LiveWindows { lake: lake.clone(), tables, requests, commits: commits.clone() });
+        let source = Arc::new(WindowsSource::new(live));
+
+        write_row(&lake, &schema, 0).await;
+        assert_eq!(rows(&source).await, 1);
+        write_row(&lake, &schema, 1).await;
+        assert_eq!(rows(&source).await, 1, "kept until the TTL");
+        tokio::time::sleep(CACHE_TTL + Duration::from_millis(50)).await;
+        // Past the TTL the kept rows still answer; the background read brings the new one.
+        let mut seen = rows(&source).await;
+        assert_eq!(seen, 1, "the kept rows answer while they are read again");
+        let waited = std::time::Instant::now();
+        while seen < 2 && waited.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            seen = rows(&source).await;
+        }
+        assert_eq!(seen, 2, "another writer's row within the TTL and a background read");
+
+        // This term's own commit: the next request reads the lake before answering.
+        write_row(&lake, &schema, 2).await;
+        commits.fetch_add(1, std::sync::atomic::Ordering::Release);
+        assert_eq!(rows(&source).await, 3);
     }
 }

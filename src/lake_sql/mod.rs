@@ -44,11 +44,23 @@ fn query_err(e: datafusion::error::DataFusionError) -> Error {
     Error::Query { pipeline: "query".into(), message: e.strip_backtrace() }
 }
 
+/// A query runtime that lists a table's files at every scan. DataFusion caches listings
+/// without expiry by default, and a `LakeQuery` kept open (the aggregates API's) would never
+/// see the files committed after its first scan.
+fn runtime(
+    builder: datafusion::execution::runtime_env::RuntimeEnvBuilder,
+) -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
+    let caches =
+        datafusion::execution::cache::cache_manager::CacheManagerConfig::default().with_list_files_cache_limit(0);
+    builder.with_cache_manager(caches).build_arc().map_err(query_err)
+}
+
 impl LakeQuery {
     /// Registers the archive, the late table and the tables of `pipelines` (whose output
     /// schemas are known, so an empty table still answers with no rows).
     pub async fn open(lake: &Lake, pipelines: &[(PipelineSpec, SchemaRef)]) -> Result<LakeQuery> {
-        LakeQuery::open_in(SessionContext::new(), lake, pipelines).await
+        let runtime = runtime(datafusion::execution::runtime_env::RuntimeEnvBuilder::new())?;
+        LakeQuery::open_in(SessionContext::new_with_config_rt(Default::default(), runtime), lake, pipelines).await
     }
 
     /// [`LakeQuery::open`] whose queries hold at most `memory_bytes` (a sort beyond it spills
@@ -62,10 +74,8 @@ impl LakeQuery {
         // files (with the greedy pool and the default 10 MB reservation, the merge of a 2M-event
         // archive sort could fail for want of memory instead of spilling).
         let pool = datafusion::execution::memory_pool::FairSpillPool::new(memory_bytes);
-        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(pool))
-            .build_arc()
-            .map_err(query_err)?;
+        let runtime =
+            runtime(datafusion::execution::runtime_env::RuntimeEnvBuilder::new().with_memory_pool(Arc::new(pool)))?;
         let config = datafusion::prelude::SessionConfig::new().with_sort_spill_reservation_bytes(memory_bytes / 8);
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         LakeQuery::open_in(ctx, lake, pipelines).await

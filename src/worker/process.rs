@@ -23,7 +23,7 @@ use crate::source::acker::Acker;
 use crate::source::commands::Commands;
 use crate::source::group;
 use crate::source::lease::Fence;
-use crate::telemetry::{EpochTraces, Spans};
+use crate::telemetry::{EpochTraces, STAGES, Spans};
 use crate::window::Pipelines;
 
 use super::RunOptions;
@@ -422,9 +422,28 @@ impl Processor {
     }
 }
 
-/// The tracing target of the per-batch stage times (`EVENTIDE_LOG=eventide::stages=trace`):
-/// what `scripts/bench-freshness.py --stages` reads to split a marker's latency.
-pub(super) const STAGES: &str = "eventide::stages";
+/// A turn of the term's loop other than a batch (the tick, a checkpoint's halves, a claim),
+/// timed for the stage log: a batch that waits in the reader's channel waits for these.
+pub(super) struct Turn(Option<(Instant, i64)>);
+
+impl Turn {
+    /// Starts timing a turn (when the stage log is on).
+    pub(super) fn start() -> Turn {
+        Turn(
+            tracing::enabled!(target: STAGES, tracing::Level::TRACE)
+                .then(|| (Instant::now(), chrono::Utc::now().timestamp_micros())),
+        )
+    }
+
+    /// Logs the turn if it took at least half a millisecond.
+    pub(super) fn done(self, what: &'static str) {
+        let Some((started, started_us)) = self.0 else { return };
+        let us = started.elapsed().as_micros() as u64;
+        if us >= 500 {
+            tracing::trace!(target: STAGES, what, started_us, us, "Loop turn.");
+        }
+    }
+}
 
 /// One batch's stages, as unix µs: its read started and returned, the processor took it,
 /// and was done with it (its events visible to a live request from then on).

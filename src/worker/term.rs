@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use super::process::{Processor, Writing};
+use super::process::{Processor, Turn, Writing};
 use super::{RunOptions, RunSummary, probe_lake};
 use crate::error::{Error, Result};
 use crate::metrics::{Registry, Role, Stats};
@@ -117,18 +117,26 @@ pub(super) async fn lead<S: Future<Output = ()>>(
                 }
                 done = written(&mut writing), if writing.is_some() => {
                     writing = None;
+                    let turn = Turn::start();
                     p.end_checkpoint(done?).await?;
+                    turn.done("end_checkpoint");
                 }
                 Some(req) = live_rx.recv() => p.answer_live(req).await,
                 _ = tick.tick() => {
+                    let turn = Turn::start();
                     p.on_tick().await?;
                     publish(&p);
+                    turn.done("tick");
                     if writing.is_none() && p.checkpoint_due(opts.checkpoint_interval, opts.roll_age) {
+                        let turn = Turn::start();
                         writing = p.checkpoint(false).await?;
+                        turn.done("checkpoint");
                     }
                     if !p.noack() && last_claim.is_none_or(|t| t.elapsed() >= opts.claim_interval) {
                         last_claim = Some(Instant::now());
+                        let turn = Turn::start();
                         p.claim().await?;
+                        turn.done("claim");
                     }
                     if last_progress.elapsed() >= opts.progress_interval {
                         last_progress = Instant::now();

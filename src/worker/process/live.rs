@@ -48,7 +48,7 @@ impl Processor {
         let got_us = chrono::Utc::now().timestamp_micros();
         let rows = self.live_rows(&req.pipeline, req.starts).await;
         tracing::trace!(
-            target: super::STAGES,
+            target: crate::telemetry::STAGES,
             pipeline = %req.pipeline,
             us = got.elapsed().as_micros() as u64,
             got_us,
