@@ -36,7 +36,7 @@ const NICE: i32 = 10;
 
 /// Lowers the calling thread's scheduling priority to nice 10 (Linux: the nice value is
 /// per thread). Best effort: a refusal leaves it as it was.
-pub fn behind_latency() {
+fn behind_latency() {
     #[cfg(target_os = "linux")]
     // SAFETY: gettid and setpriority on the calling thread; no memory is touched.
     unsafe {

@@ -274,10 +274,10 @@ impl Pipelines {
     /// Each pipeline's bound, or `None` while a micro-batch is in flight.
     pub fn window_bounds(&self) -> Option<BTreeMap<String, WindowBound>> {
         if self.in_flight.is_some() {
-            return None;
+            // As of the tick that started the job (none: another job's).
+            return self.tick_bounds.clone();
         }
-        let bounds = self.queries.iter().filter_map(|q| Some((q.spec.name.clone(), q.window_bound()?)));
-        Some(bounds.collect())
+        Some(bounds_of(&self.queries))
     }
 
     /// Whether some closed window's state waits for the merger.
@@ -308,4 +308,9 @@ impl Pipelines {
         }
         Ok(())
     }
+}
+
+/// Each pipeline's bound (shards of several only).
+pub(super) fn bounds_of(queries: &[super::WindowedQuery]) -> BTreeMap<String, WindowBound> {
+    queries.iter().filter_map(|q| Some((q.spec.name.clone(), q.window_bound()?))).collect()
 }

@@ -20,10 +20,10 @@ pub mod query;
 pub mod session;
 pub mod spec;
 mod tables;
+mod thread;
 pub mod watermark;
 
 use std::path::Path;
-use std::time::Instant;
 
 use arrow::datatypes::SchemaRef;
 
@@ -50,9 +50,15 @@ pub const LATE_TABLE: &str = "late_events";
 /// Every pipeline of a run, fed from one stream of accepted events.
 pub struct Pipelines {
     queries: Vec<WindowedQuery>,
-    /// A micro-batch being aggregated on its own thread ([`Pipelines::process_in_background`]);
-    /// `queries` is with it until [`Pipelines::settle`].
-    in_flight: Option<std::thread::JoinHandle<(Vec<WindowedQuery>, Result<()>)>>,
+    /// A micro-batch being aggregated on its own thread ([`Pipelines::process_in_background`],
+    /// [`Pipelines::on_tick`]); `queries` is with it until [`Pipelines::settle`].
+    in_flight: Option<std::thread::JoinHandle<thread::Done>>,
+    /// Each pipeline's metrics as of the last tick (read while `queries` may be away).
+    metrics: Vec<crate::metrics::PipelineMetrics>,
+    /// The window bounds (shards of several) as of the tick whose job is in flight.
+    tick_bounds: Option<std::collections::BTreeMap<String, crate::checkpoint::WindowBound>>,
+    /// Ticks in a row that found the window thread busy.
+    ticks_skipped: u32,
     columns: EventColumns,
     schemas: Vec<SchemaRef>,
     tables: Vec<TableBuffer>,
@@ -129,6 +135,9 @@ impl Pipelines {
         Ok(Pipelines {
             queries,
             in_flight: None,
+            metrics: Vec::new(),
+            tick_bounds: None,
+            ticks_skipped: 0,
             columns,
             schemas,
             tables,
@@ -191,58 +200,6 @@ impl Pipelines {
         self.columns.len()
     }
 
-    /// Waits for the micro-batch aggregating in the background, if any, and collects its
-    /// output. Everything that reads or changes the windows calls it first, so batches are
-    /// applied in order and the results do not depend on it.
-    pub fn settle(&mut self) -> Result<()> {
-        let Some(job) = self.in_flight.take() else { return Ok(()) };
-        let (queries, result) = job.join().map_err(|_| Error::Internal("a window thread panicked".into()))?;
-        self.queries = queries;
-        result?;
-        self.collect()
-    }
-
-    /// [`Pipelines::process`] on another thread: the caller goes on decoding and buffering
-    /// the next events meanwhile (live runs; one batch in flight at a time).
-    pub fn process_in_background(&mut self) -> Result<()> {
-        self.settle()?;
-        if self.columns.is_empty() {
-            return Ok(());
-        }
-        let batches = self.columns.finish(&self.schemas)?;
-        self.spawn_batches(batches, None)
-    }
-
-    /// Runs `batches` (one per pipeline) through the pipelines on a window thread, but for
-    /// pipeline `done` (processed already); nothing to run (no rows for the others), no thread.
-    fn spawn_batches(&mut self, batches: Vec<arrow::array::RecordBatch>, done: Option<usize>) -> Result<()> {
-        if batches.iter().enumerate().all(|(i, b)| Some(i) == done || b.num_rows() == 0) {
-            return Ok(());
-        }
-        let mut queries = std::mem::take(&mut self.queries);
-        let isolate = self.isolate;
-        let job = std::thread::Builder::new()
-            .name("eventide-windows".into())
-            .spawn(move || {
-                // Throughput work: a live answer or a read waiting for a core goes first.
-                crate::pool::behind_latency();
-                let mut result = Ok(());
-                for (i, (q, b)) in queries.iter_mut().zip(&batches).enumerate() {
-                    if Some(i) == done {
-                        continue;
-                    }
-                    if let Err(e) = run_one(q, isolate, |q| q.process(b)) {
-                        result = Err(e);
-                        break;
-                    }
-                }
-                (queries, result)
-            })
-            .map_err(|e| Error::Internal(format!("cannot start a window thread: {e}")))?;
-        self.in_flight = Some(job);
-        Ok(())
-    }
-
     /// Runs the buffered events through every pipeline.
     pub fn process(&mut self) -> Result<()> {
         self.settle()?;
@@ -276,19 +233,6 @@ impl Pipelines {
         for q in &mut self.queries {
             q.bound_watermark(skew_us);
         }
-    }
-
-    /// Applies the idle timeouts (live runs).
-    pub fn on_tick(&mut self, now: Instant) -> Result<()> {
-        self.process()?;
-        let max = self.max_state_bytes;
-        for q in &mut self.queries {
-            run_one(q, self.isolate, |q| {
-                q.on_idle(now)?;
-                q.check_state_bound(max)
-            })?;
-        }
-        self.collect()
     }
 
     /// End of a bounded input: closes every window.

@@ -8,21 +8,7 @@ use super::Processor;
 impl Processor {
     /// Publishes the counters for the HTTP endpoints.
     pub fn publish(&self, registry: &crate::metrics::Registry) {
-        let pipelines: Vec<crate::metrics::PipelineMetrics> = self
-            .pipelines
-            .queries()
-            .iter()
-            .zip(self.pipelines.pending_by_pipeline())
-            .map(|(q, pending_rows)| crate::metrics::PipelineMetrics {
-                name: q.spec.name.clone(),
-                stats: q.stats.clone(),
-                watermark_us: q.watermark(),
-                open_windows: q.open_windows(),
-                state_bytes: q.state_bytes(),
-                pending_rows,
-                failed: q.failed.clone(),
-            })
-            .collect();
+        let pipelines = self.pipelines.metrics();
         registry.update(|s| {
             s.stats = self.stats.clone();
             s.stream_names.clone_from(&self.source.streams);
