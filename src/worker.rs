@@ -96,7 +96,13 @@ pub async fn run(opts: RunOptions, published: Published, shutdown: impl Future<O
                     Ok(Ok(m)) => m,
                     Ok(Err(Error::Config(e))) => break Err(Error::Config(e)),
                     Ok(Err(e)) => { tracing::warn!(error = %e, "Heartbeat failed; keeping the shards this worker runs."); continue }
-                    Err(_) => { tracing::warn!("Heartbeat timed out; keeping the shards this worker runs."); continue }
+                    Err(_) => {
+                        // A cluster connection to a node that failed over can stay wedged: the
+                        // next beat connects anew.
+                        cmds.disconnect();
+                        tracing::warn!("Heartbeat timed out; keeping the shards this worker runs; reconnecting.");
+                        continue
+                    }
                 };
                 base.standby_polled = Some(Instant::now());
                 let mine = assign::assign(opts.assignment, opts.shards, &members, &opts.source.consumer);

@@ -47,6 +47,12 @@ impl Commands {
         self.conn.is_some()
     }
 
+    /// Drops the connection: the next command connects anew (after a caller's timeout cut a
+    /// command short, the connection may be left waiting on a server that is gone).
+    pub fn disconnect(&mut self) {
+        self.conn = None;
+    }
+
     async fn connection(&mut self) -> RedisResult<&mut Conn> {
         if self.conn.is_none() {
             self.conn = Some(self.client.connect(CONNECT_TIMEOUT, Duration::from_secs(30)).await?);
