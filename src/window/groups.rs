@@ -82,37 +82,6 @@ pub(super) struct Inputs {
 }
 
 impl Inputs {
-    /// Feeds the rows `which` (all when `None`) to a bin: assigns their groups in `groups`
-    /// (indices into `scratch`), then calls `update` per aggregate with its arguments and
-    /// FILTER mask of those rows, the rows' group indices and the number of groups. What
-    /// [`Partial`] and `live_partial::LivePartial` share.
-    pub fn feed(
-        &self,
-        which: Option<&[u32]>,
-        groups: &mut Groups,
-        scratch: &mut Vec<usize>,
-        mut update: impl FnMut(usize, &[ArrayRef], Option<&BooleanArray>, &[usize], usize) -> Result<()>,
-    ) -> Result<()> {
-        let n = which.map_or(self.rows, <[u32]>::len);
-        groups.assign(self.keys.as_ref(), which, n, scratch);
-        let total = groups.len();
-        let idx = which.map(|w| UInt32Array::from(w.to_vec()));
-        for (a, (vals, filter)) in self.args.iter().enumerate() {
-            match &idx {
-                None => update(a, vals, filter.as_ref(), scratch, total)?,
-                Some(idx) => {
-                    let vals = vals.iter().map(|v| take(v, idx, None)).collect::<Result<Vec<_>, _>>()?;
-                    let filter = match filter {
-                        Some(f) => Some(super::operator::as_mask(take(f, idx, None)?)?),
-                        None => None,
-                    };
-                    update(a, &vals, filter.as_ref(), scratch, total)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Evaluates group keys, aggregate arguments and FILTER clauses over `batch`.
     pub fn evaluate(plan: &Compiled, conv: Option<&RowConverter>, batch: &RecordBatch) -> Result<Inputs> {
         let n = batch.num_rows();
@@ -173,25 +142,71 @@ impl Frozen {
     }
 }
 
-/// One bin's groups and accumulators.
-pub(super) struct Partial {
+/// What a bin's accumulators do with a sub-batch's rows and with a frozen state: DataFusion's
+/// accumulators in a [`Partial`], a live view's in a [`super::live_partial::LivePartial`].
+pub(super) trait BinAccumulator {
+    fn update(
+        &mut self,
+        values: &[ArrayRef],
+        groups: &[usize],
+        filter: Option<&BooleanArray>,
+        total: usize,
+    ) -> Result<()>;
+    fn merge(&mut self, state: &[ArrayRef], groups: &[usize], total: usize) -> Result<()>;
+}
+
+impl BinAccumulator for Box<dyn GroupsAccumulator> {
+    fn update(
+        &mut self,
+        values: &[ArrayRef],
+        groups: &[usize],
+        filter: Option<&BooleanArray>,
+        total: usize,
+    ) -> Result<()> {
+        self.update_batch(values, groups, filter, total)
+    }
+
+    fn merge(&mut self, state: &[ArrayRef], groups: &[usize], total: usize) -> Result<()> {
+        self.merge_batch(state, groups, total)
+    }
+}
+
+/// One bin's groups and accumulators (one per aggregate).
+pub(super) struct Bin<A> {
     pub groups: Groups,
-    accs: Vec<Box<dyn GroupsAccumulator>>,
+    pub accs: Vec<A>,
     scratch: Vec<usize>,
 }
 
-impl Partial {
-    pub fn new(plan: &Compiled, conv: Option<&RowConverter>) -> Result<Partial> {
-        let accs = plan.aggregates.iter().map(|a| a.groups_accumulator()).collect::<Result<Vec<_>>>()?;
-        Ok(Partial { groups: Groups::new(conv), accs, scratch: Vec::new() })
+/// A window bin's running partial aggregate.
+pub(super) type Partial = Bin<Box<dyn GroupsAccumulator>>;
+
+impl<A: BinAccumulator> Bin<A> {
+    pub fn with(accs: Vec<A>, conv: Option<&RowConverter>) -> Bin<A> {
+        Bin { groups: Groups::new(conv), accs, scratch: Vec::new() }
     }
 
-    /// Adds the rows `which` of the sub-batch (all when `None`).
+    /// Adds the rows `which` of the sub-batch (all when `None`): assigns their groups, then
+    /// gives each aggregate its arguments and FILTER mask of those rows.
     pub fn update(&mut self, inputs: &Inputs, which: Option<&[u32]>) -> Result<()> {
-        let accs = &mut self.accs;
-        inputs.feed(which, &mut self.groups, &mut self.scratch, |a, vals, filter, groups, total| {
-            accs[a].update_batch(vals, groups, filter, total)
-        })
+        let n = which.map_or(inputs.rows, <[u32]>::len);
+        self.groups.assign(inputs.keys.as_ref(), which, n, &mut self.scratch);
+        let total = self.groups.len();
+        let idx = which.map(|w| UInt32Array::from(w.to_vec()));
+        for (acc, (vals, filter)) in self.accs.iter_mut().zip(&inputs.args) {
+            match &idx {
+                None => acc.update(vals, &self.scratch, filter.as_ref(), total)?,
+                Some(idx) => {
+                    let vals = vals.iter().map(|v| take(v, idx, None)).collect::<Result<Vec<_>, _>>()?;
+                    let filter = match filter {
+                        Some(f) => Some(super::operator::as_mask(take(f, idx, None)?)?),
+                        None => None,
+                    };
+                    acc.update(&vals, &self.scratch, filter.as_ref(), total)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Merges a frozen bin's state into this one.
@@ -199,9 +214,16 @@ impl Partial {
         self.groups.assign(f.keys.as_ref(), None, f.groups, &mut self.scratch);
         let total = self.groups.len();
         for (acc, state) in self.accs.iter_mut().zip(&f.states) {
-            acc.merge_batch(state, &self.scratch, total)?;
+            acc.merge(state, &self.scratch, total)?;
         }
         Ok(())
+    }
+}
+
+impl Partial {
+    pub fn new(plan: &Compiled, conv: Option<&RowConverter>) -> Result<Partial> {
+        let accs = plan.aggregates.iter().map(|a| a.groups_accumulator()).collect::<Result<Vec<_>>>()?;
+        Ok(Bin::with(accs, conv))
     }
 
     /// Takes the intermediate state, leaving nothing behind.

@@ -27,21 +27,17 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use hashbrown::HashSet;
 
-use super::groups::{Frozen, Groups, Inputs};
+use super::groups::{Bin, BinAccumulator};
 use super::plan::{Aggregate, Compiled};
 
 /// Bytes a distinct value costs beyond its encoding: the box, its table slot.
 const VALUE_OVERHEAD: usize = 16 + 8 + 8;
 
 /// Every row of one tumbling window so far; see the module docs.
-pub(super) struct LivePartial {
-    groups: Groups,
-    accs: Vec<Peek>,
-    scratch: Vec<usize>,
-}
+pub(super) type LivePartial = Bin<Peek>;
 
 /// One aggregate of a [`LivePartial`].
-enum Peek {
+pub(super) enum Peek {
     /// `count(DISTINCT x)`: each group's distinct non-null values in row format.
     Distinct { conv: RowConverter, sets: Vec<HashSet<Box<[u8]>>>, bytes: usize },
     /// Any other aggregate: DataFusion's accumulator, read through its state.
@@ -51,25 +47,7 @@ enum Peek {
 impl LivePartial {
     pub fn new(plan: &Compiled, conv: Option<&RowConverter>) -> Result<LivePartial> {
         let accs = plan.aggregates.iter().map(Peek::new).collect::<Result<Vec<_>>>()?;
-        Ok(LivePartial { groups: Groups::new(conv), accs, scratch: Vec::new() })
-    }
-
-    /// Adds the rows `which` of the sub-batch (all when `None`), as `Partial::update` does.
-    pub fn update(&mut self, inputs: &Inputs, which: Option<&[u32]>) -> Result<()> {
-        let accs = &mut self.accs;
-        inputs.feed(which, &mut self.groups, &mut self.scratch, |a, vals, filter, groups, total| {
-            accs[a].update(vals, groups, filter, total)
-        })
-    }
-
-    /// Merges a frozen state of the window (as `Partial::merge` does).
-    pub fn merge(&mut self, f: &Frozen) -> Result<()> {
-        self.groups.assign(f.keys.as_ref(), None, f.groups, &mut self.scratch);
-        let total = self.groups.len();
-        for (acc, state) in self.accs.iter_mut().zip(&f.states) {
-            acc.merge(state, &self.scratch, total)?;
-        }
-        Ok(())
+        Ok(Bin::with(accs, conv))
     }
 
     /// The window's values as they stand (key columns + aggregate columns), without
@@ -127,6 +105,28 @@ impl Peek {
         Ok(Peek::State(agg.groups_accumulator()?))
     }
 
+    /// Each group's value; the accumulator keeps what it had.
+    fn read(&mut self, agg: &Aggregate, n: usize) -> Result<ArrayRef> {
+        match self {
+            Peek::Distinct { sets, .. } => {
+                sets.resize_with(n, HashSet::new);
+                Ok(Arc::new(Int64Array::from_iter_values(sets.iter().map(|s| s.len() as i64))))
+            }
+            Peek::State(acc) => {
+                let state = acc.state(EmitTo::All)?;
+                let all: Vec<usize> = (0..n).collect();
+                let mut kept = agg.groups_accumulator()?;
+                kept.merge_batch(&state, &all, n)?;
+                *acc = kept;
+                let mut read = agg.groups_accumulator()?;
+                read.merge_batch(&state, &all, n)?;
+                read.evaluate(EmitTo::All)
+            }
+        }
+    }
+}
+
+impl BinAccumulator for Peek {
     fn update(
         &mut self,
         vals: &[ArrayRef],
@@ -171,26 +171,6 @@ impl Peek {
                     }
                 }
                 Ok(())
-            }
-        }
-    }
-
-    /// Each group's value; the accumulator keeps what it had.
-    fn read(&mut self, agg: &Aggregate, n: usize) -> Result<ArrayRef> {
-        match self {
-            Peek::Distinct { sets, .. } => {
-                sets.resize_with(n, HashSet::new);
-                Ok(Arc::new(Int64Array::from_iter_values(sets.iter().map(|s| s.len() as i64))))
-            }
-            Peek::State(acc) => {
-                let state = acc.state(EmitTo::All)?;
-                let all: Vec<usize> = (0..n).collect();
-                let mut kept = agg.groups_accumulator()?;
-                kept.merge_batch(&state, &all, n)?;
-                *acc = kept;
-                let mut read = agg.groups_accumulator()?;
-                read.merge_batch(&state, &all, n)?;
-                read.evaluate(EmitTo::All)
             }
         }
     }
