@@ -114,12 +114,16 @@ def main():
     ap.add_argument("--rate", type=float, default=0, help="background load, entries/s (0: none)")
     ap.add_argument("--markers", type=int, default=300)
     ap.add_argument("--poll-ms", type=float, default=0, help="pause between polls (0: back to back)")
+    ap.add_argument("--poll-every", type=float, default=0,
+                    help="ms: a poll starts every this often, as a dashboard's timer does (one that took "
+                         "longer is followed at once); instead of --poll-ms")
     ap.add_argument("--warmup", type=float, default=3, help="seconds of load before the first marker")
     ap.add_argument("--run-arg", action="append", default=[], help="extra argument for eventide run")
     ap.add_argument("--keep-log", help="copy eventide's log here at the end (its checkpoint timings)")
     ap.add_argument("--stages", action="store_true",
                     help="split each marker's latency into stages (eventide's per-batch stage log, "
                          "target eventide::stages) and print their percentiles and the slowest markers' splits")
+    ap.add_argument("--log", default="", help="with --stages: more log directives, e.g. ',eventide::window=debug'")
     a = ap.parse_args()
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,7 +140,7 @@ def main():
             [a.eventide, "run", "--config", "/dev/null", "--redis-url", url, "--stream", "events",
              "--pipelines", os.path.join(repo, "pipelines"), "--lake", os.path.join(tmp, "lake"),
              "--http-addr", f"127.0.0.1:{hport}", "--block", "100ms", *a.run_arg,
-             *(["--log-format", "json", "--log", "info,eventide::stages=trace"] if a.stages else [])],
+             *(["--log-format", "json", "--log", "info,eventide::stages=trace" + a.log] if a.stages else [])],
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "run.log"), "w"))
         procs.append(run)
         wait_port(hport, "eventide's API")
@@ -168,7 +172,14 @@ def main():
             t0, wall0 = time.perf_counter(), time.time()
             entry_id = redis.command("XADD", "events", "*", "data", body)
             want = ev["event_type"].encode()
+            # The timer's phase is the marker's: a dashboard's is unrelated to when events come.
+            next_poll = t0 + random.uniform(0, a.poll_every / 1000)
             while True:
+                if a.poll_every:
+                    pause = next_poll - time.perf_counter()
+                    if pause > 0:
+                        time.sleep(pause)
+                    next_poll = max(next_poll + a.poll_every / 1000, time.perf_counter())
                 api.request("GET", path)
                 resp = api.getresponse()
                 data = resp.read()
@@ -229,6 +240,8 @@ def print_stages(log_path, marks):
                 answers.append((rec["got_us"], rec["us"]))
             elif rec.get("message") in ("Loop turn.", "Lake query."):
                 turns.append((rec["what"], rec["started_us"], rec["started_us"] + rec["us"]))
+            elif rec.get("message") == "Window job.":
+                turns.append(("window:" + rec["what"], rec["started_us"], rec["started_us"] + rec["us"]))
     answers.sort()
     got = [g for g, _ in answers]
     import bisect
@@ -278,7 +291,16 @@ def print_stages(log_path, marks):
     slow = sorted(rows, key=lambda r: r["total"])[-max(1, len(rows) // 20):]
     print("    " + ", ".join(f"{k} {sum(r[k] for r in slow) / len(slow):.1f}" for k in keys))
     kinds = sorted({k for r in rows for k in r["busy"]})
-    print("  the loop's work while a marker was on its way, mean ms (all / the slowest 5%):")
+    jobs = {}
+    for what, a, z in turns:
+        if what.startswith("window:"):
+            jobs.setdefault(what[7:], []).append((z - a) / 1e3)
+    if jobs:
+        print("  window thread jobs (ms): " + "; ".join(
+            f"{k} n={len(v)} p50 {percentile(sorted(v), 50):.1f} p90 {percentile(sorted(v), 90):.1f} max {max(v):.1f}"
+            for k, v in sorted(jobs.items())))
+    print("  busy while a marker was on its way, mean ms (all / the slowest 5%; window:* is the window thread, "
+          "the rest the loop):")
     print("    " + ", ".join(
         f"{k} {sum(r['busy'].get(k, 0) for r in rows) / len(rows):.1f} / "
         f"{sum(r['busy'].get(k, 0) for r in slow) / len(slow):.1f}" for k in kinds))

@@ -2,8 +2,12 @@
 //! watermark and bookkeeping as one blob, restored after a restart so that windows open at a
 //! crash close with every event they had.
 //!
-//! Layout: `EVWIN001`, then per pipeline a JSON header ([`QueryState`]) and its batches as
-//! Arrow IPC streams, each prefixed by its length (u32 / u64, little endian). A pipeline
+//! Layout: `EVWIN002`, then per pipeline a JSON header ([`QueryState`]) and its batches as
+//! Arrow IPC streams, each prefixed by its length (u32 / u64, little endian), then (the
+//! length as u64, then [`crate::checkpoint::pack`]ed per table as Arrow IPC) the rows of
+//! windows closed while the state was taken: the state no longer holds them and the
+//! checkpoint's table rows were cut before they came (see [`super::thread`]); restored, they
+//! wait for the tables again. `EVWIN001` (earlier versions) has no such rows. A pipeline
 //! whose definition changed ([`QueryState::fingerprint`]) or that is new starts empty; state
 //! of a pipeline that no longer exists is dropped (both logged).
 
@@ -12,41 +16,38 @@ use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 
 use super::query::QueryState;
-use super::{Pipelines, encode_tables, query_error};
+use super::{Pipelines, WindowedQuery, encode_tables, query_error};
 use crate::checkpoint::{Checkpointed, Checkpoints, EpochBlobs, Manifest};
 use crate::error::{Error, Result};
 
-const MAGIC: &[u8; 8] = b"EVWIN001";
+const MAGIC: &[u8; 8] = b"EVWIN002";
+/// Blobs of earlier versions: no closed rows after the pipelines.
+const MAGIC_1: &[u8; 8] = b"EVWIN001";
+
+/// Rows per table (its prefix) that a window state blob carries (see the module docs).
+type TableRows = Vec<(String, Vec<RecordBatch>)>;
 
 fn bad(reason: impl Into<String>) -> Error {
     Error::State { path: "window state".into(), reason: reason.into() }
 }
 
 impl Pipelines {
-    /// Every pipeline's window state (buffered events are processed first).
+    /// Every pipeline's window state (buffered events are processed first, on this thread).
     pub fn save_state(&mut self) -> Result<Vec<u8>> {
-        encode_state(self.state_parts()?)
-    }
-
-    /// The window state's parts, to be encoded (on the encoding pool): per pipeline its JSON
-    /// header and its batches (buffered events are processed first).
-    pub(crate) fn state_parts(&mut self) -> Result<StateParts> {
         self.process()?;
-        let mut out = Vec::with_capacity(self.queries.len());
-        for q in &mut self.queries {
-            let t = std::time::Instant::now();
-            let (state, batches) = q.save().map_err(|e| query_error(&q.spec, e))?;
-            tracing::debug!(pipeline = %q.spec.name, ms = t.elapsed().as_millis() as u64, "Window state taken.");
-            out.push((serde_json::to_vec(&state).map_err(|e| bad(e.to_string()))?, batches));
-        }
-        Ok(StateParts(out))
+        encode_state(state_parts(&mut self.queries)?, Vec::new())
     }
 
     /// Restores [`Pipelines::save_state`] into freshly loaded pipelines; returns the names of
-    /// the pipelines restored.
+    /// the pipelines restored. Rows of windows closed while it was taken wait for the
+    /// tables again (not saved yet: the next checkpoint saves them).
     pub fn restore_state(&mut self, bytes: &[u8]) -> Result<Vec<String>> {
+        let (states, closed) = parse_state(bytes)?;
+        if !closed.is_empty() {
+            self.restore_table_rows(closed, false)?;
+        }
         let mut restored = Vec::new();
-        for (state, batches) in parse_state(bytes)? {
+        for (state, batches) in states {
             let Some(q) = self.queries.iter_mut().find(|q| q.spec.name == state.name) else {
                 tracing::warn!(pipeline = %state.name, "Dropping the saved windows of a pipeline that no longer exists.");
                 continue;
@@ -62,12 +63,25 @@ impl Pipelines {
     }
 }
 
-/// The pipelines' window states, taken ([`Pipelines::state_parts`]) and not encoded yet.
+/// The pipelines' window states, taken ([`state_parts`]) and not encoded yet.
 pub struct StateParts(Vec<(Vec<u8>, Vec<RecordBatch>)>);
 
-/// The window state blob of `parts` (the batches as Arrow IPC streams: CPU work, for the
-/// encoding pool).
-pub fn encode_state(parts: StateParts) -> Result<Vec<u8>> {
+/// The window state's parts, to be encoded (on the encoding pool): per pipeline its JSON
+/// header and its batches (call after the last batch was processed).
+pub(super) fn state_parts(queries: &mut [WindowedQuery]) -> Result<StateParts> {
+    let mut out = Vec::with_capacity(queries.len());
+    for q in queries {
+        let t = std::time::Instant::now();
+        let (state, batches) = q.save().map_err(|e| query_error(&q.spec, e))?;
+        tracing::debug!(pipeline = %q.spec.name, ms = t.elapsed().as_millis() as u64, "Window state taken.");
+        out.push((serde_json::to_vec(&state).map_err(|e| bad(e.to_string()))?, batches));
+    }
+    Ok(StateParts(out))
+}
+
+/// The window state blob of `parts` and of the rows closed while it was taken (the batches
+/// as Arrow IPC streams: CPU work, for the encoding pool).
+pub fn encode_state(parts: StateParts, closed: TableRows) -> Result<Vec<u8>> {
     let mut out = MAGIC.to_vec();
     out.extend((parts.0.len() as u32).to_le_bytes());
     for (header, batches) in parts.0 {
@@ -84,13 +98,18 @@ pub fn encode_state(parts: StateParts) -> Result<Vec<u8>> {
             out.extend(buf);
         }
     }
+    let closed = crate::checkpoint::pack(&encode_tables(&closed)?);
+    out.extend((closed.len() as u64).to_le_bytes());
+    out.extend(closed);
     Ok(out)
 }
 
-/// The pipelines' states in a [`Pipelines::save_state`] blob.
-pub(super) fn parse_state(bytes: &[u8]) -> Result<Vec<(QueryState, Vec<RecordBatch>)>> {
+/// The pipelines' states in a [`Pipelines::save_state`] blob, and the table rows it carries
+/// (per table: its prefix, Arrow IPC).
+pub(super) fn parse_state(bytes: &[u8]) -> Result<(Vec<(QueryState, Vec<RecordBatch>)>, Vec<(String, Vec<u8>)>)> {
     let mut r = Cursor { b: bytes };
-    if r.take(8)? != MAGIC {
+    let magic = r.take(8)?;
+    if magic != MAGIC && magic != MAGIC_1 {
         return Err(bad("not a window state blob"));
     }
     let n = r.u32()? as usize;
@@ -106,7 +125,14 @@ pub(super) fn parse_state(bytes: &[u8]) -> Result<Vec<(QueryState, Vec<RecordBat
         }
         out.push((state, batches));
     }
-    Ok(out)
+    let closed = match magic == MAGIC {
+        true => {
+            let len = r.u64()? as usize;
+            crate::checkpoint::unpack(r.take(len)?)?
+        }
+        false => Vec::new(),
+    };
+    Ok((out, closed))
 }
 
 /// The pipelines' part of a checkpoint: every pipeline's window state (`windows.bin`), the
@@ -116,14 +142,29 @@ pub(super) fn parse_state(bytes: &[u8]) -> Result<Vec<(QueryState, Vec<RecordBat
 /// (`window_bounds`, see [`super::merge`]).
 impl Checkpointed for Pipelines {
     async fn save(&mut self, out: &mut EpochBlobs, m: &mut Manifest) -> Result<()> {
-        if !self.is_empty() {
-            // First: it processes what is buffered (which may close windows into the tables).
-            // Taken now (the batches are the windows' arrays); encoded on the pool.
-            let encoding = crate::pool::spawn({
-                let parts = self.state_parts()?;
-                move || encode_state(parts)
-            });
+        if !self.is_empty() && self.partial() {
+            // One shard of several: its partials below need the windows as of now.
+            self.process()?;
+            let parts = state_parts(&mut self.queries)?;
+            let encoding = crate::pool::spawn(move || encode_state(parts, Vec::new()));
             m.windows = Some(out.put_later("windows.bin", async move { Ok(encoding.await??.into()) }));
+        } else if !self.is_empty() {
+            // The buffered events and the state on the window thread (the term's loop goes
+            // on); the blob waits for them, then is encoded on the pool. Rows of windows the
+            // events close come after the tables' rows taken below, so the blob keeps them.
+            let saved = self.save_in_background()?;
+            let prefixes: Vec<(String, String)> =
+                self.tables.iter().zip(&self.late).map(|(t, l)| (t.prefix().into(), l.prefix().into())).collect();
+            m.windows = Some(out.put_later("windows.bin", async move {
+                let (parts, closed) =
+                    saved.await.map_err(|_| Error::Internal("the window thread dropped a checkpoint".into()))??;
+                let mut rows = TableRows::new();
+                for ((table, late), (t, l)) in closed.into_iter().zip(prefixes) {
+                    rows.extend([(t, table), (l, late)].into_iter().filter(|(_, b)| !b.is_empty()));
+                }
+                let encoding = crate::pool::spawn(move || encode_state(parts, rows));
+                Ok(encoding.await??.into())
+            }));
         }
         // The table rows: only those since the last checkpoint, in a blob added to the line
         // (encoded on the pool: a flood of late events makes megabytes a second).
@@ -145,6 +186,13 @@ impl Checkpointed for Pipelines {
     }
 
     async fn restore(&mut self, cp: &Checkpoints, m: &Manifest) -> Result<()> {
+        // The table rows first: those the window state carries came after them.
+        // Checkpoints of earlier versions saved every waiting row in `tables`.
+        let line: Vec<String> = m.tables.iter().chain(&m.table_parts).cloned().collect();
+        for path in &line {
+            self.restore_tables(crate::checkpoint::unpack(&cp.get_blob(path).await?)?)?;
+        }
+        self.table_line = line;
         if let Some(path) = &m.windows {
             let restored = self.restore_state(&cp.get_blob(path).await?)?;
             tracing::info!(pipelines = ?restored, "Restored open windows.");
@@ -152,12 +200,6 @@ impl Checkpointed for Pipelines {
         if let Some(path) = &m.partials {
             self.restore_partials(&cp.get_blob(path).await?, &m.window_bounds)?;
         }
-        // Checkpoints of earlier versions saved every waiting row in `tables`.
-        let line: Vec<String> = m.tables.iter().chain(&m.table_parts).cloned().collect();
-        for path in &line {
-            self.restore_tables(crate::checkpoint::unpack(&cp.get_blob(path).await?)?)?;
-        }
-        self.table_line = line;
         Ok(())
     }
 }

@@ -92,7 +92,7 @@ impl Pipelines {
             None => BTreeMap::new(),
         };
         let mut out = BTreeMap::new();
-        for (state, batches) in super::checkpoint::parse_state(windows)? {
+        for (state, batches) in super::checkpoint::parse_state(windows)?.0 {
             let Some(q) = self.queries.iter().find(|q| q.spec.name == state.name) else { continue };
             let same = bounds.get(&q.spec.name).is_some_and(|b| b.fingerprint == q.fingerprint_hash());
             let kept = closed.remove(&q.spec.name).filter(|_| same);

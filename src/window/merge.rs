@@ -248,12 +248,13 @@ impl Pipelines {
         for q in &mut self.queries {
             q.emit_partials().map_err(|why| Error::Config(format!("{}: {why}", q.spec.file.display())))?;
         }
+        self.partial = self.queries.iter().any(|q| q.partials.is_some());
         Ok(())
     }
 
-    /// Whether the pipelines run as one shard of several.
+    /// Whether the pipelines run as one shard of several (known while a job has them too).
     pub fn partial(&self) -> bool {
-        self.queries.iter().any(|q| q.partials.is_some())
+        self.partial
     }
 
     /// This shard's windows as the merger sees them (cheap: the batches are shared).

@@ -59,6 +59,9 @@ pub struct Pipelines {
     tick_bounds: Option<std::collections::BTreeMap<String, crate::checkpoint::WindowBound>>,
     /// Ticks in a row that found the window thread busy.
     ticks_skipped: u32,
+    /// One shard of several: closed windows' partial states go to the merger
+    /// ([`Pipelines::emit_partials`]).
+    partial: bool,
     columns: EventColumns,
     schemas: Vec<SchemaRef>,
     tables: Vec<TableBuffer>,
@@ -138,6 +141,7 @@ impl Pipelines {
             metrics: Vec::new(),
             tick_bounds: None,
             ticks_skipped: 0,
+            partial: false,
             columns,
             schemas,
             tables,
@@ -316,7 +320,14 @@ impl Pipelines {
 
     /// Restores [`encode_tables`]' parts (tables that no longer exist are dropped).
     pub fn restore_tables(&mut self, saved: Vec<(String, Vec<u8>)>) -> Result<()> {
-        for (prefix, bytes) in saved {
+        self.restore_table_rows(saved, true)
+    }
+
+    /// [`Pipelines::restore_tables`]; `saved`: the rows count as saved already (the blobs
+    /// they came from stay in the line), else the next checkpoint saves them.
+    fn restore_table_rows(&mut self, rows: Vec<(String, Vec<u8>)>, saved: bool) -> Result<()> {
+        let unsaved: Vec<Vec<_>> = self.tables.iter_mut().chain(&mut self.late).map(|t| t.take_unsaved()).collect();
+        for (prefix, bytes) in rows {
             let Some(t) = self.tables.iter_mut().chain(&mut self.late).find(|t| t.prefix() == prefix) else {
                 tracing::warn!(table = %prefix, "Dropping saved rows of a table that no longer exists.");
                 continue;
@@ -329,9 +340,9 @@ impl Pipelines {
                 }
             }
         }
-        // Restored rows are saved already (the blobs they came from stay in the line).
-        for t in self.tables.iter_mut().chain(&mut self.late) {
-            t.take_unsaved();
+        for (t, before) in self.tables.iter_mut().chain(&mut self.late).zip(unsaved) {
+            let restored = t.take_unsaved();
+            t.keep_unsaved(before.into_iter().chain(restored.into_iter().filter(|_| !saved)).collect());
         }
         Ok(())
     }

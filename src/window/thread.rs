@@ -6,17 +6,22 @@
 //! The loop hands it the buffered events at each micro-batch ([`Pipelines::process_in_background`]),
 //! the other pipelines' share of a live request's events, and the clock's work
 //! ([`Pipelines::on_tick`]: the events buffered since, idle timeouts, the state bound, a
-//! metrics snapshot). The tick does not wait for a job: a job still running is left for the
-//! next tick (up to a bound). The thread runs at the runtime's priority: the loop waits for it whenever it
-//! settles (a live request, a checkpoint), so a lower priority would only make it wait longer.
+//! metrics snapshot), and a checkpoint's ([`Pipelines::save_in_background`]: the events
+//! buffered since, then every pipeline's window state). The tick does not wait for a job: a
+//! job still running is left for the next tick (up to a bound). The thread runs at the
+//! runtime's priority: the loop waits for it whenever it settles (a live request, the next
+//! micro-batch), so a lower priority would only make it wait longer.
 
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
+use tokio::sync::oneshot;
 
+use super::checkpoint::{StateParts, state_parts};
 use super::{Pipelines, WindowedQuery, run_one};
 use crate::error::{Error, Result};
 use crate::metrics::PipelineMetrics;
+use crate::telemetry::STAGES;
 
 /// Ticks in a row that may find the window thread busy and leave its work to the next.
 const MAX_TICKS_SKIPPED: u32 = 9;
@@ -29,6 +34,20 @@ pub(super) type Done = (Vec<WindowedQuery>, Result<()>, Option<Vec<PipelineMetri
 struct Tick {
     now: Instant,
     max_state_bytes: usize,
+}
+
+/// What a checkpoint's job sends the checkpoint: the window state's parts after its
+/// batches, and per pipeline the rows of windows those batches closed and their late
+/// events (the state no longer holds them; they reach the tables when the job settles,
+/// after this checkpoint took the tables' rows, so they are saved with the state).
+pub(crate) type Saved = Result<(StateParts, Vec<(Vec<RecordBatch>, Vec<RecordBatch>)>)>;
+
+/// One job: each pipeline's batch (but `done`'s), then the clock's part, then a checkpoint's.
+struct Job {
+    batches: Vec<RecordBatch>,
+    done: Option<usize>,
+    tick: Option<Tick>,
+    save: Option<oneshot::Sender<Saved>>,
 }
 
 impl Pipelines {
@@ -69,7 +88,19 @@ impl Pipelines {
         self.ticks_skipped = 0;
         self.settle()?;
         let batches = if self.columns.is_empty() { Vec::new() } else { self.columns.finish(&self.schemas)? };
-        self.spawn(batches, None, Some(Tick { now, max_state_bytes: self.max_state_bytes }))
+        let tick = Some(Tick { now, max_state_bytes: self.max_state_bytes });
+        self.spawn(Job { batches, done: None, tick, save: None })
+    }
+
+    /// A checkpoint's window work on the window thread: the events buffered so far, then
+    /// every pipeline's state, sent on the returned channel with the rows the events closed
+    /// ([`Saved`]). The loop goes on meanwhile; whatever settles next waits for it.
+    pub(crate) fn save_in_background(&mut self) -> Result<oneshot::Receiver<Saved>> {
+        self.settle()?;
+        let batches = if self.columns.is_empty() { Vec::new() } else { self.columns.finish(&self.schemas)? };
+        let (tx, rx) = oneshot::channel();
+        self.spawn(Job { batches, done: None, tick: None, save: Some(tx) })?;
+        Ok(rx)
     }
 
     /// Each pipeline's metrics: as they stand, or with a job in flight as of the last tick
@@ -91,40 +122,73 @@ impl Pipelines {
         if batches.iter().enumerate().all(|(i, b)| Some(i) == done || b.num_rows() == 0) {
             return Ok(());
         }
-        self.spawn(batches, done, None)
+        self.spawn(Job { batches, done, tick: None, save: None })
     }
 
-    fn spawn(&mut self, batches: Vec<RecordBatch>, done: Option<usize>, tick: Option<Tick>) -> Result<()> {
-        self.tick_bounds = tick.map(|_| super::merge::bounds_of(&self.queries));
+    fn spawn(&mut self, job: Job) -> Result<()> {
+        self.tick_bounds = job.tick.map(|_| super::merge::bounds_of(&self.queries));
         let mut queries = std::mem::take(&mut self.queries);
         let isolate = self.isolate;
-        let job = std::thread::Builder::new()
+        let timed = tracing::enabled!(target: STAGES, tracing::Level::TRACE)
+            .then(|| (Instant::now(), chrono::Utc::now().timestamp_micros()));
+        let handle = std::thread::Builder::new()
             .name("eventide-windows".into())
             .spawn(move || {
-                let result = run(&mut queries, isolate, &batches, done, tick);
+                let (tick, what) = (job.tick, job.kind());
+                let rows = job.batches.iter().map(RecordBatch::num_rows).max().unwrap_or(0);
+                let result = run(&mut queries, isolate, job);
                 let metrics = tick.map(|_| snapshot(&queries));
+                if let Some((spawned, spawned_us)) = timed {
+                    let us = spawned.elapsed().as_micros() as u64;
+                    tracing::trace!(target: STAGES, what, rows, started_us = spawned_us, us, "Window job.");
+                }
                 (queries, result, metrics)
             })
             .map_err(|e| Error::Internal(format!("cannot start a window thread: {e}")))?;
-        self.in_flight = Some(job);
+        self.in_flight = Some(handle);
         Ok(())
     }
 }
 
-/// A job's work: each pipeline's batch (but `done`'s), then the clock's part.
-fn run(
-    queries: &mut [WindowedQuery],
-    isolate: bool,
-    batches: &[RecordBatch],
-    done: Option<usize>,
-    tick: Option<Tick>,
-) -> Result<()> {
+impl Job {
+    /// What the job is for, in the stage log.
+    fn kind(&self) -> &'static str {
+        match (&self.save, self.tick, self.done) {
+            (Some(_), ..) => "checkpoint",
+            (_, Some(_), _) => "tick",
+            (_, _, Some(_)) => "live",
+            _ => "batch",
+        }
+    }
+}
+
+/// A job's work: each pipeline's batch (but `done`'s), then the clock's part, then the
+/// checkpoint's (its outcome goes to the checkpoint; the job's own, to whoever settles).
+fn run(queries: &mut [WindowedQuery], isolate: bool, job: Job) -> Result<()> {
+    let processed = process(queries, isolate, &job);
+    let Some(tx) = job.save else { return processed };
+    let saved = processed.and_then(|()| {
+        // What the batches closed (the queue was empty at the start: the last settle
+        // drained it) stays queued for the tables too.
+        let closed = queries.iter().map(|q| (q.ready.clone(), q.late_ready.clone())).collect();
+        Ok((state_parts(queries)?, closed))
+    });
+    let outcome = match &saved {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::Internal(format!("a checkpoint's window work failed: {e}"))),
+    };
+    // The checkpoint may be gone (its term stopped): nothing waits then.
+    let _ = tx.send(saved);
+    outcome
+}
+
+fn process(queries: &mut [WindowedQuery], isolate: bool, job: &Job) -> Result<()> {
     for (i, q) in queries.iter_mut().enumerate() {
-        if let Some(b) = batches.get(i).filter(|_| Some(i) != done) {
+        if let Some(b) = job.batches.get(i).filter(|_| Some(i) != job.done) {
             run_one(q, isolate, |q| q.process(b))?;
         }
     }
-    if let Some(t) = tick {
+    if let Some(t) = job.tick {
         for q in queries.iter_mut() {
             run_one(q, isolate, |q| {
                 q.on_idle(t.now)?;

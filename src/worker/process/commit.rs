@@ -122,7 +122,12 @@ impl Processor {
     async fn begin_checkpoint(&mut self, final_stop: bool) -> Result<Option<Prepared>> {
         let t = Instant::now();
         let mut trace = self.spans.checkpoint();
-        self.pipelines.process()?;
+        if self.pipelines.partial() {
+            // One shard of several: the merge and the bounds need the windows as of now (a
+            // single run's pipelines take the buffered events on the window thread, in
+            // `Pipelines::save`).
+            self.pipelines.process()?;
+        }
         let merge_news = self.merge_before_checkpoint(final_stop, self.checkpoint_interval).await?;
         let mut files = std::mem::take(&mut self.epoch_files);
         // Files that reached their age (all at a stop) are finished; the others stay open and
@@ -133,11 +138,9 @@ impl Processor {
             false => self.archive.commit_older(self.roll_age).await?,
         });
         let placement = self.archive.placement.clone();
-        let tables = if finish_all || self.pipelines.pending_age().is_some_and(|a| a >= self.roll_age) {
-            self.pipelines.commit_to(&self.lake, &self.writer, &placement).await?
-        } else {
-            self.pipelines.process()?;
-            Vec::new()
+        let tables = match finish_all || self.pipelines.pending_age().is_some_and(|a| a >= self.roll_age) {
+            true => self.pipelines.commit_to(&self.lake, &self.writer, &placement).await?,
+            false => Vec::new(),
         };
         let t_files = t.elapsed();
         trace.phase("files");
