@@ -63,20 +63,21 @@ impl Pipelines {
     }
 }
 
-/// The pipelines' window states, taken ([`state_parts`]) and not encoded yet.
-pub struct StateParts(Vec<(Vec<u8>, Vec<RecordBatch>)>);
+/// The pipelines' window states, taken ([`state_part`]) and not encoded yet.
+pub struct StateParts(pub(super) Vec<(Vec<u8>, Vec<RecordBatch>)>);
 
-/// The window state's parts, to be encoded (on the encoding pool): per pipeline its JSON
-/// header and its batches (call after the last batch was processed).
-pub(super) fn state_parts(queries: &mut [WindowedQuery]) -> Result<StateParts> {
-    let mut out = Vec::with_capacity(queries.len());
-    for q in queries {
-        let t = std::time::Instant::now();
-        let (state, batches) = q.save().map_err(|e| query_error(&q.spec, e))?;
-        tracing::debug!(pipeline = %q.spec.name, ms = t.elapsed().as_millis() as u64, "Window state taken.");
-        out.push((serde_json::to_vec(&state).map_err(|e| bad(e.to_string()))?, batches));
-    }
-    Ok(StateParts(out))
+/// Every pipeline's [`state_part`].
+fn state_parts(queries: &mut [WindowedQuery]) -> Result<StateParts> {
+    queries.iter_mut().map(state_part).collect::<Result<_>>().map(StateParts)
+}
+
+/// A pipeline's window state, to be encoded (on the encoding pool): its JSON header and its
+/// batches (call after its last batch was processed).
+pub(super) fn state_part(q: &mut WindowedQuery) -> Result<(Vec<u8>, Vec<RecordBatch>)> {
+    let t = std::time::Instant::now();
+    let (state, batches) = q.save().map_err(|e| query_error(&q.spec, e))?;
+    tracing::debug!(pipeline = %q.spec.name, ms = t.elapsed().as_millis() as u64, "Window state taken.");
+    Ok((serde_json::to_vec(&state).map_err(|e| bad(e.to_string()))?, batches))
 }
 
 /// The window state blob of `parts` and of the rows closed while it was taken (the batches

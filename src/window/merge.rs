@@ -274,7 +274,7 @@ impl Pipelines {
 
     /// Each pipeline's bound, or `None` while a micro-batch is in flight.
     pub fn window_bounds(&self) -> Option<BTreeMap<String, WindowBound>> {
-        if self.in_flight.is_some() {
+        if self.away() {
             // As of the tick that started the job (none: another job's).
             return self.tick_bounds.clone();
         }

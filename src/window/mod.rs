@@ -22,6 +22,7 @@ pub mod spec;
 mod tables;
 mod thread;
 pub mod watermark;
+mod worker;
 
 use std::path::Path;
 
@@ -50,12 +51,13 @@ pub const LATE_TABLE: &str = "late_events";
 /// Every pipeline of a run, fed from one stream of accepted events.
 pub struct Pipelines {
     queries: Vec<WindowedQuery>,
-    /// A micro-batch being aggregated on its own thread ([`Pipelines::process_in_background`],
-    /// [`Pipelines::on_tick`]); `queries` is with it until [`Pipelines::settle`].
-    in_flight: Option<std::thread::JoinHandle<thread::Done>>,
-    /// Each pipeline's metrics as of the last tick (read while `queries` may be away).
-    metrics: Vec<crate::metrics::PipelineMetrics>,
-    /// The window bounds (shards of several) as of the tick whose job is in flight.
+    /// The window worker (started by the first item, [`thread`]); `queries` is with it while
+    /// `away`, until [`Pipelines::settle`].
+    worker: Option<thread::PipelineWorker>,
+    away: bool,
+    /// Each pipeline's metrics as of its last tick item (read while `queries` are away).
+    tick_metrics: std::sync::Arc<std::sync::Mutex<Vec<crate::metrics::PipelineMetrics>>>,
+    /// The window bounds (shards of several) as of the last tick.
     tick_bounds: Option<std::collections::BTreeMap<String, crate::checkpoint::WindowBound>>,
     /// Ticks in a row that found the window thread busy.
     ticks_skipped: u32,
@@ -137,8 +139,9 @@ impl Pipelines {
         }
         Ok(Pipelines {
             queries,
-            in_flight: None,
-            metrics: Vec::new(),
+            worker: None,
+            away: false,
+            tick_metrics: Default::default(),
             tick_bounds: None,
             ticks_skipped: 0,
             partial: false,
@@ -250,12 +253,7 @@ impl Pipelines {
 
     fn collect(&mut self) -> Result<()> {
         for ((q, t), l) in self.queries.iter_mut().zip(&mut self.tables).zip(&mut self.late) {
-            for b in q.ready.drain(..) {
-                t.push(b)?;
-            }
-            for b in q.late_ready.drain(..) {
-                l.push(b)?;
-            }
+            thread::collect_one(q, t, l)?;
         }
         Ok(())
     }
@@ -272,32 +270,60 @@ impl Pipelines {
         name: &str,
         starts: live::Starts,
     ) -> Result<Option<(Vec<arrow::array::RecordBatch>, Vec<arrow::array::RecordBatch>)>> {
-        self.settle()?;
-        let Some(i) = self.queries.iter().position(|q| q.spec.name == name) else { return Ok(None) };
-        // The buffered events: the asked pipeline takes them now, the others on a window
-        // thread once the answer is made (the answer waits for one pipeline, not all).
-        let batches = if self.columns.is_empty() { None } else { Some(self.columns.finish(&self.schemas)?) };
-        let processed = match &batches {
-            Some(b) => run_one(&mut self.queries[i], self.isolate, |q| q.process(&b[i])).and_then(|()| self.collect()),
-            None => Ok(()),
-        };
-        let answer = processed.and_then(|()| {
-            let q = &mut self.queries[i];
-            if let Some(why) = &q.failed {
-                return Err(Error::Query { pipeline: q.spec.name.clone(), message: format!("failed: {why}") });
+        let Some(i) = self.tables.iter().position(|t| t.prefix() == name) else { return Ok(None) };
+        // With the pipelines on the worker, this one comes back with its queued items run.
+        let mut q = match self.away() {
+            true => {
+                let (q, ran) = self.take_one(i)?;
+                if let Err(e) = ran {
+                    self.give_back(i, q);
+                    return Err(e);
+                }
+                q
             }
-            // One shard of several: its open windows hold its own events only; the merged
-            // ones waiting for a commit are shard 0's.
-            let open = match q.partials {
-                Some(_) => Vec::new(),
-                None => q.peek(&starts).map_err(|e| query_error(&q.spec, e))?,
-            };
-            Ok(Some((open, self.tables[i].buffered())))
-        });
+            false => self.queries.swap_remove(i),
+        };
+        // The buffered events: the asked pipeline takes them now, the others on the worker
+        // once the answer is made (the answer waits for one pipeline, not all).
+        let batches = if self.columns.is_empty() { None } else { Some(self.columns.finish(&self.schemas)?) };
+        let answer = self.answer_live(&mut q, i, batches.as_ref().map(|b| &b[i]), &starts);
+        match self.away() {
+            true => self.give_back(i, q),
+            false => {
+                // swap_remove moved the last into `i`: back in order.
+                self.queries.push(q);
+                let last = self.queries.len() - 1;
+                self.queries.swap(i, last);
+            }
+        }
         if let Some(b) = batches {
             self.spawn_batches(b, Some(i))?;
         }
         answer
+    }
+
+    /// [`Pipelines::live_rows`] of pipeline `i` (`q`, taken out), after `batch`.
+    fn answer_live(
+        &mut self,
+        q: &mut WindowedQuery,
+        i: usize,
+        batch: Option<&arrow::array::RecordBatch>,
+        starts: &live::Starts,
+    ) -> Result<Option<(Vec<arrow::array::RecordBatch>, Vec<arrow::array::RecordBatch>)>> {
+        if let Some(b) = batch {
+            run_one(q, self.isolate, |q| q.process(b))?;
+        }
+        thread::collect_one(q, &mut self.tables[i], &mut self.late[i])?;
+        if let Some(why) = &q.failed {
+            return Err(Error::Query { pipeline: q.spec.name.clone(), message: format!("failed: {why}") });
+        }
+        // One shard of several: its open windows hold its own events only; the merged
+        // ones waiting for a commit are shard 0's.
+        let open = match q.partials {
+            Some(_) => Vec::new(),
+            None => q.peek(starts).map_err(|e| query_error(&q.spec, e))?,
+        };
+        Ok(Some((open, self.tables[i].buffered())))
     }
 
     /// How long the oldest row waiting for a table file has waited.

@@ -1,73 +1,112 @@
-//! The window thread: aggregation work taken off the term's loop. A job takes every
-//! pipeline ([`Pipelines::queries`] is empty meanwhile) and gives them back when
-//! [`Pipelines::settle`] joins it; one job is in flight at a time, so batches are applied in
-//! order and results do not depend on where they ran.
+//! The pipelines' work off the term's loop, on the window worker ([`super::worker`]): while
+//! they are away ([`Pipelines::queries`] is empty meanwhile), the loop queues each
+//! pipeline's items and goes on; [`Pipelines::settle`] takes them all back when something
+//! needs every pipeline as of now (a table commit, a replay's batch, shards' merging).
 //!
-//! The loop hands it the buffered events at each micro-batch ([`Pipelines::process_in_background`]),
-//! the other pipelines' share of a live request's events, and the clock's work
-//! ([`Pipelines::on_tick`]: the events buffered since, idle timeouts, the state bound, a
-//! metrics snapshot), and a checkpoint's ([`Pipelines::save_in_background`]: the events
-//! buffered since, then every pipeline's window state). The tick does not wait for a job: a
-//! job still running is left for the next tick (up to a bound). The thread runs at the
-//! runtime's priority: the loop waits for it whenever it settles (a live request, the next
-//! micro-batch), so a lower priority would only make it wait longer.
+//! The loop queues the buffered events at each micro-batch
+//! ([`Pipelines::process_in_background`]), the other pipelines' share of a live request's
+//! events, the clock's work ([`Pipelines::on_tick`]: the events buffered since, idle
+//! timeouts, the state bound, a metrics snapshot) and a checkpoint's
+//! ([`Pipelines::save_in_background`]: the events buffered since, then every pipeline's
+//! window state). A live request takes its own pipeline back and runs that pipeline's queued
+//! items itself ([`Pipelines::live_rows`]): it never waits for another pipeline's work. The thread runs at the runtime's priority: the loop waits for
+//! it when it takes a pipeline back, so a lower priority would only make it wait longer.
+//!
+//! Rows of windows closed on the worker stay with their pipeline until the loop collects
+//! them: at a tick (pipelines with nothing queued), a live request (its pipeline) or a
+//! settle. A pipeline with a checkpoint's part queued is not collected before that part
+//! ran, so each row is either in the checkpoint's table part (collected before it) or in
+//! its window state blob (not collected when its part ran).
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use tokio::sync::oneshot;
 
-use super::checkpoint::{StateParts, state_parts};
+use super::checkpoint::{StateParts, state_part};
+use super::worker::Worker;
 use super::{Pipelines, WindowedQuery, run_one};
 use crate::error::{Error, Result};
 use crate::metrics::PipelineMetrics;
 use crate::telemetry::STAGES;
 
-/// Ticks in a row that may find the window thread busy and leave its work to the next.
+/// Ticks in a row that may find the worker busy and leave their checks to the next.
 const MAX_TICKS_SKIPPED: u32 = 9;
 
-/// What a job gives back: the pipelines, its outcome, and (a tick) the metrics after it.
-pub(super) type Done = (Vec<WindowedQuery>, Result<()>, Option<Vec<PipelineMetrics>>);
+/// Items queued per pipeline before the loop waits for the worker.
+const MAX_QUEUED_PER_PIPELINE: usize = 4;
 
-/// The clock's part of a job.
-#[derive(Clone, Copy)]
-struct Tick {
-    now: Instant,
-    max_state_bytes: usize,
-}
-
-/// What a checkpoint's job sends the checkpoint: the window state's parts after its
-/// batches, and per pipeline the rows of windows those batches closed and their late
-/// events (the state no longer holds them; they reach the tables when the job settles,
-/// after this checkpoint took the tables' rows, so they are saved with the state).
+/// What a checkpoint's items send the checkpoint: the window state's parts, and per
+/// pipeline the rows of closed windows and the late events not collected yet (the state no
+/// longer holds them and the checkpoint's table part does not either).
 pub(crate) type Saved = Result<(StateParts, Vec<(Vec<RecordBatch>, Vec<RecordBatch>)>)>;
 
-/// One job: each pipeline's batch (but `done`'s), then the clock's part, then a checkpoint's.
-struct Job {
-    batches: Vec<RecordBatch>,
-    done: Option<usize>,
-    tick: Option<Tick>,
-    save: Option<oneshot::Sender<Saved>>,
+/// The window worker of [`Pipelines`].
+pub(super) type PipelineWorker = Worker<WindowedQuery, Item>;
+
+/// One pipeline's work.
+pub(super) enum Item {
+    Batch(RecordBatch),
+    /// The clock's checks, and the metrics snapshot after them.
+    Tick { now: Instant, max_state_bytes: usize, metrics: Arc<Mutex<Vec<PipelineMetrics>>> },
+    /// Its part of a checkpoint.
+    Save(Arc<SaveParts>),
+}
+
+/// A checkpoint's parts, one per pipeline; the last one in sends them all.
+pub(super) struct SaveParts(Mutex<Parts>);
+
+type Part = ((Vec<u8>, Vec<RecordBatch>), (Vec<RecordBatch>, Vec<RecordBatch>));
+
+struct Parts {
+    parts: Vec<Option<Part>>,
+    tx: Option<oneshot::Sender<Saved>>,
+}
+
+impl SaveParts {
+    fn put(&self, index: usize, part: Result<Part>) {
+        let mut g = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match part {
+            Ok(p) => g.parts[index] = Some(p),
+            Err(e) => {
+                if let Some(tx) = g.tx.take() {
+                    // The checkpoint may be gone (its term stopped): nothing waits then.
+                    let _ = tx.send(Err(e));
+                }
+                return;
+            }
+        }
+        if g.parts.iter().all(Option::is_some)
+            && let Some(tx) = g.tx.take()
+        {
+            let (states, closed): (Vec<_>, Vec<_>) = g.parts.iter_mut().filter_map(Option::take).unzip();
+            let _ = tx.send(Ok((StateParts(states), closed)));
+        }
+    }
 }
 
 impl Pipelines {
-    /// Waits for the job in flight, if any, and collects its output. Everything that reads
-    /// or changes the windows calls it first.
+    /// Takes every pipeline back from the worker (waiting for their items) and collects what
+    /// they closed. Everything that reads or changes every window calls it first.
     pub fn settle(&mut self) -> Result<()> {
-        let Some(job) = self.in_flight.take() else { return Ok(()) };
-        let (queries, result, metrics) = job.join().map_err(|_| Error::Internal("a window thread panicked".into()))?;
-        self.queries = queries;
-        if let Some(m) = metrics {
-            self.metrics = m;
+        if !self.away {
+            return Ok(());
         }
-        result?;
+        let Some(w) = &self.worker else { return Err(Error::Internal("the window worker is gone".into())) };
+        self.queries = w.take_all()?;
+        self.away = false;
         self.collect()
     }
 
-    /// [`Pipelines::process`] on the window thread: the caller goes on decoding and buffering
-    /// the next events meanwhile (live runs).
+    /// Whether the pipelines are with the worker.
+    pub(super) fn away(&self) -> bool {
+        self.away
+    }
+
+    /// [`Pipelines::process`] on the worker: the caller goes on decoding and buffering the
+    /// next events meanwhile (live runs).
     pub fn process_in_background(&mut self) -> Result<()> {
-        self.settle()?;
         if self.columns.is_empty() {
             return Ok(());
         }
@@ -75,40 +114,55 @@ impl Pipelines {
         self.spawn_batches(batches, None)
     }
 
-    /// The clock's work (live runs), on the window thread with the events buffered so far:
-    /// idle timeouts close windows whose input went quiet, a pipeline whose state is past
-    /// the bound fails, and the metrics snapshot is renewed. With a job still running, the
-    /// next tick does it; after 9 in a row (`MAX_TICKS_SKIPPED`: the window thread busy back to
-    /// back) this one waits for it, so the state bound is checked at least that often.
+    /// The clock's work (live runs), on the worker with the events buffered so far: idle
+    /// timeouts close windows whose input went quiet, a pipeline whose state is past the
+    /// bound fails, and the metrics snapshot is renewed; what idle pipelines closed is
+    /// collected. With items still queued, the next tick does it; after 9 in a row
+    /// (`MAX_TICKS_SKIPPED`) this one queues its checks anyway, so the state bound is
+    /// checked at least that often.
     pub fn on_tick(&mut self, now: Instant) -> Result<()> {
-        if self.in_flight.as_ref().is_some_and(|job| !job.is_finished()) && self.ticks_skipped < MAX_TICKS_SKIPPED {
+        if self.away {
+            self.collect_idle()?;
+        }
+        if self.worker.as_ref().is_some_and(|w| self.away && w.busy()) && self.ticks_skipped < MAX_TICKS_SKIPPED {
             self.ticks_skipped += 1;
             return Ok(());
         }
         self.ticks_skipped = 0;
-        self.settle()?;
-        let batches = if self.columns.is_empty() { Vec::new() } else { self.columns.finish(&self.schemas)? };
-        let tick = Some(Tick { now, max_state_bytes: self.max_state_bytes });
-        self.spawn(Job { batches, done: None, tick, save: None })
+        if self.partial {
+            // One shard of several: the bounds as of this tick, for the merger.
+            self.settle()?;
+            self.tick_bounds = Some(super::merge::bounds_of(&self.queries));
+        }
+        self.process_in_background()?;
+        for i in 0..self.schemas.len() {
+            let metrics = self.tick_metrics.clone();
+            self.push(i, Item::Tick { now, max_state_bytes: self.max_state_bytes, metrics })?;
+        }
+        Ok(())
     }
 
-    /// A checkpoint's window work on the window thread: the events buffered so far, then
-    /// every pipeline's state, sent on the returned channel with the rows the events closed
-    /// ([`Saved`]). The loop goes on meanwhile; whatever settles next waits for it.
+    /// A checkpoint's window work on the worker: the events buffered so far, then every
+    /// pipeline's state, sent on the returned channel with the rows not collected yet
+    /// ([`Saved`]). The loop goes on meanwhile.
     pub(crate) fn save_in_background(&mut self) -> Result<oneshot::Receiver<Saved>> {
-        self.settle()?;
-        let batches = if self.columns.is_empty() { Vec::new() } else { self.columns.finish(&self.schemas)? };
+        self.process_in_background()?;
         let (tx, rx) = oneshot::channel();
-        self.spawn(Job { batches, done: None, tick: None, save: Some(tx) })?;
+        let n = self.schemas.len();
+        let parts = Arc::new(SaveParts(Mutex::new(Parts { parts: (0..n).map(|_| None).collect(), tx: Some(tx) })));
+        for i in 0..n {
+            self.push(i, Item::Save(parts.clone()))?;
+        }
         Ok(rx)
     }
 
-    /// Each pipeline's metrics: as they stand, or with a job in flight as of the last tick
-    /// (whose job measured them, off the loop); the rows waiting for a commit as of now.
+    /// Each pipeline's metrics: as they stand, or while the pipelines are away as of the
+    /// last tick (its items measured them, off the loop); the rows waiting for a commit as
+    /// of now.
     pub fn metrics(&self) -> Vec<PipelineMetrics> {
-        let mut out = match self.in_flight {
-            Some(_) => self.metrics.clone(),
-            None => snapshot(&self.queries),
+        let mut out = match self.away {
+            true => self.tick_metrics.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+            false => self.queries.iter().map(snapshot).collect(),
         };
         for (m, rows) in out.iter_mut().zip(self.pending_by_pipeline()) {
             m.pending_rows = rows;
@@ -116,101 +170,125 @@ impl Pipelines {
         out
     }
 
-    /// Runs `batches` (one per pipeline) through the pipelines on the window thread, but for
-    /// pipeline `done` (processed already); nothing to run (no rows for the others), no job.
+    /// Queues `batches` (one per pipeline) for the pipelines on the worker, but for pipeline
+    /// `done` (processed already) and those without rows.
     pub(super) fn spawn_batches(&mut self, batches: Vec<RecordBatch>, done: Option<usize>) -> Result<()> {
-        if batches.iter().enumerate().all(|(i, b)| Some(i) == done || b.num_rows() == 0) {
-            return Ok(());
+        for (i, b) in batches.into_iter().enumerate() {
+            if Some(i) != done && b.num_rows() > 0 {
+                self.push(i, Item::Batch(b))?;
+            }
         }
-        self.spawn(Job { batches, done, tick: None, save: None })
-    }
-
-    fn spawn(&mut self, job: Job) -> Result<()> {
-        self.tick_bounds = job.tick.map(|_| super::merge::bounds_of(&self.queries));
-        let mut queries = std::mem::take(&mut self.queries);
-        let isolate = self.isolate;
-        let timed = tracing::enabled!(target: STAGES, tracing::Level::TRACE)
-            .then(|| (Instant::now(), chrono::Utc::now().timestamp_micros()));
-        let handle = std::thread::Builder::new()
-            .name("eventide-windows".into())
-            .spawn(move || {
-                let (tick, what) = (job.tick, job.kind());
-                let rows = job.batches.iter().map(RecordBatch::num_rows).max().unwrap_or(0);
-                let result = run(&mut queries, isolate, job);
-                let metrics = tick.map(|_| snapshot(&queries));
-                if let Some((spawned, spawned_us)) = timed {
-                    let us = spawned.elapsed().as_micros() as u64;
-                    tracing::trace!(target: STAGES, what, rows, started_us = spawned_us, us, "Window job.");
-                }
-                (queries, result, metrics)
-            })
-            .map_err(|e| Error::Internal(format!("cannot start a window thread: {e}")))?;
-        self.in_flight = Some(handle);
         Ok(())
     }
-}
 
-impl Job {
-    /// What the job is for, in the stage log.
-    fn kind(&self) -> &'static str {
-        match (&self.save, self.tick, self.done) {
-            (Some(_), ..) => "checkpoint",
-            (_, Some(_), _) => "tick",
-            (_, _, Some(_)) => "live",
-            _ => "batch",
+    /// Pipeline `i` back from the worker, its queued items run here (not behind another
+    /// pipeline's on the worker), what it closed collected; [`Pipelines::give_back`]
+    /// returns it, also when running them failed (the inner error).
+    pub(super) fn take_one(&mut self, i: usize) -> Result<(WindowedQuery, Result<()>)> {
+        let Some(w) = &self.worker else { return Err(Error::Internal("the window worker is gone".into())) };
+        let (mut q, items) = w.take(i)?;
+        let ran = items.into_iter().try_for_each(|item| run(&mut q, i, item, self.isolate));
+        let collected = ran.and_then(|()| collect_one(&mut q, &mut self.tables[i], &mut self.late[i]));
+        Ok((q, collected))
+    }
+
+    pub(super) fn give_back(&mut self, i: usize, q: WindowedQuery) {
+        if let Some(w) = &self.worker {
+            w.give(i, q);
         }
+    }
+
+    /// Queues an item, handing the pipelines over first if the loop has them.
+    fn push(&mut self, i: usize, item: Item) -> Result<()> {
+        if !self.away {
+            if self.worker.is_none() {
+                let isolate = self.isolate;
+                let n = self.queries.len();
+                self.worker = Some(Worker::new(
+                    n,
+                    n * MAX_QUEUED_PER_PIPELINE,
+                    Box::new(move |q: &mut WindowedQuery, i: usize, item: Item| run(q, i, item, isolate)),
+                )?);
+            }
+            *self.tick_metrics.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                self.queries.iter().map(snapshot).collect();
+            let Some(w) = &self.worker else { return Err(Error::Internal("the window worker is gone".into())) };
+            w.put_all(std::mem::take(&mut self.queries));
+            self.away = true;
+        }
+        let Some(w) = &self.worker else { return Err(Error::Internal("the window worker is gone".into())) };
+        w.push(i, item)
+    }
+
+    /// Collects what the pipelines with nothing queued closed.
+    fn collect_idle(&mut self) -> Result<()> {
+        let Some(w) = &self.worker else { return Ok(()) };
+        let (tables, late) = (&mut self.tables, &mut self.late);
+        w.each_idle(|i, q| collect_one(q, &mut tables[i], &mut late[i]))
     }
 }
 
-/// A job's work: each pipeline's batch (but `done`'s), then the clock's part, then the
-/// checkpoint's (its outcome goes to the checkpoint; the job's own, to whoever settles).
-fn run(queries: &mut [WindowedQuery], isolate: bool, job: Job) -> Result<()> {
-    let processed = process(queries, isolate, &job);
-    let Some(tx) = job.save else { return processed };
-    let saved = processed.and_then(|()| {
-        // What the batches closed (the queue was empty at the start: the last settle
-        // drained it) stays queued for the tables too.
-        let closed = queries.iter().map(|q| (q.ready.clone(), q.late_ready.clone())).collect();
-        Ok((state_parts(queries)?, closed))
-    });
-    let outcome = match &saved {
-        Ok(_) => Ok(()),
-        Err(e) => Err(Error::Internal(format!("a checkpoint's window work failed: {e}"))),
-    };
-    // The checkpoint may be gone (its term stopped): nothing waits then.
-    let _ = tx.send(saved);
-    outcome
-}
-
-fn process(queries: &mut [WindowedQuery], isolate: bool, job: &Job) -> Result<()> {
-    for (i, q) in queries.iter_mut().enumerate() {
-        if let Some(b) = job.batches.get(i).filter(|_| Some(i) != job.done) {
-            run_one(q, isolate, |q| q.process(b))?;
-        }
+/// Moves what `q` closed (rows and late events) into its table buffers.
+pub(super) fn collect_one(
+    q: &mut WindowedQuery,
+    table: &mut crate::sink::table::TableBuffer,
+    late: &mut crate::sink::table::TableBuffer,
+) -> Result<()> {
+    for b in q.ready.drain(..) {
+        table.push(b)?;
     }
-    if let Some(t) = job.tick {
-        for q in queries.iter_mut() {
-            run_one(q, isolate, |q| {
-                q.on_idle(t.now)?;
-                q.check_state_bound(t.max_state_bytes)
-            })?;
-        }
+    for b in q.late_ready.drain(..) {
+        late.push(b)?;
     }
     Ok(())
 }
 
-/// Each pipeline's metrics (rows waiting for a commit: filled in by [`Pipelines::metrics`]).
-fn snapshot(queries: &[WindowedQuery]) -> Vec<PipelineMetrics> {
-    queries
-        .iter()
-        .map(|q| PipelineMetrics {
-            name: q.spec.name.clone(),
-            stats: q.stats.clone(),
-            watermark_us: q.watermark(),
-            open_windows: q.open_windows(),
-            state_bytes: q.state_bytes(),
-            pending_rows: 0,
-            failed: q.failed.clone(),
-        })
-        .collect()
+/// One item on the worker (timed in the stage log).
+fn run(q: &mut WindowedQuery, index: usize, item: Item, isolate: bool) -> Result<()> {
+    let timed = tracing::enabled!(target: STAGES, tracing::Level::TRACE)
+        .then(|| (Instant::now(), chrono::Utc::now().timestamp_micros()));
+    let (what, rows) = match &item {
+        Item::Batch(b) => ("batch", b.num_rows()),
+        Item::Tick { .. } => ("tick", 0),
+        Item::Save(_) => ("checkpoint", 0),
+    };
+    let outcome = match item {
+        Item::Batch(b) => run_one(q, isolate, |q| q.process(&b)),
+        Item::Tick { now, max_state_bytes, metrics } => {
+            let checked = run_one(q, isolate, |q| {
+                q.on_idle(now)?;
+                q.check_state_bound(max_state_bytes)
+            });
+            if let Some(m) = metrics.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_mut(index) {
+                *m = snapshot(q);
+            }
+            checked
+        }
+        Item::Save(parts) => {
+            // What the worker closed and the loop did not collect yet stays queued for the
+            // tables too.
+            let part = state_part(q).map(|s| (s, (q.ready.clone(), q.late_ready.clone())));
+            let failed = part.as_ref().err().map(|e| Error::Internal(format!("a checkpoint's window state: {e}")));
+            parts.put(index, part);
+            failed.map_or(Ok(()), Err)
+        }
+    };
+    if let Some((started, started_us)) = timed {
+        let us = started.elapsed().as_micros() as u64;
+        tracing::trace!(target: STAGES, what, pipeline = %q.spec.name, rows, started_us, us, "Window job.");
+    }
+    outcome
+}
+
+/// A pipeline's metrics (rows waiting for a commit: filled in by [`Pipelines::metrics`]).
+fn snapshot(q: &WindowedQuery) -> PipelineMetrics {
+    PipelineMetrics {
+        name: q.spec.name.clone(),
+        stats: q.stats.clone(),
+        watermark_us: q.watermark(),
+        open_windows: q.open_windows(),
+        state_bytes: q.state_bytes(),
+        pending_rows: 0,
+        failed: q.failed.clone(),
+    }
 }
