@@ -35,8 +35,9 @@ static POOL: OnceLock<SyncSender<Job>> = OnceLock::new();
 const NICE: i32 = 10;
 
 /// Lowers the calling thread's scheduling priority to nice 10 (Linux: the nice value is
-/// per thread). Best effort: a refusal leaves it as it was.
-fn behind_latency() {
+/// per thread). Best effort: a refusal leaves it as it was. The encoding pool's threads and
+/// the window worker ([`crate::window`]) call it.
+pub(crate) fn behind_latency() {
     #[cfg(target_os = "linux")]
     // SAFETY: gettid and setpriority on the calling thread; no memory is touched.
     unsafe {

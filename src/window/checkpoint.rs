@@ -150,9 +150,10 @@ impl Checkpointed for Pipelines {
             let encoding = crate::pool::spawn(move || encode_state(parts, Vec::new()));
             m.windows = Some(out.put_later("windows.bin", async move { Ok(encoding.await??.into()) }));
         } else if !self.is_empty() {
-            // The buffered events and the state on the window thread (the term's loop goes
-            // on); the blob waits for them, then is encoded on the pool. Rows of windows the
-            // events close come after the tables' rows taken below, so the blob keeps them.
+            // The buffered events and the state on the window worker (the term's loop goes
+            // on); the blob waits for them, then is encoded on the pool. What the worker
+            // closed is collected first, and the rest is in the blob (see `super::thread`).
+            self.collect_outboxes()?;
             let saved = self.save_in_background()?;
             let prefixes: Vec<(String, String)> =
                 self.tables.iter().zip(&self.late).map(|(t, l)| (t.prefix().into(), l.prefix().into())).collect();

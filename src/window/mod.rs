@@ -57,6 +57,8 @@ pub struct Pipelines {
     away: bool,
     /// Each pipeline's metrics as of its last tick item (read while `queries` are away).
     tick_metrics: std::sync::Arc<std::sync::Mutex<Vec<crate::metrics::PipelineMetrics>>>,
+    /// Rows the worker closed, until the loop collects them.
+    outboxes: std::sync::Arc<thread::Outboxes>,
     /// The window bounds (shards of several) as of the last tick.
     tick_bounds: Option<std::collections::BTreeMap<String, crate::checkpoint::WindowBound>>,
     /// Ticks in a row that found the window thread busy.
@@ -137,11 +139,13 @@ impl Pipelines {
                 l.keep_windows(h, i64::MAX);
             }
         }
+        let n = queries.len();
         Ok(Pipelines {
             queries,
             worker: None,
             away: false,
             tick_metrics: Default::default(),
+            outboxes: std::sync::Arc::new(thread::Outboxes::new(n)),
             tick_bounds: None,
             ticks_skipped: 0,
             partial: false,

@@ -9,14 +9,14 @@
 //! timeouts, the state bound, a metrics snapshot) and a checkpoint's
 //! ([`Pipelines::save_in_background`]: the events buffered since, then every pipeline's
 //! window state). A live request takes its own pipeline back and runs that pipeline's queued
-//! items itself ([`Pipelines::live_rows`]): it never waits for another pipeline's work. The thread runs at the runtime's priority: the loop waits for
-//! it when it takes a pipeline back, so a lower priority would only make it wait longer.
+//! items itself ([`Pipelines::live_rows`]): it never waits for another pipeline's work.
 //!
-//! Rows of windows closed on the worker stay with their pipeline until the loop collects
-//! them: at a tick (pipelines with nothing queued), a live request (its pipeline) or a
-//! settle. A pipeline with a checkpoint's part queued is not collected before that part
-//! ran, so each row is either in the checkpoint's table part (collected before it) or in
-//! its window state blob (not collected when its part ran).
+//! Rows of windows closed on the worker wait in their pipeline's outbox ([`Outboxes`])
+//! until the loop collects them into the table buffers: at every tick, a live request (its
+//! pipeline), a settle, a checkpoint. A checkpoint collects every outbox, cuts the tables'
+//! rows, then queues each pipeline's part; until that part ran, its outbox is not collected,
+//! and the part copies it: each row is either in the checkpoint's table part (collected
+//! before) or in its window state blob (not collected when the part ran).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -49,9 +49,50 @@ pub(super) type PipelineWorker = Worker<WindowedQuery, Item>;
 pub(super) enum Item {
     Batch(RecordBatch),
     /// The clock's checks, and the metrics snapshot after them.
-    Tick { now: Instant, max_state_bytes: usize, metrics: Arc<Mutex<Vec<PipelineMetrics>>> },
+    Tick {
+        now: Instant,
+        max_state_bytes: usize,
+        metrics: Arc<Mutex<Vec<PipelineMetrics>>>,
+    },
     /// Its part of a checkpoint.
     Save(Arc<SaveParts>),
+}
+
+/// Per pipeline, the rows its items on the worker closed and its late events, until the loop
+/// collects them ([`Pipelines::collect_outboxes`]); `saving`: a checkpoint's part of it is
+/// queued, so they stay (see the module docs).
+#[derive(Default)]
+pub(super) struct Outboxes(Mutex<Vec<Outbox>>);
+
+#[derive(Default, Clone)]
+struct Outbox {
+    rows: Vec<RecordBatch>,
+    late: Vec<RecordBatch>,
+    saving: bool,
+}
+
+impl Outboxes {
+    pub(super) fn new(n: usize) -> Outboxes {
+        Outboxes(Mutex::new(vec![Outbox::default(); n]))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Outbox>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Moves what `q` closed into its outbox; with `save`, returns a copy of the outbox
+    /// and ends its `saving`.
+    fn fill(&self, index: usize, q: &mut WindowedQuery, save: bool) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
+        let mut g = self.lock();
+        let Some(o) = g.get_mut(index) else { return Default::default() };
+        o.rows.append(&mut q.ready);
+        o.late.append(&mut q.late_ready);
+        if !save {
+            return Default::default();
+        }
+        o.saving = false;
+        (o.rows.clone(), o.late.clone())
+    }
 }
 
 /// A checkpoint's parts, one per pipeline; the last one in sends them all.
@@ -96,7 +137,26 @@ impl Pipelines {
         let Some(w) = &self.worker else { return Err(Error::Internal("the window worker is gone".into())) };
         self.queries = w.take_all()?;
         self.away = false;
-        self.collect()
+        self.collect()?;
+        self.collect_outboxes()
+    }
+
+    /// Moves the rows waiting in the outboxes into the table buffers (but those of a
+    /// pipeline whose checkpoint part is queued).
+    pub(super) fn collect_outboxes(&mut self) -> Result<()> {
+        let mut g = self.outboxes.lock();
+        for ((o, t), l) in g.iter_mut().zip(&mut self.tables).zip(&mut self.late) {
+            if o.saving {
+                continue;
+            }
+            for b in o.rows.drain(..) {
+                t.push(b)?;
+            }
+            for b in o.late.drain(..) {
+                l.push(b)?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether the pipelines are with the worker.
@@ -116,14 +176,12 @@ impl Pipelines {
 
     /// The clock's work (live runs), on the worker with the events buffered so far: idle
     /// timeouts close windows whose input went quiet, a pipeline whose state is past the
-    /// bound fails, and the metrics snapshot is renewed; what idle pipelines closed is
+    /// bound fails, and the metrics snapshot is renewed; what the worker closed is
     /// collected. With items still queued, the next tick does it; after 9 in a row
     /// (`MAX_TICKS_SKIPPED`) this one queues its checks anyway, so the state bound is
     /// checked at least that often.
     pub fn on_tick(&mut self, now: Instant) -> Result<()> {
-        if self.away {
-            self.collect_idle()?;
-        }
+        self.collect_outboxes()?;
         if self.worker.as_ref().is_some_and(|w| self.away && w.busy()) && self.ticks_skipped < MAX_TICKS_SKIPPED {
             self.ticks_skipped += 1;
             return Ok(());
@@ -144,11 +202,15 @@ impl Pipelines {
 
     /// A checkpoint's window work on the worker: the events buffered so far, then every
     /// pipeline's state, sent on the returned channel with the rows not collected yet
-    /// ([`Saved`]). The loop goes on meanwhile.
+    /// ([`Saved`]). The loop goes on meanwhile. Call after collecting the outboxes and
+    /// before cutting the tables' rows (see the module docs).
     pub(crate) fn save_in_background(&mut self) -> Result<oneshot::Receiver<Saved>> {
         self.process_in_background()?;
         let (tx, rx) = oneshot::channel();
         let n = self.schemas.len();
+        for o in self.outboxes.lock().iter_mut() {
+            o.saving = true;
+        }
         let parts = Arc::new(SaveParts(Mutex::new(Parts { parts: (0..n).map(|_| None).collect(), tx: Some(tx) })));
         for i in 0..n {
             self.push(i, Item::Save(parts.clone()))?;
@@ -187,8 +249,11 @@ impl Pipelines {
     pub(super) fn take_one(&mut self, i: usize) -> Result<(WindowedQuery, Result<()>)> {
         let Some(w) = &self.worker else { return Err(Error::Internal("the window worker is gone".into())) };
         let (mut q, items) = w.take(i)?;
-        let ran = items.into_iter().try_for_each(|item| run(&mut q, i, item, self.isolate));
-        let collected = ran.and_then(|()| collect_one(&mut q, &mut self.tables[i], &mut self.late[i]));
+        let outboxes = self.outboxes.clone();
+        let ran = items.into_iter().try_for_each(|item| run(&mut q, i, item, self.isolate, &outboxes));
+        let collected = ran
+            .and_then(|()| collect_one(&mut q, &mut self.tables[i], &mut self.late[i]))
+            .and_then(|()| self.collect_outboxes());
         Ok((q, collected))
     }
 
@@ -202,12 +267,12 @@ impl Pipelines {
     fn push(&mut self, i: usize, item: Item) -> Result<()> {
         if !self.away {
             if self.worker.is_none() {
-                let isolate = self.isolate;
+                let (isolate, outboxes) = (self.isolate, self.outboxes.clone());
                 let n = self.queries.len();
                 self.worker = Some(Worker::new(
                     n,
                     n * MAX_QUEUED_PER_PIPELINE,
-                    Box::new(move |q: &mut WindowedQuery, i: usize, item: Item| run(q, i, item, isolate)),
+                    Box::new(move |q: &mut WindowedQuery, i: usize, item: Item| run(q, i, item, isolate, &outboxes)),
                 )?);
             }
             *self.tick_metrics.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
@@ -218,13 +283,6 @@ impl Pipelines {
         }
         let Some(w) = &self.worker else { return Err(Error::Internal("the window worker is gone".into())) };
         w.push(i, item)
-    }
-
-    /// Collects what the pipelines with nothing queued closed.
-    fn collect_idle(&mut self) -> Result<()> {
-        let Some(w) = &self.worker else { return Ok(()) };
-        let (tables, late) = (&mut self.tables, &mut self.late);
-        w.each_idle(|i, q| collect_one(q, &mut tables[i], &mut late[i]))
     }
 }
 
@@ -243,8 +301,9 @@ pub(super) fn collect_one(
     Ok(())
 }
 
-/// One item on the worker (timed in the stage log).
-fn run(q: &mut WindowedQuery, index: usize, item: Item, isolate: bool) -> Result<()> {
+/// One item (on the worker, or on the loop for a live request; timed in the stage log);
+/// what it closed goes to the pipeline's outbox.
+fn run(q: &mut WindowedQuery, index: usize, item: Item, isolate: bool, outboxes: &Outboxes) -> Result<()> {
     let timed = tracing::enabled!(target: STAGES, tracing::Level::TRACE)
         .then(|| (Instant::now(), chrono::Utc::now().timestamp_micros()));
     let (what, rows) = match &item {
@@ -253,21 +312,26 @@ fn run(q: &mut WindowedQuery, index: usize, item: Item, isolate: bool) -> Result
         Item::Save(_) => ("checkpoint", 0),
     };
     let outcome = match item {
-        Item::Batch(b) => run_one(q, isolate, |q| q.process(&b)),
+        Item::Batch(b) => {
+            let processed = run_one(q, isolate, |q| q.process(&b));
+            outboxes.fill(index, q, false);
+            processed
+        }
         Item::Tick { now, max_state_bytes, metrics } => {
             let checked = run_one(q, isolate, |q| {
                 q.on_idle(now)?;
                 q.check_state_bound(max_state_bytes)
             });
+            outboxes.fill(index, q, false);
             if let Some(m) = metrics.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_mut(index) {
                 *m = snapshot(q);
             }
             checked
         }
         Item::Save(parts) => {
-            // What the worker closed and the loop did not collect yet stays queued for the
-            // tables too.
-            let part = state_part(q).map(|s| (s, (q.ready.clone(), q.late_ready.clone())));
+            // What the worker closed and the loop did not collect yet stays in the outbox
+            // for the tables too.
+            let part = state_part(q).map(|s| (s, outboxes.fill(index, q, true)));
             let failed = part.as_ref().err().map(|e| Error::Internal(format!("a checkpoint's window state: {e}")));
             parts.put(index, part);
             failed.map_or(Ok(()), Err)

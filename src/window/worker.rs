@@ -7,6 +7,11 @@
 //! queued items along to run them itself, first. The queue is bounded ([`Worker::new`]'s
 //! `max_queued`): past it, the loop waits.
 //!
+//! The thread runs at nice 10 ([`crate::pool::behind_latency`]): on a machine with few
+//! cores, the threads an event's way to a live answer runs on (the reader, the loop, the
+//! API, Redis) go first, and the worker takes the cores they leave. The loop waits for it
+//! only for a running item of the pipeline it takes back, or when the queue is full.
+//!
 //! The loop owns the pipelines whenever it has them all back ([`Worker::take_all`]); it
 //! hands them over again with [`Worker::put_all`]. A run's error (or panic) is kept and
 //! returned by the next call that waits.
@@ -61,7 +66,10 @@ impl<Q: Send + 'static, W: Send + 'static> Worker<Q, W> {
             .name("eventide-windows".into())
             .spawn({
                 let shared = shared.clone();
-                move || work(&shared, &run)
+                move || {
+                    crate::pool::behind_latency();
+                    work(&shared, &run)
+                }
             })
             .map_err(|e| Error::Internal(format!("cannot start the window thread: {e}")))?;
         Ok(Worker { shared, thread: Some(thread), max_queued: max_queued.max(1) })
@@ -148,21 +156,6 @@ impl<Q: Send + 'static, W: Send + 'static> Worker<Q, W> {
             }
             g = self.wait(g);
         }
-    }
-
-    /// Calls `f` on every pipeline with no item queued or running (the others are skipped),
-    /// without waiting.
-    pub fn each_idle(&self, mut f: impl FnMut(usize, &mut Q) -> Result<()>) -> Result<()> {
-        let mut g = self.lock();
-        let Inner { queries, queued, .. } = &mut *g;
-        for (i, (q, &n)) in queries.iter_mut().zip(queued.iter()).enumerate() {
-            if n == 0
-                && let Some(q) = q.as_mut()
-            {
-                f(i, q)?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -289,21 +282,6 @@ mod tests {
         let all = w.take_all().unwrap();
         assert_eq!(all[0], vec![7, 1, 2, 3]);
         assert_eq!(all[1], vec![100, 101, 102]);
-    }
-
-    #[test]
-    fn idle_pipelines_are_visited_without_waiting() {
-        let w = worker(2, 100, 20);
-        w.put_all(vec![Vec::new(), Vec::new()]);
-        w.push(0, 1).unwrap();
-        let mut seen = Vec::new();
-        w.each_idle(|i, _| {
-            seen.push(i);
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(seen, vec![1]);
-        assert_eq!(w.take_all().unwrap()[0], vec![1]);
     }
 
     #[test]

@@ -85,7 +85,9 @@ pub(super) async fn lead<S: Future<Output = ()>>(
     let probe = tokio::spawn(probe::run(target, registry.clone(), opts.probe_interval, stop_rx.clone()));
     let lake_probe = tokio::spawn(probe_lake(p.lake().clone(), registry.clone(), opts.probe_interval, stop_rx.clone()));
     let read_count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let reader = tokio::spawn(reader::run(opts.source.clone(), p.read_after(), tx, stop_rx, read_count.clone()));
+    let (reader, reader_abort) =
+        on_own_thread(reader::run(opts.source.clone(), p.read_after(), tx, stop_rx, read_count.clone()));
+    let mut reader_abort = Some(reader_abort);
     let publish = |p: &Processor| {
         p.publish(registry);
         registry.update(|s| s.read_count = read_count.load(std::sync::atomic::Ordering::Relaxed));
@@ -192,6 +194,8 @@ pub(super) async fn lead<S: Future<Output = ()>>(
                 p.end_checkpoint(w.await?).await?;
             }
             p.commit_all(true).await?;
+            // Its window states were taken on the window worker: the pipelines come back.
+            p.pipelines.settle()?;
             if bounded_input_done {
                 // Shard 0 merges what the other shards close at their end too.
                 p.finish_merge(shutdown_timeout / 2).await?;
@@ -220,7 +224,10 @@ pub(super) async fn lead<S: Future<Output = ()>>(
     if matches!(finished, Err(Error::Fenced(_))) {
         // Fenced: nothing of theirs matters any more, and a cut-off connection would hold
         // the reader's read (or a renewal) until its response timeout.
-        for task in [&reader, &probe, &lake_probe] {
+        if let Some(abort) = reader_abort.take() {
+            let _ = abort.send(());
+        }
+        for task in [&probe, &lake_probe] {
             task.abort();
         }
         keeper.abort();
@@ -259,6 +266,28 @@ async fn written(writing: &mut Option<Writing>) -> Result<super::process::Writte
         Some(w) => w.await,
         None => std::future::pending().await,
     }
+}
+
+/// Runs `task` on a thread of its own (a current-thread runtime on the blocking pool), so
+/// that its latency does not depend on what the runtime's workers are busy with: a task
+/// woken on the worker that runs the term's loop would wait for the loop's turn (the reader
+/// first: an entry waits for its read). A send on (or a drop of) the returned sender
+/// aborts it.
+fn on_own_thread<F: Future<Output = ()> + Send + 'static>(
+    task: F,
+) -> (tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
+    let (abort_tx, abort_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle =
+        tokio::task::spawn_blocking(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(async {
+                tokio::select! {
+                    () = task => {}
+                    _ = abort_rx => {}
+                }
+            }),
+            Err(e) => tracing::error!(error = %e, "Cannot start a runtime of its own for a task."),
+        });
+    (handle, abort_tx)
 }
 
 /// Waits for `task` at most `grace`, then aborts it (logged).
