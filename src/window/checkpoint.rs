@@ -105,9 +105,12 @@ pub fn encode_state(parts: StateParts, closed: TableRows) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The pipelines' states in a [`Pipelines::save_state`] blob, and the table rows it carries
-/// (per table: its prefix, Arrow IPC).
-pub(super) fn parse_state(bytes: &[u8]) -> Result<(Vec<(QueryState, Vec<RecordBatch>)>, Vec<(String, Vec<u8>)>)> {
+/// A window state blob parsed: per pipeline its header and batches, and the table rows it
+/// carries (per table: its prefix, Arrow IPC).
+pub(super) type ParsedState = (Vec<(QueryState, Vec<RecordBatch>)>, Vec<(String, Vec<u8>)>);
+
+/// The pipelines' states in a [`Pipelines::save_state`] blob, and the table rows it carries.
+pub(super) fn parse_state(bytes: &[u8]) -> Result<ParsedState> {
     let mut r = Cursor { b: bytes };
     let magic = r.take(8)?;
     if magic != MAGIC && magic != MAGIC_1 {
