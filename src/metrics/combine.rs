@@ -135,6 +135,7 @@ impl Snapshot {
                         q.open_windows += p.open_windows;
                         q.state_bytes += p.state_bytes;
                         q.pending_rows += p.pending_rows;
+                        q.queued_items += p.queued_items;
                         q.failed = q.failed.take().or(p.failed.clone());
                     }
                 }

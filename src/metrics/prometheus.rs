@@ -47,6 +47,7 @@ pub const PIPELINE_ROWS: &str = "eventide_pipeline_rows_emitted_total";
 pub const WATERMARK_LAG: &str = "eventide_pipeline_watermark_lag_seconds";
 pub const OPEN_WINDOWS: &str = "eventide_pipeline_open_windows";
 pub const STATE_BYTES: &str = "eventide_pipeline_state_bytes";
+pub const WINDOW_QUEUE: &str = "eventide_pipeline_window_queue_items";
 pub const EMIT_LATENCY: &str = "eventide_pipeline_window_end_to_emit_seconds";
 pub const UP: &str = "eventide_up";
 pub const PIPELINE_FAILED: &str = "eventide_pipeline_failed";
@@ -354,6 +355,13 @@ pub fn render_with(s: &Snapshot, now: Instant, now_unix_ms: i64, more: impl FnOn
     });
     per_pipeline(&mut o, OPEN_WINDOWS, "gauge", "Windows (or sessions) open.", &|p| p.open_windows as u64);
     per_pipeline(&mut o, STATE_BYTES, "gauge", "Memory of the pipeline's window state.", &|p| p.state_bytes as u64);
+    per_pipeline(
+        &mut o,
+        WINDOW_QUEUE,
+        "gauge",
+        "Items (micro-batches, checks, checkpoint parts) queued for the window worker or running; at most 4.",
+        &|p| p.queued_items as u64,
+    );
     o.family(WATERMARK_LAG, "gauge", "Wall clock minus the pipeline's watermark.");
     for p in &s.pipelines {
         if let Some(wm) = p.watermark_us.filter(|&w| w > i64::MIN / 2 && w < i64::MAX / 2) {

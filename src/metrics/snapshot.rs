@@ -33,6 +33,9 @@ pub struct PipelineMetrics {
     pub state_bytes: usize,
     /// Rows of closed windows waiting for the next commit.
     pub pending_rows: usize,
+    /// Items (micro-batches, the clock's checks, a checkpoint's part) queued for the window
+    /// worker or running (at most 4).
+    pub queued_items: usize,
     /// The run-time error that stopped the pipeline (the others go on).
     pub failed: Option<String>,
 }

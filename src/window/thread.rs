@@ -219,8 +219,8 @@ impl Pipelines {
     }
 
     /// Each pipeline's metrics: as they stand, or while the pipelines are away as of the
-    /// last tick (its items measured them, off the loop); the rows waiting for a commit as
-    /// of now.
+    /// last tick (its items measured them, off the loop); the rows waiting for a commit and
+    /// the worker's queue as of now.
     pub fn metrics(&self) -> Vec<PipelineMetrics> {
         let mut out = match self.away {
             true => self.tick_metrics.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
@@ -228,6 +228,11 @@ impl Pipelines {
         };
         for (m, rows) in out.iter_mut().zip(self.pending_by_pipeline()) {
             m.pending_rows = rows;
+        }
+        if let Some(w) = self.worker.as_ref().filter(|_| self.away) {
+            for (m, n) in out.iter_mut().zip(w.queued()) {
+                m.queued_items = n;
+            }
         }
         out
     }
@@ -353,6 +358,7 @@ fn snapshot(q: &WindowedQuery) -> PipelineMetrics {
         open_windows: q.open_windows(),
         state_bytes: q.state_bytes(),
         pending_rows: 0,
+        queued_items: 0,
         failed: q.failed.clone(),
     }
 }

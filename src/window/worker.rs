@@ -112,6 +112,11 @@ impl<Q: Send + 'static, W: Send + 'static> Worker<Q, W> {
         self.lock().queued.iter().any(|&n| n > 0)
     }
 
+    /// Per pipeline, its items queued or running.
+    pub fn queued(&self) -> Vec<usize> {
+        self.lock().queued.clone()
+    }
+
     /// Pipeline `index` (once an item of it that is running is done) and its queued items,
     /// out of the queue: the caller runs them, in order, before anything else on it; give
     /// it back with [`Worker::give`] before queuing anything.
@@ -274,6 +279,7 @@ mod tests {
         // items not run yet.
         let (mut q1, items) = w.take(1).unwrap();
         assert_eq!((q1.clone(), items.clone()), (vec![], vec![100, 101]));
+        assert_eq!(w.queued(), vec![4, 0], "pipeline 0: one running, three queued");
         q1.extend(items);
         w.give(1, q1);
         w.push(1, 102).unwrap();
