@@ -99,11 +99,6 @@ impl TableBuffer {
         std::mem::take(&mut self.unsaved)
     }
 
-    /// Sets the rows a checkpoint has not saved yet (after a restore).
-    pub fn keep_unsaved(&mut self, rows: Vec<RecordBatch>) {
-        self.unsaved = rows;
-    }
-
     /// Buffers a batch, split by date.
     pub fn push(&mut self, batch: RecordBatch) -> Result<()> {
         let batch = match self.windows {

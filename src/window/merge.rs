@@ -272,10 +272,10 @@ impl Pipelines {
         Ok(out)
     }
 
-    /// Each pipeline's bound, or `None` while a micro-batch is in flight.
+    /// Each pipeline's bound: as it stands, or while the pipelines are on the window worker
+    /// as of the last tick (shards of several settle at each tick; `None` before one).
     pub fn window_bounds(&self) -> Option<BTreeMap<String, WindowBound>> {
         if self.away() {
-            // As of the tick that started the job (none: another job's).
             return self.tick_bounds.clone();
         }
         Some(bounds_of(&self.queries))

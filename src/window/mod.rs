@@ -61,7 +61,7 @@ pub struct Pipelines {
     outboxes: std::sync::Arc<thread::Outboxes>,
     /// The window bounds (shards of several) as of the last tick.
     tick_bounds: Option<std::collections::BTreeMap<String, crate::checkpoint::WindowBound>>,
-    /// Ticks in a row that found the window thread busy.
+    /// Ticks in a row that found the window worker busy.
     ticks_skipped: u32,
     /// One shard of several: closed windows' partial states go to the merger
     /// ([`Pipelines::emit_partials`]).
@@ -275,59 +275,26 @@ impl Pipelines {
         starts: live::Starts,
     ) -> Result<Option<(Vec<arrow::array::RecordBatch>, Vec<arrow::array::RecordBatch>)>> {
         let Some(i) = self.tables.iter().position(|t| t.prefix() == name) else { return Ok(None) };
-        // With the pipelines on the worker, this one comes back with its queued items run.
-        let mut q = match self.away() {
-            true => {
-                let (q, ran) = self.take_one(i)?;
-                if let Err(e) = ran {
-                    self.give_back(i, q);
-                    return Err(e);
-                }
-                q
-            }
-            false => self.queries.swap_remove(i),
-        };
         // The buffered events: the asked pipeline takes them now, the others on the worker
         // once the answer is made (the answer waits for one pipeline, not all).
         let batches = if self.columns.is_empty() { None } else { Some(self.columns.finish(&self.schemas)?) };
-        let answer = self.answer_live(&mut q, i, batches.as_ref().map(|b| &b[i]), &starts);
-        match self.away() {
-            true => self.give_back(i, q),
-            false => {
-                // swap_remove moved the last into `i`: back in order.
-                self.queries.push(q);
-                let last = self.queries.len() - 1;
-                self.queries.swap(i, last);
+        let batch = batches.as_ref().map(|b| &b[i]);
+        let (isolate, table, late) = (self.isolate, &mut self.tables[i], &mut self.late[i]);
+        let answer = match self.away {
+            false => answer_one(&mut self.queries[i], table, late, isolate, batch, &starts),
+            // With the pipelines on the worker, this one comes back with its queued items run.
+            true => {
+                let (mut q, ran) = self.take_one(i)?;
+                let answer = ran
+                    .and_then(|()| answer_one(&mut q, &mut self.tables[i], &mut self.late[i], isolate, batch, &starts));
+                self.give_back(i, q);
+                answer
             }
-        }
+        };
         if let Some(b) = batches {
             self.spawn_batches(b, Some(i))?;
         }
         answer
-    }
-
-    /// [`Pipelines::live_rows`] of pipeline `i` (`q`, taken out), after `batch`.
-    fn answer_live(
-        &mut self,
-        q: &mut WindowedQuery,
-        i: usize,
-        batch: Option<&arrow::array::RecordBatch>,
-        starts: &live::Starts,
-    ) -> Result<Option<(Vec<arrow::array::RecordBatch>, Vec<arrow::array::RecordBatch>)>> {
-        if let Some(b) = batch {
-            run_one(q, self.isolate, |q| q.process(b))?;
-        }
-        thread::collect_one(q, &mut self.tables[i], &mut self.late[i])?;
-        if let Some(why) = &q.failed {
-            return Err(Error::Query { pipeline: q.spec.name.clone(), message: format!("failed: {why}") });
-        }
-        // One shard of several: its open windows hold its own events only; the merged
-        // ones waiting for a commit are shard 0's.
-        let open = match q.partials {
-            Some(_) => Vec::new(),
-            None => q.peek(starts).map_err(|e| query_error(&q.spec, e))?,
-        };
-        Ok(Some((open, self.tables[i].buffered())))
     }
 
     /// How long the oldest row waiting for a table file has waited.
@@ -356,7 +323,6 @@ impl Pipelines {
     /// [`Pipelines::restore_tables`]; `saved`: the rows count as saved already (the blobs
     /// they came from stay in the line), else the next checkpoint saves them.
     fn restore_table_rows(&mut self, rows: Vec<(String, Vec<u8>)>, saved: bool) -> Result<()> {
-        let unsaved: Vec<Vec<_>> = self.tables.iter_mut().chain(&mut self.late).map(|t| t.take_unsaved()).collect();
         for (prefix, bytes) in rows {
             let Some(t) = self.tables.iter_mut().chain(&mut self.late).find(|t| t.prefix() == prefix) else {
                 tracing::warn!(table = %prefix, "Dropping saved rows of a table that no longer exists.");
@@ -370,9 +336,10 @@ impl Pipelines {
                 }
             }
         }
-        for (t, before) in self.tables.iter_mut().chain(&mut self.late).zip(unsaved) {
-            let restored = t.take_unsaved();
-            t.keep_unsaved(before.into_iter().chain(restored.into_iter().filter(|_| !saved)).collect());
+        if saved {
+            for t in self.tables.iter_mut().chain(&mut self.late) {
+                t.take_unsaved();
+            }
         }
         Ok(())
     }
@@ -397,6 +364,31 @@ impl Pipelines {
         self.table_line.clear();
         Ok(out)
     }
+}
+
+/// [`Pipelines::live_rows`] of one pipeline (`q`, its table buffers), after `batch`.
+fn answer_one(
+    q: &mut WindowedQuery,
+    table: &mut TableBuffer,
+    late: &mut TableBuffer,
+    isolate: bool,
+    batch: Option<&arrow::array::RecordBatch>,
+    starts: &live::Starts,
+) -> Result<Option<(Vec<arrow::array::RecordBatch>, Vec<arrow::array::RecordBatch>)>> {
+    if let Some(b) = batch {
+        run_one(q, isolate, |q| q.process(b))?;
+    }
+    thread::collect_one(q, table, late)?;
+    if let Some(why) = &q.failed {
+        return Err(Error::Query { pipeline: q.spec.name.clone(), message: format!("failed: {why}") });
+    }
+    // One shard of several: its open windows hold its own events only; the merged ones
+    // waiting for a commit are shard 0's.
+    let open = match q.partials {
+        Some(_) => Vec::new(),
+        None => q.peek(starts).map_err(|e| query_error(&q.spec, e))?,
+    };
+    Ok(Some((open, table.buffered())))
 }
 
 fn used_base_columns(queries: &[WindowedQuery]) -> Vec<Col> {

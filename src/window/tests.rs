@@ -185,41 +185,65 @@ async fn live_views_equal_the_final_rows_so_far() {
     assert!(live.pipelines.queries()[0].frozen_per_slide().iter().all(|&n| n <= 8));
 }
 
-/// A checkpoint takes the tables' rows on the loop and the window state on the window
-/// thread, after the events buffered since the last batch: rows of the windows those events
-/// close are in neither the tables' part nor the state, so the state blob carries them.
-/// Restored from that checkpoint, the pipelines have every row, waiting to be saved again.
-#[tokio::test]
-async fn a_checkpoint_keeps_the_rows_its_window_work_closes() {
-    use crate::checkpoint::{Checkpointed, Checkpoints, manifest};
-    use crate::sink::lake::Lake;
-    let toml = "window = { kind = \"tumbling\", size = \"1m\" }\nfields = { amount = \"double\" }\n\
-                sql = \"SELECT event_type, count(*) AS n FROM events GROUP BY event_type\"\n";
-    let mut r = replayer(toml).await;
+/// One tumbling minute, its events grouped by type.
+const MINUTE_BY_TYPE: &str = "window = { kind = \"tumbling\", size = \"1m\" }\nfields = { amount = \"double\" }\n\
+                              sql = \"SELECT event_type, count(*) AS n FROM events GROUP BY event_type\"\n";
+
+/// A [`MINUTE_BY_TYPE`] replayer whose minute 0 (three event types) is processed and open,
+/// and whose buffered events (minute 5, not processed yet) move the watermark past it.
+async fn minute_zero_about_to_close() -> Replayer {
+    let mut r = replayer(MINUTE_BY_TYPE).await;
     let base = 1_767_225_600_000_000i64;
     let at = |i| move || ("t".into(), i);
     for i in 0..30u64 {
         r.feed(&line(i, base + i as i64 * 1_000_000), at(i)).unwrap();
     }
     r.end_batch().unwrap();
-    // Buffered, not processed: minute 5 moves the watermark past minute 0.
     for i in 30..33u64 {
         r.feed(&line(i, base + 300_000_000 + i as i64), at(i)).unwrap();
     }
-    assert_eq!(r.pipelines.pending_rows(), 0);
+    r
+}
 
-    let lake = Lake::from_store(std::sync::Arc::new(object_store::memory::InMemory::new()));
+/// Pipelines' part of checkpoint 1 in an in-memory lake: `between` runs after the part is
+/// taken and before its blobs are written.
+async fn checkpoint_in_memory(
+    pipelines: &mut Pipelines,
+    between: impl FnOnce(&mut Pipelines),
+) -> (crate::checkpoint::Checkpoints, crate::checkpoint::Manifest) {
+    use crate::checkpoint::{Checkpointed, Checkpoints, manifest};
+    let lake = crate::sink::lake::Lake::from_store(std::sync::Arc::new(object_store::memory::InMemory::new()));
     let cp = Checkpoints::new(lake.clone(), Default::default(), "g", "c");
     let (mut m, mut blobs) = (manifest(&cp, 1, 0), cp.epoch_blobs(1));
-    r.pipelines.save(&mut blobs, &mut m).await.unwrap();
+    pipelines.save(&mut blobs, &mut m).await.unwrap();
+    between(pipelines);
     blobs.write(&lake).await.unwrap();
+    (cp, m)
+}
+
+/// Fresh pipelines restored from `m`.
+async fn restored(cp: &crate::checkpoint::Checkpoints, m: &crate::checkpoint::Manifest) -> Pipelines {
+    use crate::checkpoint::Checkpointed;
+    let mut p = replayer(MINUTE_BY_TYPE).await.pipelines;
+    p.restore(cp, m).await.unwrap();
+    p
+}
+
+/// A checkpoint takes the tables' rows on the loop and the window state on the window
+/// thread, after the events buffered since the last batch: rows of the windows those events
+/// close are in neither the tables' part nor the state, so the state blob carries them.
+/// Restored from that checkpoint, the pipelines have every row, waiting to be saved again.
+#[tokio::test]
+async fn a_checkpoint_keeps_the_rows_its_window_work_closes() {
+    let mut r = minute_zero_about_to_close().await;
+    assert_eq!(r.pipelines.pending_rows(), 0);
+    let (cp, m) = checkpoint_in_memory(&mut r.pipelines, |_| {}).await;
     assert!(m.table_parts.is_empty(), "no table rows before the window work");
     r.pipelines.settle().unwrap();
     // Minute 0's three event types.
     assert_eq!(r.pipelines.pending_rows(), 3);
 
-    let mut restored = replayer(toml).await.pipelines;
-    restored.restore(&cp, &m).await.unwrap();
+    let mut restored = restored(&cp, &m).await;
     assert_eq!(restored.pending_rows(), 3);
     let rows = |t: Vec<(String, Vec<arrow::array::RecordBatch>)>| {
         t.iter().flat_map(|(_, b)| b).map(arrow::array::RecordBatch::num_rows).sum::<usize>()
@@ -236,36 +260,15 @@ async fn a_checkpoint_keeps_the_rows_its_window_work_closes() {
 /// window state, never in neither.
 #[tokio::test]
 async fn closed_rows_are_in_a_checkpoint_whatever_the_collecting_timing() {
-    use crate::checkpoint::{Checkpointed, Checkpoints, manifest};
-    use crate::sink::lake::Lake;
-    let toml = "window = { kind = \"tumbling\", size = \"1m\" }\nfields = { amount = \"double\" }\n\
-                sql = \"SELECT event_type, count(*) AS n FROM events GROUP BY event_type\"\n";
-    let base = 1_767_225_600_000_000i64;
     for pause_us in [0, 300, 3_000, 30_000] {
-        let mut r = replayer(toml).await;
-        let at = |i| move || ("t".into(), i);
-        for i in 0..30u64 {
-            r.feed(&line(i, base + i as i64 * 1_000_000), at(i)).unwrap();
-        }
-        r.end_batch().unwrap();
-        for i in 30..33u64 {
-            r.feed(&line(i, base + 300_000_000 + i as i64), at(i)).unwrap();
-        }
+        let mut r = minute_zero_about_to_close().await;
         // Queued on the worker; a tick collects what has run by then.
         r.pipelines.process_in_background().unwrap();
         std::thread::sleep(Duration::from_micros(pause_us));
         r.pipelines.on_tick(std::time::Instant::now()).unwrap();
-        let lake = Lake::from_store(std::sync::Arc::new(object_store::memory::InMemory::new()));
-        let cp = Checkpoints::new(lake.clone(), Default::default(), "g", "c");
-        let (mut m, mut blobs) = (manifest(&cp, 1, 0), cp.epoch_blobs(1));
-        r.pipelines.save(&mut blobs, &mut m).await.unwrap();
-        r.pipelines.on_tick(std::time::Instant::now()).unwrap();
-        blobs.write(&lake).await.unwrap();
+        let (cp, m) = checkpoint_in_memory(&mut r.pipelines, |p| p.on_tick(std::time::Instant::now()).unwrap()).await;
         r.pipelines.settle().unwrap();
         assert_eq!(r.pipelines.pending_rows(), 3, "pause {pause_us} µs");
-
-        let mut restored = replayer(toml).await.pipelines;
-        restored.restore(&cp, &m).await.unwrap();
-        assert_eq!(restored.pending_rows(), 3, "pause {pause_us} µs");
+        assert_eq!(restored(&cp, &m).await.pending_rows(), 3, "pause {pause_us} µs");
     }
 }

@@ -134,8 +134,7 @@ impl Pipelines {
         if !self.away {
             return Ok(());
         }
-        let Some(w) = &self.worker else { return Err(Error::Internal("the window worker is gone".into())) };
-        self.queries = w.take_all()?;
+        self.queries = self.worker()?.take_all()?;
         self.away = false;
         self.collect()?;
         self.collect_outboxes()
@@ -249,17 +248,13 @@ impl Pipelines {
     }
 
     /// Pipeline `i` back from the worker, its queued items run here (not behind another
-    /// pipeline's on the worker), what it closed collected; [`Pipelines::give_back`]
+    /// pipeline's on the worker), what they closed collected; [`Pipelines::give_back`]
     /// returns it, also when running them failed (the inner error).
     pub(super) fn take_one(&mut self, i: usize) -> Result<(WindowedQuery, Result<()>)> {
-        let Some(w) = &self.worker else { return Err(Error::Internal("the window worker is gone".into())) };
-        let (mut q, items) = w.take(i)?;
+        let (mut q, items) = self.worker()?.take(i)?;
         let outboxes = self.outboxes.clone();
         let ran = items.into_iter().try_for_each(|item| run(&mut q, i, item, self.isolate, &outboxes));
-        let collected = ran
-            .and_then(|()| collect_one(&mut q, &mut self.tables[i], &mut self.late[i]))
-            .and_then(|()| self.collect_outboxes());
-        Ok((q, collected))
+        Ok((q, ran.and_then(|()| self.collect_outboxes())))
     }
 
     pub(super) fn give_back(&mut self, i: usize, q: WindowedQuery) {
@@ -282,12 +277,16 @@ impl Pipelines {
             }
             *self.tick_metrics.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
                 self.queries.iter().map(snapshot).collect();
-            let Some(w) = &self.worker else { return Err(Error::Internal("the window worker is gone".into())) };
-            w.put_all(std::mem::take(&mut self.queries));
+            let queries = std::mem::take(&mut self.queries);
+            self.worker()?.put_all(queries);
             self.away = true;
         }
-        let Some(w) = &self.worker else { return Err(Error::Internal("the window worker is gone".into())) };
-        w.push(i, item)
+        self.worker()?.push(i, item)
+    }
+
+    /// The window worker (started by the first item).
+    fn worker(&self) -> Result<&PipelineWorker> {
+        self.worker.as_ref().ok_or_else(|| Error::Internal("the window worker is gone".into()))
     }
 }
 

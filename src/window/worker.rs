@@ -127,14 +127,9 @@ impl<Q: Send + 'static, W: Send + 'static> Worker<Q, W> {
                 return Err(e);
             }
             if let Some(q) = g.queries[index].take() {
-                let mut items = Vec::new();
-                let mut k = 0;
-                while k < g.queue.len() {
-                    match g.queue[k].0 == index {
-                        true => items.extend(g.queue.remove(k).map(|(_, w)| w)),
-                        false => k += 1,
-                    }
-                }
+                let (mine, rest): (VecDeque<_>, VecDeque<_>) = g.queue.drain(..).partition(|(i, _)| *i == index);
+                g.queue = rest;
+                let items: Vec<W> = mine.into_iter().map(|(_, w)| w).collect();
                 g.queued[index] -= items.len();
                 self.shared.changed.notify_all();
                 return Ok((q, items));
