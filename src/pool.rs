@@ -89,6 +89,29 @@ impl<T> Task<T> {
     pub fn is_finished(&self) -> bool {
         !self.rx.is_empty() || self.rx.is_terminated()
     }
+
+    /// The result if the job is done (`None`: still queued or running), without waiting:
+    /// for synchronous code that checks now and then. Once it returned `Some`, it returns
+    /// an error.
+    pub fn try_take(&mut self) -> Option<Result<T>> {
+        match self.rx.try_recv() {
+            Ok(r) => Some(unwind(r)),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(Error::Internal("encoding pool stopped".into()))),
+        }
+    }
+}
+
+/// A job's outcome, its panic as an error.
+fn unwind<T>(r: std::thread::Result<T>) -> Result<T> {
+    r.map_err(|panic| {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Error::Internal(format!("encoding job panicked: {msg}"))
+    })
 }
 
 impl<T> Future for Task<T> {
@@ -96,15 +119,7 @@ impl<T> Future for Task<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.rx).poll(cx).map(|r| match r {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(panic)) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
-                Err(Error::Internal(format!("encoding job panicked: {msg}")))
-            }
+            Ok(r) => unwind(r),
             Err(_) => Err(Error::Internal("encoding pool stopped".into())),
         })
     }

@@ -5,6 +5,8 @@
 //! or frozen into its intermediate state (hopping slides: the state of each slide is merged
 //! into every window that contains it, so overlapping windows share work).
 
+use std::sync::Arc;
+
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt32Array};
 use arrow::compute::take;
 use arrow::datatypes::SchemaRef;
@@ -301,20 +303,41 @@ impl Frozen {
 /// not under half the one before (by [`Frozen::weight`]) or while there are more than `max`.
 /// Over a slide's life each state is merged about log2(n) times, and a live view or a
 /// checkpoint meets only a few states.
-pub(super) fn settle(plan: &Compiled, conv: Option<&RowConverter>, frozen: &mut Vec<Frozen>, max: usize) -> Result<()> {
+pub(super) fn settle(
+    plan: &Compiled,
+    conv: Option<&RowConverter>,
+    frozen: &mut Vec<Arc<Frozen>>,
+    max: usize,
+) -> Result<()> {
     while let [.., older, newest] = frozen.as_slice() {
         if newest.weight * 2 < older.weight && frozen.len() <= max {
             break;
         }
         let tail = frozen.split_off(frozen.len() - 2);
-        frozen.push(Partial::compact(plan, conv, &tail)?);
+        frozen.push(Arc::new(Partial::compact(plan, conv, &tail)?));
     }
     Ok(())
 }
 
+/// How many of the newest states [`settle`] would merge into one (0 or at least 2), the
+/// merged weight taken as the sum of the weights (an upper bound).
+pub(super) fn to_settle(frozen: &[Arc<Frozen>], max: usize) -> usize {
+    let Some(newest) = frozen.last() else { return 0 };
+    let (mut weight, mut k) = (newest.weight, 1);
+    while k < frozen.len() {
+        let older = frozen[frozen.len() - 1 - k].weight;
+        if weight * 2 < older && frozen.len() - k < max {
+            break;
+        }
+        weight += older;
+        k += 1;
+    }
+    if k < 2 { 0 } else { k }
+}
+
 impl Partial {
     /// Merges several frozen states of one bin into one.
-    pub fn compact(plan: &Compiled, conv: Option<&RowConverter>, frozen: &[Frozen]) -> Result<Frozen> {
+    pub fn compact(plan: &Compiled, conv: Option<&RowConverter>, frozen: &[Arc<Frozen>]) -> Result<Frozen> {
         let mut p = Partial::new(plan, conv)?;
         for f in frozen {
             p.merge(f)?;

@@ -63,6 +63,9 @@ pub struct Pipelines {
     tick_bounds: Option<std::collections::BTreeMap<String, crate::checkpoint::WindowBound>>,
     /// Ticks in a row that found the window worker busy.
     ticks_skipped: u32,
+    /// Per pipeline, its last live request: a watched pipeline's batches run on the loop
+    /// ([`Pipelines::spawn_batches`]).
+    watched: Vec<Option<std::time::Instant>>,
     /// One shard of several: closed windows' partial states go to the merger
     /// ([`Pipelines::emit_partials`]).
     partial: bool,
@@ -148,6 +151,7 @@ impl Pipelines {
             outboxes: std::sync::Arc::new(thread::Outboxes::new(n)),
             tick_bounds: None,
             ticks_skipped: 0,
+            watched: vec![None; n],
             partial: false,
             columns,
             schemas,
@@ -275,6 +279,7 @@ impl Pipelines {
         starts: live::Starts,
     ) -> Result<Option<(Vec<arrow::array::RecordBatch>, Vec<arrow::array::RecordBatch>)>> {
         let Some(i) = self.tables.iter().position(|t| t.prefix() == name) else { return Ok(None) };
+        self.watched[i] = Some(std::time::Instant::now());
         // The buffered events: the asked pipeline takes them now, the others on the worker
         // once the answer is made (the answer waits for one pipeline, not all).
         let batches = if self.columns.is_empty() { None } else { Some(self.columns.finish(&self.schemas)?) };

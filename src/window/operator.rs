@@ -12,17 +12,19 @@
 //! how the input was batched.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use arrow::row::RowConverter;
 use datafusion::error::{DataFusionError, Result};
 
-use super::groups::{Frozen, Inputs, Partial, settle};
+use super::groups::{Frozen, Inputs, Partial};
 use super::live_partial::LivePartial;
 use super::plan::Compiled;
 
 mod checkpoint;
 mod live;
+mod settle;
 
 pub use checkpoint::FixedState;
 
@@ -82,7 +84,9 @@ const MAX_FROZEN: usize = 8;
 #[derive(Default)]
 struct Slide {
     open: Option<Partial>,
-    frozen: Vec<Frozen>,
+    frozen: Vec<Arc<Frozen>>,
+    /// A merge of some of `frozen` running on the pool (see [`settle`]).
+    merging: Option<settle::Merging>,
     /// Tumbling windows that a live view asked for: every row of the window, read in place
     /// by later live views (see [`LivePartial`]); the window's rows come from `open` and
     /// `frozen` as ever.
@@ -187,12 +191,17 @@ impl FixedWindows {
         self.bins.values().map(|s| s.frozen.len()).collect()
     }
 
+    #[cfg(test)]
+    pub(crate) fn merges_running(&self) -> usize {
+        self.bins.values().filter(|s| s.merging()).count()
+    }
+
     pub fn state_bytes(&self) -> usize {
         self.bins
             .values()
             .map(|s| {
                 s.open.as_ref().map_or(0, Partial::size)
-                    + s.frozen.iter().map(Frozen::size).sum::<usize>()
+                    + s.frozen.iter().map(|f| f.size()).sum::<usize>()
                     + s.live.as_ref().map_or(0, LivePartial::size)
             })
             .sum()
@@ -411,9 +420,12 @@ impl FixedWindows {
         range: impl std::ops::RangeBounds<i64>,
     ) -> Result<()> {
         for (_, bin) in self.bins.range_mut(range) {
-            if let Some(p) = bin.open.take() {
-                bin.frozen.push(p.freeze()?);
-                settle(plan, conv, &mut bin.frozen, MAX_FROZEN)?;
+            match bin.open.take() {
+                Some(p) => {
+                    bin.frozen.push(Arc::new(p.freeze()?));
+                    bin.settle(plan, conv)?;
+                }
+                None => bin.install()?,
             }
         }
         Ok(())

@@ -194,6 +194,15 @@ impl WindowedQuery {
         }
     }
 
+    /// Slides whose states are being merged on the pool (see `operator::settle`).
+    #[cfg(test)]
+    pub(crate) fn merges_running(&self) -> usize {
+        match &self.op {
+            Op::Fixed(f) => f.merges_running(),
+            Op::Session(_) => 0,
+        }
+    }
+
     fn next_trigger(&mut self) -> i64 {
         match &mut self.op {
             Op::Fixed(f) => f.next_trigger(),

@@ -272,3 +272,59 @@ async fn closed_rows_are_in_a_checkpoint_whatever_the_collecting_timing() {
         assert_eq!(restored(&cp, &m).await.pending_rows(), 3, "pause {pause_us} µs");
     }
 }
+
+/// A slide's large merges run on the pool while its pipeline goes on: checkpoints taken
+/// while one runs save the states it merges, the merge takes their place at a later
+/// freeze, a slide keeps few states, and the live view and a restore see every event.
+#[tokio::test]
+async fn large_merges_run_on_the_pool_and_lose_nothing() {
+    const TOML: &str = "window = { kind = \"tumbling\", size = \"1h\" }\nfields = { amount = \"double\" }\n\
+                        sql = \"SELECT count(*) AS n, count(DISTINCT amount) AS d FROM events\"\n";
+    let mut r = replayer(TOML).await;
+    let base = 1_767_225_600_000_000i64;
+    let distinct = |i: u64| {
+        format!(
+            r#"{{"event_id":"e{i}","event_type":"order.created","timestamp":"{}","data":{{"amount":{i}}}}}"#,
+            crate::generator::rfc3339(base + i as i64 * 10)
+        )
+    };
+    let (mut merges, mut most) = (0, 0);
+    let mut last = None;
+    for round in 0..16u64 {
+        for i in round * 6000..(round + 1) * 6000 {
+            r.feed(&distinct(i), || ("t".into(), i)).unwrap();
+        }
+        r.end_batch().unwrap();
+        r.pipelines.settle().unwrap();
+        last = Some(checkpoint_in_memory(&mut r.pipelines, |_| {}).await);
+        r.pipelines.settle().unwrap();
+        merges += r.pipelines.queries()[0].merges_running();
+        most = most.max(r.pipelines.queries()[0].frozen_per_slide().into_iter().max().unwrap_or(0));
+    }
+    assert!(merges > 0, "no merge went to the pool");
+    assert!(most <= 2 * 8 + 1, "a slide kept {most} states");
+    // Once done, a merge takes its states' place at the next freeze (a checkpoint's).
+    for _ in 0..500 {
+        if r.pipelines.queries()[0].merges_running() == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        checkpoint_in_memory(&mut r.pipelines, |_| {}).await;
+        r.pipelines.settle().unwrap();
+    }
+    assert_eq!(r.pipelines.queries()[0].merges_running(), 0, "a merge was never put in place");
+    assert!(r.pipelines.queries()[0].frozen_per_slide().iter().all(|&n| n <= 8));
+    let counts = |p: &mut Pipelines| {
+        let name = p.queries()[0].spec.name.clone();
+        let (open, _) = p.live_rows(&name, live::Starts::ALL).unwrap().unwrap();
+        let col = |c: &str| {
+            open[0].column_by_name(c).unwrap().as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().value(0)
+        };
+        (col("n"), col("d"))
+    };
+    assert_eq!(counts(&mut r.pipelines), (96_000, 96_000));
+    let (cp, m) = last.unwrap();
+    let mut restored = replayer(TOML).await.pipelines;
+    crate::checkpoint::Checkpointed::restore(&mut restored, &cp, &m).await.unwrap();
+    assert_eq!(counts(&mut restored), (96_000, 96_000));
+}

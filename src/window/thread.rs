@@ -34,6 +34,10 @@ use crate::telemetry::STAGES;
 /// Ticks in a row that may find the worker busy and leave their checks to the next.
 const MAX_TICKS_SKIPPED: u32 = 9;
 
+/// How long after a live request a pipeline's batches run on the loop
+/// ([`Pipelines::spawn_batches`]).
+const WATCHED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Items queued per pipeline before the loop waits for the worker.
 const MAX_QUEUED_PER_PIPELINE: usize = 4;
 
@@ -132,7 +136,8 @@ impl Pipelines {
     /// they closed. Everything that reads or changes every window calls it first.
     pub fn settle(&mut self) -> Result<()> {
         if !self.away {
-            return Ok(());
+            // What a watched pipeline's batch closed here (`spawn_batches`).
+            return self.collect_outboxes();
         }
         self.queries = self.worker()?.take_all()?;
         self.away = false;
@@ -237,11 +242,29 @@ impl Pipelines {
     }
 
     /// Queues `batches` (one per pipeline) for the pipelines on the worker, but for pipeline
-    /// `done` (processed already) and those without rows.
+    /// `done` (processed already) and those without rows. A pipeline a dashboard watches (a
+    /// live request within [`WATCHED_FOR`]) processes its batch here instead: its next live
+    /// request then finds no batch of it running on the worker, whose lower priority would
+    /// make the loop wait the longer under load.
     pub(super) fn spawn_batches(&mut self, batches: Vec<RecordBatch>, done: Option<usize>) -> Result<()> {
+        let now = Instant::now();
         for (i, b) in batches.into_iter().enumerate() {
-            if Some(i) != done && b.num_rows() > 0 {
-                self.push(i, Item::Batch(b))?;
+            if Some(i) == done || b.num_rows() == 0 {
+                continue;
+            }
+            let watched = self.watched.get(i).copied().flatten().is_some_and(|t| now.duration_since(t) < WATCHED_FOR);
+            match (watched, self.away) {
+                (false, _) => self.push(i, Item::Batch(b))?,
+                (true, false) => run(&mut self.queries[i], i, Item::Batch(b), self.isolate, &self.outboxes)?,
+                (true, true) => {
+                    let (mut q, ran) = self.take_one(i)?;
+                    let ran = ran.and_then(|()| run(&mut q, i, Item::Batch(b), self.isolate, &self.outboxes));
+                    self.give_back(i, q);
+                    ran?;
+                }
+            }
+            if watched {
+                self.collect_outboxes()?;
             }
         }
         Ok(())

@@ -67,7 +67,7 @@ impl FixedWindows {
         self.bins.clear();
         for (&s, b) in state.slides.iter().zip(batches) {
             let frozen = Frozen::from_batch(b, conv, n_keys, &state.widths)?;
-            self.bins.entry(s).or_default().frozen.push(frozen);
+            self.bins.entry(s).or_default().frozen.push(std::sync::Arc::new(frozen));
         }
         Ok(())
     }
