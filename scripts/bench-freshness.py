@@ -88,6 +88,17 @@ def wait_port(port, what, timeout=30):
     sys.exit(f"{what} did not listen on {port}")
 
 
+def stop(procs):
+    """Terminates the processes, last started first; kills one that does not exit in 20 s."""
+    for p in reversed(procs):
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def marker_event(n, run_tag):
     now = datetime.now(timezone.utc)
     return {
@@ -203,13 +214,7 @@ def main():
             f"p99 {percentile(lat, 99):.1f} ms, max {lat[-1]:.1f} ms"
         )
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         if a.stages and lat:
             print_stages(os.path.join(tmp, "run.log"), marks)
         if a.keep_log:

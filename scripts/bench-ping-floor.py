@@ -57,13 +57,7 @@ def measure(a, with_load, with_eventide):
         lat.sort()
         return lat
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        fresh.stop(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

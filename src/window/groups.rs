@@ -299,28 +299,29 @@ impl Frozen {
     }
 }
 
-/// Keeps a slide's frozen states geometric: the newest two are merged while the newest is
-/// not under half the one before (by [`Frozen::weight`]) or while there are more than `max`.
-/// Over a slide's life each state is merged about log2(n) times, and a live view or a
-/// checkpoint meets only a few states.
+/// Keeps a slide's frozen states geometric: the newest ones are merged into one while the
+/// newest is not under half the one before (by [`Frozen::weight`]) or while there are more
+/// than `max` ([`to_settle`]). Over a slide's life each state is merged about log2(n)
+/// times, and a live view or a checkpoint meets only a few states.
 pub(super) fn settle(
     plan: &Compiled,
     conv: Option<&RowConverter>,
     frozen: &mut Vec<Arc<Frozen>>,
     max: usize,
 ) -> Result<()> {
-    while let [.., older, newest] = frozen.as_slice() {
-        if newest.weight * 2 < older.weight && frozen.len() <= max {
-            break;
+    loop {
+        let n = to_settle(frozen, max);
+        if n == 0 {
+            return Ok(());
         }
-        let tail = frozen.split_off(frozen.len() - 2);
+        let tail = frozen.split_off(frozen.len() - n);
         frozen.push(Arc::new(Partial::compact(plan, conv, &tail)?));
     }
-    Ok(())
 }
 
-/// How many of the newest states [`settle`] would merge into one (0 or at least 2), the
-/// merged weight taken as the sum of the weights (an upper bound).
+/// How many of the newest states [`settle`] merges into one (0, or at least 2): while the
+/// merged weight (taken as the sum, an upper bound) is not under half the next older
+/// state's, or while more than `max` states would be left.
 pub(super) fn to_settle(frozen: &[Arc<Frozen>], max: usize) -> usize {
     let Some(newest) = frozen.last() else { return 0 };
     let (mut weight, mut k) = (newest.weight, 1);

@@ -284,18 +284,9 @@ impl Pipelines {
         // once the answer is made (the answer waits for one pipeline, not all).
         let batches = if self.columns.is_empty() { None } else { Some(self.columns.finish(&self.schemas)?) };
         let batch = batches.as_ref().map(|b| &b[i]);
-        let (isolate, table, late) = (self.isolate, &mut self.tables[i], &mut self.late[i]);
-        let answer = match self.away {
-            false => answer_one(&mut self.queries[i], table, late, isolate, batch, &starts),
-            // With the pipelines on the worker, this one comes back with its queued items run.
-            true => {
-                let (mut q, ran) = self.take_one(i)?;
-                let answer = ran
-                    .and_then(|()| answer_one(&mut q, &mut self.tables[i], &mut self.late[i], isolate, batch, &starts));
-                self.give_back(i, q);
-                answer
-            }
-        };
+        let isolate = self.isolate;
+        // With the pipelines on the worker, this one comes back with its queued items run.
+        let answer = self.on_loop(i, |q, table, late| answer_one(q, table, late, isolate, batch, &starts));
         if let Some(b) = batches {
             self.spawn_batches(b, Some(i))?;
         }

@@ -29,6 +29,7 @@ use super::worker::Worker;
 use super::{Pipelines, WindowedQuery, run_one};
 use crate::error::{Error, Result};
 use crate::metrics::PipelineMetrics;
+use crate::sink::table::TableBuffer;
 use crate::telemetry::STAGES;
 
 /// Ticks in a row that may find the worker busy and leave their checks to the next.
@@ -253,19 +254,13 @@ impl Pipelines {
                 continue;
             }
             let watched = self.watched.get(i).copied().flatten().is_some_and(|t| now.duration_since(t) < WATCHED_FOR);
-            match (watched, self.away) {
-                (false, _) => self.push(i, Item::Batch(b))?,
-                (true, false) => run(&mut self.queries[i], i, Item::Batch(b), self.isolate, &self.outboxes)?,
-                (true, true) => {
-                    let (mut q, ran) = self.take_one(i)?;
-                    let ran = ran.and_then(|()| run(&mut q, i, Item::Batch(b), self.isolate, &self.outboxes));
-                    self.give_back(i, q);
-                    ran?;
-                }
+            if !watched {
+                self.push(i, Item::Batch(b))?;
+                continue;
             }
-            if watched {
-                self.collect_outboxes()?;
-            }
+            let (isolate, outboxes) = (self.isolate, self.outboxes.clone());
+            self.on_loop(i, |q, _, _| run(q, i, Item::Batch(b), isolate, &outboxes))?;
+            self.collect_outboxes()?;
         }
         Ok(())
     }
@@ -284,6 +279,23 @@ impl Pipelines {
         if let Some(w) = &self.worker {
             w.give(i, q);
         }
+    }
+
+    /// Runs `f` on the loop with pipeline `i` and its table buffers (rows, late events): as
+    /// it stands when the loop has the pipelines, else taken back from the worker with its
+    /// queued items run first ([`Pipelines::take_one`]) and given back after.
+    pub(super) fn on_loop<T>(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&mut WindowedQuery, &mut TableBuffer, &mut TableBuffer) -> Result<T>,
+    ) -> Result<T> {
+        if !self.away {
+            return f(&mut self.queries[i], &mut self.tables[i], &mut self.late[i]);
+        }
+        let (mut q, ran) = self.take_one(i)?;
+        let out = ran.and_then(|()| f(&mut q, &mut self.tables[i], &mut self.late[i]));
+        self.give_back(i, q);
+        out
     }
 
     /// Queues an item, handing the pipelines over first if the loop has them.
@@ -314,11 +326,7 @@ impl Pipelines {
 }
 
 /// Moves what `q` closed (rows and late events) into its table buffers.
-pub(super) fn collect_one(
-    q: &mut WindowedQuery,
-    table: &mut crate::sink::table::TableBuffer,
-    late: &mut crate::sink::table::TableBuffer,
-) -> Result<()> {
+pub(super) fn collect_one(q: &mut WindowedQuery, table: &mut TableBuffer, late: &mut TableBuffer) -> Result<()> {
     for b in q.ready.drain(..) {
         table.push(b)?;
     }

@@ -56,8 +56,11 @@ impl Slide {
             return Ok(());
         }
         let n = to_settle(&self.frozen, MAX_FROZEN);
+        if n == 0 {
+            return Ok(());
+        }
         let at = self.frozen.len() - n;
-        if n == 0 || self.frozen[at..].iter().map(|f| f.weight).sum::<usize>() < MERGE_IN_PLACE_BYTES {
+        if self.frozen[at..].iter().map(|f| f.weight).sum::<usize>() < MERGE_IN_PLACE_BYTES {
             return settle(plan, conv, &mut self.frozen, MAX_FROZEN);
         }
         let states = self.frozen[at..].to_vec();
