@@ -7,10 +7,7 @@ use eventide::generator::{GenOptions, Generator};
 pub fn entries(n: u64, dapr: bool) -> Vec<RawEntry> {
     Generator::new(GenOptions { entries: n, dapr, seed: 11, ..Default::default() })
         .enumerate()
-        .map(|(i, e)| RawEntry {
-            id: EntryId { ms: 1_700_000_000_000 + i as u64, seq: 0 },
-            fields: e.fields.into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v)).collect(),
-        })
+        .map(|(i, e)| e.to_raw(EntryId { ms: 1_700_000_000_000 + i as u64, seq: 0 }))
         .collect()
 }
 

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use bytes::Bytes;
+
 /// A Redis stream entry id, `<ms>-<seq>`, kept as two integers (16 bytes instead of a string).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct EntryId {
@@ -44,13 +46,14 @@ impl fmt::Display for EntryId {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEntry {
     pub id: EntryId,
-    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Field names and values, as slices of the buffer the read reply arrived in (zero-copy).
+    pub fields: Vec<(Bytes, Bytes)>,
 }
 
 impl RawEntry {
     /// The value of field `name`, if present (first occurrence).
     pub fn field(&self, name: &[u8]) -> Option<&[u8]> {
-        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_ref())
     }
 
     /// Total payload size in bytes (field names and values), used for the size limit.

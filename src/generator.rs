@@ -81,6 +81,14 @@ pub struct GenEntry {
     pub event_type: Option<&'static str>,
 }
 
+impl GenEntry {
+    /// The entry as the reader would pass it on, with id `id`.
+    pub fn to_raw(&self, id: crate::entry::EntryId) -> crate::entry::RawEntry {
+        let fields = self.fields.iter().map(|(k, v)| (bytes::Bytes::from_static(k.as_bytes()), v.clone().into()));
+        crate::entry::RawEntry { id, fields: fields.collect() }
+    }
+}
+
 const TYPES: [(&str, u32); 10] = [
     ("catalog.product.viewed", 30),
     ("cart.item_added", 18),
@@ -377,7 +385,7 @@ async fn flush(conn: &mut impl ConnectionLike, pipes: &mut [redis::Pipeline]) ->
 mod tests {
     use super::*;
     use crate::decode::{DecodeOptions, Decoder};
-    use crate::entry::{EntryId, RawEntry};
+    use crate::entry::EntryId;
 
     #[test]
     fn every_generated_entry_decodes_as_intended() {
@@ -394,10 +402,7 @@ mod tests {
             let now = chrono::Utc::now().timestamp_micros();
             let mut reasons = std::collections::BTreeSet::new();
             for e in Generator::new(opts) {
-                let raw = RawEntry {
-                    id: EntryId::default(),
-                    fields: e.fields.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.clone())).collect(),
-                };
+                let raw = e.to_raw(EntryId::default());
                 match (&e.kind, d.decode(&raw, now)) {
                     (Kind::Malformed(want), Err(r)) => {
                         assert_eq!(*want, r.reason, "{}", r.detail);
@@ -420,10 +425,7 @@ mod tests {
         let opts = GenOptions { entries: 200, live_times: true, start_us: 0, ..Default::default() };
         let mut d = Decoder::new(DecodeOptions::default());
         for e in Generator::new(opts) {
-            let raw = RawEntry {
-                id: EntryId::default(),
-                fields: e.fields.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.clone())).collect(),
-            };
+            let raw = e.to_raw(EntryId::default());
             let ev = d.decode(&raw, chrono::Utc::now().timestamp_micros()).unwrap();
             let after = chrono::Utc::now().timestamp_micros();
             // Times are to the millisecond.

@@ -33,10 +33,7 @@ sql = "SELECT count(*) FILTER (WHERE event_type = 'checkout.started') AS checkou
 pub async fn run(events: u64) -> anyhow::Result<ExitCode> {
     let entries: Vec<RawEntry> = Generator::new(GenOptions { entries: events, seed: 11, ..Default::default() })
         .enumerate()
-        .map(|(i, e)| RawEntry {
-            id: EntryId { ms: i as u64, seq: 0 },
-            fields: e.fields.into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v)).collect(),
-        })
+        .map(|(i, e)| e.to_raw(EntryId { ms: i as u64, seq: 0 }))
         .collect();
     for (name, toml) in CASES {
         let s = spec::parse(toml, Path::new("bench.toml")).map_err(|p| anyhow::anyhow!("{p:?}"))?;

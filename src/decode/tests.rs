@@ -6,7 +6,7 @@ const NOW: i64 = 1_793_534_400_000_000; // 2026-11-01T12:00:00Z
 fn entry(fields: &[(&str, &str)]) -> RawEntry {
     RawEntry {
         id: EntryId { ms: 1, seq: 0 },
-        fields: fields.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect(),
+        fields: fields.iter().map(|(k, v)| (k.as_bytes().to_vec().into(), v.as_bytes().to_vec().into())).collect(),
     }
 }
 
@@ -139,7 +139,7 @@ fn each_malformed_class_has_its_reason() {
     for (fields, want) in cases {
         assert_eq!(reason_of(&fields), want, "{fields:?}");
     }
-    let e = RawEntry { id: EntryId::default(), fields: vec![(b"data".to_vec(), vec![b'{', 0xff, b'}'])] };
+    let e = RawEntry { id: EntryId::default(), fields: vec![(b"data".to_vec().into(), vec![b'{', 0xff, b'}'].into())] };
     assert_eq!(Decoder::default().decode(&e, NOW).unwrap_err().reason, Reason::InvalidUtf8);
 }
 

@@ -106,11 +106,11 @@ fn kept_fields(entry: &RawEntry, max_bytes: usize) -> (Vec<Field<'_>>, bool) {
         }
         left -= k.len();
         if v.len() > left {
-            out.push((k.as_slice(), &v[..left]));
+            out.push((k.as_ref(), &v[..left]));
             return (out, true);
         }
         left -= v.len();
-        out.push((k.as_slice(), v.as_slice()));
+        out.push((k.as_ref(), v.as_ref()));
     }
     (out, false)
 }
@@ -123,7 +123,7 @@ mod tests {
     fn entry(fields: &[(&str, usize)]) -> RawEntry {
         RawEntry {
             id: EntryId { ms: 1, seq: 0 },
-            fields: fields.iter().map(|(k, n)| (k.as_bytes().to_vec(), vec![b'x'; *n])).collect(),
+            fields: fields.iter().map(|(k, n)| (k.as_bytes().to_vec().into(), vec![b'x'; *n].into())).collect(),
         }
     }
 

@@ -154,7 +154,7 @@ pub fn rows_of_pieces(pieces: &[Piece], blobs: Vec<Bytes>) -> Result<Vec<RecordB
 mod tests {
     use super::*;
     use crate::decode::{DecodeOptions, Decoder};
-    use crate::entry::{EntryId, RawEntry};
+    use crate::entry::EntryId;
     use crate::generator::{GenOptions, Generator, Kind};
     use crate::sink::archive::{Archive, ArchiveOptions};
     use crate::sink::lake::Lake;
@@ -181,10 +181,7 @@ mod tests {
         let opts = GenOptions { entries: n as u64 * 30, duplicates: 0.0, seed: from, ..Default::default() };
         let mut ids = Vec::new();
         for (i, e) in Generator::new(opts).filter(|e| e.kind == Kind::Event).enumerate() {
-            let raw = RawEntry {
-                id: EntryId { ms: from + i as u64, seq: 0 },
-                fields: e.fields.into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v)).collect(),
-            };
+            let raw = e.to_raw(EntryId { ms: from + i as u64, seq: 0 });
             let ev = d.decode(&raw, chrono::Utc::now().timestamp_micros()).unwrap();
             let key = (ev.event_type.to_string(), ev.event_time_us.div_euclid(86_400_000_000));
             if *partition.get_or_insert_with(|| key.clone()) != key {

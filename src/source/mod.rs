@@ -7,7 +7,9 @@
 //!   `XAUTOCLAIM`, `XGROUP`), retrying transient failures with backoff;
 //! - [`group`]: consumer-group setup, claiming from dead consumers, acknowledging;
 //! - [`lease`]: one active instance per group (standbys wait), with a fencing token;
-//! - [`reply`]: Redis replies → [`RawEntry`](crate::entry::RawEntry)s;
+//! - [`wire`]: the reader's own connection to a single Redis (plain or TLS), whose replies
+//!   [`resp`] parses from the socket's bytes straight into [`RawEntry`](crate::entry::RawEntry)s;
+//! - [`reply`]: the redis crate's reply values → `RawEntry`s (claims, cluster reads);
 //! - [`probe`]: what Redis says about the streams and the group (lag, pending, trimmed), for ops.
 
 pub mod acker;
@@ -18,6 +20,8 @@ pub mod lease;
 pub mod probe;
 pub mod reader;
 pub mod reply;
+pub mod resp;
+pub mod wire;
 
 use std::time::Duration;
 

@@ -1,8 +1,9 @@
 //! The reader task: blocking `XREADGROUP`s on a dedicated connection.
 //!
-//! A blocking read holds its connection (replies are FIFO), and the redis crate's default
-//! 500 ms response timeout would break `BLOCK`, so the reader owns a connection whose
-//! timeout is the block time plus a margin. It first drains this consumer's own pending
+//! A blocking read holds its connection (replies are FIFO), so the reader owns one, whose
+//! response timeout is the block time plus a margin: its own ([`wire`](super::wire)), whose
+//! replies are parsed in this task straight into entries, or, on a Redis Cluster, the redis
+//! crate's. It first drains this consumer's own pending
 //! entries (`0`, after a restart), then reads new ones (`>`). On any error it reconnects
 //! with backoff and first re-reads its own pending entries *after the last id it passed on*:
 //! entries Redis delivered in a reply that was lost with the connection come back, and
@@ -19,10 +20,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::Value;
 use tokio::sync::{mpsc, watch};
 
-use super::{SourceOptions, backoff, reply};
+use super::connect::{Conn, Connector};
+use super::reply::{self, StreamEntries};
+use super::wire::{Target, Wire};
+use super::{SourceOptions, backoff};
 use crate::entry::{EntryId, RawEntry, StreamBatch};
 
 /// What the reader tells the pipeline.
@@ -57,8 +60,8 @@ pub async fn run(
     count_gauge: Arc<AtomicU64>,
 ) {
     let mut budget = ReadBudget::new(&opts);
-    let client = match super::connect::Connector::new(&opts.redis) {
-        Ok(c) => c,
+    let opener = match Opener::new(&opts) {
+        Ok(o) => o,
         Err(e) => {
             let _ = tx.send(ReaderMsg::Disconnected(e.to_string())).await;
             return;
@@ -70,14 +73,14 @@ pub async fn run(
     };
     // Highest id passed on per stream: where to resume pending re-reads after a reconnect.
     let mut passed_on = vec![EntryId::default(); opts.streams.len()];
-    let mut conn: Option<super::connect::Conn> = None;
+    let mut conn: Option<ReadConn> = None;
     let mut attempt = 0u32;
     while !*stop.borrow() {
         if conn.is_none() {
-            match client.connect(Duration::from_secs(5), opts.block + Duration::from_secs(10)).await {
+            match opener.connect(Duration::from_secs(5), opts.block + Duration::from_secs(10)).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
-                    if tx.send(ReaderMsg::Disconnected(e.to_string())).await.is_err() {
+                    if tx.send(ReaderMsg::Disconnected(e)).await.is_err() {
                         return;
                     }
                     pause(&mut stop, backoff(attempt)).await;
@@ -93,21 +96,21 @@ pub async fn run(
         // A stop request lets the read in flight finish (at most `block`): its entries are
         // delivered to this consumer already, so they are passed on and processed.
         let started = std::time::SystemTime::now();
-        let res = cmd.query_async::<Value>(c).await;
+        let res = c.read(&cmd).await;
         let read = Some(crate::telemetry::ReadTime { started, returned: std::time::SystemTime::now() });
         if let Err(e) = &res
-            && e.code() == Some("NOGROUP")
+            && e.nogroup
         {
             // The stream (and its group) was deleted while we ran: recreate, as at start.
-            tracing::warn!(error = %e, "Consumer group missing; recreating it.");
+            tracing::warn!(error = %e.text, "Consumer group missing; recreating it.");
             for stream in &opts.streams {
                 let mut create = redis::cmd("XGROUP");
                 create.arg("CREATE").arg(stream).arg(&opts.group).arg(&opts.start_id).arg("MKSTREAM");
-                let _ = create.query_async::<Value>(c).await;
+                let _ = c.command(&create).await;
             }
             continue;
         }
-        let streams = match res.map_err(|e| e.to_string()).and_then(|v| reply::xread(v).map_err(|e| e.to_string())) {
+        let streams = match res {
             Ok(s) => s,
             Err(e) => {
                 conn = None;
@@ -117,7 +120,7 @@ pub async fn run(
                         _ => Position::Pending(*last),
                     };
                 }
-                if tx.send(ReaderMsg::Disconnected(e)).await.is_err() {
+                if tx.send(ReaderMsg::Disconnected(e.text)).await.is_err() {
                     return;
                 }
                 pause(&mut stop, backoff(attempt)).await;
@@ -148,7 +151,7 @@ pub async fn run(
             }
         }
         for (key, entries) in streams {
-            let Some(stream) = opts.streams.iter().position(|s| s.as_bytes() == key.as_slice()) else { continue };
+            let Some(stream) = opts.streams.iter().position(|s| s.as_bytes() == key.as_ref()) else { continue };
             if entries.is_empty() {
                 continue;
             }
@@ -180,9 +183,10 @@ struct ReadBudget {
 impl ReadBudget {
     fn new(opts: &SourceOptions) -> Self {
         let per_stream = (opts.read_max_bytes / opts.streams.len().max(1)).max(1);
-        // Before the first read: as if entries were 1 MiB (the default max_entry_bytes), so a
-        // first read of huge entries stays small; small entries raise COUNT within a few reads.
-        ReadBudget { per_stream, max: opts.batch_size.max(1), estimate: (1 << 20) as f64 }
+        // Before the first read: as if entries were as large as the budget, so the first read
+        // is of one entry, whatever the entries' sizes (a reply is held whole before it is
+        // parsed); small entries double COUNT with each read (~15 reads to 1,000 entries).
+        ReadBudget { per_stream, max: opts.batch_size.max(1), estimate: per_stream as f64 }
     }
 
     fn count(&self) -> usize {
@@ -217,6 +221,66 @@ fn read_command(opts: &SourceOptions, positions: &[Position], count: usize) -> r
         };
     }
     cmd
+}
+
+/// Opens the reader's connection: its own ([`wire`](super::wire)) to a single Redis, the
+/// redis crate's where that is needed (a cluster routes by slot and follows failovers).
+enum Opener {
+    Wire(Target),
+    Crate(Connector),
+}
+
+enum ReadConn {
+    Wire(Wire),
+    Crate(Conn),
+}
+
+/// A read that failed: whether Redis answered `NOGROUP`, and what to report.
+struct Failed {
+    nogroup: bool,
+    text: String,
+}
+
+impl Opener {
+    fn new(opts: &SourceOptions) -> crate::error::Result<Opener> {
+        Ok(match Target::new(&opts.redis)? {
+            Some(target) => Opener::Wire(target),
+            None => Opener::Crate(Connector::new(&opts.redis)?),
+        })
+    }
+
+    async fn connect(&self, connect_timeout: Duration, response_timeout: Duration) -> Result<ReadConn, String> {
+        match self {
+            Opener::Wire(t) => {
+                t.connect(connect_timeout, response_timeout).await.map(ReadConn::Wire).map_err(|e| e.to_string())
+            }
+            Opener::Crate(c) => {
+                c.connect(connect_timeout, response_timeout).await.map(ReadConn::Crate).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+impl ReadConn {
+    async fn read(&mut self, cmd: &redis::Cmd) -> Result<Vec<StreamEntries>, Failed> {
+        match self {
+            ReadConn::Wire(w) => {
+                w.xread(cmd).await.map_err(|e| Failed { nogroup: e.code() == Some("NOGROUP"), text: e.to_string() })
+            }
+            ReadConn::Crate(c) => match cmd.query_async::<redis::Value>(c).await {
+                Ok(v) => reply::xread(v).map_err(|e| Failed { nogroup: false, text: e.to_string() }),
+                Err(e) => Err(Failed { nogroup: e.code() == Some("NOGROUP"), text: e.to_string() }),
+            },
+        }
+    }
+
+    /// A command whose reply does not matter (recreating a group).
+    async fn command(&mut self, cmd: &redis::Cmd) {
+        let _ = match self {
+            ReadConn::Wire(w) => w.command(cmd).await.map_err(|e| e.to_string()),
+            ReadConn::Crate(c) => cmd.query_async::<redis::Value>(c).await.map(drop).map_err(|e| e.to_string()),
+        };
+    }
 }
 
 async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) {

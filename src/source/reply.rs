@@ -1,6 +1,9 @@
-//! Turns raw Redis replies into [`RawEntry`]s without the per-entry `HashMap`s of the redis
-//! crate's typed stream replies: field bytes are moved, not copied.
+//! Turns the redis crate's reply values into [`RawEntry`]s without the per-entry `HashMap`s of
+//! its typed stream replies: field bytes are moved, not copied. (Used for claims, and for
+//! reads over a Redis Cluster connection; the reader's own connection parses the wire bytes
+//! directly, in [`resp`](super::resp).)
 
+use bytes::Bytes;
 use redis::Value;
 
 use crate::entry::{EntryId, RawEntry};
@@ -23,10 +26,10 @@ fn bad(command: &'static str, what: &'static str) -> ReplyError {
     ReplyError { command, what }
 }
 
-fn bytes(v: Value) -> Option<Vec<u8>> {
+fn bytes(v: Value) -> Option<Bytes> {
     match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::BulkString(b) => Some(b.into()),
+        Value::SimpleString(s) => Some(s.into_bytes().into()),
         _ => None,
     }
 }
@@ -59,10 +62,10 @@ pub fn entries(v: Value, command: &'static str) -> Result<Vec<RawEntry>, ReplyEr
     Ok(out)
 }
 
-/// Parses an `XREADGROUP` reply into `(stream key, entries)` pairs (nil → empty).
 /// Entries of one stream in a read reply: the stream key and its entries.
-pub type StreamEntries = (Vec<u8>, Vec<RawEntry>);
+pub type StreamEntries = (Bytes, Vec<RawEntry>);
 
+/// Parses an `XREADGROUP` reply into `(stream key, entries)` pairs (nil → empty).
 pub fn xread(v: Value) -> Result<Vec<StreamEntries>, ReplyError> {
     const C: &str = "XREADGROUP";
     if matches!(v, Value::Nil) {
@@ -102,7 +105,7 @@ mod tests {
         ])]);
         let r = xread(v).unwrap();
         assert_eq!(r.len(), 1);
-        assert_eq!(r[0].0, b"orders");
+        assert_eq!(r[0].0, &b"orders"[..]);
         assert_eq!(r[0].1[0].field(b"data"), Some(&b"{}"[..]));
         assert!(r[0].1[1].is_deleted());
         assert!(xread(Value::Nil).unwrap().is_empty());

@@ -30,3 +30,4 @@ mod storage_faults;
 mod tls;
 mod traces;
 mod window_property;
+mod wire;
