@@ -1,6 +1,6 @@
 //! The reader's own connection to a single Redis, plain or TLS: a command goes out as the
 //! redis crate packs it, and its reply is read into one buffer and cut into entries by
-//! [`resp`](super::resp), in the reader's task. That skips the crate's value tree (a parse
+//! [`resp`], in the reader's task. That skips the crate's value tree (a parse
 //! and an allocation per field) and its multiplexer task (a task hop per read). Redis
 //! Cluster reads, and URLs this does not speak (unix sockets, `#insecure`), use the redis
 //! crate's connection ([`Target::new`] says which).
