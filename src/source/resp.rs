@@ -187,7 +187,7 @@ impl Cursor {
         let Some(n) = self.array("entry list is not an array")? else { return Ok(Vec::new()) };
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
-            let parts = self.array("entry is not an array")?.ok_or(shape("nil entry"))?;
+            let parts = self.array("entry is not an array")?.filter(|&n| n > 0).ok_or(shape("entry without an id"))?;
             let id = self.string("entry id")?.ok_or(shape("entry id"))?;
             let id = EntryId::parse(&id).ok_or(shape("entry id"))?;
             let mut fields = Vec::new();
@@ -205,7 +205,7 @@ impl Cursor {
                     }
                 }
             }
-            for _ in 2..parts.max(2) {
+            for _ in 2..parts {
                 self.skip()?;
             }
             out.push(RawEntry { id, fields });

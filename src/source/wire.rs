@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use redis::{ConnectionAddr, IntoConnectionInfo};
+use redis::ConnectionAddr;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -64,7 +64,8 @@ impl Target {
         if opts.cluster() {
             return Ok(None);
         }
-        let info = opts.raw_url().into_connection_info().map_err(|e| crate::error::Error::Config(e.to_string()))?;
+        // The same URL parsing and password precedence as every other connection.
+        let info = super::connect::client(opts)?.get_connection_info().clone();
         let (host, port, tls) = match info.addr() {
             ConnectionAddr::Tcp(host, port) => (host.clone(), *port, None),
             ConnectionAddr::TcpTls { host, port, insecure: false, .. } => {
@@ -79,7 +80,7 @@ impl Target {
             port,
             tls,
             username: settings.username().map(str::to_owned),
-            password: opts.password().or(settings.password()).map(str::to_owned),
+            password: settings.password().map(str::to_owned),
             db: settings.db(),
         }))
     }
